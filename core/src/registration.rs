@@ -1,0 +1,382 @@
+//! `Registration`: what a plugin declares about itself, buildable in a `const` context.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::RegistrationError;
+use crate::init::{InitContext, InitError, Instance};
+
+/// The requires entry that means "every other plugin". It must stand alone.
+pub const REQUIRES_ALL: &str = "*";
+
+/// The signature of a plugin's init function.
+pub type InitFn = fn(&mut InitContext) -> Result<Instance, InitError>;
+
+/// An init function that captures state (used by proxy plugins, built at run time).
+pub type SharedInitFn = dyn Fn(&mut InitContext) -> Result<Instance, InitError> + Send + Sync;
+
+/// A per-plugin config migration, run once for each version step.
+///
+/// It is called with the version the file is being migrated *from* (1, then 2, …) and the
+/// whole `[plugins]` table, keyed by URI, so that a plugin can move keys between sections as
+/// containerd's CRI plugin does. Return a message saying what is wrong when the input cannot
+/// be migrated.
+pub type MigrateFn = fn(from_version: u32, plugins: &mut toml::Table) -> Result<(), String>;
+
+/// How a registration's init function is stored.
+#[derive(Clone, Copy)]
+pub enum Init {
+    /// A plain function: what `register!` uses.
+    Fn(InitFn),
+    /// A function with captured state, leaked once per process (proxy plugins).
+    Shared(&'static SharedInitFn),
+}
+
+impl Init {
+    pub(crate) fn call(&self, ctx: &mut InitContext) -> Result<Instance, InitError> {
+        match self {
+            Init::Fn(f) => f(ctx),
+            Init::Shared(f) => f(ctx),
+        }
+    }
+}
+
+impl fmt::Debug for Init {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Init::Fn(_) => f.write_str("Init::Fn"),
+            Init::Shared(_) => f.write_str("Init::Shared"),
+        }
+    }
+}
+
+/// A decoded plugin config, type-erased. [`InitContext::config`] turns it back into `T`.
+pub type AnyConfig = Arc<dyn Any + Send + Sync>;
+
+/// Why a plugin's config section could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeFailure {
+    /// Dotted path of the offending key inside the plugin's section (empty for the section).
+    pub path: Vec<String>,
+    /// What serde said.
+    pub message: String,
+}
+
+/// The result of decoding a plugin's config section over its defaults.
+pub struct Decoded {
+    /// The typed value.
+    pub value: AnyConfig,
+    /// Keys the plugin's config type does not know, as paths inside the section.
+    pub unknown_keys: Vec<Vec<String>>,
+}
+
+impl fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoded")
+            .field("unknown_keys", &self.unknown_keys)
+            .finish()
+    }
+}
+
+/// The config type of a plugin: what `Registration::config::<T>()` needs.
+///
+/// Missing keys take their value from `T::default()`, so mark the struct
+/// `#[serde(default)]`.
+pub trait PluginConfig: Serialize + DeserializeOwned + Default + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Default + Send + Sync + 'static> PluginConfig for T {}
+
+/// The type-erased operations on a plugin's config type.
+#[derive(Clone, Copy)]
+pub struct ConfigSpec {
+    type_name: fn() -> &'static str,
+    defaults: fn() -> Result<toml::Table, String>,
+    decode: fn(toml::Table) -> Result<Decoded, DecodeFailure>,
+    encode: fn(&(dyn Any + Send + Sync)) -> Result<toml::Table, String>,
+}
+
+impl fmt::Debug for ConfigSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigSpec")
+            .field("type_name", &self.type_name())
+            .finish()
+    }
+}
+
+impl ConfigSpec {
+    /// The operations for config type `T`.
+    pub const fn of<T: PluginConfig>() -> Self {
+        ConfigSpec {
+            type_name: std::any::type_name::<T>,
+            defaults: defaults_of::<T>,
+            decode: decode_as::<T>,
+            encode: encode_as::<T>,
+        }
+    }
+
+    /// The Rust name of the config type, for messages.
+    pub fn type_name(&self) -> &'static str {
+        (self.type_name)()
+    }
+
+    /// `T::default()` as a TOML table.
+    ///
+    /// # Errors
+    /// When `T` does not serialise to a TOML table (e.g. it is not a struct or map).
+    pub fn defaults(&self) -> Result<toml::Table, String> {
+        (self.defaults)()
+    }
+
+    /// Decodes a section over the defaults: keys the user set override, the rest stay.
+    ///
+    /// # Errors
+    /// A [`DecodeFailure`] with the path of the offending key.
+    pub fn decode(&self, section: toml::Table) -> Result<Decoded, DecodeFailure> {
+        (self.decode)(section)
+    }
+
+    /// Serialises a decoded value back into a table.
+    ///
+    /// # Errors
+    /// When the value is not of this spec's type or does not serialise to a table.
+    pub fn encode(&self, value: &(dyn Any + Send + Sync)) -> Result<toml::Table, String> {
+        (self.encode)(value)
+    }
+}
+
+fn defaults_of<T: PluginConfig>() -> Result<toml::Table, String> {
+    toml::Table::try_from(T::default()).map_err(|e| e.to_string())
+}
+
+fn decode_as<T: PluginConfig>(section: toml::Table) -> Result<Decoded, DecodeFailure> {
+    let mut unknown_keys = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let mut merged = defaults_of::<T>().map_err(|message| DecodeFailure {
+        path: Vec::new(),
+        message,
+    })?;
+    crate::config::deep_merge(&mut merged, section);
+    let value = toml::Value::Table(merged);
+    let inner = serde_path_to_error::Deserializer::new(value, &mut track);
+    let result: Result<T, _> = serde_ignored::deserialize(inner, |path| {
+        unknown_keys.push(ignored_path(&path));
+    });
+    match result {
+        Ok(v) => Ok(Decoded {
+            value: Arc::new(v),
+            unknown_keys,
+        }),
+        Err(e) => Err(DecodeFailure {
+            path: track_path(track.path()),
+            message: strip_toml_prefix(&e.to_string()),
+        }),
+    }
+}
+
+fn encode_as<T: PluginConfig>(value: &(dyn Any + Send + Sync)) -> Result<toml::Table, String> {
+    let v = value
+        .downcast_ref::<T>()
+        .ok_or_else(|| format!("config value is not of type {}", std::any::type_name::<T>()))?;
+    toml::Table::try_from(v).map_err(|e| e.to_string())
+}
+
+/// Turns a `serde_ignored` path into segments.
+pub(crate) fn ignored_path(path: &serde_ignored::Path<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(p: &serde_ignored::Path<'_>, out: &mut Vec<String>) {
+        use serde_ignored::Path;
+        match p {
+            Path::Root => {}
+            Path::Seq { parent, index } => {
+                walk(parent, out);
+                out.push(index.to_string());
+            }
+            Path::Map { parent, key } => {
+                walk(parent, out);
+                out.push(key.clone());
+            }
+            Path::Some { parent }
+            | Path::NewtypeStruct { parent }
+            | Path::NewtypeVariant { parent } => walk(parent, out),
+        }
+    }
+    walk(path, &mut out);
+    out
+}
+
+/// Turns a `serde_path_to_error` path into segments.
+pub(crate) fn track_path(path: serde_path_to_error::Path) -> Vec<String> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|s| match s {
+            Segment::Seq { index } => Some(index.to_string()),
+            Segment::Map { key } => Some(key.clone()),
+            Segment::Enum { variant } => Some(variant.clone()),
+            Segment::Unknown => None,
+        })
+        .collect()
+}
+
+fn strip_toml_prefix(message: &str) -> String {
+    message.trim().to_string()
+}
+
+/// What a plugin declares: its type, id, what it requires, its config and its init function.
+///
+/// Every field is `Copy` and every builder method is a `const fn`, so a registration can be a
+/// `static` and be submitted at link time with [`register!`](crate::register).
+///
+/// ```
+/// use plinth_core::{Registration, Instance, InitContext, InitError};
+/// fn init(_: &mut InitContext) -> Result<Instance, InitError> { Ok(Instance::none()) }
+/// const REG: Registration = Registration::new("io.example.v1", "hello", init)
+///     .requires(&["io.containerd.content.v1"]);
+/// assert_eq!(REG.uri(), "io.example.v1.hello");
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Registration {
+    plugin_type: &'static str,
+    id: &'static str,
+    requires: &'static [&'static str],
+    config: Option<ConfigSpec>,
+    init: Init,
+    migrate: Option<MigrateFn>,
+}
+
+impl Registration {
+    /// A registration with no requires and no config.
+    pub const fn new(plugin_type: &'static str, id: &'static str, init: InitFn) -> Self {
+        Registration {
+            plugin_type,
+            id,
+            requires: &[],
+            config: None,
+            init: Init::Fn(init),
+            migrate: None,
+        }
+    }
+
+    /// A registration whose init function captures state (built at run time, e.g. proxies).
+    pub const fn with_shared_init(
+        plugin_type: &'static str,
+        id: &'static str,
+        init: &'static SharedInitFn,
+    ) -> Self {
+        Registration {
+            plugin_type,
+            id,
+            requires: &[],
+            config: None,
+            init: Init::Shared(init),
+            migrate: None,
+        }
+    }
+
+    /// The plugin types this plugin needs initialised before it. `["*"]` means every other
+    /// plugin; it must stand alone.
+    pub const fn requires(mut self, requires: &'static [&'static str]) -> Self {
+        self.requires = requires;
+        self
+    }
+
+    /// Gives the plugin a typed config section `[plugins."<uri>"]`, decoded over
+    /// `T::default()`.
+    pub const fn config<T: PluginConfig>(mut self) -> Self {
+        self.config = Some(ConfigSpec::of::<T>());
+        self
+    }
+
+    /// Adds a config migration hook, run once for each version step of an older file.
+    pub const fn migrate(mut self, migrate: MigrateFn) -> Self {
+        self.migrate = Some(migrate);
+        self
+    }
+
+    /// The plugin type, e.g. `io.containerd.content.v1`.
+    pub const fn plugin_type(&self) -> &'static str {
+        self.plugin_type
+    }
+
+    /// The plugin id, e.g. `content`.
+    pub const fn id(&self) -> &'static str {
+        self.id
+    }
+
+    /// The required plugin types.
+    pub const fn required_types(&self) -> &'static [&'static str] {
+        self.requires
+    }
+
+    /// The config spec, when the plugin has a config.
+    pub const fn config_spec(&self) -> Option<&ConfigSpec> {
+        self.config.as_ref()
+    }
+
+    /// The config migration hook, if any.
+    pub const fn migration(&self) -> Option<MigrateFn> {
+        self.migrate
+    }
+
+    /// The init function.
+    pub const fn init_fn(&self) -> &Init {
+        &self.init
+    }
+
+    /// `<type>.<id>`: the key of config sections, `disabled_plugins` and directories.
+    pub fn uri(&self) -> String {
+        format!("{}.{}", self.plugin_type, self.id)
+    }
+
+    /// Whether this plugin requires every other plugin.
+    pub fn requires_all(&self) -> bool {
+        self.requires.contains(&REQUIRES_ALL)
+    }
+
+    /// Checks the rules every registration must follow, whatever its source.
+    ///
+    /// # Errors
+    /// No type, no id, a type or id with characters that cannot be part of a URI or a path,
+    /// `"*"` mixed with other requires, or a plugin requiring its own type.
+    pub fn validate(&self) -> Result<(), RegistrationError> {
+        if self.plugin_type.is_empty() {
+            return Err(RegistrationError::NoType {
+                id: self.id.to_string(),
+            });
+        }
+        if self.id.is_empty() {
+            return Err(RegistrationError::NoId {
+                plugin_type: self.plugin_type.to_string(),
+            });
+        }
+        for (what, value) in [("type", self.plugin_type), ("id", self.id)] {
+            if let Some(bad) = value.chars().find(|c| !valid_name_char(*c)) {
+                return Err(RegistrationError::InvalidName {
+                    what,
+                    value: value.to_string(),
+                    character: bad,
+                });
+            }
+        }
+        if self.requires_all() && self.requires.len() > 1 {
+            return Err(RegistrationError::WildcardNotAlone {
+                uri: self.uri(),
+                requires: self.requires.iter().map(|s| s.to_string()).collect(),
+            });
+        }
+        if self.requires.contains(&self.plugin_type) {
+            return Err(RegistrationError::RequiresOwnType {
+                uri: self.uri(),
+                plugin_type: self.plugin_type.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Characters allowed in a plugin type or id: they end up in URIs and directory names.
+fn valid_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
+}
