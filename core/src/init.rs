@@ -714,6 +714,12 @@ impl InitContext {
             .map_err(|e| required(plugin_type, e))
     }
 
+    /// The whole plugin set, live: plugins that finish init after this one appear in it as
+    /// they do (introspection uses this to list every plugin).
+    pub fn plugin_set(&self) -> Set {
+        self.set.clone()
+    }
+
     /// Every plugin initialised before this one, whatever its outcome, in init order.
     pub fn plugins(&self) -> Vec<Arc<Plugin>> {
         self.set

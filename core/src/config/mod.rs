@@ -256,9 +256,10 @@ impl std::fmt::Display for Diagnostic {
 }
 
 /// Reads config files.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConfigLoader<'r> {
     registry: &'r Registry,
+    base: Config,
 }
 
 /// One file, read, parsed and migrated to version 3, before merging.
@@ -273,13 +274,23 @@ struct FileConfig {
 impl<'r> ConfigLoader<'r> {
     /// A loader that knows the plugins of `registry` (for short ids and migration hooks).
     pub fn new(registry: &'r Registry) -> Self {
-        ConfigLoader { registry }
+        ConfigLoader {
+            registry,
+            base: Config::default(),
+        }
+    }
+
+    /// Uses `base` instead of [`Config::default`] for every key no file sets (a daemon run
+    /// by an ordinary user puts its root and socket under the user's own directories).
+    pub fn with_base(mut self, base: Config) -> Self {
+        self.base = base;
+        self
     }
 
     /// The embedded defaults: no file.
     pub fn defaults(&self) -> LoadedConfig {
         LoadedConfig {
-            config: Config::default(),
+            config: self.base.clone(),
             sources: SourceMap::default(),
             unknown_top_level: Vec::new(),
             files: Vec::new(),
@@ -315,7 +326,9 @@ impl<'r> ConfigLoader<'r> {
                 }
             }
         }
-        let value = toml::Value::Table(merged);
+        let mut with_base = toml::Table::try_from(&self.base).unwrap_or_default();
+        merge_top_level(&mut with_base, merged);
+        let value = toml::Value::Table(with_base);
         let mut unknown = Vec::new();
         let mut track = serde_path_to_error::Track::new();
         let deserializer = serde_path_to_error::Deserializer::new(value, &mut track);

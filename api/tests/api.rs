@@ -1,0 +1,943 @@
+//! Checks the compiled API against containerd's wire API: services, methods and streaming
+//! flags, field numbers and types of key messages, enum values, and a message round trip.
+//!
+//! The expectations below were taken from containerd's published `.proto` files
+//! (containerd `api/`, commit 301026e58c619e63d09c0ec411012e54c0124b03, v2.4 development line).
+
+use std::collections::BTreeMap;
+
+use plinth_api::prost::Message as _;
+use plinth_api::prost_types::field_descriptor_proto::{Label, Type};
+use plinth_api::prost_types::{
+    DescriptorProto, EnumDescriptorProto, FieldDescriptorProto, FileDescriptorSet,
+    ServiceDescriptorProto,
+};
+
+/// A method as expected on the wire: name, input, output, client streaming, server streaming.
+type Method<'a> = (&'a str, &'a str, &'a str, bool, bool);
+
+/// Every service with every method, in containerd's declaration order.
+const SERVICES: &[(&str, &[Method<'static>])] = &[
+    (
+        "containerd.services.introspection.v1.Introspection",
+        &[
+            (
+                "Plugins",
+                ".containerd.services.introspection.v1.PluginsRequest",
+                ".containerd.services.introspection.v1.PluginsResponse",
+                false,
+                false,
+            ),
+            (
+                "Server",
+                ".google.protobuf.Empty",
+                ".containerd.services.introspection.v1.ServerResponse",
+                false,
+                false,
+            ),
+            (
+                "PluginInfo",
+                ".containerd.services.introspection.v1.PluginInfoRequest",
+                ".containerd.services.introspection.v1.PluginInfoResponse",
+                false,
+                false,
+            ),
+        ],
+    ),
+    (
+        "containerd.services.version.v1.Version",
+        &[(
+            "Version",
+            ".google.protobuf.Empty",
+            ".containerd.services.version.v1.VersionResponse",
+            false,
+            false,
+        )],
+    ),
+    (
+        "containerd.services.namespaces.v1.Namespaces",
+        &[
+            (
+                "Get",
+                ".containerd.services.namespaces.v1.GetNamespaceRequest",
+                ".containerd.services.namespaces.v1.GetNamespaceResponse",
+                false,
+                false,
+            ),
+            (
+                "List",
+                ".containerd.services.namespaces.v1.ListNamespacesRequest",
+                ".containerd.services.namespaces.v1.ListNamespacesResponse",
+                false,
+                false,
+            ),
+            (
+                "Create",
+                ".containerd.services.namespaces.v1.CreateNamespaceRequest",
+                ".containerd.services.namespaces.v1.CreateNamespaceResponse",
+                false,
+                false,
+            ),
+            (
+                "Update",
+                ".containerd.services.namespaces.v1.UpdateNamespaceRequest",
+                ".containerd.services.namespaces.v1.UpdateNamespaceResponse",
+                false,
+                false,
+            ),
+            (
+                "Delete",
+                ".containerd.services.namespaces.v1.DeleteNamespaceRequest",
+                ".google.protobuf.Empty",
+                false,
+                false,
+            ),
+        ],
+    ),
+    (
+        "containerd.services.content.v1.Content",
+        &[
+            (
+                "Info",
+                ".containerd.services.content.v1.InfoRequest",
+                ".containerd.services.content.v1.InfoResponse",
+                false,
+                false,
+            ),
+            (
+                "Update",
+                ".containerd.services.content.v1.UpdateRequest",
+                ".containerd.services.content.v1.UpdateResponse",
+                false,
+                false,
+            ),
+            (
+                "List",
+                ".containerd.services.content.v1.ListContentRequest",
+                ".containerd.services.content.v1.ListContentResponse",
+                false,
+                true,
+            ),
+            (
+                "Delete",
+                ".containerd.services.content.v1.DeleteContentRequest",
+                ".google.protobuf.Empty",
+                false,
+                false,
+            ),
+            (
+                "Read",
+                ".containerd.services.content.v1.ReadContentRequest",
+                ".containerd.services.content.v1.ReadContentResponse",
+                false,
+                true,
+            ),
+            (
+                "Status",
+                ".containerd.services.content.v1.StatusRequest",
+                ".containerd.services.content.v1.StatusResponse",
+                false,
+                false,
+            ),
+            (
+                "ListStatuses",
+                ".containerd.services.content.v1.ListStatusesRequest",
+                ".containerd.services.content.v1.ListStatusesResponse",
+                false,
+                false,
+            ),
+            (
+                "Write",
+                ".containerd.services.content.v1.WriteContentRequest",
+                ".containerd.services.content.v1.WriteContentResponse",
+                true,
+                true,
+            ),
+            (
+                "Abort",
+                ".containerd.services.content.v1.AbortRequest",
+                ".google.protobuf.Empty",
+                false,
+                false,
+            ),
+        ],
+    ),
+    (
+        "containerd.services.snapshots.v1.Snapshots",
+        &[
+            (
+                "Prepare",
+                ".containerd.services.snapshots.v1.PrepareSnapshotRequest",
+                ".containerd.services.snapshots.v1.PrepareSnapshotResponse",
+                false,
+                false,
+            ),
+            (
+                "View",
+                ".containerd.services.snapshots.v1.ViewSnapshotRequest",
+                ".containerd.services.snapshots.v1.ViewSnapshotResponse",
+                false,
+                false,
+            ),
+            (
+                "Mounts",
+                ".containerd.services.snapshots.v1.MountsRequest",
+                ".containerd.services.snapshots.v1.MountsResponse",
+                false,
+                false,
+            ),
+            (
+                "Commit",
+                ".containerd.services.snapshots.v1.CommitSnapshotRequest",
+                ".google.protobuf.Empty",
+                false,
+                false,
+            ),
+            (
+                "Remove",
+                ".containerd.services.snapshots.v1.RemoveSnapshotRequest",
+                ".google.protobuf.Empty",
+                false,
+                false,
+            ),
+            (
+                "Stat",
+                ".containerd.services.snapshots.v1.StatSnapshotRequest",
+                ".containerd.services.snapshots.v1.StatSnapshotResponse",
+                false,
+                false,
+            ),
+            (
+                "Update",
+                ".containerd.services.snapshots.v1.UpdateSnapshotRequest",
+                ".containerd.services.snapshots.v1.UpdateSnapshotResponse",
+                false,
+                false,
+            ),
+            (
+                "List",
+                ".containerd.services.snapshots.v1.ListSnapshotsRequest",
+                ".containerd.services.snapshots.v1.ListSnapshotsResponse",
+                false,
+                true,
+            ),
+            (
+                "Usage",
+                ".containerd.services.snapshots.v1.UsageRequest",
+                ".containerd.services.snapshots.v1.UsageResponse",
+                false,
+                false,
+            ),
+            (
+                "Cleanup",
+                ".containerd.services.snapshots.v1.CleanupRequest",
+                ".google.protobuf.Empty",
+                false,
+                false,
+            ),
+        ],
+    ),
+];
+
+/// Fields of key messages: message, field name, field number, type as written in a proto.
+/// A message listed here must have exactly these fields.
+const FIELDS: &[(&str, &str, i32, &str)] = &[
+    (
+        "containerd.services.content.v1.WriteContentRequest",
+        "action",
+        1,
+        ".containerd.services.content.v1.WriteAction",
+    ),
+    (
+        "containerd.services.content.v1.WriteContentRequest",
+        "ref",
+        2,
+        "string",
+    ),
+    (
+        "containerd.services.content.v1.WriteContentRequest",
+        "total",
+        3,
+        "int64",
+    ),
+    (
+        "containerd.services.content.v1.WriteContentRequest",
+        "expected",
+        4,
+        "string",
+    ),
+    (
+        "containerd.services.content.v1.WriteContentRequest",
+        "offset",
+        5,
+        "int64",
+    ),
+    (
+        "containerd.services.content.v1.WriteContentRequest",
+        "data",
+        6,
+        "bytes",
+    ),
+    (
+        "containerd.services.content.v1.WriteContentRequest",
+        "labels",
+        7,
+        "map<string, string>",
+    ),
+    (
+        "containerd.services.content.v1.WriteContentResponse",
+        "action",
+        1,
+        ".containerd.services.content.v1.WriteAction",
+    ),
+    (
+        "containerd.services.content.v1.WriteContentResponse",
+        "started_at",
+        2,
+        ".google.protobuf.Timestamp",
+    ),
+    (
+        "containerd.services.content.v1.WriteContentResponse",
+        "updated_at",
+        3,
+        ".google.protobuf.Timestamp",
+    ),
+    (
+        "containerd.services.content.v1.WriteContentResponse",
+        "offset",
+        4,
+        "int64",
+    ),
+    (
+        "containerd.services.content.v1.WriteContentResponse",
+        "total",
+        5,
+        "int64",
+    ),
+    (
+        "containerd.services.content.v1.WriteContentResponse",
+        "digest",
+        6,
+        "string",
+    ),
+    ("containerd.services.content.v1.Info", "digest", 1, "string"),
+    ("containerd.services.content.v1.Info", "size", 2, "int64"),
+    (
+        "containerd.services.content.v1.Info",
+        "created_at",
+        3,
+        ".google.protobuf.Timestamp",
+    ),
+    (
+        "containerd.services.content.v1.Info",
+        "updated_at",
+        4,
+        ".google.protobuf.Timestamp",
+    ),
+    (
+        "containerd.services.content.v1.Info",
+        "labels",
+        5,
+        "map<string, string>",
+    ),
+    (
+        "containerd.services.content.v1.ReadContentRequest",
+        "digest",
+        1,
+        "string",
+    ),
+    (
+        "containerd.services.content.v1.ReadContentRequest",
+        "offset",
+        2,
+        "int64",
+    ),
+    (
+        "containerd.services.content.v1.ReadContentRequest",
+        "size",
+        3,
+        "int64",
+    ),
+    (
+        "containerd.services.content.v1.Status",
+        "started_at",
+        1,
+        ".google.protobuf.Timestamp",
+    ),
+    (
+        "containerd.services.content.v1.Status",
+        "updated_at",
+        2,
+        ".google.protobuf.Timestamp",
+    ),
+    ("containerd.services.content.v1.Status", "ref", 3, "string"),
+    (
+        "containerd.services.content.v1.Status",
+        "offset",
+        4,
+        "int64",
+    ),
+    ("containerd.services.content.v1.Status", "total", 5, "int64"),
+    (
+        "containerd.services.content.v1.Status",
+        "expected",
+        6,
+        "string",
+    ),
+    (
+        "containerd.services.content.v1.UpdateRequest",
+        "info",
+        1,
+        ".containerd.services.content.v1.Info",
+    ),
+    (
+        "containerd.services.content.v1.UpdateRequest",
+        "update_mask",
+        2,
+        ".google.protobuf.FieldMask",
+    ),
+    (
+        "containerd.services.introspection.v1.Plugin",
+        "type",
+        1,
+        "string",
+    ),
+    (
+        "containerd.services.introspection.v1.Plugin",
+        "id",
+        2,
+        "string",
+    ),
+    (
+        "containerd.services.introspection.v1.Plugin",
+        "requires",
+        3,
+        "repeated string",
+    ),
+    (
+        "containerd.services.introspection.v1.Plugin",
+        "platforms",
+        4,
+        "repeated .containerd.types.Platform",
+    ),
+    (
+        "containerd.services.introspection.v1.Plugin",
+        "exports",
+        5,
+        "map<string, string>",
+    ),
+    (
+        "containerd.services.introspection.v1.Plugin",
+        "capabilities",
+        6,
+        "repeated string",
+    ),
+    (
+        "containerd.services.introspection.v1.Plugin",
+        "init_err",
+        7,
+        ".google.rpc.Status",
+    ),
+    (
+        "containerd.services.introspection.v1.PluginsRequest",
+        "filters",
+        1,
+        "repeated string",
+    ),
+    (
+        "containerd.services.introspection.v1.ServerResponse",
+        "uuid",
+        1,
+        "string",
+    ),
+    (
+        "containerd.services.introspection.v1.ServerResponse",
+        "pid",
+        2,
+        "uint64",
+    ),
+    (
+        "containerd.services.introspection.v1.ServerResponse",
+        "pidns",
+        3,
+        "uint64",
+    ),
+    (
+        "containerd.services.introspection.v1.ServerResponse",
+        "deprecations",
+        4,
+        "repeated .containerd.services.introspection.v1.DeprecationWarning",
+    ),
+    (
+        "containerd.services.introspection.v1.PluginInfoRequest",
+        "type",
+        1,
+        "string",
+    ),
+    (
+        "containerd.services.introspection.v1.PluginInfoRequest",
+        "id",
+        2,
+        "string",
+    ),
+    (
+        "containerd.services.introspection.v1.PluginInfoRequest",
+        "options",
+        3,
+        ".google.protobuf.Any",
+    ),
+    (
+        "containerd.services.version.v1.VersionResponse",
+        "version",
+        1,
+        "string",
+    ),
+    (
+        "containerd.services.version.v1.VersionResponse",
+        "revision",
+        2,
+        "string",
+    ),
+    (
+        "containerd.services.namespaces.v1.Namespace",
+        "name",
+        1,
+        "string",
+    ),
+    (
+        "containerd.services.namespaces.v1.Namespace",
+        "labels",
+        2,
+        "map<string, string>",
+    ),
+    (
+        "containerd.services.namespaces.v1.UpdateNamespaceRequest",
+        "namespace",
+        1,
+        ".containerd.services.namespaces.v1.Namespace",
+    ),
+    (
+        "containerd.services.namespaces.v1.UpdateNamespaceRequest",
+        "update_mask",
+        2,
+        ".google.protobuf.FieldMask",
+    ),
+    (
+        "containerd.services.snapshots.v1.PrepareSnapshotRequest",
+        "snapshotter",
+        1,
+        "string",
+    ),
+    (
+        "containerd.services.snapshots.v1.PrepareSnapshotRequest",
+        "key",
+        2,
+        "string",
+    ),
+    (
+        "containerd.services.snapshots.v1.PrepareSnapshotRequest",
+        "parent",
+        3,
+        "string",
+    ),
+    (
+        "containerd.services.snapshots.v1.PrepareSnapshotRequest",
+        "labels",
+        4,
+        "map<string, string>",
+    ),
+    (
+        "containerd.services.snapshots.v1.PrepareSnapshotResponse",
+        "mounts",
+        1,
+        "repeated .containerd.types.Mount",
+    ),
+    (
+        "containerd.services.snapshots.v1.CommitSnapshotRequest",
+        "snapshotter",
+        1,
+        "string",
+    ),
+    (
+        "containerd.services.snapshots.v1.CommitSnapshotRequest",
+        "name",
+        2,
+        "string",
+    ),
+    (
+        "containerd.services.snapshots.v1.CommitSnapshotRequest",
+        "key",
+        3,
+        "string",
+    ),
+    (
+        "containerd.services.snapshots.v1.CommitSnapshotRequest",
+        "labels",
+        4,
+        "map<string, string>",
+    ),
+    (
+        "containerd.services.snapshots.v1.CommitSnapshotRequest",
+        "parent",
+        5,
+        "string",
+    ),
+    ("containerd.services.snapshots.v1.Info", "name", 1, "string"),
+    (
+        "containerd.services.snapshots.v1.Info",
+        "parent",
+        2,
+        "string",
+    ),
+    (
+        "containerd.services.snapshots.v1.Info",
+        "kind",
+        3,
+        ".containerd.services.snapshots.v1.Kind",
+    ),
+    (
+        "containerd.services.snapshots.v1.Info",
+        "created_at",
+        4,
+        ".google.protobuf.Timestamp",
+    ),
+    (
+        "containerd.services.snapshots.v1.Info",
+        "updated_at",
+        5,
+        ".google.protobuf.Timestamp",
+    ),
+    (
+        "containerd.services.snapshots.v1.Info",
+        "labels",
+        6,
+        "map<string, string>",
+    ),
+    (
+        "containerd.services.snapshots.v1.UpdateSnapshotRequest",
+        "snapshotter",
+        1,
+        "string",
+    ),
+    (
+        "containerd.services.snapshots.v1.UpdateSnapshotRequest",
+        "info",
+        2,
+        ".containerd.services.snapshots.v1.Info",
+    ),
+    (
+        "containerd.services.snapshots.v1.UpdateSnapshotRequest",
+        "update_mask",
+        3,
+        ".google.protobuf.FieldMask",
+    ),
+    (
+        "containerd.services.snapshots.v1.ListSnapshotsRequest",
+        "snapshotter",
+        1,
+        "string",
+    ),
+    (
+        "containerd.services.snapshots.v1.ListSnapshotsRequest",
+        "filters",
+        2,
+        "repeated string",
+    ),
+    (
+        "containerd.services.snapshots.v1.UsageResponse",
+        "size",
+        1,
+        "int64",
+    ),
+    (
+        "containerd.services.snapshots.v1.UsageResponse",
+        "inodes",
+        2,
+        "int64",
+    ),
+    ("containerd.types.Mount", "type", 1, "string"),
+    ("containerd.types.Mount", "source", 2, "string"),
+    ("containerd.types.Mount", "target", 3, "string"),
+    ("containerd.types.Mount", "options", 4, "repeated string"),
+    ("containerd.types.Platform", "os", 1, "string"),
+    ("containerd.types.Platform", "architecture", 2, "string"),
+    ("containerd.types.Platform", "variant", 3, "string"),
+    ("containerd.types.Platform", "os_version", 4, "string"),
+    (
+        "containerd.types.Platform",
+        "os_features",
+        5,
+        "repeated string",
+    ),
+    ("containerd.types.Descriptor", "media_type", 1, "string"),
+    ("containerd.types.Descriptor", "digest", 2, "string"),
+    ("containerd.types.Descriptor", "size", 3, "int64"),
+    (
+        "containerd.types.Descriptor",
+        "annotations",
+        5,
+        "map<string, string>",
+    ),
+    ("google.rpc.Status", "code", 1, "int32"),
+    ("google.rpc.Status", "message", 2, "string"),
+    (
+        "google.rpc.Status",
+        "details",
+        3,
+        "repeated .google.protobuf.Any",
+    ),
+];
+
+/// Enum values: enum, value name, number.
+const ENUM_VALUES: &[(&str, &str, i32)] = &[
+    ("containerd.services.content.v1.WriteAction", "STAT", 0),
+    ("containerd.services.content.v1.WriteAction", "WRITE", 1),
+    ("containerd.services.content.v1.WriteAction", "COMMIT", 2),
+    ("containerd.services.snapshots.v1.Kind", "UNKNOWN", 0),
+    ("containerd.services.snapshots.v1.Kind", "VIEW", 1),
+    ("containerd.services.snapshots.v1.Kind", "ACTIVE", 2),
+    ("containerd.services.snapshots.v1.Kind", "COMMITTED", 3),
+];
+
+/// Proto file names, as containerd names them (paths relative to its `api/` folder).
+const FILE_NAMES: &[&str] = &[
+    "google/rpc/status.proto",
+    "types/descriptor.proto",
+    "types/introspection.proto",
+    "types/mount.proto",
+    "types/platform.proto",
+    "services/content/v1/content.proto",
+    "services/introspection/v1/introspection.proto",
+    "services/namespaces/v1/namespace.proto",
+    "services/snapshots/v1/snapshots.proto",
+    "services/version/v1/version.proto",
+];
+
+/// Everything in the descriptor set, indexed by full name (without the leading dot).
+struct Index {
+    file_names: Vec<String>,
+    services: BTreeMap<String, ServiceDescriptorProto>,
+    messages: BTreeMap<String, DescriptorProto>,
+    enums: BTreeMap<String, EnumDescriptorProto>,
+}
+
+impl Index {
+    fn load() -> Index {
+        let set = FileDescriptorSet::decode(plinth_api::FILE_DESCRIPTOR_SET)
+            .expect("FILE_DESCRIPTOR_SET decodes");
+        let mut index = Index {
+            file_names: Vec::new(),
+            services: BTreeMap::new(),
+            messages: BTreeMap::new(),
+            enums: BTreeMap::new(),
+        };
+        for file in &set.file {
+            index.file_names.push(file.name().to_owned());
+            let package = file.package();
+            for service in &file.service {
+                index
+                    .services
+                    .insert(format!("{package}.{}", service.name()), service.clone());
+            }
+            for message in &file.message_type {
+                index.add_message(package, message);
+            }
+            for enumeration in &file.enum_type {
+                index.enums.insert(
+                    format!("{package}.{}", enumeration.name()),
+                    enumeration.clone(),
+                );
+            }
+        }
+        index
+    }
+
+    fn add_message(&mut self, scope: &str, message: &DescriptorProto) {
+        let full_name = format!("{scope}.{}", message.name());
+        for nested in &message.nested_type {
+            self.add_message(&full_name, nested);
+        }
+        for enumeration in &message.enum_type {
+            self.enums.insert(
+                format!("{full_name}.{}", enumeration.name()),
+                enumeration.clone(),
+            );
+        }
+        self.messages.insert(full_name, message.clone());
+    }
+
+    /// The field's type as it would be written in a `.proto` file.
+    fn describe_type(&self, field: &FieldDescriptorProto) -> String {
+        let repeated = field.label() == Label::Repeated;
+        let base = match field.r#type() {
+            Type::Message | Type::Enum => {
+                let type_name = field.type_name();
+                let target = self.messages.get(type_name.trim_start_matches('.'));
+                if let Some(entry) = target.filter(|message| message.options.map_entry()) {
+                    let key = self.describe_type(&entry.field[0]);
+                    let value = self.describe_type(&entry.field[1]);
+                    return format!("map<{key}, {value}>");
+                }
+                type_name.to_owned()
+            }
+            Type::String => "string".to_owned(),
+            Type::Bytes => "bytes".to_owned(),
+            Type::Int32 => "int32".to_owned(),
+            Type::Int64 => "int64".to_owned(),
+            Type::Uint32 => "uint32".to_owned(),
+            Type::Uint64 => "uint64".to_owned(),
+            Type::Bool => "bool".to_owned(),
+            other => format!("{other:?}"),
+        };
+        if repeated {
+            format!("repeated {base}")
+        } else {
+            base
+        }
+    }
+}
+
+/// `options.map_entry()` on an optional `MessageOptions`.
+trait MapEntry {
+    fn map_entry(&self) -> bool;
+}
+
+impl MapEntry for Option<plinth_api::prost_types::MessageOptions> {
+    fn map_entry(&self) -> bool {
+        self.as_ref().is_some_and(|options| options.map_entry())
+    }
+}
+
+#[test]
+fn services_have_containerds_methods_and_streaming() {
+    let index = Index::load();
+    for (service_name, expected_methods) in SERVICES {
+        let service = index
+            .services
+            .get(*service_name)
+            .unwrap_or_else(|| panic!("service {service_name} is missing"));
+        let actual: Vec<Method<'_>> = service
+            .method
+            .iter()
+            .map(|method| {
+                (
+                    method.name(),
+                    method.input_type(),
+                    method.output_type(),
+                    method.client_streaming(),
+                    method.server_streaming(),
+                )
+            })
+            .collect();
+        assert_eq!(actual, *expected_methods, "methods of {service_name}");
+    }
+    let expected_services: Vec<&str> = {
+        let mut names: Vec<&str> = SERVICES.iter().map(|(name, _)| *name).collect();
+        names.sort_unstable();
+        names
+    };
+    let actual_services: Vec<&str> = index.services.keys().map(String::as_str).collect();
+    assert_eq!(
+        actual_services, expected_services,
+        "no service is missing or extra"
+    );
+}
+
+#[test]
+fn key_messages_have_containerds_field_numbers_and_types() {
+    let index = Index::load();
+    let mut expected_by_message: BTreeMap<&str, Vec<(String, i32, String)>> = BTreeMap::new();
+    for (message, field, number, field_type) in FIELDS {
+        expected_by_message.entry(message).or_default().push((
+            (*field).to_owned(),
+            *number,
+            (*field_type).to_owned(),
+        ));
+    }
+    for (message_name, expected_fields) in expected_by_message {
+        let message = index
+            .messages
+            .get(message_name)
+            .unwrap_or_else(|| panic!("message {message_name} is missing"));
+        let actual_fields: Vec<(String, i32, String)> = message
+            .field
+            .iter()
+            .map(|field| {
+                (
+                    field.name().to_owned(),
+                    field.number(),
+                    index.describe_type(field),
+                )
+            })
+            .collect();
+        assert_eq!(actual_fields, expected_fields, "fields of {message_name}");
+    }
+}
+
+#[test]
+fn enums_have_containerds_values() {
+    let index = Index::load();
+    for (enum_name, value_name, number) in ENUM_VALUES {
+        let enumeration = index
+            .enums
+            .get(*enum_name)
+            .unwrap_or_else(|| panic!("enum {enum_name} is missing"));
+        let value = enumeration
+            .value
+            .iter()
+            .find(|value| value.name() == *value_name)
+            .unwrap_or_else(|| panic!("{enum_name} has no value {value_name}"));
+        assert_eq!(value.number(), *number, "{enum_name}.{value_name}");
+    }
+}
+
+#[test]
+fn proto_files_are_named_as_in_containerd() {
+    let index = Index::load();
+    for file_name in FILE_NAMES {
+        assert!(
+            index.file_names.iter().any(|name| name == file_name),
+            "{file_name} is missing from {:?}",
+            index.file_names
+        );
+    }
+}
+
+#[test]
+fn write_content_request_round_trips_and_matches_the_wire_format() {
+    use plinth_api::containerd::services::content::v1::{WriteAction, WriteContentRequest};
+
+    let request = WriteContentRequest {
+        action: WriteAction::Commit.into(),
+        r#ref: "ingest-1".to_owned(),
+        total: 3,
+        expected: "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            .to_owned(),
+        offset: 0,
+        data: b"abc".to_vec(),
+        labels: [("containerd.io/gc.root".to_owned(), "yes".to_owned())].into(),
+    };
+    let bytes = request.encode_to_vec();
+    // Field 1 (action) as a varint with value 2 (COMMIT), then field 2 (ref) length-delimited.
+    assert_eq!(bytes[..4], [0x08, 0x02, 0x12, 8]);
+    let decoded = WriteContentRequest::decode(bytes.as_slice()).expect("decodes");
+    assert_eq!(decoded, request);
+    assert_eq!(decoded.action(), WriteAction::Commit);
+}
+
+#[test]
+fn generated_clients_and_servers_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    use plinth_api::containerd::services;
+    use plinth_api::tonic::transport::Channel;
+
+    assert_send_sync::<services::content::v1::content_client::ContentClient<Channel>>();
+    assert_send_sync::<services::snapshots::v1::snapshots_client::SnapshotsClient<Channel>>();
+    assert_send_sync::<
+        services::introspection::v1::introspection_client::IntrospectionClient<Channel>,
+    >();
+    assert_send_sync::<services::namespaces::v1::namespaces_client::NamespacesClient<Channel>>();
+    assert_send_sync::<services::version::v1::version_client::VersionClient<Channel>>();
+    assert_send_sync::<services::content::v1::WriteContentRequest>();
+    assert_send_sync::<plinth_api::google::rpc::Status>();
+}

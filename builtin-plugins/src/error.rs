@@ -1,0 +1,72 @@
+//! The error type shared by the built-in plugins, with containerd's categories and their
+//! gRPC status codes.
+
+use plinth_core::Category;
+
+/// An error with a category; it becomes a gRPC status with the matching code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    /// The category: decides the gRPC code.
+    pub category: Category,
+    /// What went wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+impl Error {
+    /// An error of `category`.
+    pub fn new(category: Category, message: impl Into<String>) -> Self {
+        Error {
+            category,
+            message: message.into(),
+        }
+    }
+
+    /// Bad input.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::new(Category::InvalidArgument, message)
+    }
+
+    /// Does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error::new(Category::NotFound, message)
+    }
+
+    /// Exists already.
+    pub fn already_exists(message: impl Into<String>) -> Self {
+        Error::new(Category::AlreadyExists, message)
+    }
+
+    /// Not in the state the operation needs.
+    pub fn failed_precondition(message: impl Into<String>) -> Self {
+        Error::new(Category::FailedPrecondition, message)
+    }
+
+    /// A dependency is down or busy.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Error::new(Category::Unavailable, message)
+    }
+
+    /// Anything else.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::new(Category::Internal, message)
+    }
+}
+
+/// The gRPC code of a category, as containerd's errdefs maps them.
+pub fn code_of(category: Category) -> tonic::Code {
+    match category {
+        Category::InvalidArgument => tonic::Code::InvalidArgument,
+        Category::NotFound => tonic::Code::NotFound,
+        Category::AlreadyExists => tonic::Code::AlreadyExists,
+        Category::FailedPrecondition => tonic::Code::FailedPrecondition,
+        Category::Unavailable => tonic::Code::Unavailable,
+        _ => tonic::Code::Internal,
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        tonic::Status::new(code_of(error.category), error.message)
+    }
+}

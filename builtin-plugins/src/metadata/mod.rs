@@ -1,0 +1,327 @@
+//! `io.containerd.metadata.v1.redb`: the metadata store in a redb database under the plugin
+//! root: namespaces and their labels (content and snapshot records join in the storage
+//! issue).
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
+use redb::{Database, ReadableTable};
+
+use self::schema::{META, NAMESPACE_LABELS, NAMESPACED, NAMESPACES, SCHEMA_VERSION};
+use crate::error::Error;
+use crate::namespaces::{NamespaceStore, validate_identifier, validate_label};
+
+/// The metadata database.
+#[derive(Debug)]
+pub struct Metadata {
+    db: Database,
+}
+
+fn storage(error: impl std::fmt::Display) -> Error {
+    Error::internal(format!("metadata database: {error}"))
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Metadata {
+    /// Opens (or creates) the database at `path`, creating missing tables and checking the
+    /// schema version.
+    ///
+    /// # Errors
+    /// The file cannot be opened (e.g. another process holds it), or it was written by a
+    /// newer schema.
+    pub fn open(path: &Path) -> Result<Metadata, Error> {
+        let db = Database::create(path)
+            .map_err(|e| Error::unavailable(format!("opening {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            let found = meta
+                .get("schema_version")
+                .map_err(storage)?
+                .map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)
+                        .map_err(storage)?;
+                }
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(Error::failed_precondition(format!(
+                        "{} has schema version {v}, newer than this build's {SCHEMA_VERSION}: use a newer plinthd",
+                        path.display()
+                    )));
+                }
+                Some(_) => {}
+            }
+            txn.open_table(NAMESPACES).map_err(storage)?;
+            txn.open_table(NAMESPACE_LABELS).map_err(storage)?;
+            for (_, table) in NAMESPACED {
+                txn.open_table(*table).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok(Metadata { db })
+    }
+
+    fn labels_in(
+        table: &impl ReadableTable<(&'static str, &'static str), &'static str>,
+        name: &str,
+    ) -> Result<BTreeMap<String, String>, Error> {
+        let mut labels = BTreeMap::new();
+        for item in table.range((name, "")..).map_err(storage)? {
+            let (key, value) = item.map_err(storage)?;
+            let (namespace, label) = key.value();
+            if namespace != name {
+                break;
+            }
+            labels.insert(label.to_string(), value.value().to_string());
+        }
+        Ok(labels)
+    }
+}
+
+impl NamespaceStore for Metadata {
+    fn create(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<(), Error> {
+        validate_identifier("namespace", name)?;
+        for (key, value) in labels {
+            validate_label(key, value)?;
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
+            if namespaces.get(name).map_err(storage)?.is_some() {
+                return Err(Error::already_exists(format!(
+                    "namespace {name:?}: already exists"
+                )));
+            }
+            namespaces.insert(name, now_nanos()).map_err(storage)?;
+            let mut table = txn.open_table(NAMESPACE_LABELS).map_err(storage)?;
+            for (key, value) in labels {
+                table
+                    .insert((name, key.as_str()), value.as_str())
+                    .map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    fn ensure(&self, name: &str) -> Result<(), Error> {
+        validate_identifier("namespace", name)?;
+        let exists = {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
+            namespaces.get(name).map_err(storage)?.is_some()
+        };
+        if exists {
+            return Ok(());
+        }
+        match self.create(name, &BTreeMap::new()) {
+            Err(e) if e.category == plinth_core::Category::AlreadyExists => Ok(()),
+            other => other,
+        }
+    }
+
+    fn labels(&self, name: &str) -> Result<BTreeMap<String, String>, Error> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
+        if namespaces.get(name).map_err(storage)?.is_none() {
+            return Err(Error::not_found(format!("namespace {name:?}: not found")));
+        }
+        let table = txn.open_table(NAMESPACE_LABELS).map_err(storage)?;
+        Metadata::labels_in(&table, name)
+    }
+
+    fn update_labels(&self, name: &str, changes: &[(String, Option<String>)]) -> Result<(), Error> {
+        for (key, value) in changes {
+            validate_label(key, value.as_deref().unwrap_or(""))?;
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
+            if namespaces.get(name).map_err(storage)?.is_none() {
+                return Err(Error::not_found(format!("namespace {name:?}: not found")));
+            }
+            let mut table = txn.open_table(NAMESPACE_LABELS).map_err(storage)?;
+            for (key, value) in changes {
+                match value {
+                    Some(value) => {
+                        table
+                            .insert((name, key.as_str()), value.as_str())
+                            .map_err(storage)?;
+                    }
+                    None => {
+                        table.remove((name, key.as_str())).map_err(storage)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    fn list(&self) -> Result<Vec<(String, BTreeMap<String, String>)>, Error> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
+        let labels = txn.open_table(NAMESPACE_LABELS).map_err(storage)?;
+        let mut out = Vec::new();
+        for item in namespaces.iter().map_err(storage)? {
+            let (name, _) = item.map_err(storage)?;
+            let name = name.value().to_string();
+            let l = Metadata::labels_in(&labels, &name)?;
+            out.push((name, l));
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, name: &str) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
+            if namespaces.get(name).map_err(storage)?.is_none() {
+                return Err(Error::not_found(format!("namespace {name:?}: not found")));
+            }
+            let mut holding = Vec::new();
+            for (what, definition) in NAMESPACED {
+                let table = txn.open_table(*definition).map_err(storage)?;
+                let mut range = table.range((name, "")..).map_err(storage)?;
+                if let Some(item) = range.next() {
+                    let (key, _) = item.map_err(storage)?;
+                    if key.value().0 == name {
+                        holding.push(*what);
+                    }
+                }
+            }
+            if !holding.is_empty() {
+                return Err(Error::failed_precondition(format!(
+                    "namespace {name:?} must be empty, but it still has {}: remove them first",
+                    holding.join(", ")
+                )));
+            }
+            namespaces.remove(name).map_err(storage)?;
+            let mut labels = txn.open_table(NAMESPACE_LABELS).map_err(storage)?;
+            let keys: Vec<String> = Metadata::labels_in(&labels, name)?.into_keys().collect();
+            for key in keys {
+                labels.remove((name, key.as_str())).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+}
+
+fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
+    std::fs::create_dir_all(ctx.root())
+        .map_err(|e| InitError::msg(format!("creating {}: {e}", ctx.root().display())))?;
+    let path = ctx.root().join("meta.db");
+    let metadata = Arc::new(Metadata::open(&path)?);
+    ctx.meta_mut()
+        .exports
+        .insert("path".to_string(), path.display().to_string());
+    Ok(Instance::new(metadata.clone() as Arc<dyn NamespaceStore>).with(metadata))
+}
+
+register!(
+    Registration::new(types::METADATA, "redb", init)
+        .requires(&[types::CONTENT, types::SNAPSHOTTER])
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Metadata) {
+        let dir = tempfile::tempdir().unwrap();
+        let metadata = Metadata::open(&dir.path().join("meta.db")).unwrap();
+        (dir, metadata)
+    }
+
+    #[test]
+    fn namespace_lifecycle_against_a_model() {
+        let (_dir, db) = store();
+        let mut model: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        db.create("default", &BTreeMap::new()).unwrap();
+        model.insert("default".into(), BTreeMap::new());
+        db.create("k8s.io", &labels(&[("a", "1"), ("b", "2")]))
+            .unwrap();
+        model.insert("k8s.io".into(), labels(&[("a", "1"), ("b", "2")]));
+        assert_eq!(
+            db.create("k8s.io", &BTreeMap::new()).unwrap_err().category,
+            plinth_core::Category::AlreadyExists
+        );
+        db.update_labels(
+            "k8s.io",
+            &[("a".into(), None), ("c".into(), Some("3".into()))],
+        )
+        .unwrap();
+        model.get_mut("k8s.io").unwrap().remove("a");
+        model
+            .get_mut("k8s.io")
+            .unwrap()
+            .insert("c".into(), "3".into());
+        db.ensure("default").unwrap();
+        db.ensure("fresh").unwrap();
+        model.insert("fresh".into(), BTreeMap::new());
+        assert_eq!(
+            db.list().unwrap(),
+            model.clone().into_iter().collect::<Vec<_>>()
+        );
+        db.delete("fresh").unwrap();
+        model.remove("fresh");
+        assert_eq!(
+            db.delete("fresh").unwrap_err().category,
+            plinth_core::Category::NotFound
+        );
+        assert_eq!(db.labels("k8s.io").unwrap(), model["k8s.io"]);
+        assert_eq!(db.list().unwrap(), model.into_iter().collect::<Vec<_>>());
+        assert_eq!(
+            db.create("bad/name", &BTreeMap::new())
+                .unwrap_err()
+                .category,
+            plinth_core::Category::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn non_empty_namespace_cannot_be_deleted() {
+        let (_dir, db) = store();
+        db.create("busy", &BTreeMap::new()).unwrap();
+        let txn = db.db.begin_write().unwrap();
+        txn.open_table(NAMESPACED[0].1)
+            .unwrap()
+            .insert(("busy", "sha256:00"), &b""[..])
+            .unwrap();
+        txn.commit().unwrap();
+        let error = db.delete("busy").unwrap_err();
+        assert_eq!(error.category, plinth_core::Category::FailedPrecondition);
+        assert_eq!(
+            error.message,
+            "namespace \"busy\" must be empty, but it still has content: remove them first"
+        );
+        assert!(db.labels("busy").is_ok(), "nothing changed");
+    }
+
+    #[test]
+    fn database_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        Metadata::open(&path)
+            .unwrap()
+            .create("kept", &BTreeMap::new())
+            .unwrap();
+        let reopened = Metadata::open(&path).unwrap();
+        assert_eq!(reopened.list().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,541 @@
+//! Config loading, imports, migration, typed sections, strict mode and serialising back,
+//! all on real files in a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use plinth_core::config::{ConfigError, ConfigLoader, ResolvedConfig, default_toml};
+use plinth_core::{InitContext, InitError, Instance, Registration, Registry};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct StoreConfig {
+    path: String,
+    max_size: u64,
+    labels: Vec<String>,
+    gc: Gc,
+}
+
+/// No `#[serde(default)]`: the defaults come from merging over `StoreConfig::default()`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Gc {
+    enabled: bool,
+    interval: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: "blobs".to_string(),
+            max_size: 1024,
+            labels: vec!["a".to_string()],
+            gc: Gc {
+                enabled: true,
+                interval: "1h".to_string(),
+            },
+        }
+    }
+}
+
+/// Without `#[serde(default)]`: missing keys must still come from the defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StrictShape {
+    name: String,
+    count: u32,
+}
+
+impl Default for StrictShape {
+    fn default() -> Self {
+        StrictShape {
+            name: "n".to_string(),
+            count: 7,
+        }
+    }
+}
+
+fn nothing(_: &mut InitContext) -> Result<Instance, InitError> {
+    Ok(Instance::none())
+}
+
+static MIGRATIONS: AtomicUsize = AtomicUsize::new(0);
+static MIGRATION_STEPS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Version 2 → 3: `old_name` became `path`.
+fn migrate_store(from_version: u32, plugins: &mut toml::Table) -> Result<(), String> {
+    MIGRATIONS.fetch_add(1, Ordering::SeqCst);
+    MIGRATION_STEPS.lock().unwrap().push(from_version);
+    if from_version == 2 {
+        if let Some(toml::Value::Table(section)) = plugins.get_mut("io.test.store.v1.local") {
+            if let Some(old) = section.remove("old_name") {
+                section.insert("path".to_string(), old);
+            }
+            if section.get("refuse").is_some() {
+                return Err("refuse is not supported any more: remove it".to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn registry() -> Registry {
+    Registry::builder()
+        .add_static(
+            Registration::new("io.test.store.v1", "local", nothing)
+                .config::<StoreConfig>()
+                .migrate(migrate_store),
+        )
+        .add_static(Registration::new("io.test.shape.v1", "shape", nothing).config::<StrictShape>())
+        .add_static(Registration::new("io.test.plain.v1", "plain", nothing))
+        .add_static(Registration::new(
+            "io.containerd.grpc.v1",
+            "version",
+            nothing,
+        ))
+        .build()
+        .unwrap()
+}
+
+struct Dir(tempfile::TempDir);
+
+impl Dir {
+    fn new() -> Dir {
+        Dir(tempfile::tempdir().unwrap())
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+fn resolve(path: &Path, strict: bool) -> Result<ResolvedConfig, ConfigError> {
+    let registry = registry();
+    ConfigLoader::new(&registry)
+        .load(path)?
+        .resolve(&registry, strict)
+}
+
+fn store(resolved: &ResolvedConfig) -> StoreConfig {
+    let value = resolved.plugin_configs["io.test.store.v1.local"].clone();
+    value.downcast_ref::<StoreConfig>().unwrap().clone()
+}
+
+/// The error text with the temporary directory replaced by `DIR`.
+fn error_text(dir: &Dir, error: impl ToString) -> String {
+    error
+        .to_string()
+        .replace(&dir.path().display().to_string(), "DIR")
+}
+
+#[test]
+fn plugin_section_decodes_over_defaults_in_every_version() {
+    let cases = [
+        (
+            "v3",
+            "version = 3\n[plugins.\"io.test.store.v1.local\"]\nmax_size = 5\n[plugins.\"io.test.store.v1.local\".gc]\nenabled = false\n",
+        ),
+        (
+            "v2",
+            "version = 2\n[plugins.\"io.test.store.v1.local\"]\nmax_size = 5\n[plugins.\"io.test.store.v1.local\".gc]\nenabled = false\n",
+        ),
+        (
+            "v1 by id",
+            "version = 1\n[plugins.local]\nmax_size = 5\n[plugins.local.gc]\nenabled = false\n",
+        ),
+        (
+            "no version is v1",
+            "[plugins.local]\nmax_size = 5\ngc = { enabled = false }\n",
+        ),
+    ];
+    for (name, text) in cases {
+        let dir = Dir::new();
+        let resolved = resolve(&dir.write("config.toml", text), true)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let expected = StoreConfig {
+            max_size: 5,
+            gc: Gc {
+                enabled: false,
+                interval: "1h".to_string(),
+            },
+            ..StoreConfig::default()
+        };
+        assert_eq!(store(&resolved), expected, "{name}");
+        assert_eq!(resolved.config.version, 3, "{name}");
+        assert!(
+            resolved.diagnostics.is_empty(),
+            "{name}: {:?}",
+            resolved.diagnostics
+        );
+    }
+}
+
+#[test]
+fn defaults_apply_even_without_serde_default() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "c.toml",
+        "version = 3\n[plugins.\"io.test.shape.v1.shape\"]\ncount = 3\n",
+    );
+    let resolved = resolve(&path, true).unwrap();
+    let shape = resolved.plugin_configs["io.test.shape.v1.shape"]
+        .downcast_ref::<StrictShape>()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        shape,
+        StrictShape {
+            name: "n".to_string(),
+            count: 3
+        }
+    );
+}
+
+#[test]
+fn version_1_ids_in_lists_become_uris() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "c.toml",
+        "version = 1\ndisabled_plugins = [\"plain\"]\nrequired_plugins = [\"version\"]\n",
+    );
+    let resolved = resolve(&path, true).unwrap();
+    assert_eq!(resolved.config.disabled_plugins, ["io.test.plain.v1.plain"]);
+    assert_eq!(
+        resolved.config.required_plugins,
+        ["io.containerd.grpc.v1.version"]
+    );
+    assert!(
+        resolved
+            .disable_filter()
+            .uris
+            .contains("io.test.plain.v1.plain")
+    );
+}
+
+#[test]
+fn errors_name_file_line_column_and_plugin() {
+    // (name, file text, strict, expected error with the directory as DIR)
+    let cases: &[(&str, &str, bool, &str)] = &[
+        (
+            "syntax",
+            "version = 3\nroot = \"/x\nstate = 1\n",
+            false,
+            "DIR/c.toml:2:8:",
+        ),
+        (
+            "bad version",
+            "version = 7\n",
+            false,
+            "DIR/c.toml:1:11: unsupported config version 7: use 1, 2 or 3",
+        ),
+        (
+            "version type",
+            "version = \"3\"\n",
+            false,
+            "DIR/c.toml:1:11: version: expected an integer, found string",
+        ),
+        (
+            "top-level type",
+            "version = 3\nroot = 5\n",
+            false,
+            "DIR/c.toml:2:8: root: invalid type: integer `5`, expected path string",
+        ),
+        (
+            "nested top-level type",
+            "version = 3\n[grpc]\nuid = \"root\"\n",
+            false,
+            "DIR/c.toml:3:7: grpc.uid: invalid type: string \"root\", expected u32",
+        ),
+        (
+            "plugin type",
+            "version = 3\n[plugins.\"io.test.store.v1.local\"]\nmax_size = \"big\"\n",
+            false,
+            "DIR/c.toml:3:12: plugin io.test.store.v1.local: max_size: invalid type: string \"big\", expected u64",
+        ),
+        (
+            "plugin nested type",
+            "version = 3\n[plugins.\"io.test.store.v1.local\".gc]\nenabled = 1\n",
+            false,
+            "DIR/c.toml:3:11: plugin io.test.store.v1.local: gc.enabled: invalid type: integer `1`, expected a boolean",
+        ),
+        (
+            "plugin section not a table",
+            "version = 3\n[plugins]\n\"io.test.store.v1.local\" = 3\n",
+            false,
+            "DIR/c.toml:3:27: plugin io.test.store.v1.local: expected a table, found integer",
+        ),
+        (
+            "bad duration",
+            "version = 3\n[timeouts]\n\"plinth.init\" = \"5 parsecs\"\n",
+            false,
+            "DIR/c.toml:3:17: timeouts.\"plinth.init\" = \"5 parsecs\" is not a duration:",
+        ),
+        (
+            "bad import glob",
+            "version = 3\nimports = [\"[\"]\n",
+            false,
+            "DIR/c.toml:2:12: import \"[\" is not a valid glob:",
+        ),
+        (
+            "migration refused",
+            "version = 2\n[plugins.\"io.test.store.v1.local\"]\nrefuse = true\n",
+            false,
+            "DIR/c.toml: migrating plugin io.test.store.v1.local from version 2: refuse is not supported any more: remove it",
+        ),
+    ];
+    for (name, text, strict, expected) in cases {
+        let dir = Dir::new();
+        let path = dir.write("c.toml", text);
+        let error = resolve(&path, *strict).expect_err(name);
+        let text = error_text(&dir, &error);
+        assert!(
+            text.starts_with(expected),
+            "{name}: got {text:?}, expected it to start with {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let dir = Dir::new();
+    let error = resolve(&dir.path().join("absent.toml"), false).unwrap_err();
+    assert!(matches!(error, ConfigError::Read { .. }));
+    assert!(
+        error_text(&dir, &error).starts_with("reading config DIR/absent.toml: "),
+        "{error}"
+    );
+}
+
+#[test]
+fn reports_become_errors_in_strict_mode_with_hints() {
+    let text = "version = 3\nrooot = \"/x\"\ndisabled_plugins = [\"io.test.plain.v1.plian\"]\nrequired_plugins = [\"io.nothing.v1.at-all\"]\n\
+[grpc]\nadress = \"/s\"\n\
+[plugins.\"io.test.store.v1.local\"]\nmax_sise = 3\n\
+[plugins.\"io.test.stor.v1.local\"]\nx = 1\n\
+[plugins.\"io.test.plain.v1.plain\"]\ny = 2\n";
+    let expected = [
+        "DIR/c.toml:2:1: unknown key rooot: it is ignored; remove it",
+        "DIR/c.toml:6:1: unknown key grpc.adress: it is ignored; remove it",
+        "DIR/c.toml:12:1: plugin io.test.plain.v1.plain has no config; remove its section",
+        "DIR/c.toml:8:1: plugin io.test.store.v1.local has no config key max_sise (did you mean \"max_size\"?); remove it",
+        "DIR/c.toml:9:10: section for unknown plugin io.test.stor.v1.local (did you mean \"io.test.store.v1.local\"?): this build has no such plugin",
+        "DIR/c.toml:3:22: disabled_plugins names unknown plugin io.test.plain.v1.plian (did you mean \"io.test.plain.v1.plain\"?)",
+        "DIR/c.toml:4:22: required_plugins names unknown plugin io.nothing.v1.at-all",
+    ];
+    let dir = Dir::new();
+    let path = dir.write("c.toml", text);
+    // Lenient: the same reports, as diagnostics, and the config loads.
+    let resolved = resolve(&path, false).unwrap();
+    let mut got: Vec<String> = resolved
+        .diagnostics
+        .iter()
+        .map(|d| error_text(&dir, d))
+        .collect();
+    let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    // Strict from the caller (the command-line flag) and from the file: every report is an error.
+    for strict_path in [
+        path.clone(),
+        dir.write("s.toml", &format!("strict = true\n{text}")),
+    ] {
+        let from_flag = strict_path == path;
+        let error = resolve(&strict_path, from_flag).unwrap_err();
+        let ConfigError::Strict(reports) = &error else {
+            panic!("not strict: {error}")
+        };
+        assert_eq!(reports.len(), expected.len());
+        assert!(error.to_string().contains("did you mean \"max_size\"?"));
+    }
+}
+
+#[test]
+fn imports_merge_like_containerd_and_follow_globs_and_cycles() {
+    let dir = Dir::new();
+    let main = dir.write(
+        "main.toml",
+        "version = 3\nroot = \"/main\"\nstate = \"/state\"\nimports = [\"conf.d/*.toml\"]\ndisabled_plugins = [\"io.test.plain.v1.plain\"]\n\
+[plugins.\"io.test.store.v1.local\"]\npath = \"main-path\"\nlabels = [\"x\", \"y\"]\n[plugins.\"io.test.store.v1.local\".gc]\ninterval = \"2h\"\n",
+    );
+    // Imported files, read in sorted order; 20 imports main back (a cycle) and 10 again.
+    dir.write(
+        "conf.d/10-first.toml",
+        "version = 2\nroot = \"/first\"\ndisabled_plugins = [\"io.test.plain.v1.plain\", \"io.containerd.grpc.v1.version\"]\n\
+[plugins.\"io.test.store.v1.local\"]\nlabels = [\"z\"]\n[plugins.\"io.test.store.v1.local\".gc]\nenabled = false\n",
+    );
+    dir.write(
+        "conf.d/20-second.toml",
+        "version = 3\nimports = [\"../main.toml\", \"10-first.toml\"]\n[plugins.\"io.test.store.v1.local\"]\nmax_size = 99\n",
+    );
+    dir.write("conf.d/ignored.txt", "not toml at all [[[");
+    let resolved = resolve(&main, true).unwrap();
+    assert_eq!(
+        resolved.config.root,
+        PathBuf::from("/first"),
+        "imports override scalars"
+    );
+    assert_eq!(resolved.config.state, PathBuf::from("/state"));
+    assert_eq!(
+        resolved.config.disabled_plugins,
+        ["io.test.plain.v1.plain", "io.containerd.grpc.v1.version"],
+        "top-level lists append without duplicates"
+    );
+    let expected = StoreConfig {
+        path: "main-path".to_string(),
+        max_size: 99,
+        labels: vec!["z".to_string()],
+        gc: Gc {
+            enabled: false,
+            interval: "2h".to_string(),
+        },
+    };
+    assert_eq!(
+        store(&resolved),
+        expected,
+        "plugin tables merge deeply; lists inside are replaced"
+    );
+    let files: Vec<String> = resolved
+        .files
+        .iter()
+        .map(|f| f.strip_prefix(dir.path()).unwrap().display().to_string())
+        .collect();
+    assert_eq!(
+        files,
+        ["main.toml", "conf.d/10-first.toml", "conf.d/20-second.toml"]
+    );
+    assert_eq!(resolved.config.imports, ["conf.d/*.toml"]);
+}
+
+#[test]
+fn errors_in_imported_files_name_the_imported_file() {
+    let dir = Dir::new();
+    let main = dir.write("main.toml", "version = 3\nimports = [\"more.toml\"]\n");
+    dir.write(
+        "more.toml",
+        "version = 3\n\n[plugins.\"io.test.store.v1.local\"]\nmax_size = -1\n",
+    );
+    let error = resolve(&main, false).unwrap_err();
+    assert_eq!(
+        error_text(&dir, &error),
+        "DIR/more.toml:4:12: plugin io.test.store.v1.local: max_size: invalid value: integer `-1`, expected u64"
+    );
+}
+
+#[test]
+fn migration_hooks_run_once_per_version_step() {
+    let cases: &[(&str, &[u32])] = &[
+        ("version = 1\n", &[1, 2]),
+        ("version = 2\n", &[2]),
+        ("version = 3\n", &[]),
+    ];
+    for (text, steps) in cases {
+        let dir = Dir::new();
+        let path = dir.write("c.toml", text);
+        MIGRATION_STEPS.lock().unwrap().clear();
+        let registry = registry();
+        ConfigLoader::new(&registry).load(&path).unwrap();
+        assert_eq!(MIGRATION_STEPS.lock().unwrap().as_slice(), *steps, "{text}");
+    }
+    assert!(MIGRATIONS.load(Ordering::SeqCst) >= 3);
+}
+
+#[test]
+fn migrated_file_holds_only_the_keys_the_user_set() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "old.toml",
+        "version = 2\nroot = \"/r\"\nimports = [\"x/*.toml\"]\n[plugins.\"io.test.store.v1.local\"]\nold_name = \"renamed\"\n",
+    );
+    let registry = registry();
+    let migrated = ConfigLoader::new(&registry).migrate_file(&path).unwrap();
+    let table: toml::Table = migrated.parse().unwrap();
+    let expected: toml::Table = "version = 3\nroot = \"/r\"\nimports = [\"x/*.toml\"]\n[plugins.\"io.test.store.v1.local\"]\npath = \"renamed\"\n"
+        .parse()
+        .unwrap();
+    assert_eq!(table, expected, "{migrated}");
+}
+
+#[test]
+fn default_config_lists_every_plugin_and_loads_back_to_the_same() {
+    let registry = registry();
+    let text = default_toml(&registry);
+    let table: toml::Table = text.parse().unwrap();
+    let plugins = table["plugins"].as_table().unwrap();
+    let keys: Vec<&str> = plugins.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["io.test.shape.v1.shape", "io.test.store.v1.local"]);
+    assert_eq!(
+        plugins["io.test.store.v1.local"]["max_size"].as_integer(),
+        Some(1024)
+    );
+    assert_eq!(table["version"].as_integer(), Some(3));
+    assert_eq!(
+        table["grpc"]["address"].as_str(),
+        Some("/run/plinth/plinthd.sock")
+    );
+
+    let dir = Dir::new();
+    let resolved = resolve(&dir.write("d.toml", &text), true).unwrap();
+    assert_eq!(store(&resolved), StoreConfig::default());
+    assert_eq!(
+        resolved.effective_toml(&registry),
+        text,
+        "effective config of the defaults is the defaults"
+    );
+}
+
+#[test]
+fn effective_config_fills_in_defaults_and_keeps_unknown_sections() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "c.toml",
+        "version = 3\n[plugins.\"io.test.store.v1.local\"]\nmax_size = 5\n[plugins.\"io.elsewhere.v1.x\"]\nkept = true\n",
+    );
+    let registry = registry();
+    let resolved = resolve(&path, false).unwrap();
+    let table: toml::Table = resolved.effective_toml(&registry).parse().unwrap();
+    let store = &table["plugins"]["io.test.store.v1.local"];
+    assert_eq!(store["max_size"].as_integer(), Some(5));
+    assert_eq!(store["path"].as_str(), Some("blobs"));
+    assert_eq!(
+        table["plugins"]["io.elsewhere.v1.x"]["kept"].as_bool(),
+        Some(true)
+    );
+}
+
+#[test]
+fn init_timeouts_and_watchdog_come_from_timeouts_section() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "c.toml",
+        "version = 3\n[timeouts]\n\"plinth.init\" = \"30s\"\n\"plinth.init.io.test.plain.v1.plain\" = \"1m30s\"\n\"plinth.init-watchdog\" = \"250ms\"\n\"io.containerd.timeout.other\" = \"1s\"\n",
+    );
+    let resolved = resolve(&path, true).unwrap();
+    let (per_plugin, default) = resolved.init_timeouts();
+    assert_eq!(default, Some(std::time::Duration::from_secs(30)));
+    assert_eq!(
+        per_plugin["io.test.plain.v1.plain"],
+        std::time::Duration::from_secs(90)
+    );
+    assert_eq!(per_plugin.len(), 1);
+    assert_eq!(
+        resolved.init_watchdog(),
+        std::time::Duration::from_millis(250)
+    );
+}
+
+#[test]
+fn embedded_defaults_resolve_cleanly() {
+    let registry = registry();
+    let resolved = ConfigLoader::new(&registry)
+        .defaults()
+        .resolve(&registry, true)
+        .unwrap();
+    assert_eq!(store(&resolved), StoreConfig::default());
+    assert!(resolved.files.is_empty());
+    assert_eq!(resolved.config.root, PathBuf::from("/var/lib/plinth"));
+}

@@ -1,0 +1,322 @@
+//! `plinthctl`: Plinth's own client for plinthd's (containerd's) API, for systems without `ctr`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use plinth_api::containerd::services::introspection::v1::introspection_client::IntrospectionClient;
+use plinth_api::containerd::services::introspection::v1::{Plugin, PluginsRequest};
+use plinth_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
+use plinth_api::containerd::services::namespaces::v1::{
+    CreateNamespaceRequest, DeleteNamespaceRequest, ListNamespacesRequest, Namespace,
+    UpdateNamespaceRequest,
+};
+use plinth_api::containerd::services::version::v1::version_client::VersionClient;
+use plinthd::client::{Client, status_error};
+use plinthd::commands::table;
+use plinthd::paths::Defaults;
+
+/// Plinth's client: plugins, version and namespaces of a running plinthd.
+#[derive(Debug, Parser)]
+#[command(name = "plinthctl", version, about)]
+struct Cli {
+    /// Socket of the daemon [default: plinthd's default socket for this user]
+    #[arg(short, long, global = true, env = "PLINTH_ADDRESS")]
+    address: Option<String>,
+    /// Namespace of the requests
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "CONTAINERD_NAMESPACE",
+        default_value = "default"
+    )]
+    namespace: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The daemon's plugins
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Client and server versions
+    Version,
+    /// Namespaces
+    #[command(subcommand, alias = "ns")]
+    Namespaces(NamespacesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// List plugins: TYPE, ID, PLATFORMS, STATUS (as `ctr plugins ls`)
+    #[command(alias = "list")]
+    Ls {
+        /// Print only the ids
+        #[arg(short, long)]
+        quiet: bool,
+        /// Print every detail of each plugin
+        #[arg(short, long)]
+        detailed: bool,
+        /// Filters, e.g. type==io.containerd.grpc.v1 (any may match)
+        filters: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NamespacesCommand {
+    /// List namespaces and their labels
+    #[command(alias = "list")]
+    Ls {
+        /// Print only the names
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Create a namespace, with labels as key=value
+    Create {
+        /// The name
+        name: String,
+        /// Labels, key=value
+        labels: Vec<String>,
+    },
+    /// Remove empty namespaces
+    #[command(aliases = ["remove", "delete", "del"])]
+    Rm {
+        /// The names
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Set labels (key=value) or remove them (key=)
+    Label {
+        /// The name
+        name: String,
+        /// Labels, key=value; an empty value removes the label
+        labels: Vec<String>,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(text) => {
+            use std::io::Write as _;
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("plinthctl: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("label {item:?} is not key=value"))
+        })
+        .collect()
+}
+
+async fn run(cli: Cli) -> anyhow::Result<String> {
+    let address = cli
+        .address
+        .unwrap_or_else(|| Defaults::for_current_user().address.display().to_string());
+    let client = Client::connect(&address, &cli.namespace).await?;
+    match cli.command {
+        Command::Plugins(PluginsCommand::Ls {
+            quiet,
+            detailed,
+            filters,
+        }) => {
+            let mut api = IntrospectionClient::new(client.channel());
+            let plugins = api
+                .plugins(client.request(PluginsRequest { filters })?)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .plugins;
+            Ok(if quiet {
+                plugins.iter().map(|p| format!("{}\n", p.id)).collect()
+            } else if detailed {
+                plugins.iter().map(detail).collect::<Vec<_>>().join("\n")
+            } else {
+                let rows: Vec<[String; 4]> = plugins
+                    .iter()
+                    .map(|p| {
+                        [
+                            p.r#type.clone(),
+                            p.id.clone(),
+                            platforms(p),
+                            status(p).to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["TYPE", "ID", "PLATFORMS", "STATUS"], &rows)
+            })
+        }
+        Command::Version => {
+            let mut api = VersionClient::new(client.channel());
+            let version = api
+                .version(client.request(())?)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mut introspection = IntrospectionClient::new(client.channel());
+            let server = introspection
+                .server(client.request(())?)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            Ok(format!(
+                "Client:\n  Version:  {}\n  Revision: {}\n\nServer:\n  Version:  {}\n  Revision: {}\n  UUID: {}\n",
+                env!("CARGO_PKG_VERSION"),
+                plinth_builtin_plugins::version::REVISION,
+                version.version,
+                version.revision,
+                server.uuid
+            ))
+        }
+        Command::Namespaces(command) => namespaces(&client, command).await,
+    }
+}
+
+async fn namespaces(client: &Client, command: NamespacesCommand) -> anyhow::Result<String> {
+    let mut api = NamespacesClient::new(client.channel());
+    match command {
+        NamespacesCommand::Ls { quiet } => {
+            let list = api
+                .list(client.request(ListNamespacesRequest {
+                    filter: String::new(),
+                })?)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .namespaces;
+            if quiet {
+                return Ok(list.iter().map(|n| format!("{}\n", n.name)).collect());
+            }
+            let rows: Vec<[String; 2]> = list
+                .iter()
+                .map(|n| {
+                    let labels: BTreeMap<_, _> = n.labels.iter().collect();
+                    let text: Vec<String> =
+                        labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    [n.name.clone(), text.join(",")]
+                })
+                .collect();
+            Ok(table(&["NAME", "LABELS"], &rows))
+        }
+        NamespacesCommand::Create { name, labels } => {
+            let labels = parse_labels(&labels)?.into_iter().collect();
+            api.create(client.request(CreateNamespaceRequest {
+                namespace: Some(Namespace { name, labels }),
+            })?)
+            .await
+            .map_err(status_error)?;
+            Ok(String::new())
+        }
+        NamespacesCommand::Rm { names } => {
+            let mut out = String::new();
+            let mut failed = Vec::new();
+            for name in names {
+                match api
+                    .delete(client.request(DeleteNamespaceRequest { name: name.clone() })?)
+                    .await
+                {
+                    Ok(_) => {
+                        let _ = writeln!(out, "{name}");
+                    }
+                    Err(status) => failed.push(format!("{name}: {}", status_error(status))),
+                }
+            }
+            if !failed.is_empty() {
+                bail!("{}{}", out, failed.join("\n"));
+            }
+            Ok(out)
+        }
+        NamespacesCommand::Label { name, labels } => {
+            let labels = parse_labels(&labels)?;
+            let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+            let labels = labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+            api.update(client.request(UpdateNamespaceRequest {
+                namespace: Some(Namespace { name, labels }),
+                update_mask: Some(prost_types::FieldMask { paths }),
+            })?)
+            .await
+            .map_err(status_error)?;
+            Ok(String::new())
+        }
+    }
+}
+
+fn platforms(plugin: &Plugin) -> String {
+    if plugin.platforms.is_empty() {
+        return "-".to_string();
+    }
+    let list: Vec<String> = plugin
+        .platforms
+        .iter()
+        .map(|p| {
+            let mut text = format!("{}/{}", p.os, p.architecture);
+            if !p.variant.is_empty() {
+                text = format!("{text}/{}", p.variant);
+            }
+            text
+        })
+        .collect();
+    list.join(",")
+}
+
+fn status(plugin: &Plugin) -> &'static str {
+    match &plugin.init_err {
+        None => "ok",
+        Some(e)
+            if e.message
+                .contains(plinth_builtin_plugins::introspection::SKIP_MARKER) =>
+        {
+            "skip"
+        }
+        Some(_) => "error",
+    }
+}
+
+fn detail(plugin: &Plugin) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Type:          {}", plugin.r#type);
+    let _ = writeln!(out, "ID:            {}", plugin.id);
+    if !plugin.requires.is_empty() {
+        let _ = writeln!(out, "Requires:      ");
+        for r in &plugin.requires {
+            let _ = writeln!(out, "               {r}");
+        }
+    }
+    let _ = writeln!(out, "Platforms:     {}", platforms(plugin));
+    if !plugin.exports.is_empty() {
+        let _ = writeln!(out, "Exports:       ");
+        let exports: BTreeMap<_, _> = plugin.exports.iter().collect();
+        for (k, v) in exports {
+            let _ = writeln!(out, "               {k:<16}{v}");
+        }
+    }
+    if !plugin.capabilities.is_empty() {
+        let _ = writeln!(out, "Capabilities:  {}", plugin.capabilities.join(","));
+    }
+    if let Some(error) = &plugin.init_err {
+        let _ = writeln!(out, "Error:         ");
+        let _ = writeln!(
+            out,
+            "               Code:        {}",
+            tonic::Code::from_i32(error.code).description()
+        );
+        let _ = writeln!(out, "               Message:     {}", error.message);
+    }
+    out
+}

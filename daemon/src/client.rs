@@ -1,0 +1,78 @@
+//! A gRPC client of plinthd (or containerd) over a unix socket, for plinthctl and the tests.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use hyper_util::rt::TokioIo;
+use plinth_builtin_plugins::namespaces::NAMESPACE_HEADER;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A connection and the namespace its requests carry.
+#[derive(Debug, Clone)]
+pub struct Client {
+    channel: Channel,
+    namespace: String,
+    socket: PathBuf,
+}
+
+impl Client {
+    /// Connects to the socket at `address` (a path or `unix://` URL).
+    ///
+    /// # Errors
+    /// Nothing listens there.
+    pub async fn connect(address: &str, namespace: &str) -> anyhow::Result<Client> {
+        let socket = crate::paths::socket_path(address);
+        let path = socket.clone();
+        // The URI is required by the HTTP/2 layer but never used: the connector dials the socket.
+        let channel = Endpoint::try_from("http://localhost")?
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to {}: is plinthd running there? (set --address)",
+                    socket.display()
+                )
+            })?;
+        Ok(Client {
+            channel,
+            namespace: namespace.to_string(),
+            socket,
+        })
+    }
+
+    /// The channel, for building service clients.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// A request carrying the namespace header.
+    ///
+    /// # Errors
+    /// The namespace is not valid header text.
+    pub fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
+        let value = self
+            .namespace
+            .parse()
+            .with_context(|| format!("namespace {:?} is not valid header text", self.namespace))?;
+        request.metadata_mut().insert(NAMESPACE_HEADER, value);
+        Ok(request)
+    }
+}
+
+/// Turns a gRPC status into an error that says what the server said, with its code.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+}

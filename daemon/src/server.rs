@@ -1,0 +1,214 @@
+//! The daemon proper: initialise plugins, serve every gRPC plugin on a unix socket, stop
+//! gracefully on SIGTERM or SIGINT.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use plinth_builtin_plugins::grpc::{GrpcService, MessageLimits};
+use plinth_core::{InitOptions, Status, init_plugins, types};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::paths::socket_path;
+use crate::setup::Prepared;
+
+/// How long in-flight calls may run after a stop signal before the server stops anyway.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks that the socket path is free: absent, or a stale socket nobody listens on (which
+/// is removed). A live socket is never taken over.
+///
+/// # Errors
+/// Another process listens there, or the path is not a socket.
+pub fn claim_socket(path: &Path) -> anyhow::Result<()> {
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("checking socket {}", path.display())),
+    };
+    if !metadata.file_type().is_socket() {
+        bail!(
+            "{} exists and is not a socket: remove it or choose another address",
+            path.display()
+        );
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => bail!(
+            "another daemon is serving on {}: stop it first, or start this one with another --address",
+            path.display()
+        ),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+            tracing::info!(socket = %path.display(), "removing stale socket left by a previous run");
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale socket {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("checking socket {}", path.display())),
+    }
+}
+
+fn bind(path: &Path, uid: u32, gid: u32) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    claim_socket(path)?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting mode 0660 on {}", path.display()))?;
+    if uid != 0 || gid != 0 || crate::paths::is_root() {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| {
+            format!(
+                "giving {} to uid {uid} gid {gid} ([grpc] uid/gid)",
+                path.display()
+            )
+        })?;
+    }
+    Ok(listener)
+}
+
+/// Removes the socket file when dropped, on every exit path after a successful bind.
+struct SocketGuard(PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            if e.kind() != ErrorKind::NotFound {
+                tracing::warn!(socket = %self.0.display(), error = %e, "removing socket");
+            }
+        }
+    }
+}
+
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, only a kill stops the daemon.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Runs the daemon until a stop signal.
+///
+/// # Errors
+/// The socket is taken, a required plugin failed, or the server could not start.
+pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
+    let Prepared {
+        registry,
+        config,
+        graph,
+        ..
+    } = prepared;
+    for diagnostic in &config.diagnostics {
+        tracing::warn!("config: {diagnostic}");
+    }
+    let socket = socket_path(&config.config.grpc.address);
+    // Refuse before creating anything, so a second daemon leaves the first one alone.
+    claim_socket(&socket)?;
+    for dir in [&config.config.root, &config.config.state] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let (timeouts, default_timeout) = config.init_timeouts();
+    let mut extensions = plinth_core::init::Extensions::new();
+    extensions.insert(tokio::runtime::Handle::current());
+    let options = InitOptions {
+        root: config.config.root.clone(),
+        state: config.config.state.clone(),
+        grpc_address: socket.display().to_string(),
+        required: config.config.required_plugins.clone(),
+        configs: config.plugin_configs.clone(),
+        watchdog: config.init_watchdog(),
+        timeouts,
+        default_timeout,
+        extensions,
+    };
+    let plugins = tokio::task::spawn_blocking(move || init_plugins(&registry, &graph, options))
+        .await
+        .context("plugin init thread")??;
+    let counts = |wanted: &str| {
+        plugins
+            .plugins()
+            .iter()
+            .filter(|p| p.status().as_str() == wanted)
+            .count()
+    };
+    tracing::info!(
+        ok = counts("ok"),
+        skipped = counts("skip"),
+        failed = counts("error"),
+        disabled = counts("disabled"),
+        "plugins initialised"
+    );
+
+    let limits = MessageLimits {
+        max_recv: usize::try_from(config.config.grpc.max_recv_message_size).unwrap_or(usize::MAX),
+        max_send: usize::try_from(config.config.grpc.max_send_message_size).unwrap_or(usize::MAX),
+    };
+    let mut routes = tonic::service::RoutesBuilder::default();
+    let mut served = Vec::new();
+    for plugin in plugins.plugins() {
+        if plugin.plugin_type() != types::GRPC || !matches!(plugin.status(), Status::Ok) {
+            continue;
+        }
+        match plugin.instance::<dyn GrpcService>() {
+            Ok(service) => {
+                service.register(&mut routes, limits);
+                served.push(plugin.id());
+            }
+            Err(e) => tracing::warn!(uri = plugin.uri(), error = %e, "not a gRPC service"),
+        }
+    }
+    let listener = bind(&socket, config.config.grpc.uid, config.config.grpc.gid)?;
+    let _guard = SocketGuard(socket.clone());
+    tracing::info!(services = ?served, "serving gRPC");
+    eprintln!("plinthd listening on {}", socket.display());
+    if let Err(e) = crate::notify::notify("READY=1") {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<&'static str>();
+    let shutdown = async move {
+        let signal = stop_signal().await;
+        tracing::info!(
+            signal,
+            "stopping: no new connections, finishing calls in flight"
+        );
+        let _ = stopped_tx.send(signal);
+    };
+    let server = tonic::transport::Server::builder()
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    tokio::pin!(server);
+    let served = tokio::select! {
+        result = &mut server => result,
+        _ = async {
+            let _ = stopped_rx.await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "calls still in flight after the drain time-out; stopping anyway");
+            Ok(())
+        }
+    };
+    let _ = crate::notify::notify("STOPPING=1");
+    let closing = Arc::new(plugins);
+    for (uri, error) in tokio::task::spawn_blocking(move || closing.close())
+        .await
+        .unwrap_or_default()
+    {
+        tracing::warn!(uri, %error, "closing plugin failed");
+    }
+    served.context("gRPC server")?;
+    tracing::info!("stopped");
+    Ok(())
+}

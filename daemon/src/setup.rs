@@ -1,0 +1,133 @@
+//! From command-line options to a registry, a resolved config and an ordered graph: what
+//! every plinthd command needs before it does anything.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use plinth_core::config::{ConfigLoader, ResolvedConfig};
+use plinth_core::{PluginGraph, Registration, Registry};
+
+use crate::paths::Defaults;
+
+/// Options shared by every plinthd command.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Options {
+    /// Config file [default: /etc/plinth/config.toml as root, else $XDG_CONFIG_HOME/plinth/config.toml, when it exists]
+    #[arg(short = 'c', long = "config", global = true)]
+    pub config: Option<PathBuf>,
+    /// gRPC socket path (overrides [grpc] address)
+    #[arg(short = 'a', long = "address", global = true)]
+    pub address: Option<String>,
+    /// Root directory for persistent data (overrides root)
+    #[arg(long, global = true)]
+    pub root: Option<PathBuf>,
+    /// State directory for run-time data (overrides state)
+    #[arg(long, global = true)]
+    pub state: Option<PathBuf>,
+    /// Log level: trace, debug, info, warn, error (overrides [debug] level)
+    #[arg(short = 'l', long = "log-level", global = true)]
+    pub log_level: Option<String>,
+    /// Treat every config report (unknown keys, unknown plugins) as an error
+    #[arg(long, global = true)]
+    pub strict: bool,
+}
+
+/// Everything resolved before anything is started.
+#[derive(Debug)]
+pub struct Prepared {
+    /// All registrations.
+    pub registry: Registry,
+    /// The config, checked against the registry.
+    pub config: ResolvedConfig,
+    /// The registrations in merge order (what `graph` indexes).
+    pub registrations: Vec<Registration>,
+    /// The init order.
+    pub graph: PluginGraph,
+}
+
+/// The registry of this binary, checked so that no compiled-in plugin went missing.
+///
+/// # Errors
+/// Invalid or duplicate registrations; a plugin feature that is on but registered nothing.
+pub fn registry() -> anyhow::Result<Registry> {
+    plinth_builtin_plugins::link();
+    let registry = Registry::from_link_time().map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        anyhow::anyhow!(
+            "invalid plugin registrations in this build:\n{}",
+            lines.join("\n")
+        )
+    })?;
+    for (feature, enabled) in plinth_builtin_plugins::FEATURES {
+        if !enabled {
+            continue;
+        }
+        for (f, uri) in plinth_builtin_plugins::FEATURE_PLUGINS {
+            if f == feature && registry.get(uri).is_none() {
+                bail!(
+                    "feature `{feature}` is compiled in but plugin {uri} registered nothing: \
+                     the plugin crate was not linked (call plinth_builtin_plugins::link() from main)"
+                );
+            }
+        }
+    }
+    Ok(registry)
+}
+
+/// Loads the config named by the options (or the default file if it exists, or the embedded
+/// defaults) and applies the command-line overrides.
+///
+/// # Errors
+/// Any config error, with file, line and column.
+pub fn load_config(options: &Options, registry: &Registry) -> anyhow::Result<ResolvedConfig> {
+    let defaults = Defaults::for_current_user();
+    let loader = ConfigLoader::new(registry).with_base(defaults.config());
+    let path = match &options.config {
+        Some(path) => Some(path.clone()),
+        None => Some(defaults.config_file.clone()).filter(|p| p.exists()),
+    };
+    let mut loaded = match &path {
+        Some(path) => loader.load(path)?,
+        None => loader.defaults(),
+    };
+    let config = loaded.config_mut();
+    if let Some(address) = &options.address {
+        config.grpc.address = address.clone();
+    }
+    if let Some(root) = &options.root {
+        config.root = root.clone();
+    }
+    if let Some(state) = &options.state {
+        config.state = state.clone();
+    }
+    if let Some(level) = &options.log_level {
+        config.debug.level = level.clone();
+    }
+    let resolved = loaded.resolve(registry, options.strict)?;
+    if resolved.config.root.is_relative() || resolved.config.state.is_relative() {
+        bail!(
+            "root ({}) and state ({}) must be absolute paths",
+            resolved.config.root.display(),
+            resolved.config.state.display()
+        );
+    }
+    Ok(resolved)
+}
+
+/// Registry, config and graph.
+///
+/// # Errors
+/// As [`registry`] and [`load_config`], and dependency cycles.
+pub fn prepare(options: &Options) -> anyhow::Result<Prepared> {
+    let registry = registry()?;
+    let config = load_config(options, &registry)?;
+    let registrations: Vec<Registration> = registry.registrations().copied().collect();
+    let graph =
+        PluginGraph::build(&registrations, &config.disable_filter()).context("ordering plugins")?;
+    Ok(Prepared {
+        registry,
+        config,
+        registrations,
+        graph,
+    })
+}
