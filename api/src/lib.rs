@@ -22,6 +22,12 @@
 //! Each service module holds the messages, a `<service>_client` module with a tonic client
 //! and a `<service>_server` module with the server trait and its tower service.
 //!
+//! The generated code compiles under the workspace lints with no `allow`: tonic marks its
+//! own modules, and every message, field, enum value, service and method in the protos has a
+//! plain comment that becomes its doc comment. Keep it so when editing a `.proto` file (plain
+//! text: no brackets or HTML, which rustdoc would read as links or tags), and keep field
+//! numbers and types identical to containerd's; `tests/api.rs` checks the key ones.
+//!
 //! ```
 //! use plinth_api::containerd::services::version::v1::VersionResponse;
 //! use prost::Message as _;

@@ -10,8 +10,9 @@
 //! cycle is reported with every URI on it, in order, instead of just one.
 //!
 //! Cost: one pass to index types, one to add the edges, one depth-first walk with an explicit
-//! stack (no recursion, so 100 000 chained plugins cannot overflow the stack): linear in
-//! registrations plus edges.
+//! stack (no recursion, so 100 000 chained plugins cannot overflow the stack). Required types
+//! are nodes of their own, so the edges number the requires entries plus the plugins, not
+//! requirers times plugins per type: linear in registrations plus requires.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -59,12 +60,27 @@ impl DisableFilter {
     }
 }
 
+/// A node of the graph: a plugin, a plugin type, or `"*"` (every plugin).
+///
+/// Type nodes keep the edge count linear: a plugin points at each type it requires, and a
+/// type points at its plugins, instead of every requirer pointing at every plugin of the
+/// type (which is quadratic when many plugins require a popular type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node {
+    /// A registration, by index into the input slice.
+    Plugin(usize),
+    /// A plugin type: its edges lead to its enabled plugins in input order.
+    Type,
+    /// `"*"`: its edges lead to every enabled plugin in input order.
+    All,
+}
+
 /// The ordered plugin graph over a slice of registrations.
 #[derive(Debug, Clone)]
 pub struct PluginGraph {
-    /// Nodes carry the index into the input slice; edges point from a plugin to what it
-    /// requires, in the order containerd visits them.
-    graph: DiGraph<usize, ()>,
+    /// Plugin → required type (or `"*"`) → plugins of that type. Edges are in the order
+    /// containerd visits them.
+    graph: DiGraph<Node, ()>,
     /// Node of each input index, `None` for disabled ones.
     node_of: Vec<Option<NodeIndex>>,
     order: Vec<usize>,
@@ -81,41 +97,71 @@ impl PluginGraph {
         filter: &DisableFilter,
     ) -> Result<PluginGraph, CycleError> {
         let n = registrations.len();
-        let mut graph = DiGraph::with_capacity(n, n);
+        let mut graph = DiGraph::with_capacity(n + n / 4 + 1, 3 * n);
         let mut node_of = vec![None; n];
         let mut disabled = Vec::new();
-        let mut by_type: HashMap<&str, Vec<NodeIndex>> = HashMap::new();
         let mut enabled: Vec<NodeIndex> = Vec::with_capacity(n);
         for (index, registration) in registrations.iter().enumerate() {
             if filter.is_disabled(registration) {
                 disabled.push(index);
                 continue;
             }
-            let node = graph.add_node(index);
+            let node = graph.add_node(Node::Plugin(index));
             node_of[index] = Some(node);
             enabled.push(node);
-            by_type
-                .entry(registration.plugin_type())
-                .or_default()
-                .push(node);
+        }
+
+        // Type nodes, for the types that are required.
+        let mut type_nodes: HashMap<&str, NodeIndex> = HashMap::new();
+        let mut all_node = None;
+        for &node in &enabled {
+            let Node::Plugin(index) = graph[node] else {
+                continue;
+            };
+            for required in registrations[index].required_types() {
+                if *required == REQUIRES_ALL {
+                    all_node.get_or_insert_with(|| graph.add_node(Node::All));
+                } else if !type_nodes.contains_key(required) {
+                    let type_node = graph.add_node(Node::Type);
+                    type_nodes.insert(required, type_node);
+                }
+            }
         }
 
         // petgraph lists a node's neighbours newest edge first, so each node's edges are
         // added in reverse of the order they must be walked in.
-        let mut targets: Vec<NodeIndex> = Vec::new();
+        let mut members: HashMap<NodeIndex, Vec<NodeIndex>> = HashMap::new();
         for &node in &enabled {
-            let registration = &registrations[graph[node]];
-            targets.clear();
-            for required in registration.required_types() {
-                let candidates: &[NodeIndex] = if *required == REQUIRES_ALL {
-                    &enabled
-                } else {
-                    by_type.get(required).map(Vec::as_slice).unwrap_or(&[])
-                };
-                targets.extend(candidates.iter().copied().filter(|t| *t != node));
+            let Node::Plugin(index) = graph[node] else {
+                continue;
+            };
+            if let Some(&type_node) = type_nodes.get(registrations[index].plugin_type()) {
+                members.entry(type_node).or_default().push(node);
             }
-            for &target in targets.iter().rev() {
-                graph.add_edge(node, target, ());
+        }
+        for (type_node, plugins) in &members {
+            for &plugin in plugins.iter().rev() {
+                graph.add_edge(*type_node, plugin, ());
+            }
+        }
+        if let Some(all) = all_node {
+            for &plugin in enabled.iter().rev() {
+                graph.add_edge(all, plugin, ());
+            }
+        }
+        for &node in &enabled {
+            let Node::Plugin(index) = graph[node] else {
+                continue;
+            };
+            for required in registrations[index].required_types().iter().rev() {
+                let target = if *required == REQUIRES_ALL {
+                    all_node
+                } else {
+                    type_nodes.get(required).copied()
+                };
+                if let Some(target) = target {
+                    graph.add_edge(node, target, ());
+                }
             }
         }
 
@@ -138,12 +184,22 @@ impl PluginGraph {
         &self.disabled
     }
 
-    /// Indices of the registrations `index` depends on directly, in walk order.
+    /// Indices of the registrations `index` depends on directly, in walk order, each once.
     pub fn dependencies(&self, index: usize) -> Vec<usize> {
-        match self.node_of.get(index).copied().flatten() {
-            Some(node) => self.graph.neighbors(node).map(|n| self.graph[n]).collect(),
-            None => Vec::new(),
+        let Some(node) = self.node_of.get(index).copied().flatten() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for via in self.graph.neighbors(node) {
+            for target in self.graph.neighbors(via) {
+                if let Node::Plugin(dependency) = self.graph[target] {
+                    if dependency != index && !out.contains(&dependency) {
+                        out.push(dependency);
+                    }
+                }
+            }
         }
+        out
     }
 
     /// The graph in Graphviz DOT: one node per enabled plugin labelled with its URI and its
@@ -190,45 +246,68 @@ enum Mark {
     Done,
 }
 
-/// Iterative depth-first post-order from each root in input order.
+/// Iterative depth-first post-order from each root in input order. Type and `"*"` nodes
+/// are walked through but not output; a plugin never pulls in itself through them.
 fn post_order(
-    graph: &DiGraph<usize, ()>,
+    graph: &DiGraph<Node, ()>,
     roots: &[NodeIndex],
     registrations: &[Registration],
 ) -> Result<Vec<usize>, CycleError> {
+    type Frame<'g> = (
+        NodeIndex,
+        Option<NodeIndex>,
+        petgraph::graph::Neighbors<'g, ()>,
+    );
     let mut mark = vec![Mark::New; graph.node_count()];
-    let mut order = Vec::with_capacity(graph.node_count());
-    let mut stack: Vec<(NodeIndex, petgraph::graph::Neighbors<'_, ()>)> = Vec::new();
+    let mut order = Vec::with_capacity(roots.len());
+    let mut stack: Vec<Frame<'_>> = Vec::new();
     for &root in roots {
         if mark[root.index()] != Mark::New {
             continue;
         }
         mark[root.index()] = Mark::OnStack;
-        stack.push((root, graph.neighbors(root)));
-        while let Some((node, children)) = stack.last_mut() {
-            let node = *node;
+        stack.push((root, None, graph.neighbors(root)));
+        while let Some((node, parent, children)) = stack.last_mut() {
+            let (node, parent) = (*node, *parent);
             match children.next() {
+                // Through a type or "*", the plugin that required it is not its own dependency.
+                Some(child) if Some(child) == parent => {}
                 Some(child) => match mark[child.index()] {
                     Mark::Done => {}
                     Mark::New => {
                         mark[child.index()] = Mark::OnStack;
-                        stack.push((child, graph.neighbors(child)));
+                        let child_parent = match graph[child] {
+                            Node::Plugin(_) => None,
+                            Node::Type | Node::All => Some(node),
+                        };
+                        stack.push((child, child_parent, graph.neighbors(child)));
                     }
                     Mark::OnStack => {
-                        let start = stack
+                        let mut start = stack
                             .iter()
-                            .position(|(n, _)| *n == child)
+                            .position(|(n, _, _)| *n == child)
                             .expect("a node marked on-stack is on the stack");
+                        // The current plugin was itself reached through this type or "*": the
+                        // cycle closes through the plugin that required it (two "*" plugins
+                        // each pulling in the other).
+                        if stack.get(start + 1).is_some_and(|(n, _, _)| *n == node) && start > 0 {
+                            start -= 1;
+                        }
                         let cycle = stack[start..]
                             .iter()
-                            .map(|(n, _)| registrations[graph[*n]].uri())
+                            .filter_map(|(n, _, _)| match graph[*n] {
+                                Node::Plugin(index) => Some(registrations[index].uri()),
+                                Node::Type | Node::All => None,
+                            })
                             .collect();
                         return Err(CycleError { cycle });
                     }
                 },
                 None => {
                     mark[node.index()] = Mark::Done;
-                    order.push(graph[node]);
+                    if let Node::Plugin(index) = graph[node] {
+                        order.push(index);
+                    }
                     stack.pop();
                 }
             }

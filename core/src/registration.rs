@@ -171,7 +171,7 @@ fn decode_as<T: PluginConfig>(section: toml::Table) -> Result<Decoded, DecodeFai
         }),
         Err(e) => Err(DecodeFailure {
             path: track_path(track.path()),
-            message: strip_toml_prefix(&e.to_string()),
+            message: e.message().trim().to_string(),
         }),
     }
 }
@@ -218,10 +218,6 @@ pub(crate) fn track_path(path: serde_path_to_error::Path) -> Vec<String> {
             Segment::Unknown => None,
         })
         .collect()
-}
-
-fn strip_toml_prefix(message: &str) -> String {
-    message.trim().to_string()
 }
 
 /// What a plugin declares: its type, id, what it requires, its config and its init function.

@@ -342,7 +342,7 @@ impl<'r> ConfigLoader<'r> {
                     .value(&path)
                     .unwrap_or_else(|| file_start(&main.path)),
                 plugin: None,
-                message: format!("{}: {}", path.join("."), e),
+                message: format!("{}: {}", path.join("."), e.message().trim()),
             }
         })?;
         let mut config = config;

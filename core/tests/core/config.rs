@@ -224,7 +224,7 @@ fn errors_name_file_line_column_and_plugin() {
             "syntax",
             "version = 3\nroot = \"/x\nstate = 1\n",
             false,
-            "DIR/c.toml:2:8:",
+            "DIR/c.toml:2:11: invalid basic string",
         ),
         (
             "bad version",
@@ -266,7 +266,7 @@ fn errors_name_file_line_column_and_plugin() {
             "plugin section not a table",
             "version = 3\n[plugins]\n\"io.test.store.v1.local\" = 3\n",
             false,
-            "DIR/c.toml:3:27: plugin io.test.store.v1.local: expected a table, found integer",
+            "DIR/c.toml:3:28: plugin io.test.store.v1.local: expected a table, found integer",
         ),
         (
             "bad duration",
@@ -320,11 +320,11 @@ fn reports_become_errors_in_strict_mode_with_hints() {
     let expected = [
         "DIR/c.toml:2:1: unknown key rooot: it is ignored; remove it",
         "DIR/c.toml:6:1: unknown key grpc.adress: it is ignored; remove it",
-        "DIR/c.toml:12:1: plugin io.test.plain.v1.plain has no config; remove its section",
+        "DIR/c.toml:11:10: plugin io.test.plain.v1.plain has no config; remove its section",
         "DIR/c.toml:8:1: plugin io.test.store.v1.local has no config key max_sise (did you mean \"max_size\"?); remove it",
         "DIR/c.toml:9:10: section for unknown plugin io.test.stor.v1.local (did you mean \"io.test.store.v1.local\"?): this build has no such plugin",
-        "DIR/c.toml:3:22: disabled_plugins names unknown plugin io.test.plain.v1.plian (did you mean \"io.test.plain.v1.plain\"?)",
-        "DIR/c.toml:4:22: required_plugins names unknown plugin io.nothing.v1.at-all",
+        "DIR/c.toml:3:21: disabled_plugins names unknown plugin io.test.plain.v1.plian (did you mean \"io.test.plain.v1.plain\"?)",
+        "DIR/c.toml:4:21: required_plugins names unknown plugin io.nothing.v1.at-all",
     ];
     let dir = Dir::new();
     let path = dir.write("c.toml", text);
