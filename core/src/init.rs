@@ -400,7 +400,7 @@ impl Set {
         inner.plugins.push(Arc::new(plugin));
     }
 
-    /// Every plugin, in init order (disabled ones last).
+    /// Every plugin: the disabled ones first, then the others in init order.
     pub fn plugins(&self) -> Vec<Arc<Plugin>> {
         self.read().plugins.clone()
     }
@@ -469,6 +469,8 @@ impl Set {
         }
     }
 
+    /// The plugins of a type among the first `visible` (disabled ones are added first, so a
+    /// lookup can say that a plugin is disabled).
     fn of_type(&self, plugin_type: &str, visible: usize) -> Vec<Arc<Plugin>> {
         let inner = self.read();
         inner
@@ -557,6 +559,7 @@ fn none_ok(plugin_type: &str, of_type: &[Arc<Plugin>]) -> LookupError {
         .iter()
         .filter_map(|p| match &p.status {
             Status::Skipped(reason) => Some(format!("{} skipped: {reason}", p.uri)),
+            Status::Disabled => Some(format!("{} is disabled by config", p.uri)),
             _ => None,
         })
         .collect();
@@ -800,7 +803,7 @@ struct DefaultConfig(String);
 ///
 /// Each init runs on its own thread so that a hang can be reported (after
 /// `options.watchdog`) or cut off (after its time-out), and a panic becomes a failure.
-/// Disabled plugins are added to the set last with status disabled.
+/// Disabled plugins are added to the set first, with status disabled.
 ///
 /// # Errors
 /// A required plugin that is missing, disabled, or ends other than ok. Plugins initialised
@@ -829,6 +832,19 @@ pub fn init_plugins(
     }
 
     let set = Set::default();
+    for &index in graph.disabled() {
+        tracing::info!(uri = %uris[index], "plugin disabled");
+        set.push(Plugin {
+            registration: entries[index].registration,
+            source: entries[index].source.clone(),
+            uri: uris[index].clone(),
+            status: Status::Disabled,
+            instance: None,
+            meta: Meta::default(),
+            config: None,
+            init_time: Duration::ZERO,
+        });
+    }
     let extensions = Arc::new(options.extensions);
     for &index in graph.order() {
         let entry = &entries[index];
@@ -907,19 +923,6 @@ pub fn init_plugins(
                 outcome,
             });
         }
-    }
-    for &index in graph.disabled() {
-        tracing::info!(uri = %uris[index], "plugin disabled");
-        set.push(Plugin {
-            registration: entries[index].registration,
-            source: entries[index].source.clone(),
-            uri: uris[index].clone(),
-            status: Status::Disabled,
-            instance: None,
-            meta: Meta::default(),
-            config: None,
-            init_time: Duration::ZERO,
-        });
     }
     Ok(set)
 }

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod commands;
 pub mod logging;
+pub mod namespace_check;
 pub mod notify;
 pub mod paths;
 pub mod server;

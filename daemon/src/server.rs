@@ -187,6 +187,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         let _ = stopped_tx.send(signal);
     };
     let server = tonic::transport::Server::builder()
+        .layer(crate::namespace_check::NamespaceCheckLayer)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     tokio::pin!(server);

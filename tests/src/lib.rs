@@ -1,1 +1,300 @@
-//! Placeholder: this crate is filled in by a later issue (see ARCHITECTURE.md).
+//! Harness for end-to-end tests: run `plinthd` as a real process on temporary directories and
+//! a temporary socket, wait until it serves, talk to it with the stock `ctr` or `plinthctl`,
+//! and stop it with SIGTERM.
+//!
+//! The binaries are the ones cargo built for this test run (`target/<profile>/plinthd`):
+//! `cargo test --workspace` builds them. `ctr` comes from Debian's `containerd` package; tests
+//! that need it fail (never skip) when it is missing.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+/// How long a daemon may take to start serving.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A binary built by cargo for this test run, next to the test executable.
+///
+/// # Panics
+/// When the binary is missing: build the workspace first (`cargo test --workspace` does).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build -p plinthd` (`cargo test --workspace` builds it)",
+        path.display()
+    );
+    path
+}
+
+/// The stock `ctr` client.
+///
+/// # Panics
+/// When `ctr` is not installed: the interoperability tests must not pass without it.
+pub fn ctr() -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/bin", "/usr/local/bin"])
+    {
+        let candidate = Path::new(dir).join("ctr");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("ctr is not installed: `apt-get install -y containerd` (the CI script does this)");
+}
+
+/// What a finished command did.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Standard output, after asserting success.
+    ///
+    /// # Panics
+    /// When the command failed; the message shows both streams.
+    pub fn ok(&self) -> &str {
+        assert!(
+            self.status.success(),
+            "command failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+}
+
+/// Runs a command to completion.
+///
+/// # Panics
+/// When the command cannot be started.
+pub fn run(program: &Path, args: &[&str]) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .env_remove("CONTAINERD_NAMESPACE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+    Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A plinthd process on its own temporary directories.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    dir: Option<tempfile::TempDir>,
+    socket: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// The directory holding root, state, socket and config.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("daemon directory").path()
+    }
+
+    /// Kills the process (if running) and hands back its directory, to start again in it.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.dir.take().expect("daemon directory")
+    }
+
+    /// The socket it serves on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The socket as a string, for command lines.
+    pub fn address(&self) -> String {
+        self.socket.display().to_string()
+    }
+
+    /// Its root directory.
+    pub fn root(&self) -> PathBuf {
+        self.dir().join("root")
+    }
+
+    /// Its state directory.
+    pub fn state(&self) -> PathBuf {
+        self.dir().join("state")
+    }
+
+    /// Everything it wrote to standard error so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// `ctr --address <socket> <args>`.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--address", self.socket.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run(&ctr(), &all)
+    }
+
+    /// `plinthctl --address <socket> <args>`.
+    pub fn plinthctl(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--address", self.socket.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run(&binary("plinthctl"), &all)
+    }
+
+    /// Sends SIGTERM and waits for the exit (at most `timeout`).
+    ///
+    /// # Panics
+    /// When it does not exit in time (it is then killed).
+    pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon is running");
+        signal(child.id(), "TERM");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for plinthd") {
+                return status;
+            }
+            if started.elapsed() > timeout {
+                let _ = child.kill();
+                panic!(
+                    "plinthd did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends a signal by name (`TERM`, `INT`, `KILL`) with the `kill` command.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// How to start a daemon.
+#[derive(Debug, Default, Clone)]
+pub struct Start {
+    /// Config file text (written to `<dir>/config.toml` and passed with `-c`); empty: a
+    /// minimal `version = 3` file, so no user config is read.
+    pub config: String,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// Starts plinthd in a fresh temporary directory and waits until it serves.
+///
+/// # Panics
+/// When it exits or does not serve within [`START_TIMEOUT`]; the message holds its log.
+pub fn start(options: Start) -> Daemon {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    start_in(dir, options)
+        .unwrap_or_else(|(log, status)| panic!("plinthd did not start ({status:?}):\n{log}"))
+}
+
+/// Starts plinthd in `dir`; on failure, its log and exit status.
+///
+/// # Errors
+/// The log and the exit status (if it exited) when it did not come up.
+pub fn start_in(
+    dir: tempfile::TempDir,
+    options: Start,
+) -> Result<Daemon, (String, Option<ExitStatus>)> {
+    let socket = dir.path().join("plinthd.sock");
+    let config = dir.path().join("config.toml");
+    let text = if options.config.is_empty() {
+        "version = 3\n".to_string()
+    } else {
+        options.config
+    };
+    std::fs::write(&config, text).expect("writing config");
+    let mut command = Command::new(binary("plinthd"));
+    command
+        .arg("--config")
+        .arg(&config)
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--address")
+        .arg(&socket)
+        .args(&options.args)
+        .envs(options.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("starting plinthd");
+    let stderr = child.stderr.take().expect("stderr pipe");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let log_writer = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("plinthd listening on ") {
+                let _ = ready_tx.send(());
+            }
+            let mut log = log_writer.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let started = Instant::now();
+    loop {
+        if ready_rx.recv_timeout(Duration::from_millis(20)).is_ok() {
+            return Ok(Daemon {
+                child: Some(child),
+                dir: Some(dir),
+                socket,
+                log,
+            });
+        }
+        if let Some(status) = child.try_wait().expect("waiting for plinthd") {
+            // Let the reader thread take the last lines.
+            std::thread::sleep(Duration::from_millis(100));
+            return Err((log.lock().unwrap().clone(), Some(status)));
+        }
+        if started.elapsed() > START_TIMEOUT {
+            let _ = child.kill();
+            return Err((log.lock().unwrap().clone(), None));
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Start, readiness, socket handling and graceful stop of the real daemon.
+
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::time::Duration;
+
+use plinth_tests::{Start, start, start_in};
+
+#[test]
+fn starts_serves_and_stops_cleanly_on_sigterm() {
+    let mut daemon = start(Start::default());
+    let metadata = std::fs::metadata(daemon.socket()).unwrap();
+    assert!(metadata.file_type().is_socket());
+    assert_eq!(metadata.permissions().mode() & 0o777, 0o660, "socket mode");
+    let listing = daemon.ctr(&["plugins", "ls"]);
+    let rows: Vec<Vec<&str>> = listing
+        .ok()
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        rows.contains(&vec!["io.containerd.grpc.v1", "introspection", "-", "ok"]),
+        "{}",
+        listing.stdout
+    );
+    let log = daemon.log();
+    for uri in [
+        "io.containerd.grpc.v1.introspection",
+        "io.containerd.grpc.v1.version",
+        "io.containerd.metadata.v1.redb",
+    ] {
+        assert!(
+            log.contains(&format!("plugin ok uri={uri}")),
+            "no outcome logged for {uri}:\n{log}"
+        );
+    }
+    let status = daemon.stop(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        daemon.log()
+    );
+    assert!(!daemon.socket().exists(), "socket removed at exit");
+    assert!(
+        daemon.log().contains("signal=\"SIGTERM\""),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn sigint_stops_it_too() {
+    let mut daemon = start(Start::default());
+    let pid = daemon.pid();
+    plinth_tests::signal(pid, "INT");
+    let status = daemon.stop(Duration::from_secs(15));
+    assert!(status.success() || status.code().is_none(), "{status}");
+    assert!(!daemon.socket().exists());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_refuses_and_the_first_keeps_serving() {
+    let first = start(Start::default());
+    let output = plinth_tests::run(
+        &plinth_tests::binary("plinthd"),
+        &[
+            "--address",
+            &first.address(),
+            "--root",
+            first.dir().join("root2").to_str().unwrap(),
+            "--state",
+            first.dir().join("state2").to_str().unwrap(),
+            "-c",
+            first.dir().join("config.toml").to_str().unwrap(),
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(
+        output
+            .stderr
+            .contains(&format!("another daemon is serving on {}", first.address())),
+        "{}",
+        output.stderr
+    );
+    assert!(
+        !first.dir().join("root2").exists(),
+        "the refused daemon created nothing"
+    );
+    assert!(first.ctr(&["version"]).ok().contains("UUID:"));
+}
+
+#[test]
+fn a_stale_socket_from_a_crash_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    // A socket file nobody listens on, as a killed daemon leaves behind.
+    drop(std::os::unix::net::UnixListener::bind(dir.path().join("plinthd.sock")).unwrap());
+    let daemon = start_in(dir, Start::default()).unwrap_or_else(|(log, _)| panic!("{log}"));
+    assert!(
+        daemon.log().contains("removing stale socket"),
+        "{}",
+        daemon.log()
+    );
+    daemon.ctr(&["plugins", "ls"]).ok();
+}
+
+#[test]
+fn a_crash_leaves_a_socket_the_next_start_replaces() {
+    let first = start(Start::default());
+    first.plinthctl(&["namespaces", "create", "survivor"]).ok();
+    let socket = first.socket().to_path_buf();
+    // into_dir kills with SIGKILL: no clean-up runs.
+    let dir = first.into_dir();
+    assert!(socket.exists(), "SIGKILL leaves the socket");
+    let second = start_in(dir, Start::default()).unwrap_or_else(|(log, _)| panic!("{log}"));
+    assert!(
+        second.log().contains("removing stale socket"),
+        "{}",
+        second.log()
+    );
+    assert!(
+        second
+            .ctr(&["namespaces", "ls", "-q"])
+            .ok()
+            .contains("survivor"),
+        "data survives the crash"
+    );
+}
+
+#[test]
+fn readiness_is_sent_to_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let options = Start {
+        env: vec![("NOTIFY_SOCKET".into(), notify.display().to_string())],
+        ..Start::default()
+    };
+    let mut daemon = start_in(dir, options).unwrap_or_else(|(log, _)| panic!("{log}"));
+    let mut buffer = [0u8; 64];
+    let n = listener.recv(&mut buffer).unwrap();
+    assert_eq!(&buffer[..n], b"READY=1");
+    daemon.stop(Duration::from_secs(15));
+    let n = listener.recv(&mut buffer).unwrap();
+    assert_eq!(&buffer[..n], b"STOPPING=1");
+}
+
+#[test]
+fn json_logs_when_configured() {
+    let daemon = start(Start {
+        config: "version = 3\n[debug]\nformat = \"json\"\n".into(),
+        ..Start::default()
+    });
+    let log = daemon.log();
+    let plugin_lines: Vec<&str> = log.lines().filter(|l| l.contains("plugin ok")).collect();
+    assert!(!plugin_lines.is_empty(), "{log}");
+    for line in plugin_lines {
+        assert!(
+            line.starts_with('{') && line.ends_with('}'),
+            "not JSON: {line}"
+        );
+        assert!(line.contains("\"uri\":\"io.containerd."), "{line}");
+    }
+}
+
+#[test]
+fn uuid_persists_across_restarts() {
+    let mut daemon = start(Start::default());
+    let uuid = |text: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("UUID: ").map(str::to_string))
+    };
+    let first = uuid(daemon.ctr(&["version"]).ok()).expect("uuid");
+    daemon.stop(Duration::from_secs(15));
+    let stored = std::fs::read_to_string(
+        daemon
+            .root()
+            .join("io.containerd.grpc.v1.introspection/uuid"),
+    )
+    .unwrap();
+    assert_eq!(stored, first);
+}

@@ -1,0 +1,16 @@
+//! End-to-end tests: plinthd as a process, the stock `ctr`, plinthctl and the offline commands.
+
+mod bad_input;
+mod commands;
+mod interop;
+mod lifecycle;
+
+/// The harness finds the binaries next to the test executable; cargo rebuilds exactly those
+/// for this package's integration tests, so they are never stale.
+#[test]
+fn harness_uses_the_binaries_cargo_built_for_this_run() {
+    let expected = std::path::Path::new(env!("CARGO_BIN_EXE_plinthd"));
+    assert_eq!(plinth_tests::binary("plinthd"), expected);
+    let expected = std::path::Path::new(env!("CARGO_BIN_EXE_plinthctl"));
+    assert_eq!(plinth_tests::binary("plinthctl"), expected);
+}

@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# Start-up time to the first served `plugins ls`, and idle RSS, for plinthd vs containerd,
+# side by side in one invocation.
+#
+# For each round, each daemon is cold-started in turn (plinthd, containerd with its default
+# plugin set, containerd with a plugin set reduced to what plinthd has): fresh temp root, state
+# and socket; start the daemon; every 5 ms, once the socket exists, run
+# `ctr --address SOCK plugins ls`, until it exits 0; elapsed ms = that moment minus the
+# moment just before the daemon was started (both from `date +%s%N`). About 1 s later VmRSS
+# is read from /proc/<pid>/status, and one more `ctr plugins ls` is timed against the
+# now-running daemon (the client's own cost, which is part of every start-up figure).
+# Then SIGTERM, wait for the exit, remove the dirs.
+#
+# Environment: RUNS (measured rounds, default 15), WARMUP (unmeasured rounds first, to get
+# the binaries into the page cache, default 1), CONTAINERD (default /usr/bin/containerd),
+# CTR (default /usr/bin/ctr), SKIP_BUILD=1 to use the existing target/release/plinthd.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+RUNS=${RUNS:-15}
+WARMUP=${WARMUP:-1}
+CONTAINERD=${CONTAINERD:-/usr/bin/containerd}
+CTR=${CTR:-/usr/bin/ctr}
+PLINTHD=$repo/target/release/plinthd
+POLL_TIMEOUT_MS=20000
+
+daemons=(plinthd containerd-default containerd-reduced)
+
+die() {
+    echo "bench-startup: $*" >&2
+    exit 1
+}
+
+for tool in "$CONTAINERD" "$CTR"; do
+    [[ -x $tool ]] || die "$tool not found (apt-get install -y containerd)"
+done
+
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    echo "building plinthd (release)..." >&2
+    cargo build --release -p plinthd >&2
+fi
+[[ -x $PLINTHD ]] || die "$PLINTHD not built"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/bench-startup.XXXXXX")
+daemon_pid=
+
+cleanup() {
+    local status=$?
+    if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then
+        kill -TERM "$daemon_pid" 2>/dev/null || true
+        # Give it 5 s to stop, then kill it.
+        for _ in $(seq 50); do
+            kill -0 "$daemon_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$daemon_pid" 2>/dev/null || true
+        wait "$daemon_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Plugins containerd 1.6 has and plinthd does not (plinthd has content, the native and
+# overlayfs snapshotters, metadata, and the introspection, version, namespaces, content and
+# snapshots gRPC services). The event exchange and the service.v1 plugins behind the kept
+# gRPC services stay: containerd's metadata and gRPC plugins need them.
+containerd_extra_plugins=(
+    io.containerd.snapshotter.v1.aufs
+    io.containerd.snapshotter.v1.btrfs
+    io.containerd.snapshotter.v1.devmapper
+    io.containerd.snapshotter.v1.zfs
+    io.containerd.differ.v1.walking
+    io.containerd.gc.v1.scheduler
+    io.containerd.service.v1.containers-service
+    io.containerd.service.v1.diff-service
+    io.containerd.service.v1.images-service
+    io.containerd.service.v1.leases-service
+    io.containerd.service.v1.tasks-service
+    io.containerd.runtime.v1.linux
+    io.containerd.runtime.v2.task
+    io.containerd.monitor.v1.cgroups
+    io.containerd.internal.v1.restart
+    io.containerd.internal.v1.opt
+    io.containerd.grpc.v1.containers
+    io.containerd.grpc.v1.diff
+    io.containerd.grpc.v1.events
+    io.containerd.grpc.v1.healthcheck
+    io.containerd.grpc.v1.images
+    io.containerd.grpc.v1.leases
+    io.containerd.grpc.v1.tasks
+    io.containerd.grpc.v1.cri
+)
+
+# write_config DAEMON DIR SOCK: the daemon's config file, printed as its path.
+write_config() {
+    local daemon=$1 dir=$2 sock=$3 cfg=$2/config.toml
+    case $daemon in
+        plinthd)
+            # Just the version: embedded defaults, and no user config file is read.
+            echo 'version = 3' >"$cfg"
+            ;;
+        containerd-default)
+            # The opt plugin would otherwise create /opt/containerd.
+            cat >"$cfg" <<EOF
+version = 2
+[grpc]
+  address = "$sock"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/opt"
+EOF
+            ;;
+        containerd-reduced)
+            {
+                echo 'version = 2'
+                echo 'disabled_plugins = ['
+                printf '  "%s",\n' "${containerd_extra_plugins[@]}"
+                echo ']'
+                echo '[grpc]'
+                echo "  address = \"$sock\""
+            } >"$cfg"
+            ;;
+    esac
+    echo "$cfg"
+}
+
+# start_daemon DAEMON DIR SOCK CFG: starts it in the background; sets daemon_pid.
+start_daemon() {
+    local daemon=$1 dir=$2 sock=$3 cfg=$4
+    case $daemon in
+        plinthd)
+            "$PLINTHD" -c "$cfg" --root "$dir/root" --state "$dir/state" --address "$sock" \
+                >"$dir/log" 2>&1 &
+            ;;
+        containerd-*)
+            "$CONTAINERD" --config "$cfg" --root "$dir/root" --state "$dir/state" \
+                --address "$sock" >"$dir/log" 2>&1 &
+            ;;
+    esac
+    daemon_pid=$!
+}
+
+now_ns() { date +%s%N; }
+
+# ns → ms with one decimal.
+ms() { awk -v ns="$1" 'BEGIN { printf "%.1f\n", ns / 1e6 }'; }
+
+# one_run DAEMON ROUND MEASURED: one cold start; appends to the result files if MEASURED=1.
+one_run() {
+    local daemon=$1 round=$2 measured=$3
+    local dir sock cfg t0 t1 deadline rss c0 c1 rc
+    dir=$work/$daemon-$round
+    mkdir -p "$dir"
+    sock=$dir/d.sock
+    cfg=$(write_config "$daemon" "$dir" "$sock")
+
+    t0=$(now_ns)
+    start_daemon "$daemon" "$dir" "$sock" "$cfg"
+    deadline=$((t0 + POLL_TIMEOUT_MS * 1000000))
+    # ctr itself waits (up to 10 s, retrying every 10 ms) for a socket that is not there yet;
+    # checking for the socket first keeps the polling here, at 5 ms.
+    until [[ -S $sock ]] && "$CTR" --address "$sock" plugins ls >"$dir/plugins" 2>/dev/null; do
+        if ! kill -0 "$daemon_pid" 2>/dev/null; then
+            tail -n 20 "$dir/log" >&2
+            die "$daemon exited before serving (round $round)"
+        fi
+        if (($(now_ns) > deadline)); then
+            tail -n 20 "$dir/log" >&2
+            die "$daemon did not serve plugins ls within ${POLL_TIMEOUT_MS} ms (round $round)"
+        fi
+        sleep 0.005
+    done
+    t1=$(now_ns)
+
+    sleep 1
+    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$daemon_pid/status")
+    c0=$(now_ns)
+    "$CTR" --address "$sock" plugins ls >/dev/null
+    c1=$(now_ns)
+
+    kill -TERM "$daemon_pid"
+    rc=0
+    wait "$daemon_pid" || rc=$?
+    daemon_pid=
+    if ((rc != 0)); then
+        tail -n 20 "$dir/log" >&2
+        die "$daemon exited with status $rc after SIGTERM (round $round)"
+    fi
+    [[ -e $sock ]] && echo "note: $daemon left its socket behind (round $round)" >&2
+
+    if ((measured)); then
+        ms $((t1 - t0)) >>"$work/$daemon.start"
+        echo "$rss" >>"$work/$daemon.rss"
+        ms $((c1 - c0)) >>"$work/$daemon.client"
+        # Keep the first measured run's plugin list and log lines above info.
+        if [[ ! -e $work/$daemon.plugins ]]; then
+            cp "$dir/plugins" "$work/$daemon.plugins"
+            grep -iE 'level=(warn|error|fatal)|\b(WARN|ERROR)\b|panic' "$dir/log" \
+                >"$work/$daemon.problems" || true
+        fi
+    fi
+    rm -rf "$dir"
+}
+
+# Median, min and max of a file of numbers, one per line.
+median() {
+    sort -g "$1" | awk '{ v[NR] = $1 }
+        END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+minimum() { sort -g "$1" | head -n 1; }
+maximum() { sort -g "$1" | tail -n 1; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+started=$(now_ns)
+total=$((WARMUP + RUNS))
+for ((round = 1; round <= total; round++)); do
+    measured=$((round > WARMUP))
+    for daemon in "${daemons[@]}"; do
+        one_run "$daemon" "$round" "$measured"
+    done
+    if ((measured)); then
+        printf 'round %d/%d done\n' $((round - WARMUP)) "$RUNS" >&2
+    fi
+done
+finished=$(now_ns)
+
+echo
+echo "Start-up to the first served \`ctr plugins ls\`, and idle RSS ~1 s later;"
+echo "$RUNS cold starts per daemon (after $WARMUP warm-up round(s)), alternating, in $(ms $((finished - started))) ms."
+echo "$(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "plinthd: $PLINTHD; containerd: $("$CONTAINERD" --version)"
+echo
+p_start=$(median "$work/plinthd.start")
+p_rss=$(median "$work/plinthd.rss")
+echo "| daemon | plugins ok | median start-up | min | max | idle RSS (median) | warm \`ctr plugins ls\` | plinthd / this, start-up | plinthd / this, RSS |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+for daemon in "${daemons[@]}"; do
+    start=$(median "$work/$daemon.start")
+    rss=$(median "$work/$daemon.rss")
+    okcount=$(awk 'NR > 1 && $NF == "ok"' "$work/$daemon.plugins" | wc -l)
+    printf '| %s | %d | %s ms | %s ms | %s ms | %s KiB | %s ms | %s | %s |\n' \
+        "$daemon" "$okcount" "$start" "$(minimum "$work/$daemon.start")" \
+        "$(maximum "$work/$daemon.start")" "$rss" "$(median "$work/$daemon.client")" \
+        "$(ratio "$p_start" "$start")" "$(ratio "$p_rss" "$rss")"
+done
+
+for daemon in "${daemons[@]}"; do
+    echo
+    echo "$daemon: plugins (ctr plugins ls, first measured run):"
+    sed 's/^/    /' "$work/$daemon.plugins"
+    if [[ -s $work/$daemon.problems ]]; then
+        echo "$daemon: warnings/errors in its log (first measured run):"
+        sed 's/^/    /' "$work/$daemon.problems"
+    fi
+done
