@@ -87,6 +87,9 @@ pub fn from_request<T>(request: &tonic::Request<T>) -> Result<String, Error> {
     Ok(name.to_string())
 }
 
+/// Labels of one object, sorted by key.
+pub type Labels = BTreeMap<String, String>;
+
 /// Stores namespaces and their labels. Implemented by the metadata plugin.
 pub trait NamespaceStore: Send + Sync {
     /// Creates a namespace; already exists is an error.
@@ -117,7 +120,7 @@ pub trait NamespaceStore: Send + Sync {
     ///
     /// # Errors
     /// Storage failure.
-    fn list(&self) -> Result<Vec<(String, BTreeMap<String, String>)>, Error>;
+    fn list(&self) -> Result<Vec<(String, Labels)>, Error>;
 
     /// Deletes an empty namespace.
     ///

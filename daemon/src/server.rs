@@ -84,18 +84,28 @@ impl Drop for SocketGuard {
     }
 }
 
-async fn stop_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers, only a kill stops the daemon.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// The stop signals, registered before the daemon says it is ready, so that a SIGTERM sent
+/// right after readiness is never handled by the default action (which would leave the
+/// socket behind).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn register() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
 
@@ -169,6 +179,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(uri = plugin.uri(), error = %e, "not a gRPC service"),
         }
     }
+    let signals = StopSignals::register()?;
     let listener = bind(&socket, config.config.grpc.uid, config.config.grpc.gid)?;
     let _guard = SocketGuard(socket.clone());
     tracing::info!(services = ?served, "serving gRPC");
@@ -179,7 +190,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
 
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<&'static str>();
     let shutdown = async move {
-        let signal = stop_signal().await;
+        let signal = signals.recv().await;
         tracing::info!(
             signal,
             "stopping: no new connections, finishing calls in flight"

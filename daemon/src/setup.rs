@@ -15,7 +15,7 @@ pub struct Options {
     /// Config file [default: /etc/plinth/config.toml as root, else $XDG_CONFIG_HOME/plinth/config.toml, when it exists]
     #[arg(short = 'c', long = "config", global = true)]
     pub config: Option<PathBuf>,
-    /// gRPC socket path (overrides [grpc] address)
+    /// gRPC socket path (overrides grpc.address)
     #[arg(short = 'a', long = "address", global = true)]
     pub address: Option<String>,
     /// Root directory for persistent data (overrides root)
@@ -24,7 +24,7 @@ pub struct Options {
     /// State directory for run-time data (overrides state)
     #[arg(long, global = true)]
     pub state: Option<PathBuf>,
-    /// Log level: trace, debug, info, warn, error (overrides [debug] level)
+    /// Log level: trace, debug, info, warn, error (overrides debug.level)
     #[arg(short = 'l', long = "log-level", global = true)]
     pub log_level: Option<String>,
     /// Treat every config report (unknown keys, unknown plugins) as an error

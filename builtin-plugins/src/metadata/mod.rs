@@ -14,7 +14,7 @@ use redb::{Database, ReadableTable};
 
 use self::schema::{META, NAMESPACE_LABELS, NAMESPACED, NAMESPACES, SCHEMA_VERSION};
 use crate::error::Error;
-use crate::namespaces::{NamespaceStore, validate_identifier, validate_label};
+use crate::namespaces::{Labels, NamespaceStore, validate_identifier, validate_label};
 
 /// The metadata database.
 #[derive(Debug)]
@@ -167,7 +167,7 @@ impl NamespaceStore for Metadata {
         txn.commit().map_err(storage)
     }
 
-    fn list(&self) -> Result<Vec<(String, BTreeMap<String, String>)>, Error> {
+    fn list(&self) -> Result<Vec<(String, Labels)>, Error> {
         let txn = self.db.begin_read().map_err(storage)?;
         let namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
         let labels = txn.open_table(NAMESPACE_LABELS).map_err(storage)?;

@@ -16,9 +16,13 @@ pub(crate) const NAMESPACES: TableDefinition<'_, &str, u64> = TableDefinition::n
 pub(crate) const NAMESPACE_LABELS: TableDefinition<'_, (&str, &str), &str> =
     TableDefinition::new("namespace_labels");
 
-/// Tables whose keys start with a namespace; a namespace with a key in any of them is not
-/// empty and cannot be deleted. Content and snapshot records join this list.
-pub(crate) const NAMESPACED: &[(&str, TableDefinition<'_, (&str, &str), &[u8]>)] = &[
+/// A table keyed by (namespace, name) holding encoded records.
+pub(crate) type NamespacedTable =
+    TableDefinition<'static, (&'static str, &'static str), &'static [u8]>;
+
+/// Tables whose keys start with a namespace, with what they hold; a namespace with a key in
+/// any of them is not empty and cannot be deleted.
+pub(crate) const NAMESPACED: &[(&str, NamespacedTable)] = &[
     ("content", TableDefinition::new("content")),
     ("snapshots", TableDefinition::new("snapshots")),
 ];

@@ -1,5 +1,8 @@
 //! End-to-end tests: plinthd as a process, the stock `ctr`, plinthctl and the offline commands.
 
+// Tests are tables of (input, expected) tuples; naming each tuple type would hide the table.
+#![allow(clippy::type_complexity)]
+
 mod bad_input;
 mod commands;
 mod interop;
