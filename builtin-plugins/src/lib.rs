@@ -9,12 +9,26 @@
 //! | `introspection` | yes | `io.containerd.grpc.v1.introspection`: plugin list, server identity |
 //! | `version` | yes | `io.containerd.grpc.v1.version` |
 //! | `namespaces` | yes | `io.containerd.grpc.v1.namespaces` (needs a metadata plugin) |
-//! | `metadata-redb` | yes | `io.containerd.metadata.v1.redb`: namespaces in a redb database |
+//! | `metadata-redb` | yes | `io.containerd.metadata.v1.redb`: namespaces, content and snapshot records in a redb database |
+//! | `content-local` | yes | `io.containerd.content.v1.content`: the local content store |
+//! | `snapshotter-native` | yes | `io.containerd.snapshotter.v1.native`: directory copies, bind mounts |
+//! | `snapshotter-overlayfs` | yes | `io.containerd.snapshotter.v1.overlayfs`: overlay mounts (skips itself without overlay) |
+//! | `content-service` | yes | `io.containerd.grpc.v1.content`: containerd's Content service |
+//! | `snapshots-service` | yes | `io.containerd.grpc.v1.snapshots`: containerd's Snapshots service |
+//! | `testsuite` | no | the conformance suites of [`content::testsuite`] and [`snapshots::testsuite`] |
 
+pub mod content;
+#[cfg(feature = "content-service")]
+mod content_service;
+#[cfg(any(feature = "content-service", feature = "snapshots-service"))]
+pub mod convert;
 pub mod error;
 pub mod filters;
 pub mod grpc;
 pub mod namespaces;
+pub mod snapshots;
+#[cfg(feature = "snapshots-service")]
+mod snapshots_service;
 
 #[cfg(feature = "introspection")]
 pub mod introspection;
@@ -33,6 +47,14 @@ pub const FEATURES: &[(&str, bool)] = &[
     ("version", cfg!(feature = "version")),
     ("namespaces", cfg!(feature = "namespaces")),
     ("metadata-redb", cfg!(feature = "metadata-redb")),
+    ("content-local", cfg!(feature = "content-local")),
+    ("snapshotter-native", cfg!(feature = "snapshotter-native")),
+    (
+        "snapshotter-overlayfs",
+        cfg!(feature = "snapshotter-overlayfs"),
+    ),
+    ("content-service", cfg!(feature = "content-service")),
+    ("snapshots-service", cfg!(feature = "snapshots-service")),
 ];
 
 /// The URIs of the plugins each feature contributes, to tell a user which feature to enable
@@ -42,6 +64,14 @@ pub const FEATURE_PLUGINS: &[(&str, &str)] = &[
     ("version", "io.containerd.grpc.v1.version"),
     ("namespaces", "io.containerd.grpc.v1.namespaces"),
     ("metadata-redb", "io.containerd.metadata.v1.redb"),
+    ("content-local", "io.containerd.content.v1.content"),
+    ("snapshotter-native", "io.containerd.snapshotter.v1.native"),
+    (
+        "snapshotter-overlayfs",
+        "io.containerd.snapshotter.v1.overlayfs",
+    ),
+    ("content-service", "io.containerd.grpc.v1.content"),
+    ("snapshots-service", "io.containerd.grpc.v1.snapshots"),
 ];
 
 /// Call this from the binary so the linker keeps this crate and its registrations.

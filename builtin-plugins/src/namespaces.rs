@@ -87,6 +87,29 @@ pub fn from_request<T>(request: &tonic::Request<T>) -> Result<String, Error> {
     Ok(name.to_string())
 }
 
+/// Hands out a namespace's view of the content store and of each snapshotter. Implemented
+/// by the metadata plugin; used by the gRPC services.
+pub trait NamespacedStores: Send + Sync {
+    /// The content store as `namespace` sees it.
+    ///
+    /// # Errors
+    /// Invalid namespace; unavailable when no content store is loaded.
+    fn content(
+        self: std::sync::Arc<Self>,
+        namespace: &str,
+    ) -> Result<std::sync::Arc<dyn crate::content::ContentStore>, Error>;
+
+    /// The snapshotter `name` as `namespace` sees it.
+    ///
+    /// # Errors
+    /// Invalid namespace; invalid argument for a snapshotter that is not loaded.
+    fn snapshotter(
+        self: std::sync::Arc<Self>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<std::sync::Arc<dyn crate::snapshots::Snapshotter>, Error>;
+}
+
 /// Labels of one object, sorted by key.
 pub type Labels = BTreeMap<String, String>;
 
@@ -127,6 +150,43 @@ pub trait NamespaceStore: Send + Sync {
     /// # Errors
     /// Not found; failed precondition when it still holds content or snapshots.
     fn delete(&self, name: &str) -> Result<(), Error>;
+}
+
+/// Applies containerd's label field paths to `labels`.
+///
+/// # Errors
+/// Invalid argument for a path other than `labels` or `labels.<key>`.
+pub fn apply_label_paths(
+    current: &mut Labels,
+    requested: &Labels,
+    fieldpaths: &[String],
+) -> Result<(), Error> {
+    if fieldpaths.is_empty() {
+        *current = requested.clone();
+        return Ok(());
+    }
+    for path in fieldpaths {
+        if path == "labels" {
+            *current = requested.clone();
+        } else if let Some(key) = path.strip_prefix("labels.") {
+            match requested.get(key).filter(|v| !v.is_empty()) {
+                Some(value) => {
+                    current.insert(key.to_string(), value.clone());
+                }
+                None => {
+                    current.remove(key);
+                }
+            }
+        } else {
+            return Err(Error::invalid(format!(
+                "cannot update {path:?}: only \"labels\" and \"labels.<key>\" can be updated"
+            )));
+        }
+    }
+    for (key, value) in current.iter() {
+        validate_label(key, value)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

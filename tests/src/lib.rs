@@ -99,6 +99,90 @@ pub fn run(program: &Path, args: &[&str]) -> Output {
     }
 }
 
+/// Runs a command with standard input read from `stdin` and standard output written to
+/// `stdout` (files), for data too large to hold in memory.
+///
+/// # Panics
+/// When the command or the files cannot be opened.
+pub fn run_files(
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&Path>,
+    stdout: Option<&Path>,
+) -> Output {
+    let input = match stdin {
+        Some(path) => Stdio::from(
+            std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display())),
+        ),
+        None => Stdio::null(),
+    };
+    let output = match stdout {
+        Some(path) => Stdio::from(
+            std::fs::File::create(path)
+                .unwrap_or_else(|e| panic!("creating {}: {e}", path.display())),
+        ),
+        None => Stdio::piped(),
+    };
+    let child = Command::new(program)
+        .args(args)
+        .env_remove("CONTAINERD_NAMESPACE")
+        .stdin(input)
+        .stdout(output)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+    let result = child.wait_with_output().expect("waiting for the command");
+    Output {
+        status: result.status,
+        stdout: String::from_utf8_lossy(&result.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&result.stderr).into_owned(),
+    }
+}
+
+/// The `sha256:<hex>` digest of a file, computed by `sha256sum`.
+///
+/// # Panics
+/// When `sha256sum` fails.
+pub fn sha256_file(path: &Path) -> String {
+    let output = run(
+        Path::new("sha256sum"),
+        &[path.to_str().expect("utf-8 path")],
+    );
+    let hex = output
+        .ok()
+        .split_whitespace()
+        .next()
+        .expect("sha256sum output")
+        .to_string();
+    format!("sha256:{hex}")
+}
+
+/// A file of `size` pseudo-random bytes (seeded, so reruns use the same data).
+///
+/// # Panics
+/// When the file cannot be written.
+pub fn random_file(path: &Path, size: usize, seed: u64) {
+    use std::io::Write as _;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("creating the file"));
+    let mut block = vec![0u8; 1 << 16];
+    let mut left = size;
+    while left > 0 {
+        for chunk in block.chunks_mut(8) {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let value = state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&value[..chunk.len()]);
+        }
+        let n = left.min(block.len());
+        file.write_all(&block[..n]).expect("writing the file");
+        left -= n;
+    }
+    file.flush().expect("flushing the file");
+}
+
 /// A plinthd process on its own temporary directories.
 #[derive(Debug)]
 pub struct Daemon {
@@ -158,6 +242,25 @@ impl Daemon {
         let mut all = vec!["--address", self.socket.to_str().unwrap()];
         all.extend_from_slice(args);
         run(&ctr(), &all)
+    }
+
+    /// `ctr --address <socket> <args>` with standard input and output as files.
+    pub fn ctr_files(&self, args: &[&str], stdin: Option<&Path>, stdout: Option<&Path>) -> Output {
+        let mut all = vec!["--address", self.socket.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run_files(&ctr(), &all, stdin, stdout)
+    }
+
+    /// `plinthctl --address <socket> <args>` with standard input and output as files.
+    pub fn plinthctl_files(
+        &self,
+        args: &[&str],
+        stdin: Option<&Path>,
+        stdout: Option<&Path>,
+    ) -> Output {
+        let mut all = vec!["--address", self.socket.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run_files(&binary("plinthctl"), &all, stdin, stdout)
     }
 
     /// `plinthctl --address <socket> <args>`.

@@ -1,8 +1,16 @@
 //! `io.containerd.metadata.v1.redb`: the metadata store in a redb database under the plugin
-//! root: namespaces and their labels (content and snapshot records join in the storage
-//! issue).
+//! root. It holds namespaces and their labels, each namespace's content records (over the
+//! content store) and snapshot records (over each snapshotter), and hands out namespaced
+//! views of the content store and snapshotters ([`NamespacedStores`]).
+//!
+//! `content_sharing_policy` (config) is containerd's: under `shared`, a namespace that
+//! writes a blob another namespace already has gets it without uploading it again; under
+//! `isolated`, a namespace sees and reads only blobs it committed itself, and must upload the
+//! bytes (which are verified) to commit a blob the store already holds.
 
+mod content;
 mod schema;
+mod snapshots;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,14 +20,62 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
 use redb::{Database, ReadableTable};
 
-use self::schema::{META, NAMESPACE_LABELS, NAMESPACED, NAMESPACES, SCHEMA_VERSION};
+use self::schema::{
+    CONTENT, CONTENT_LABELS, META, NAMESPACE_LABELS, NAMESPACES, SCHEMA_VERSION, SEQUENCES,
+    SNAPSHOT_LABELS, SNAPSHOTS,
+};
+use crate::content::ContentStore;
 use crate::error::Error;
-use crate::namespaces::{Labels, NamespaceStore, validate_identifier, validate_label};
+use crate::namespaces::{
+    Labels, NamespaceStore, NamespacedStores, validate_identifier, validate_label,
+};
+use crate::snapshots::Snapshotter;
 
-/// The metadata database.
-#[derive(Debug)]
+/// How namespaces share blobs (containerd's `content_sharing_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharingPolicy {
+    /// A blob in the store is available to every namespace that asks for it by digest.
+    Shared,
+    /// A namespace sees only what it committed itself.
+    Isolated,
+}
+
+/// The plugin's config section.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct MetadataConfig {
+    /// `shared` (default) or `isolated`.
+    pub content_sharing_policy: String,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            content_sharing_policy: "shared".to_string(),
+        }
+    }
+}
+
+/// The metadata database and the stores it namespaces.
 pub struct Metadata {
     db: Database,
+    content: Option<Arc<dyn ContentStore>>,
+    snapshotters: BTreeMap<String, Arc<dyn Snapshotter>>,
+    policy: SharingPolicy,
+    /// Snapshot changes touch the backend and the records; one at a time keeps them in step.
+    snapshot_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metadata")
+            .field("policy", &self.policy)
+            .field(
+                "snapshotters",
+                &self.snapshotters.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 fn storage(error: impl std::fmt::Display) -> Error {
@@ -27,9 +83,25 @@ fn storage(error: impl std::fmt::Display) -> Error {
 }
 
 fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    to_nanos(SystemTime::now())
+}
+
+fn to_nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn from_nanos(nanos: u64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_nanos(nanos)
+}
+
+/// Runs blocking database work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::internal(format!("metadata worker: {e}")))?
 }
 
 impl Metadata {
@@ -40,6 +112,19 @@ impl Metadata {
     /// The file cannot be opened (e.g. another process holds it), or it was written by a
     /// newer schema.
     pub fn open(path: &Path) -> Result<Metadata, Error> {
+        Metadata::open_with(path, None, BTreeMap::new(), SharingPolicy::Shared)
+    }
+
+    /// Opens the database over a content store and snapshotters (by name).
+    ///
+    /// # Errors
+    /// As [`Metadata::open`].
+    pub fn open_with(
+        path: &Path,
+        content: Option<Arc<dyn ContentStore>>,
+        snapshotters: BTreeMap<String, Arc<dyn Snapshotter>>,
+        policy: SharingPolicy,
+    ) -> Result<Metadata, Error> {
         let db = Database::create(path)
             .map_err(|e| Error::unavailable(format!("opening {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(storage)?;
@@ -64,12 +149,20 @@ impl Metadata {
             }
             txn.open_table(NAMESPACES).map_err(storage)?;
             txn.open_table(NAMESPACE_LABELS).map_err(storage)?;
-            for (_, table) in NAMESPACED {
-                txn.open_table(*table).map_err(storage)?;
-            }
+            txn.open_table(SEQUENCES).map_err(storage)?;
+            txn.open_table(CONTENT).map_err(storage)?;
+            txn.open_table(CONTENT_LABELS).map_err(storage)?;
+            txn.open_table(SNAPSHOTS).map_err(storage)?;
+            txn.open_table(SNAPSHOT_LABELS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        Ok(Metadata { db })
+        Ok(Metadata {
+            db,
+            content,
+            snapshotters,
+            policy,
+            snapshot_lock: tokio::sync::Mutex::new(()),
+        })
     }
 
     fn labels_in(
@@ -189,15 +282,27 @@ impl NamespaceStore for Metadata {
                 return Err(Error::not_found(format!("namespace {name:?}: not found")));
             }
             let mut holding = Vec::new();
-            for (what, definition) in NAMESPACED {
-                let table = txn.open_table(*definition).map_err(storage)?;
-                let mut range = table.range((name, "")..).map_err(storage)?;
-                if let Some(item) = range.next() {
-                    let (key, _) = item.map_err(storage)?;
-                    if key.value().0 == name {
-                        holding.push(*what);
-                    }
-                }
+            let content = txn.open_table(CONTENT).map_err(storage)?;
+            if content
+                .range((name, "")..)
+                .map_err(storage)?
+                .next()
+                .transpose()
+                .map_err(storage)?
+                .is_some_and(|(k, _)| k.value().0 == name)
+            {
+                holding.push("content");
+            }
+            let snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
+            if snapshots
+                .range((name, "", "")..)
+                .map_err(storage)?
+                .next()
+                .transpose()
+                .map_err(storage)?
+                .is_some_and(|(k, _)| k.value().0 == name)
+            {
+                holding.push("snapshots");
             }
             if !holding.is_empty() {
                 return Err(Error::failed_precondition(format!(
@@ -216,20 +321,85 @@ impl NamespaceStore for Metadata {
     }
 }
 
+impl NamespacedStores for Metadata {
+    fn content(self: Arc<Self>, namespace: &str) -> Result<Arc<dyn ContentStore>, Error> {
+        validate_identifier("namespace", namespace)?;
+        if self.content.is_none() {
+            return Err(Error::unavailable(
+                "no content store is loaded: enable a content plugin",
+            ));
+        }
+        Ok(Arc::new(content::NamespacedContent::new(self, namespace)))
+    }
+
+    fn snapshotter(
+        self: Arc<Self>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Arc<dyn Snapshotter>, Error> {
+        validate_identifier("namespace", namespace)?;
+        if !self.snapshotters.contains_key(name) {
+            let loaded: Vec<&str> = self.snapshotters.keys().map(String::as_str).collect();
+            return Err(Error::invalid(format!(
+                "snapshotter not loaded: {name} (loaded: {})",
+                if loaded.is_empty() {
+                    "none".to_string()
+                } else {
+                    loaded.join(", ")
+                }
+            )));
+        }
+        Ok(Arc::new(snapshots::NamespacedSnapshotter::new(
+            self, namespace, name,
+        )))
+    }
+}
+
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
+    let config = ctx.config::<MetadataConfig>()?;
+    let policy = match config.content_sharing_policy.as_str() {
+        "shared" => SharingPolicy::Shared,
+        "isolated" => SharingPolicy::Isolated,
+        other => {
+            return Err(InitError::msg(format!(
+                "content_sharing_policy = {other:?} is not a policy: use \"shared\" or \"isolated\""
+            )));
+        }
+    };
+    let content: Arc<dyn ContentStore> = ctx.get_single(types::CONTENT)?;
+    let snapshotters: BTreeMap<String, Arc<dyn Snapshotter>> = ctx
+        .get_by_type::<dyn Snapshotter>(types::SNAPSHOTTER)
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no snapshotter: snapshot calls will fail");
+            Vec::new()
+        })
+        .into_iter()
+        .map(|(id, s)| (id.to_string(), s))
+        .collect();
     std::fs::create_dir_all(ctx.root())
         .map_err(|e| InitError::msg(format!("creating {}: {e}", ctx.root().display())))?;
     let path = ctx.root().join("meta.db");
-    let metadata = Arc::new(Metadata::open(&path)?);
-    ctx.meta_mut()
-        .exports
-        .insert("path".to_string(), path.display().to_string());
-    Ok(Instance::new(metadata.clone() as Arc<dyn NamespaceStore>).with(metadata))
+    let metadata = Arc::new(Metadata::open_with(
+        &path,
+        Some(content),
+        snapshotters,
+        policy,
+    )?);
+    let exports = &mut ctx.meta_mut().exports;
+    exports.insert("path".to_string(), path.display().to_string());
+    exports.insert(
+        "content_sharing_policy".to_string(),
+        config.content_sharing_policy.clone(),
+    );
+    Ok(Instance::new(metadata.clone() as Arc<dyn NamespaceStore>)
+        .with(metadata.clone() as Arc<dyn NamespacedStores>)
+        .with(metadata))
 }
 
 register!(
     Registration::new(types::METADATA, "redb", init)
         .requires(&[types::CONTENT, types::SNAPSHOTTER])
+        .config::<MetadataConfig>()
 );
 
 #[cfg(test)]

@@ -1,28 +1,39 @@
 //! The redb tables of the metadata plugin, in one place, and the schema version.
+//!
+//! Times are nanoseconds since the Unix epoch. Every record is keyed by namespace first, so
+//! a namespace's records are one key range.
 
 use redb::TableDefinition;
 
-/// The schema this code writes. Bump it, and add a migration in `metadata::migrate`, when a
+/// The schema this code writes. Bump it, and add a migration in `Metadata::open`, when a
 /// table changes shape.
 pub(crate) const SCHEMA_VERSION: u64 = 1;
 
 /// `"schema_version"` → version.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
-/// namespace → creation time (nanoseconds since the Unix epoch).
+/// Counters, e.g. `"snapshot"` → the last number used in a backend snapshot key.
+pub(crate) const SEQUENCES: TableDefinition<'_, &str, u64> = TableDefinition::new("sequences");
+
+/// namespace → creation time.
 pub(crate) const NAMESPACES: TableDefinition<'_, &str, u64> = TableDefinition::new("namespaces");
 
 /// (namespace, key) → value.
 pub(crate) const NAMESPACE_LABELS: TableDefinition<'_, (&str, &str), &str> =
     TableDefinition::new("namespace_labels");
 
-/// A table keyed by (namespace, name) holding encoded records.
-pub(crate) type NamespacedTable =
-    TableDefinition<'static, (&'static str, &'static str), &'static [u8]>;
+/// (namespace, digest) → (size, created, updated): the blobs a namespace holds.
+pub(crate) const CONTENT: TableDefinition<'_, (&str, &str), (u64, u64, u64)> =
+    TableDefinition::new("content");
 
-/// Tables whose keys start with a namespace, with what they hold; a namespace with a key in
-/// any of them is not empty and cannot be deleted.
-pub(crate) const NAMESPACED: &[(&str, NamespacedTable)] = &[
-    ("content", TableDefinition::new("content")),
-    ("snapshots", TableDefinition::new("snapshots")),
-];
+/// (namespace, digest, label key) → label value.
+pub(crate) const CONTENT_LABELS: TableDefinition<'_, (&str, &str, &str), &str> =
+    TableDefinition::new("content_labels");
+
+/// (namespace, snapshotter, key) → (kind, parent key, backend key, created, updated).
+pub(crate) const SNAPSHOTS: TableDefinition<'_, (&str, &str, &str), (u8, &str, &str, u64, u64)> =
+    TableDefinition::new("snapshots");
+
+/// (namespace, snapshotter, key, label key) → label value.
+pub(crate) const SNAPSHOT_LABELS: TableDefinition<'_, (&str, &str, &str, &str), &str> =
+    TableDefinition::new("snapshot_labels");

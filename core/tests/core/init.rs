@@ -466,7 +466,11 @@ fn context_gives_paths_meta_and_extensions_and_disabled_plugins_are_listed() {
     assert_eq!(probe.meta().platforms, ["linux/amd64"]);
     let off = set.get("ctx.ok-off").unwrap();
     assert_eq!(off.status().as_str(), "disabled");
-    assert_eq!(set.plugins()[0].uri(), "ctx.ok-off", "disabled plugins come first");
+    assert_eq!(
+        set.plugins()[0].uri(),
+        "ctx.ok-off",
+        "disabled plugins come first"
+    );
     assert!(matches!(
         set.get_by_id::<String>("ctx", "ok-off"),
         Err(LookupError::Disabled { .. })

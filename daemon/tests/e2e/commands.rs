@@ -112,10 +112,15 @@ fn plugins_ls_offline_shows_order_and_disabled() {
     assert_eq!(
         ids,
         [
-            ("1", "introspection"),
-            ("2", "redb"),
-            ("3", "namespaces"),
-            ("-", "version")
+            ("1", "content"),
+            ("2", "native"),
+            ("3", "overlayfs"),
+            ("4", "redb"),
+            ("5", "content"),
+            ("6", "introspection"),
+            ("7", "namespaces"),
+            ("8", "snapshots"),
+            ("-", "version"),
         ]
     );
     let quiet = plinthd(&["-c", &config, "plugins", "ls", "-q"]);

@@ -24,10 +24,16 @@ fn owned(rows: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// Every plugin of the default build, in init order.
 const ALL: &[(&str, &str, &str)] = &[
-    ("io.containerd.grpc.v1", "introspection", "ok"),
+    ("io.containerd.content.v1", "content", "ok"),
+    ("io.containerd.snapshotter.v1", "native", "ok"),
+    ("io.containerd.snapshotter.v1", "overlayfs", "ok"),
     ("io.containerd.metadata.v1", "redb", "ok"),
+    ("io.containerd.grpc.v1", "content", "ok"),
+    ("io.containerd.grpc.v1", "introspection", "ok"),
     ("io.containerd.grpc.v1", "namespaces", "ok"),
+    ("io.containerd.grpc.v1", "snapshots", "ok"),
     ("io.containerd.grpc.v1", "version", "ok"),
 ];
 
@@ -39,8 +45,10 @@ fn check_plugin_listings(daemon: &Daemon, client: &dyn Fn(&[&str]) -> plinth_tes
         (
             &["plugins", "ls", "type==io.containerd.grpc.v1"],
             &[
+                ("io.containerd.grpc.v1", "content", "ok"),
                 ("io.containerd.grpc.v1", "introspection", "ok"),
                 ("io.containerd.grpc.v1", "namespaces", "ok"),
+                ("io.containerd.grpc.v1", "snapshots", "ok"),
                 ("io.containerd.grpc.v1", "version", "ok"),
             ],
         ),
@@ -103,7 +111,10 @@ fn plinthctl_plugins_ls_shows_the_same() {
     let daemon = start(Start::default());
     check_plugin_listings(&daemon, &|args| daemon.plinthctl(args));
     let quiet = daemon.plinthctl(&["plugins", "ls", "-q"]);
-    assert_eq!(quiet.ok(), "introspection\nredb\nnamespaces\nversion\n");
+    assert_eq!(
+        quiet.ok(),
+        "content\nnative\noverlayfs\nredb\ncontent\nintrospection\nnamespaces\nsnapshots\nversion\n"
+    );
 }
 
 #[test]
@@ -119,10 +130,16 @@ fn failed_plugins_show_as_error_with_their_cause() {
     ] {
         assert_eq!(
             plugin_rows(output.ok()),
+            // Without the metadata plugin nothing pulls the stores forward: URI order.
             owned(&[
+                ("io.containerd.content.v1", "content", "ok"),
+                ("io.containerd.grpc.v1", "content", "error"),
                 ("io.containerd.grpc.v1", "introspection", "ok"),
                 ("io.containerd.grpc.v1", "namespaces", "error"),
+                ("io.containerd.grpc.v1", "snapshots", "error"),
                 ("io.containerd.grpc.v1", "version", "ok"),
+                ("io.containerd.snapshotter.v1", "native", "ok"),
+                ("io.containerd.snapshotter.v1", "overlayfs", "ok"),
             ])
         );
     }

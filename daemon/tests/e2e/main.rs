@@ -5,8 +5,10 @@
 
 mod bad_input;
 mod commands;
+mod crash;
 mod interop;
 mod lifecycle;
+mod storage;
 
 /// The harness finds the binaries next to the test executable; cargo rebuilds exactly those
 /// for this package's integration tests, so they are never stale.

@@ -18,7 +18,10 @@ use plinthd::client::{Client, status_error};
 use plinthd::commands::table;
 use plinthd::paths::Defaults;
 
-/// Plinth's client: plugins, version and namespaces of a running plinthd.
+mod content;
+mod snapshots;
+
+/// Plinth's client for a running plinthd: plugins, version, namespaces, content, snapshots.
 #[derive(Debug, Parser)]
 #[command(name = "plinthctl", version, about)]
 struct Cli {
@@ -48,6 +51,18 @@ enum Command {
     /// Namespaces
     #[command(subcommand, alias = "ns")]
     Namespaces(NamespacesCommand),
+    /// Content: blobs and ingests
+    #[command(subcommand)]
+    Content(content::ContentCommand),
+    /// Snapshots of one snapshotter
+    #[command(alias = "snapshot")]
+    Snapshots {
+        /// The snapshotter
+        #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
+        snapshotter: String,
+        #[command(subcommand)]
+        command: snapshots::SnapshotsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,7 +129,7 @@ async fn main() -> ExitCode {
     }
 }
 
-fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     items
         .iter()
         .map(|item| {
@@ -185,6 +200,11 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             ))
         }
         Command::Namespaces(command) => namespaces(&client, command).await,
+        Command::Content(command) => content::run(&client, command).await,
+        Command::Snapshots {
+            snapshotter,
+            command,
+        } => snapshots::run(&client, &snapshotter, command).await,
     }
 }
 

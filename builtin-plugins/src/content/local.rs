@@ -1,0 +1,1457 @@
+//! `io.containerd.content.v1.content`: the local content store, containerd's on-disk layout
+//! and semantics (content-addressed blobs, resumable ingests keyed by ref, atomic commit).
+//!
+//! # Layout under the plugin root
+//!
+//! ```text
+//! blobs/sha256/<hex>          committed blobs, read-only (0444), mtime = commit time
+//! ingest/<sha256(ref) hex>/   one directory per ingest (a ref never becomes a path)
+//!     data                    the bytes written so far
+//!     ref                     the ref, written last: an ingest without it is incomplete
+//!     startedat, updatedat    RFC 3339 timestamps (containerd's format)
+//!     total                   the expected size in decimal, when given
+//!     expected                the expected digest, when given (Plinth's addition)
+//! labels/sha256/<hex>         a blob's labels and times, when it has labels (Plinth's
+//!                             addition; containerd keeps labels in its metadata database)
+//! ```
+//!
+//! `blobs/` and `ingest/` are containerd's: a containerd content root can be opened here and
+//! the other way round. The labels sidecar holds the created and updated times and the labels
+//! of a blob; it is written atomically (temporary file, fsync, rename, fsync of the directory)
+//! before the blob itself becomes visible, and removed after the blob on delete. A blob
+//! without a sidecar has no labels, and its created and updated times are its mtime, which
+//! commit sets to the commit time.
+//!
+//! # Crash consistency
+//!
+//! Commit is fsync of the data, rename into `blobs/sha256/`, fsync of that directory: a blob is
+//! either complete or absent. Ingests are resumed by re-hashing their data, so whatever part
+//! of a write reached the disk is where the next writer continues. [`LocalStore::open`]
+//! removes ingest directories that lack `ref` or `data` (leftovers of a crash while creating
+//! or committing an ingest), temporary sidecar files, and sidecars whose blob is gone.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
+use sha2::Digest as _;
+
+use super::{ContentStore, ContentWriter, Digest, Info, Status, validate_ref};
+use crate::error::Error;
+use crate::filters::FilterSet;
+use crate::namespaces::{Labels, apply_label_paths, validate_label};
+
+/// How long a second writer waits for the holder of a ref to close it.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+/// How often a waiting writer looks again.
+const LOCK_POLL: Duration = Duration::from_millis(20);
+/// The buffer used to re-hash an ingest on resume.
+const REHASH_BUFFER: usize = 1 << 20;
+
+const DATA_FILE: &str = "data";
+const REF_FILE: &str = "ref";
+const STARTED_AT_FILE: &str = "startedat";
+const UPDATED_AT_FILE: &str = "updatedat";
+const TOTAL_FILE: &str = "total";
+const EXPECTED_FILE: &str = "expected";
+const SIDECAR_HEADER: &str = "plinth-content-labels v1";
+
+/// The local content store (containerd's `plugins/content/local`). It knows nothing of
+/// namespaces: the metadata plugin layers those on top.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    /// Refs held by a writer, and since when.
+    locks: Mutex<HashMap<String, Instant>>,
+    /// Serialises the steps that make blobs and sidecars appear or vanish (commit, delete,
+    /// label updates), so that "exists?" and "rename" cannot interleave.
+    blobs: Mutex<()>,
+}
+
+/// The lock on one ref; dropping it releases the ref.
+#[derive(Debug)]
+struct RefLock {
+    inner: Arc<Inner>,
+    reference: String,
+}
+
+impl Drop for RefLock {
+    fn drop(&mut self) {
+        lock_ignoring_poison(&self.inner.locks).remove(&self.reference);
+    }
+}
+
+fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn io_error(what: impl std::fmt::Display, error: &io::Error) -> Error {
+    Error::internal(format!("{what}: {error}"))
+}
+
+fn is_not_found(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::NotFound
+}
+
+/// Runs blocking file work off the async worker threads.
+async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(|e| Error::internal(format!("content store task failed: {e}")))?
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl LocalStore {
+    /// Opens (or creates) a store under `root`, removing what a crash left behind (see the
+    /// module docs); valid ingests are kept so they can be resumed.
+    ///
+    /// # Errors
+    /// Internal error when the directories cannot be created or read.
+    pub fn open(root: &Path) -> Result<LocalStore, Error> {
+        let inner = Inner {
+            root: root.to_path_buf(),
+            locks: Mutex::new(HashMap::new()),
+            blobs: Mutex::new(()),
+        };
+        for dir in [inner.blob_dir(), inner.ingest_root(), inner.sidecar_dir()] {
+            fs::create_dir_all(&dir)
+                .map_err(|e| io_error(format_args!("creating {}", dir.display()), &e))?;
+        }
+        inner.remove_crash_leftovers()?;
+        Ok(LocalStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The root directory of the store.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Takes the lock on `reference`, polling for up to [`LOCK_WAIT`].
+    async fn acquire(&self, reference: &str) -> Result<RefLock, Error> {
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match self.inner.try_lock(reference) {
+                Ok(lock) => return Ok(lock),
+                Err(held_for) if Instant::now() >= deadline => {
+                    return Err(Error::unavailable(format!(
+                        "ref {reference} locked for {held_for:.1?}: another writer holds it; retry after it closes"
+                    )));
+                }
+                Err(_) => tokio::time::sleep(LOCK_POLL).await,
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blob_dir().join(digest.hex())
+    }
+
+    fn sidecar_dir(&self) -> PathBuf {
+        self.root.join("labels").join("sha256")
+    }
+
+    fn sidecar_path(&self, digest: &Digest) -> PathBuf {
+        self.sidecar_dir().join(digest.hex())
+    }
+
+    fn ingest_root(&self) -> PathBuf {
+        self.root.join("ingest")
+    }
+
+    /// The ingest directory of a ref: named by the ref's sha256, never by the ref itself.
+    fn ingest_dir(&self, reference: &str) -> PathBuf {
+        self.ingest_root()
+            .join(Digest::of(reference.as_bytes()).hex())
+    }
+
+    fn try_lock(self: &Arc<Self>, reference: &str) -> Result<RefLock, Duration> {
+        let mut locks = lock_ignoring_poison(&self.locks);
+        if let Some(since) = locks.get(reference) {
+            return Err(since.elapsed());
+        }
+        locks.insert(reference.to_string(), Instant::now());
+        Ok(RefLock {
+            inner: Arc::clone(self),
+            reference: reference.to_string(),
+        })
+    }
+
+    fn remove_crash_leftovers(&self) -> Result<(), Error> {
+        let ingest_root = self.ingest_root();
+        let entries = fs::read_dir(&ingest_root)
+            .map_err(|e| io_error(format_args!("reading {}", ingest_root.display()), &e))?;
+        for entry in entries {
+            let entry = entry
+                .map_err(|e| io_error(format_args!("reading {}", ingest_root.display()), &e))?;
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if path.join(REF_FILE).is_file() && path.join(DATA_FILE).is_file() {
+                continue;
+            }
+            tracing::info!(path = %path.display(), "removing incomplete ingest left by a crash");
+            if let Err(e) = fs::remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove incomplete ingest");
+            }
+        }
+        let sidecar_dir = self.sidecar_dir();
+        let entries = fs::read_dir(&sidecar_dir)
+            .map_err(|e| io_error(format_args!("reading {}", sidecar_dir.display()), &e))?;
+        for entry in entries {
+            let entry = entry
+                .map_err(|e| io_error(format_args!("reading {}", sidecar_dir.display()), &e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let orphan = match Digest::parse(&format!("sha256:{name}")) {
+                Ok(digest) => !self.blob_path(&digest).exists(),
+                Err(_) => name.ends_with(".tmp"),
+            };
+            if orphan {
+                let path = entry.path();
+                tracing::info!(path = %path.display(), "removing labels file without a blob");
+                if let Err(e) = fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove labels file");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The info of a blob whose file metadata is `meta`.
+    fn info_of(&self, digest: Digest, meta: &fs::Metadata) -> Info {
+        let modified = meta.modified().unwrap_or(UNIX_EPOCH);
+        let sidecar = self.read_sidecar(&digest).unwrap_or(Sidecar {
+            created_at: modified,
+            updated_at: modified,
+            labels: Labels::new(),
+        });
+        Info {
+            size: to_i64(meta.len()),
+            digest,
+            created_at: sidecar.created_at,
+            updated_at: sidecar.updated_at,
+            labels: sidecar.labels,
+        }
+    }
+
+    fn blob_metadata(&self, digest: &Digest) -> Result<fs::Metadata, Error> {
+        let path = self.blob_path(digest);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok(meta),
+            Ok(_) => Err(Error::internal(format!("{} is not a file", path.display()))),
+            Err(e) if is_not_found(&e) => {
+                Err(Error::not_found(format!("content {digest}: not found")))
+            }
+            Err(e) => Err(io_error(format_args!("reading {}", path.display()), &e)),
+        }
+    }
+
+    fn info(&self, digest: &Digest) -> Result<Info, Error> {
+        let meta = self.blob_metadata(digest)?;
+        Ok(self.info_of(digest.clone(), &meta))
+    }
+
+    fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info, Error> {
+        let _blobs = lock_ignoring_poison(&self.blobs);
+        let mut current = self.info(&info.digest)?;
+        apply_label_paths(&mut current.labels, &info.labels, fieldpaths)?;
+        current.updated_at = SystemTime::now();
+        self.write_sidecar(
+            &current.digest,
+            current.created_at,
+            current.updated_at,
+            &current.labels,
+        )?;
+        Ok(current)
+    }
+
+    fn walk(&self, filter: &FilterSet) -> Result<Vec<Info>, Error> {
+        let dir = self.blob_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(format_args!("reading {}", dir.display()), &e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| io_error(format_args!("reading {}", dir.display()), &e))?;
+            let name = entry.file_name();
+            let Ok(digest) = Digest::parse(&format!("sha256:{}", name.to_string_lossy())) else {
+                tracing::warn!(path = %entry.path().display(), "ignoring a file that is not named by its digest");
+                continue;
+            };
+            let meta = match entry.metadata() {
+                Ok(meta) if meta.is_file() => meta,
+                Ok(_) => continue,
+                // Deleted while we walked.
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => {
+                    return Err(io_error(
+                        format_args!("reading {}", entry.path().display()),
+                        &e,
+                    ));
+                }
+            };
+            let info = self.info_of(digest, &meta);
+            if filter.matches(|path| info_field(&info, path)) {
+                found.push(info);
+            }
+        }
+        found.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(found)
+    }
+
+    fn delete(&self, digest: &Digest) -> Result<(), Error> {
+        let _blobs = lock_ignoring_poison(&self.blobs);
+        let path = self.blob_path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {
+                return Err(Error::not_found(format!("content {digest}: not found")));
+            }
+            Err(e) => return Err(io_error(format_args!("removing {}", path.display()), &e)),
+        }
+        let sidecar = self.sidecar_path(digest);
+        if let Err(e) = fs::remove_file(&sidecar) {
+            if !is_not_found(&e) {
+                // Harmless: the next commit of this digest replaces it, and open removes it.
+                tracing::warn!(path = %sidecar.display(), error = %e, "could not remove labels file");
+            }
+        }
+        Ok(())
+    }
+
+    fn read_at(&self, digest: &Digest, offset: u64, length: usize) -> Result<Vec<u8>, Error> {
+        let path = self.blob_path(digest);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if is_not_found(&e) => {
+                return Err(Error::not_found(format!("content {digest}: not found")));
+            }
+            Err(e) => return Err(io_error(format_args!("opening {}", path.display()), &e)),
+        };
+        let size = file
+            .metadata()
+            .map_err(|e| io_error(format_args!("reading {}", path.display()), &e))?
+            .len();
+        if offset > size {
+            return Err(Error::invalid(format!(
+                "offset {offset} is past the end of {digest} ({size} bytes)"
+            )));
+        }
+        // Never allocate more than the blob holds, whatever length was asked for.
+        let wanted = (size - offset).min(u64::try_from(length).unwrap_or(u64::MAX));
+        let mut buffer = Vec::with_capacity(usize::try_from(wanted).unwrap_or(usize::MAX));
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.take(wanted).read_to_end(&mut buffer))
+            .map_err(|e| io_error(format_args!("reading {}", path.display()), &e))?;
+        Ok(buffer)
+    }
+
+    fn status(&self, reference: &str) -> Result<Status, Error> {
+        match read_ingest_status(&self.ingest_dir(reference))? {
+            Some(status) if status.reference == reference => Ok(status),
+            _ => Err(Error::not_found(format!(
+                "ingest ref {reference:?}: not found"
+            ))),
+        }
+    }
+
+    fn list_statuses(&self, filter: &FilterSet) -> Result<Vec<Status>, Error> {
+        let root = self.ingest_root();
+        let entries = match fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(format_args!("reading {}", root.display()), &e)),
+        };
+        let mut statuses = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| io_error(format_args!("reading {}", root.display()), &e))?;
+            // Ingests that vanish or are not complete while we list are skipped.
+            let Some(status) = read_ingest_status(&entry.path())? else {
+                continue;
+            };
+            if filter.matches(|path| match path {
+                [field] if field == "ref" => Some(status.reference.clone()),
+                _ => None,
+            }) {
+                statuses.push(status);
+            }
+        }
+        statuses.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(statuses)
+    }
+
+    fn abort(&self, reference: &str) -> Result<(), Error> {
+        let dir = self.ingest_dir(reference);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(Error::not_found(format!(
+                "ingest ref {reference:?}: not found"
+            ))),
+            Err(e) => Err(io_error(format_args!("removing {}", dir.display()), &e)),
+        }
+    }
+
+    /// Opens or resumes the ingest of `lock.reference`; the caller holds the lock.
+    fn open_ingest(
+        self: &Arc<Self>,
+        lock: RefLock,
+        total: i64,
+        expected: Option<Digest>,
+    ) -> Result<WriterState, Error> {
+        let reference = lock.reference.clone();
+        if let Some(expected) = &expected {
+            if self.blob_path(expected).exists() {
+                return Err(Error::already_exists(format!(
+                    "content {expected}: already exists"
+                )));
+            }
+        }
+        let dir = self.ingest_dir(&reference);
+        if let Some(state) = self.resume_ingest(&dir, &reference, total, expected.as_ref())? {
+            return Ok(WriterState {
+                lock: Some(lock),
+                ..state
+            });
+        }
+        self.create_ingest(lock, dir, total, expected)
+    }
+
+    /// The state of a valid existing ingest of `reference`, or `None` when there is none (or
+    /// one for another blob, which is then started over as containerd does).
+    fn resume_ingest(
+        &self,
+        dir: &Path,
+        reference: &str,
+        total: i64,
+        expected: Option<&Digest>,
+    ) -> Result<Option<WriterState>, Error> {
+        let Some(mut status) = read_ingest_status(dir)? else {
+            return Ok(None);
+        };
+        if status.reference != reference {
+            tracing::warn!(path = %dir.display(), "ingest holds another ref; starting over");
+            return Ok(None);
+        }
+        if total > 0 && status.total > 0 && total != status.total {
+            tracing::info!(
+                reference,
+                total,
+                previous = status.total,
+                "ingest total changed; starting over"
+            );
+            return Ok(None);
+        }
+        if let (Some(wanted), Some(previous)) = (expected, &status.expected) {
+            if wanted != previous {
+                tracing::info!(reference, %wanted, %previous, "ingest expected digest changed; starting over");
+                return Ok(None);
+            }
+        }
+        if status.total == 0 && total > 0 {
+            write_file_atomic(&dir.join(TOTAL_FILE), total.to_string().as_bytes(), false)?;
+            status.total = total;
+        }
+        if status.expected.is_none() {
+            if let Some(wanted) = expected {
+                write_file_atomic(&dir.join(EXPECTED_FILE), wanted.as_str().as_bytes(), false)?;
+                status.expected = Some(wanted.clone());
+            }
+        }
+        let data = dir.join(DATA_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&data)
+            .map_err(|e| io_error(format_args!("opening {}", data.display()), &e))?;
+        // Re-hash what reached the disk: the writer continues exactly there.
+        let mut hasher = sha2::Sha256::new();
+        let mut buffer = vec![0; REHASH_BUFFER];
+        let mut offset = 0u64;
+        loop {
+            let n = match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_error(format_args!("reading {}", data.display()), &e)),
+            };
+            hasher.update(&buffer[..n]);
+            offset += n as u64;
+        }
+        Ok(Some(WriterState {
+            lock: None,
+            dir: dir.to_path_buf(),
+            file: Some(file),
+            hasher,
+            offset,
+            reference: status.reference,
+            total: status.total,
+            expected: status.expected,
+            started_at: status.started_at,
+            updated_at: status.updated_at,
+            broken: None,
+        }))
+    }
+
+    fn create_ingest(
+        &self,
+        lock: RefLock,
+        dir: PathBuf,
+        total: i64,
+        expected: Option<Digest>,
+    ) -> Result<WriterState, Error> {
+        let context =
+            |e: io::Error| io_error(format_args!("creating ingest {}", dir.display()), &e);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(context(e)),
+        }
+        fs::create_dir_all(&dir).map_err(context)?;
+        let data = dir.join(DATA_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&data)
+            .map_err(context)?;
+        if total > 0 {
+            write_file_atomic(&dir.join(TOTAL_FILE), total.to_string().as_bytes(), false)?;
+        }
+        if let Some(expected) = &expected {
+            write_file_atomic(
+                &dir.join(EXPECTED_FILE),
+                expected.as_str().as_bytes(),
+                false,
+            )?;
+        }
+        let now = SystemTime::now();
+        write_file_atomic(
+            &dir.join(STARTED_AT_FILE),
+            format_time(now).as_bytes(),
+            false,
+        )?;
+        write_file_atomic(
+            &dir.join(UPDATED_AT_FILE),
+            format_time(now).as_bytes(),
+            false,
+        )?;
+        // Last: an ingest directory with a ref file is complete.
+        write_file_atomic(&dir.join(REF_FILE), lock.reference.as_bytes(), false)?;
+        Ok(WriterState {
+            reference: lock.reference.clone(),
+            lock: Some(lock),
+            dir,
+            file: Some(file),
+            hasher: sha2::Sha256::new(),
+            offset: 0,
+            total,
+            expected,
+            started_at: now,
+            updated_at: now,
+            broken: None,
+        })
+    }
+
+    fn read_sidecar(&self, digest: &Digest) -> Option<Sidecar> {
+        let path = self.sidecar_path(digest);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if is_not_found(&e) => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not read labels file");
+                return None;
+            }
+        };
+        let sidecar = Sidecar::decode(&bytes);
+        if sidecar.is_none() {
+            tracing::warn!(path = %path.display(), "labels file is corrupt; ignoring it");
+        }
+        sidecar
+    }
+
+    /// Writes a sidecar durably (file and directory synced); the caller holds `blobs`.
+    fn write_sidecar(
+        &self,
+        digest: &Digest,
+        created_at: SystemTime,
+        updated_at: SystemTime,
+        labels: &Labels,
+    ) -> Result<(), Error> {
+        let sidecar = Sidecar {
+            created_at,
+            updated_at,
+            labels: labels.clone(),
+        };
+        write_file_atomic(&self.sidecar_path(digest), &sidecar.encode(), true)?;
+        sync_dir(&self.sidecar_dir())
+    }
+
+    fn remove_sidecar(&self, digest: &Digest) -> Result<(), Error> {
+        let path = self.sidecar_path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(io_error(format_args!("removing {}", path.display()), &e)),
+        }
+    }
+}
+
+/// The value of a field of a blob's info, for filters (containerd's `AdaptInfo`, plus
+/// `size`).
+fn info_field(info: &Info, path: &[String]) -> Option<String> {
+    match path {
+        [field] if field == "digest" => Some(info.digest.to_string()),
+        [field] if field == "size" => Some(info.size.to_string()),
+        [field, key @ ..] if field == "labels" && !key.is_empty() => {
+            info.labels.get(&key.join(".")).cloned()
+        }
+        _ => None,
+    }
+}
+
+/// The status of the ingest in `dir`, or `None` when it is missing or incomplete.
+fn read_ingest_status(dir: &Path) -> Result<Option<Status>, Error> {
+    let read = |name: &str| -> Result<Option<String>, Error> {
+        let path = dir.join(name);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(io_error(format_args!("reading {}", path.display()), &e)),
+        }
+    };
+    let Some(reference) = read(REF_FILE)? else {
+        return Ok(None);
+    };
+    let data = dir.join(DATA_FILE);
+    let meta = match fs::metadata(&data) {
+        Ok(meta) => meta,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(io_error(format_args!("reading {}", data.display()), &e)),
+    };
+    let modified = meta.modified().unwrap_or(UNIX_EPOCH);
+    let started_at = read(STARTED_AT_FILE)?
+        .and_then(|text| parse_time(&text))
+        .unwrap_or(modified);
+    // Writes do not touch updatedat; the data file's mtime may be newer (as in containerd).
+    let updated_at = read(UPDATED_AT_FILE)?
+        .and_then(|text| parse_time(&text))
+        .map_or(modified, |written| written.max(modified));
+    let total = read(TOTAL_FILE)?
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0);
+    let expected = read(EXPECTED_FILE)?.and_then(|text| Digest::parse(text.trim()).ok());
+    Ok(Some(Status {
+        reference,
+        offset: to_i64(meta.len()),
+        total,
+        expected,
+        started_at,
+        updated_at,
+    }))
+}
+
+/// Writes `path` through a temporary file and a rename, so readers see the old or the new
+/// content, never a part; with `sync`, the file is synced before the rename.
+fn write_file_atomic(path: &Path, data: &[u8], sync: bool) -> Result<(), Error> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let result = File::create(&tmp)
+        .and_then(|mut file| {
+            file.write_all(data)?;
+            if sync { file.sync_all() } else { Ok(()) }
+        })
+        .and_then(|()| fs::rename(&tmp, path));
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_error(format_args!("writing {}", path.display()), &e)
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(format_args!("syncing directory {}", dir.display()), &e))
+}
+
+/// A blob's labels file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sidecar {
+    created_at: SystemTime,
+    updated_at: SystemTime,
+    labels: Labels,
+}
+
+impl Sidecar {
+    /// `header`, `created <time>`, `updated <time>`, then per label `label <key length>
+    /// <value length>` followed by the key and value bytes and a newline: any bytes survive.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = format!(
+            "{SIDECAR_HEADER}\ncreated {}\nupdated {}\n",
+            format_time(self.created_at),
+            format_time(self.updated_at)
+        )
+        .into_bytes();
+        for (key, value) in &self.labels {
+            out.extend_from_slice(format!("label {} {}\n", key.len(), value.len()).as_bytes());
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(value.as_bytes());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Sidecar> {
+        let mut rest = bytes;
+        let mut line = || -> Option<&str> {
+            let end = rest.iter().position(|&b| b == b'\n')?;
+            let line = std::str::from_utf8(&rest[..end]).ok();
+            rest = &rest[end + 1..];
+            line
+        };
+        if line()? != SIDECAR_HEADER {
+            return None;
+        }
+        let created_at = parse_time(line()?.strip_prefix("created ")?)?;
+        let updated_at = parse_time(line()?.strip_prefix("updated ")?)?;
+        let mut labels = Labels::new();
+        while !rest.is_empty() {
+            let end = rest.iter().position(|&b| b == b'\n')?;
+            let header = std::str::from_utf8(&rest[..end]).ok()?;
+            let (key_length, value_length) = header.strip_prefix("label ")?.split_once(' ')?;
+            let key_length: usize = key_length.parse().ok()?;
+            let value_length: usize = value_length.parse().ok()?;
+            rest = &rest[end + 1..];
+            let body_length = key_length.checked_add(value_length)?;
+            if rest.len() < body_length + 1 || rest[body_length] != b'\n' {
+                return None;
+            }
+            let key = std::str::from_utf8(&rest[..key_length]).ok()?;
+            let value = std::str::from_utf8(&rest[key_length..body_length]).ok()?;
+            labels.insert(key.to_string(), value.to_string());
+            rest = &rest[body_length + 1..];
+        }
+        Some(Sidecar {
+            created_at,
+            updated_at,
+            labels,
+        })
+    }
+}
+
+/// Formats a time as RFC 3339 in UTC with nanoseconds, which Go's `time.UnmarshalText`
+/// (containerd's timestamp files) reads.
+fn format_time(time: SystemTime) -> String {
+    let (seconds, nanos) = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => (to_i64(after.as_secs()), after.subsec_nanos()),
+        Err(before) => {
+            let before = before.duration();
+            let seconds = -to_i64(before.as_secs());
+            match before.subsec_nanos() {
+                0 => (seconds, 0),
+                nanos => (seconds - 1, 1_000_000_000 - nanos),
+            }
+        }
+    };
+    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+    let second_of_day = seconds.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+/// Parses RFC 3339 (`2006-01-02T15:04:05[.frac](Z|±hh:mm)`), as Go's `time.MarshalText`
+/// writes it; `None` for anything else.
+fn parse_time(text: &str) -> Option<SystemTime> {
+    let text = text.trim();
+    let bytes = text.as_bytes();
+    let number = |from: usize, to: usize| -> Option<i64> {
+        let digits = text.get(from..to)?;
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    };
+    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
+    if bytes.len() < 20
+        || separators.iter().any(|&(at, sep)| bytes[at] != sep)
+        || !matches!(bytes[10], b'T' | b't')
+    {
+        return None;
+    }
+    let (year, month, day) = (number(0, 4)?, number(5, 7)?, number(8, 10)?);
+    let (hour, minute, second) = (number(11, 13)?, number(14, 16)?, number(17, 19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut position = 19;
+    let mut nanos = 0u32;
+    if bytes[position] == b'.' {
+        let start = position + 1;
+        position = start;
+        while position < bytes.len() && bytes[position].is_ascii_digit() {
+            position += 1;
+        }
+        let fraction = &text[start..position];
+        if fraction.is_empty() {
+            return None;
+        }
+        let mut padded: String = fraction.chars().take(9).collect();
+        while padded.len() < 9 {
+            padded.push('0');
+        }
+        nanos = padded.parse().ok()?;
+    }
+    let zone = &text[position..];
+    let offset = match zone {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match zone.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            if zone.len() != 6 || zone.as_bytes()[3] != b':' {
+                return None;
+            }
+            let hours: i64 = zone[1..3].parse().ok()?;
+            let minutes: i64 = zone[4..6].parse().ok()?;
+            sign * (hours * 3600 + minutes * 60)
+        }
+    };
+    let seconds = days_from_civil(year, month, day)
+        .checked_mul(86_400)?
+        .checked_add(hour * 3600 + minute * 60 + second)?
+        .checked_sub(offset)?;
+    let since_epoch = Duration::from_secs(seconds.unsigned_abs());
+    let whole = if seconds >= 0 {
+        UNIX_EPOCH.checked_add(since_epoch)?
+    } else {
+        UNIX_EPOCH.checked_sub(since_epoch)?
+    };
+    whole.checked_add(Duration::from_nanos(u64::from(nanos)))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The date of a day since 1970-01-01 (inverse of [`days_from_civil`]).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[tonic::async_trait]
+impl ContentStore for LocalStore {
+    async fn info(&self, digest: &Digest) -> Result<Info, Error> {
+        let (inner, digest) = (Arc::clone(&self.inner), digest.clone());
+        blocking(move || inner.info(&digest)).await
+    }
+
+    async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info, Error> {
+        let (inner, fieldpaths) = (Arc::clone(&self.inner), fieldpaths.to_vec());
+        blocking(move || inner.update(info, &fieldpaths)).await
+    }
+
+    async fn walk(&self, filters: &[String]) -> Result<Vec<Info>, Error> {
+        let filter = FilterSet::parse_all(filters).map_err(|e| Error::invalid(e.to_string()))?;
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.walk(&filter)).await
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<(), Error> {
+        let (inner, digest) = (Arc::clone(&self.inner), digest.clone());
+        blocking(move || inner.delete(&digest)).await
+    }
+
+    async fn read_at(&self, digest: &Digest, offset: u64, length: usize) -> Result<Vec<u8>, Error> {
+        let (inner, digest) = (Arc::clone(&self.inner), digest.clone());
+        blocking(move || inner.read_at(&digest, offset, length)).await
+    }
+
+    async fn status(&self, reference: &str) -> Result<Status, Error> {
+        validate_ref(reference)?;
+        let (inner, reference) = (Arc::clone(&self.inner), reference.to_string());
+        blocking(move || inner.status(&reference)).await
+    }
+
+    async fn list_statuses(&self, filters: &[String]) -> Result<Vec<Status>, Error> {
+        let filter = FilterSet::parse_all(filters).map_err(|e| Error::invalid(e.to_string()))?;
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.list_statuses(&filter)).await
+    }
+
+    async fn abort(&self, reference: &str) -> Result<(), Error> {
+        validate_ref(reference)?;
+        // Holding the lock keeps a writer from opening the ingest while it is removed.
+        let lock = self.inner.try_lock(reference).map_err(|held_for| {
+            Error::unavailable(format!(
+                "ref {reference} locked for {held_for:.1?}: close its writer before aborting"
+            ))
+        })?;
+        let inner = Arc::clone(&self.inner);
+        blocking(move || {
+            let result = inner.abort(&lock.reference);
+            drop(lock);
+            result
+        })
+        .await
+    }
+
+    async fn writer(
+        &self,
+        reference: &str,
+        total: i64,
+        expected: Option<Digest>,
+    ) -> Result<Box<dyn ContentWriter>, Error> {
+        validate_ref(reference)?;
+        if total < 0 {
+            return Err(Error::invalid(format!(
+                "total {total} must not be negative"
+            )));
+        }
+        let lock = self.acquire(reference).await?;
+        let inner = Arc::clone(&self.inner);
+        let state = blocking(move || inner.open_ingest(lock, total, expected)).await?;
+        Ok(Box::new(LocalWriter {
+            state: Arc::new(Mutex::new(state)),
+            inner: Arc::clone(&self.inner),
+        }))
+    }
+}
+
+/// A writer of the local store. Its state (with the ref lock) is shared with the blocking
+/// task doing its I/O, so the lock is released only when neither can touch the ingest any
+/// more: on close, on commit, or when both are dropped.
+#[derive(Debug)]
+struct LocalWriter {
+    state: Arc<Mutex<WriterState>>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct WriterState {
+    /// `None` once released (closed or committed).
+    lock: Option<RefLock>,
+    dir: PathBuf,
+    /// `None` once closed or committed.
+    file: Option<File>,
+    hasher: sha2::Sha256,
+    offset: u64,
+    reference: String,
+    total: i64,
+    expected: Option<Digest>,
+    started_at: SystemTime,
+    updated_at: SystemTime,
+    /// Set when a failed write could not be undone: the writer refuses further work, and
+    /// the next writer re-hashes what is on disk.
+    broken: Option<String>,
+}
+
+impl WriterState {
+    fn file(&mut self) -> Result<&mut File, Error> {
+        if let Some(reason) = &self.broken {
+            return Err(Error::failed_precondition(format!(
+                "writer for ref {} is unusable after {reason}; close it and open a new one",
+                self.reference
+            )));
+        }
+        let reference = &self.reference;
+        self.file.as_mut().ok_or_else(|| {
+            Error::failed_precondition(format!("writer for ref {reference} is closed or committed"))
+        })
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            reference: self.reference.clone(),
+            offset: to_i64(self.offset),
+            total: self.total,
+            expected: self.expected.clone(),
+            started_at: self.started_at,
+            updated_at: self.updated_at,
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        let offset = self.offset;
+        let path = self.dir.join(DATA_FILE);
+        let file = self.file()?;
+        if let Err(e) = file.write_all(data) {
+            // Undo a partial write so that file and hash agree.
+            if let Err(undo) = file
+                .set_len(offset)
+                .and_then(|()| file.seek(SeekFrom::Start(offset)).map(drop))
+            {
+                self.broken = Some(format!(
+                    "a failed write ({e}) that could not be undone ({undo})"
+                ));
+            }
+            return Err(io_error(format_args!("writing {}", path.display()), &e));
+        }
+        self.hasher.update(data);
+        self.offset += data.len() as u64;
+        self.updated_at = SystemTime::now();
+        Ok(())
+    }
+
+    fn truncate(&mut self, size: i64) -> Result<(), Error> {
+        if size != 0 {
+            return Err(Error::invalid(format!(
+                "cannot truncate to {size} bytes: only 0 is supported"
+            )));
+        }
+        let path = self.dir.join(DATA_FILE);
+        let file = self.file()?;
+        file.set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
+            .map_err(|e| io_error(format_args!("truncating {}", path.display()), &e))?;
+        self.hasher = sha2::Sha256::new();
+        self.offset = 0;
+        self.updated_at = SystemTime::now();
+        Ok(())
+    }
+
+    fn commit(
+        &mut self,
+        inner: &Inner,
+        size: i64,
+        expected: Option<Digest>,
+        labels: &Labels,
+    ) -> Result<Digest, Error> {
+        for (key, value) in labels {
+            validate_label(key, value)?;
+        }
+        if size < 0 {
+            return Err(Error::invalid(format!(
+                "commit size {size} must not be negative"
+            )));
+        }
+        let data = self.dir.join(DATA_FILE);
+        let file = self.file()?;
+        file.sync_all()
+            .map_err(|e| io_error(format_args!("syncing {}", data.display()), &e))?;
+        let actual_size = file
+            .metadata()
+            .map_err(|e| io_error(format_args!("reading {}", data.display()), &e))?
+            .len();
+        if size > 0 && u64::try_from(size).ok() != Some(actual_size) {
+            return Err(Error::failed_precondition(format!(
+                "unexpected commit size {actual_size}, expected {size}"
+            )));
+        }
+        let digest = Digest::from_hasher(self.hasher.clone());
+        if let Some(wanted) = expected.as_ref().or(self.expected.as_ref()) {
+            if *wanted != digest {
+                return Err(Error::failed_precondition(format!(
+                    "unexpected commit digest {digest}, expected {wanted}"
+                )));
+            }
+        }
+
+        let _blobs = lock_ignoring_poison(&inner.blobs);
+        let target = inner.blob_path(&digest);
+        if target.exists() {
+            self.finish();
+            if let Err(e) = fs::remove_dir_all(&self.dir) {
+                tracing::warn!(path = %self.dir.display(), error = %e, "could not remove ingest");
+            }
+            return Err(Error::already_exists(format!(
+                "content {digest}: already exists"
+            )));
+        }
+        let now = SystemTime::now();
+        let file = self.file()?;
+        if let Err(e) = file.set_modified(now) {
+            tracing::warn!(%digest, error = %e, "could not set the blob's modification time");
+        }
+        // The sidecar goes first: a visible blob never lacks the labels it was committed with.
+        if labels.is_empty() {
+            inner.remove_sidecar(&digest)?;
+        } else {
+            inner.write_sidecar(&digest, now, now, labels)?;
+        }
+        fs::rename(&data, &target).map_err(|e| {
+            io_error(
+                format_args!("moving {} to {}", data.display(), target.display()),
+                &e,
+            )
+        })?;
+        let file = self.file.take();
+        self.finish();
+        sync_dir(&inner.blob_dir())?;
+        if let Some(file) = file {
+            let readonly = file.metadata().map(|meta| {
+                let mut permissions = meta.permissions();
+                permissions.set_readonly(true);
+                permissions
+            });
+            if let Err(e) = readonly.and_then(|permissions| file.set_permissions(permissions)) {
+                tracing::warn!(%digest, error = %e, "could not make the blob read-only");
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            tracing::warn!(path = %self.dir.display(), error = %e, "could not remove committed ingest");
+        }
+        Ok(digest)
+    }
+
+    /// Ends the writer: no more file, ref released.
+    fn finish(&mut self) {
+        self.file = None;
+        self.lock = None;
+    }
+
+    fn close(&mut self) -> Result<(), Error> {
+        let result = match self.file.take() {
+            Some(file) => file
+                .sync_all()
+                .map_err(|e| {
+                    io_error(
+                        format_args!("syncing {}", self.dir.join(DATA_FILE).display()),
+                        &e,
+                    )
+                })
+                .and_then(|()| {
+                    write_file_atomic(
+                        &self.dir.join(UPDATED_AT_FILE),
+                        format_time(self.updated_at).as_bytes(),
+                        false,
+                    )
+                }),
+            None => Ok(()),
+        };
+        self.finish();
+        result
+    }
+}
+
+impl LocalWriter {
+    /// Runs `op` on the writer's state in a blocking task.
+    async fn with_state<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut WriterState, &Inner) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (state, inner) = (Arc::clone(&self.state), Arc::clone(&self.inner));
+        blocking(move || {
+            let mut state = state.lock().map_err(|_| {
+                Error::internal("content writer failed earlier (a task panicked); open a new one")
+            })?;
+            op(&mut state, &inner)
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl ContentWriter for LocalWriter {
+    async fn status(&self) -> Result<Status, Error> {
+        Ok(lock_ignoring_poison(&self.state).status())
+    }
+
+    fn digest(&self) -> Digest {
+        Digest::from_hasher(lock_ignoring_poison(&self.state).hasher.clone())
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        let data = data.to_vec();
+        self.with_state(move |state, _| state.write(&data)).await
+    }
+
+    async fn truncate(&mut self, size: i64) -> Result<(), Error> {
+        self.with_state(move |state, _| state.truncate(size)).await
+    }
+
+    async fn commit(
+        &mut self,
+        size: i64,
+        expected: Option<Digest>,
+        labels: Labels,
+    ) -> Result<Digest, Error> {
+        self.with_state(move |state, inner| state.commit(inner, size, expected, &labels))
+            .await
+    }
+
+    async fn close(self: Box<Self>) -> Result<(), Error> {
+        self.with_state(|state, _| state.close()).await
+    }
+}
+
+fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
+    let root = ctx.root().to_path_buf();
+    fs::create_dir_all(&root)
+        .map_err(|e| InitError::msg(format!("creating {}: {e}", root.display())))?;
+    let store = Arc::new(LocalStore::open(&root)?);
+    ctx.meta_mut()
+        .exports
+        .insert("root".to_string(), root.display().to_string());
+    Ok(Instance::new(Arc::clone(&store) as Arc<dyn ContentStore>).with(store))
+}
+
+register!(Registration::new(types::CONTENT, "content", init));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::testsuite;
+    use plinth_core::Category;
+
+    fn open(root: &Path) -> Arc<dyn ContentStore> {
+        Arc::new(LocalStore::open(root).expect("open local store"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_suite() {
+        testsuite::run(|root| async move { open(&root) }).await;
+    }
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<LocalStore>();
+    }
+
+    fn files_under(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// A crash in the middle of an ingest: the writer is leaked (no close, no sync, no
+    /// updatedat), the store dropped; the reopened store resumes at the bytes on disk.
+    #[tokio::test]
+    async fn crash_during_ingest_resumes_at_the_bytes_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let digest = Digest::of(&blob);
+        let half = blob.len() / 2;
+        {
+            let store = open(dir.path());
+            let mut writer = store
+                .writer("crash", blob.len() as i64, Some(digest.clone()))
+                .await
+                .unwrap();
+            writer.write(&blob[..half]).await.unwrap();
+            std::mem::forget(writer);
+        }
+        assert!(files_under(&dir.path().join("blobs/sha256")).is_empty());
+
+        let store = open(dir.path());
+        let status = store.status("crash").await.unwrap();
+        assert_eq!(
+            (status.offset, status.total),
+            (half as i64, blob.len() as i64)
+        );
+        assert_eq!(status.expected.as_ref(), Some(&digest));
+        let mut writer = store.writer("crash", 0, None).await.unwrap();
+        assert_eq!(writer.status().await.unwrap().offset, half as i64);
+        assert_eq!(writer.digest(), Digest::of(&blob[..half]));
+        writer.write(&blob[half..]).await.unwrap();
+        assert!(
+            files_under(&dir.path().join("blobs/sha256")).is_empty(),
+            "nothing is visible before commit"
+        );
+        assert_eq!(writer.commit(0, None, Labels::new()).await.unwrap(), digest);
+        writer.close().await.unwrap();
+        assert_eq!(
+            files_under(&dir.path().join("blobs/sha256")),
+            vec![digest.hex().to_string()]
+        );
+        assert!(files_under(&dir.path().join("ingest")).is_empty());
+        assert_eq!(store.read_at(&digest, 0, blob.len()).await.unwrap(), blob);
+    }
+
+    /// What a crash can leave: ingest directories without `ref` (crash while creating) or
+    /// without `data` (crash while committing), temporary and orphaned label files.
+    #[tokio::test]
+    async fn open_removes_crash_leftovers_and_keeps_valid_ingests() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            let mut writer = store.writer("valid", 0, None).await.unwrap();
+            writer.write(b"kept").await.unwrap();
+            writer.close().await.unwrap();
+        }
+        let ingest = dir.path().join("ingest");
+        fs::create_dir_all(ingest.join("no-ref")).unwrap();
+        fs::write(ingest.join("no-ref/data"), b"x").unwrap();
+        fs::create_dir_all(ingest.join("no-data")).unwrap();
+        fs::write(ingest.join("no-data/ref"), b"gone").unwrap();
+        let labels = dir.path().join("labels/sha256");
+        let orphan = Digest::of(b"orphan");
+        fs::write(labels.join(orphan.hex()), b"x").unwrap();
+        fs::write(labels.join("something.tmp"), b"x").unwrap();
+
+        let store = open(dir.path());
+        assert_eq!(
+            files_under(&ingest),
+            vec![Digest::of(b"valid").hex().to_string()]
+        );
+        assert!(files_under(&labels).is_empty());
+        let statuses = store.list_statuses(&[]).await.unwrap();
+        assert_eq!(statuses.len(), 1);
+        assert_eq!(
+            (statuses[0].reference.as_str(), statuses[0].offset),
+            ("valid", 4)
+        );
+    }
+
+    #[tokio::test]
+    async fn committed_blob_is_read_only_and_labels_live_in_a_sidecar() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut writer = store.writer("ro", 0, None).await.unwrap();
+        writer.write(b"read only").await.unwrap();
+        let labels: Labels = [("a".to_string(), "1".to_string())].into();
+        let digest = writer.commit(0, None, labels.clone()).await.unwrap();
+        let meta = fs::metadata(dir.path().join("blobs/sha256").join(digest.hex())).unwrap();
+        assert!(meta.permissions().readonly());
+        assert_eq!(store.info(&digest).await.unwrap().labels, labels);
+        // Reopening keeps labels and times.
+        let before = store.info(&digest).await.unwrap();
+        let reopened = open(dir.path());
+        assert_eq!(reopened.info(&digest).await.unwrap(), before);
+        assert_eq!(before.created_at, meta.modified().unwrap());
+    }
+
+    #[test]
+    fn times_round_trip_through_rfc3339() {
+        let cases: &[(&str, Option<(u64, u32)>)] = &[
+            ("1970-01-01T00:00:00Z", Some((0, 0))),
+            (
+                "2017-11-14T13:43:22.178013-08:00",
+                Some((1_510_695_802, 178_013_000)),
+            ),
+            (
+                "2024-02-29T23:59:59.999999999Z",
+                Some((1_709_251_199, 999_999_999)),
+            ),
+            (
+                "2024-02-29T23:59:59.9999999999Z",
+                Some((1_709_251_199, 999_999_999)),
+            ),
+            ("2000-03-01T00:00:00+01:00", Some((951_865_200, 0))),
+            ("2000-03-01 00:00:00Z", None),
+            ("2000-13-01T00:00:00Z", None),
+            ("2000-03-01T00:00:00.Z", None),
+            ("2000-03-01T00:00:00", None),
+            ("2000-03-01T00:00:00+0100", None),
+            ("", None),
+        ];
+        for (text, expected) in cases {
+            let parsed = parse_time(text);
+            let expected = expected.map(|(s, n)| UNIX_EPOCH + Duration::new(s, n));
+            assert_eq!(parsed, expected, "{text:?}");
+            if let Some(time) = parsed {
+                assert_eq!(parse_time(&format_time(time)), Some(time), "{text:?}");
+            }
+        }
+        let before_epoch = UNIX_EPOCH - Duration::new(86_401, 5);
+        assert_eq!(format_time(before_epoch), "1969-12-30T23:59:58.999999995Z");
+        assert_eq!(parse_time(&format_time(before_epoch)), Some(before_epoch));
+    }
+
+    #[test]
+    fn sidecar_round_trips_any_bytes() {
+        let sidecar = Sidecar {
+            created_at: UNIX_EPOCH + Duration::new(10, 1),
+            updated_at: UNIX_EPOCH + Duration::new(20, 2),
+            labels: [
+                ("a\nb".to_string(), "label 3 4\n".to_string()),
+                ("empty".to_string(), String::new()),
+                ("ü".to_string(), "=".to_string()),
+            ]
+            .into(),
+        };
+        assert_eq!(Sidecar::decode(&sidecar.encode()), Some(sidecar.clone()));
+        let encoded = sidecar.encode();
+        for cut in 0..encoded.len() {
+            // A truncated file is rejected or, cut exactly between labels, reads fewer.
+            if let Some(decoded) = Sidecar::decode(&encoded[..cut]) {
+                assert!(decoded.labels.len() < sidecar.labels.len());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn refs_never_become_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for reference in ["../../escape", "/etc/passwd", "a/b/../c"] {
+            let mut writer = store.writer(reference, 0, None).await.unwrap();
+            writer.write(b"x").await.unwrap();
+            writer.close().await.unwrap();
+        }
+        assert_eq!(files_under(&dir.path().join("ingest")).len(), 3);
+        assert_eq!(files_under(dir.path()), vec!["blobs", "ingest", "labels"]);
+        assert_eq!(
+            store.status("../../escape").await.unwrap().reference,
+            "../../escape"
+        );
+        let error = store.status("nope").await.unwrap_err();
+        assert_eq!(error.category, Category::NotFound);
+    }
+}

@@ -1,0 +1,311 @@
+//! `io.containerd.grpc.v1.content`: containerd's Content service over the metadata plugin's
+//! namespaced content store, including the bidirectional Write stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use plinth_api::containerd::services::content::v1::content_server::{Content, ContentServer};
+use plinth_api::containerd::services::content::v1::{
+    AbortRequest, DeleteContentRequest, InfoRequest, InfoResponse, ListContentRequest,
+    ListContentResponse, ListStatusesRequest, ListStatusesResponse, ReadContentRequest,
+    ReadContentResponse, StatusRequest, StatusResponse, UpdateRequest, UpdateResponse, WriteAction,
+    WriteContentRequest, WriteContentResponse,
+};
+use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
+use tokio_stream::Stream;
+
+use crate::content::{ContentStore, ContentWriter};
+use crate::convert;
+use crate::error::Error;
+use crate::grpc::{GrpcService, MessageLimits};
+use crate::namespaces::{self, NamespacedStores};
+
+/// Bytes per `Read` reply.
+const READ_CHUNK: usize = 1 << 20;
+/// Infos per `List` reply.
+const LIST_BATCH: usize = 100;
+
+type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+#[derive(Clone)]
+struct Service {
+    stores: Arc<dyn NamespacedStores>,
+}
+
+impl Service {
+    fn store<T>(&self, request: &tonic::Request<T>) -> Result<Arc<dyn ContentStore>, Error> {
+        let namespace = namespaces::from_request(request)?;
+        self.stores.clone().content(&namespace)
+    }
+}
+
+/// Sends items through a channel-backed stream.
+fn channel_stream<T: Send + 'static>() -> (
+    tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
+    BoxStream<T>,
+) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    (
+        sender,
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)),
+    )
+}
+
+#[tonic::async_trait]
+impl Content for Service {
+    async fn info(&self, request: tonic::Request<InfoRequest>) -> Reply<InfoResponse> {
+        let store = self.store(&request)?;
+        let digest = convert::digest(&request.get_ref().digest)?;
+        let info = store.info(&digest).await?;
+        Ok(tonic::Response::new(InfoResponse {
+            info: Some(convert::content_info(&info)),
+        }))
+    }
+
+    async fn update(&self, request: tonic::Request<UpdateRequest>) -> Reply<UpdateResponse> {
+        let store = self.store(&request)?;
+        let request = request.into_inner();
+        let info = request
+            .info
+            .ok_or_else(|| Error::invalid("update needs info"))?;
+        let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
+        let updated = store
+            .update(convert::content_info_from(&info)?, &paths)
+            .await?;
+        Ok(tonic::Response::new(UpdateResponse {
+            info: Some(convert::content_info(&updated)),
+        }))
+    }
+
+    type ListStream = BoxStream<ListContentResponse>;
+
+    async fn list(&self, request: tonic::Request<ListContentRequest>) -> Reply<Self::ListStream> {
+        let store = self.store(&request)?;
+        let infos = store.walk(&request.get_ref().filters).await?;
+        let batches: Vec<Result<ListContentResponse, tonic::Status>> = infos
+            .chunks(LIST_BATCH)
+            .map(|chunk| {
+                Ok(ListContentResponse {
+                    info: chunk.iter().map(convert::content_info).collect(),
+                })
+            })
+            .collect();
+        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(batches))))
+    }
+
+    async fn delete(&self, request: tonic::Request<DeleteContentRequest>) -> Reply<()> {
+        let store = self.store(&request)?;
+        let digest = convert::digest(&request.get_ref().digest)?;
+        store.delete(&digest).await?;
+        Ok(tonic::Response::new(()))
+    }
+
+    type ReadStream = BoxStream<ReadContentResponse>;
+
+    async fn read(&self, request: tonic::Request<ReadContentRequest>) -> Reply<Self::ReadStream> {
+        let store = self.store(&request)?;
+        let request = request.into_inner();
+        let digest = convert::digest(&request.digest)?;
+        let info = store.info(&digest).await?;
+        if request.offset < 0 || request.offset > info.size {
+            return Err(Error::invalid(format!(
+                "read offset {} out of range 0..={}",
+                request.offset, info.size
+            ))
+            .into());
+        }
+        if request.size < 0 {
+            return Err(Error::invalid(format!("read size {} is negative", request.size)).into());
+        }
+        let end = if request.size == 0 {
+            info.size
+        } else {
+            (request.offset + request.size).min(info.size)
+        };
+        let (sender, stream) = channel_stream();
+        tokio::spawn(async move {
+            let mut offset = request.offset;
+            while offset < end {
+                let length = usize::try_from(end - offset)
+                    .unwrap_or(READ_CHUNK)
+                    .min(READ_CHUNK);
+                let data = match store
+                    .read_at(&digest, u64::try_from(offset).unwrap_or(0), length)
+                    .await
+                {
+                    Ok(data) if !data.is_empty() => data,
+                    Ok(_) => break,
+                    Err(e) => {
+                        let _ = sender.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let n = i64::try_from(data.len()).unwrap_or(0);
+                if sender
+                    .send(Ok(ReadContentResponse { offset, data }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                offset += n;
+            }
+        });
+        Ok(tonic::Response::new(stream))
+    }
+
+    async fn status(&self, request: tonic::Request<StatusRequest>) -> Reply<StatusResponse> {
+        let store = self.store(&request)?;
+        let status = store.status(&request.get_ref().r#ref).await?;
+        Ok(tonic::Response::new(StatusResponse {
+            status: Some(convert::content_status(&status)),
+        }))
+    }
+
+    async fn list_statuses(
+        &self,
+        request: tonic::Request<ListStatusesRequest>,
+    ) -> Reply<ListStatusesResponse> {
+        let store = self.store(&request)?;
+        let statuses = store.list_statuses(&request.get_ref().filters).await?;
+        Ok(tonic::Response::new(ListStatusesResponse {
+            statuses: statuses.iter().map(convert::content_status).collect(),
+        }))
+    }
+
+    type WriteStream = BoxStream<WriteContentResponse>;
+
+    async fn write(
+        &self,
+        request: tonic::Request<tonic::Streaming<WriteContentRequest>>,
+    ) -> Reply<Self::WriteStream> {
+        let store = self.store(&request)?;
+        let mut incoming = request.into_inner();
+        let (sender, stream) = channel_stream();
+        tokio::spawn(async move {
+            if let Err(status) = write_session(store, &mut incoming, &sender).await {
+                if status.code() != tonic::Code::AlreadyExists {
+                    tracing::debug!(error = %status.message(), "content write failed");
+                }
+                let _ = sender.send(Err(status)).await;
+            }
+        });
+        Ok(tonic::Response::new(stream))
+    }
+
+    async fn abort(&self, request: tonic::Request<AbortRequest>) -> Reply<()> {
+        let store = self.store(&request)?;
+        store.abort(&request.get_ref().r#ref).await?;
+        Ok(tonic::Response::new(()))
+    }
+}
+
+/// One Write stream, as containerd's service runs it: the first message names the ref and
+/// takes the lock; each message may stat, write at the current offset (offset 0 on a
+/// non-empty ingest truncates it) or commit; every reply carries offset, total, times and the
+/// digest so far. The lock is released when the stream ends, whatever happened.
+async fn write_session(
+    store: Arc<dyn ContentStore>,
+    incoming: &mut tonic::Streaming<WriteContentRequest>,
+    sender: &tokio::sync::mpsc::Sender<Result<WriteContentResponse, tonic::Status>>,
+) -> Result<(), tonic::Status> {
+    let Some(mut request) = incoming.message().await? else {
+        return Ok(());
+    };
+    if request.r#ref.is_empty() {
+        return Err(Error::invalid("first message must have a reference").into());
+    }
+    let reference = request.r#ref.clone();
+    let mut total = request.total;
+    let mut expected = convert::optional_digest(&request.expected)?;
+    let mut writer: Box<dyn ContentWriter> =
+        store.writer(&reference, total, expected.clone()).await?;
+    let result = async {
+        loop {
+            let action = WriteAction::try_from(request.action)
+                .map_err(|_| Error::invalid(format!("unknown write action {}", request.action)))?;
+            if let Some(wanted) = convert::optional_digest(&request.expected)? {
+                if store.info(&wanted).await.is_ok() {
+                    let _ = store.abort(&reference).await;
+                    return Err(Error::already_exists(format!(
+                        "blob with expected digest {wanted} exists"
+                    ))
+                    .into());
+                }
+                expected = Some(wanted);
+            }
+            if request.total > 0 {
+                total = request.total;
+            }
+            let mut status = writer.status().await?;
+            if matches!(action, WriteAction::Write | WriteAction::Commit) {
+                if request.offset > 0 && request.offset != status.offset {
+                    return Err(tonic::Status::out_of_range(format!(
+                        "write @{} must occur at current offset {}",
+                        request.offset, status.offset
+                    )));
+                }
+                if request.offset == 0 && status.offset > 0 {
+                    writer.truncate(0).await?;
+                }
+                if !request.data.is_empty() {
+                    writer.write(&request.data).await?;
+                }
+                if action == WriteAction::Commit {
+                    writer
+                        .commit(total, expected.clone(), convert::labels(&request.labels))
+                        .await?;
+                }
+                status = match writer.status().await {
+                    Ok(status) => status,
+                    // After a commit the ingest is gone; report what was committed.
+                    Err(_) if action == WriteAction::Commit => {
+                        let size = total
+                            .max(status.offset + i64::try_from(request.data.len()).unwrap_or(0));
+                        crate::content::Status {
+                            offset: size,
+                            ..status
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+            }
+            let reply = WriteContentResponse {
+                action: action as i32,
+                started_at: Some(convert::timestamp(status.started_at)),
+                updated_at: Some(convert::timestamp(status.updated_at)),
+                offset: status.offset,
+                total,
+                digest: writer.digest().to_string(),
+            };
+            if sender.send(Ok(reply)).await.is_err() {
+                return Ok(());
+            }
+            match incoming.message().await? {
+                Some(next) => request = next,
+                None => return Ok(()),
+            }
+        }
+    }
+    .await;
+    if let Err(e) = writer.close().await {
+        tracing::debug!(error = %e, "closing content writer");
+    }
+    result
+}
+
+impl GrpcService for Service {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: MessageLimits) {
+        crate::add_limited!(routes, ContentServer::new(self.clone()), limits);
+    }
+}
+
+fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
+    let stores: Arc<dyn NamespacedStores> = ctx.get_single(types::METADATA)?;
+    Ok(Instance::new(
+        Arc::new(Service { stores }) as Arc<dyn GrpcService>
+    ))
+}
+
+register!(Registration::new(types::GRPC, "content", init).requires(&[types::METADATA]));

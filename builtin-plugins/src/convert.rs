@@ -1,0 +1,148 @@
+//! Conversions between the plugin interfaces' types and containerd's wire messages.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use plinth_api::containerd::services::content::v1 as content_api;
+use plinth_api::containerd::services::snapshots::v1 as snapshots_api;
+use plinth_api::containerd::types::Mount as MountMessage;
+use plinth_api::prost_types::Timestamp;
+
+use crate::content::{Digest, Info, Status};
+use crate::error::Error;
+use crate::namespaces::Labels;
+use crate::snapshots::{self, Kind, Mount};
+
+/// A time as a protobuf timestamp, to the nanosecond.
+pub fn timestamp(time: SystemTime) -> Timestamp {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A protobuf timestamp as a time (the epoch when absent).
+pub fn time(timestamp: Option<&Timestamp>) -> SystemTime {
+    let Some(t) = timestamp else {
+        return UNIX_EPOCH;
+    };
+    let seconds = u64::try_from(t.seconds).unwrap_or(0);
+    let nanos = u32::try_from(t.nanos).unwrap_or(0);
+    UNIX_EPOCH + std::time::Duration::new(seconds, nanos)
+}
+
+/// A wire map as labels.
+pub fn labels(map: &std::collections::HashMap<String, String>) -> Labels {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// A digest from the wire; empty is an error.
+///
+/// # Errors
+/// Invalid argument.
+pub fn digest(text: &str) -> Result<Digest, Error> {
+    Digest::parse(text)
+}
+
+/// A digest from the wire; empty is none.
+///
+/// # Errors
+/// Invalid argument for a malformed digest.
+pub fn optional_digest(text: &str) -> Result<Option<Digest>, Error> {
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        Digest::parse(text).map(Some)
+    }
+}
+
+/// Content info on the wire.
+pub fn content_info(info: &Info) -> content_api::Info {
+    content_api::Info {
+        digest: info.digest.to_string(),
+        size: info.size,
+        created_at: Some(timestamp(info.created_at)),
+        updated_at: Some(timestamp(info.updated_at)),
+        labels: info.labels.clone().into_iter().collect(),
+    }
+}
+
+/// Content info from the wire.
+///
+/// # Errors
+/// Invalid argument for a malformed digest.
+pub fn content_info_from(info: &content_api::Info) -> Result<Info, Error> {
+    Ok(Info {
+        digest: digest(&info.digest)?,
+        size: info.size,
+        created_at: time(info.created_at.as_ref()),
+        updated_at: time(info.updated_at.as_ref()),
+        labels: labels(&info.labels),
+    })
+}
+
+/// An ingest status on the wire.
+pub fn content_status(status: &Status) -> content_api::Status {
+    content_api::Status {
+        started_at: Some(timestamp(status.started_at)),
+        updated_at: Some(timestamp(status.updated_at)),
+        r#ref: status.reference.clone(),
+        offset: status.offset,
+        total: status.total,
+        expected: status
+            .expected
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+    }
+}
+
+/// A snapshot kind on the wire.
+pub fn kind(kind: Kind) -> snapshots_api::Kind {
+    match kind {
+        Kind::View => snapshots_api::Kind::View,
+        Kind::Active => snapshots_api::Kind::Active,
+        Kind::Committed => snapshots_api::Kind::Committed,
+    }
+}
+
+/// Snapshot info on the wire.
+pub fn snapshot_info(info: &snapshots::Info) -> snapshots_api::Info {
+    snapshots_api::Info {
+        name: info.name.clone(),
+        parent: info.parent.clone(),
+        kind: kind(info.kind) as i32,
+        created_at: Some(timestamp(info.created_at)),
+        updated_at: Some(timestamp(info.updated_at)),
+        labels: info.labels.clone().into_iter().collect(),
+    }
+}
+
+/// Snapshot info from the wire (only name and labels matter to an update).
+pub fn snapshot_info_from(info: &snapshots_api::Info) -> snapshots::Info {
+    snapshots::Info {
+        kind: match snapshots_api::Kind::try_from(info.kind) {
+            Ok(snapshots_api::Kind::View) => Kind::View,
+            Ok(snapshots_api::Kind::Active) => Kind::Active,
+            _ => Kind::Committed,
+        },
+        name: info.name.clone(),
+        parent: info.parent.clone(),
+        labels: labels(&info.labels),
+        created_at: time(info.created_at.as_ref()),
+        updated_at: time(info.updated_at.as_ref()),
+    }
+}
+
+/// Mounts on the wire.
+pub fn mounts(mounts: &[Mount]) -> Vec<MountMessage> {
+    mounts
+        .iter()
+        .map(|m| MountMessage {
+            r#type: m.mount_type.clone(),
+            source: m.source.clone(),
+            target: m.target.clone(),
+            options: m.options.clone(),
+        })
+        .collect()
+}

@@ -1,0 +1,584 @@
+//! `io.containerd.snapshotter.v1.overlayfs`: snapshots as overlay layers (containerd's
+//! `plugins/snapshots/overlay`). Skips itself where overlay does not work.
+//!
+//! Each snapshot owns `<root>/snapshots/<id>/fs` (its layer: the upper directory while it
+//! is active, a lower directory once committed) and, when active, `<root>/snapshots/<id>/work`
+//! (overlay's work directory). Mounts, as containerd returns them:
+//!
+//! | snapshot | mount |
+//! |---|---|
+//! | no parent | `bind` of its `fs`, `rw` (`ro` for a view), `rbind` |
+//! | active with parents | `overlay`: `workdir=`, `upperdir=`, `lowerdir=` (nearest parent first, `:`-separated), then the default options |
+//! | view of one parent | `bind` of the parent's `fs`, `ro`, `rbind` |
+//! | view of several | `overlay` with `lowerdir=` only |
+//!
+//! The default options are `index=off` where the kernel has the `index` feature (as
+//! containerd does, so a layer can be mounted under several upper directories), and
+//! `userxattr` inside a user namespace on kernels from 5.11.
+//!
+//! # Support check
+//!
+//! At init the plugin mounts a real overlay (two lower directories, an upper and a work
+//! directory) under its root and writes through it, as containerd's `overlayutils` check
+//! does; a root on an overlay filesystem is refused first, since it cannot hold an upper
+//! directory. Mounting needs `mount(2)`, and this crate forbids `unsafe` (and has no libc
+//! binding), so the check runs `mount(8)` and `umount(8)` as child processes. Nothing else
+//! in the snapshotter mounts: callers mount what [`Snapshotter::mounts`] returns.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
+
+use super::storage::{MetaStore, Snapshot, blocking, disk_usage, remove_dir_logged, remove_path};
+use super::{Info, Kind, Mount, Snapshotter, Usage};
+use crate::error::Error;
+use crate::namespaces::Labels;
+
+/// The overlayfs snapshotter.
+#[derive(Debug, Clone)]
+pub struct OverlaySnapshotter {
+    store: Arc<MetaStore>,
+    root: PathBuf,
+    options: Arc<Vec<String>>,
+}
+
+impl OverlaySnapshotter {
+    /// Opens (or creates) a snapshotter whose state lives under `root`. It does not check
+    /// that overlay works: see [`check_support`] (the plugin's init runs both).
+    ///
+    /// # Errors
+    /// The root cannot be created or its database opened (e.g. another process holds it).
+    pub fn open(root: &Path) -> Result<OverlaySnapshotter, Error> {
+        let store = MetaStore::open(root)?;
+        let mut options = Vec::new();
+        if needs_userxattr(root) {
+            options.push("userxattr".to_string());
+        }
+        if Path::new("/sys/module/overlay/parameters/index").exists() {
+            options.push("index=off".to_string());
+        }
+        Ok(OverlaySnapshotter {
+            store: Arc::new(store),
+            root: root.to_path_buf(),
+            options: Arc::new(options),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The options added to every overlay mount (`index=off`, `userxattr`, as detected).
+    pub fn default_options(&self) -> &[String] {
+        &self.options
+    }
+
+    fn upper(store: &MetaStore, id: u64) -> String {
+        store.dir_of(id).join("fs").display().to_string()
+    }
+
+    fn mounts_of(store: &MetaStore, options: &[String], snapshot: &Snapshot) -> Vec<Mount> {
+        let bind = |id: u64, access: &str| Mount {
+            mount_type: "bind".to_string(),
+            source: OverlaySnapshotter::upper(store, id),
+            target: String::new(),
+            options: vec![access.to_string(), "rbind".to_string()],
+        };
+        let active = snapshot.kind == Kind::Active;
+        match snapshot.parent_ids.as_slice() {
+            [] => return vec![bind(snapshot.id, if active { "rw" } else { "ro" })],
+            [parent] if !active => return vec![bind(*parent, "ro")],
+            _ => {}
+        }
+        let mut all = Vec::new();
+        if active {
+            let work = store.dir_of(snapshot.id).join("work");
+            all.push(format!("workdir={}", work.display()));
+            all.push(format!(
+                "upperdir={}",
+                OverlaySnapshotter::upper(store, snapshot.id)
+            ));
+        }
+        let lowers: Vec<String> = snapshot
+            .parent_ids
+            .iter()
+            .map(|id| OverlaySnapshotter::upper(store, *id))
+            .collect();
+        all.push(format!("lowerdir={}", lowers.join(":")));
+        all.extend(options.iter().cloned());
+        vec![Mount {
+            mount_type: "overlay".to_string(),
+            source: "overlay".to_string(),
+            target: String::new(),
+            options: all,
+        }]
+    }
+
+    async fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: Labels,
+    ) -> Result<Vec<Mount>, Error> {
+        let store = Arc::clone(&self.store);
+        let options = Arc::clone(&self.options);
+        let (key, parent) = (key.to_string(), parent.to_string());
+        blocking(move || {
+            let snapshot = store.create(kind, &key, &parent, &labels, |snapshot| {
+                build_dir(&store, kind, snapshot)
+            })?;
+            Ok(OverlaySnapshotter::mounts_of(&store, &options, &snapshot))
+        })
+        .await
+    }
+}
+
+/// Builds `<id>/fs` (mode 0755, owned like the parent's `fs`) and, for an active snapshot,
+/// `<id>/work` (0711) under a temporary name, then renames it into place.
+fn build_dir(store: &MetaStore, kind: Kind, snapshot: &Snapshot) -> Result<(), Error> {
+    let temporary = store.snapshots_dir().join(format!("new-{}", snapshot.id));
+    let result = (|| -> io::Result<()> {
+        remove_path(&temporary)?;
+        fs::create_dir(&temporary)?;
+        let upper = temporary.join("fs");
+        fs::create_dir(&upper)?;
+        fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))?;
+        if kind == Kind::Active {
+            let work = temporary.join("work");
+            fs::create_dir(&work)?;
+            fs::set_permissions(&work, fs::Permissions::from_mode(0o711))?;
+        }
+        if let Some(parent) = snapshot.parent_ids.first() {
+            let meta = fs::metadata(store.dir_of(*parent).join("fs"))?;
+            std::os::unix::fs::lchown(&upper, Some(meta.uid()), Some(meta.gid()))?;
+        }
+        fs::rename(&temporary, store.dir_of(snapshot.id))
+    })();
+    result.map_err(|e| {
+        remove_dir_logged(&temporary);
+        Error::internal(format!(
+            "creating the directories of snapshot {} in {}: {e}",
+            snapshot.id,
+            store.snapshots_dir().display()
+        ))
+    })
+}
+
+/// Checks that an overlay with an upper directory under `root` can be mounted and written
+/// here, creating `root` if needed. Returns the reason when it cannot.
+///
+/// # Errors
+/// Why overlay cannot be used under `root`: the root is itself on overlay, `mount(8)` is
+/// missing, the kernel refuses the mount (no overlay module, not privileged, …).
+pub fn check_support(root: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(|e| format!("creating {}: {e}", root.display()))?;
+    if let Some(fs_type) = filesystem_type(root) {
+        if fs_type == "overlay" {
+            return Err(format!(
+                "{} is on an overlay filesystem, which cannot hold an upper directory: put the root on another filesystem",
+                root.display()
+            ));
+        }
+    }
+    static CHECKS: AtomicU64 = AtomicU64::new(0);
+    let check_dir = root.join(format!(
+        "overlay-check-{}-{}",
+        std::process::id(),
+        CHECKS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = try_overlay_mount(&check_dir);
+    if let Err(error) = remove_path(&check_dir) {
+        tracing::warn!(path = %check_dir.display(), %error, "failed to remove the overlay check directory");
+    }
+    result
+}
+
+fn try_overlay_mount(check_dir: &Path) -> Result<(), String> {
+    let dir = |name: &str| check_dir.join(name);
+    for name in ["", "lower1", "lower2", "upper", "work", "merged"] {
+        fs::create_dir(dir(name)).map_err(|e| format!("creating {}: {e}", dir(name).display()))?;
+    }
+    fs::write(dir("lower1").join("probe"), b"lower")
+        .map_err(|e| format!("writing in {}: {e}", check_dir.display()))?;
+    let options = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        dir("lower2").display(),
+        dir("lower1").display(),
+        dir("upper").display(),
+        dir("work").display()
+    );
+    run(Command::new(tool("mount"))
+        .args(["-t", "overlay", "-o", &options, "overlay"])
+        .arg(dir("merged")))?;
+    let probe = (|| -> io::Result<bool> {
+        let seen = fs::read(dir("merged").join("probe"))?;
+        fs::write(dir("merged").join("probe"), b"upper")?;
+        Ok(seen == b"lower" && fs::read(dir("upper").join("probe"))? == b"upper")
+    })();
+    let unmounted = run(Command::new(tool("umount")).arg(dir("merged")));
+    match probe {
+        Err(e) => return Err(format!("writing through a test overlay mount: {e}")),
+        Ok(false) => {
+            return Err("a test overlay mount did not show its layers as expected".to_string());
+        }
+        Ok(true) => {}
+    }
+    unmounted
+}
+
+/// `/bin/<name>` where it exists, else `name` from `PATH`.
+fn tool(name: &str) -> PathBuf {
+    let absolute = Path::new("/bin").join(name);
+    if absolute.exists() {
+        absolute
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let shown = format!("{command:?}");
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{shown} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// The type of the filesystem holding `path`, from `/proc/self/mountinfo`.
+fn filesystem_type(path: &Path) -> Option<String> {
+    let path = fs::canonicalize(path).ok()?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut best: Option<(usize, String)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(mount_point), Some(separator)) =
+            (fields.get(4), fields.iter().position(|f| *f == "-"))
+        else {
+            continue;
+        };
+        let Some(fs_type) = fields.get(separator + 1) else {
+            continue;
+        };
+        let mount_point = PathBuf::from(unescape_mountinfo(mount_point));
+        if path.starts_with(&mount_point) {
+            let depth = mount_point.components().count();
+            // Later lines are mounted over earlier ones at the same place.
+            if best.as_ref().is_none_or(|(d, _)| depth >= *d) {
+                best = Some((depth, fs_type.to_string()));
+            }
+        }
+    }
+    best.map(|(_, fs_type)| fs_type)
+}
+
+/// Mount points in mountinfo escape space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|digits| {
+            let digits = std::str::from_utf8(digits).ok()?;
+            u8::from_str_radix(digits, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// containerd's rule: `userxattr` inside a user namespace, except on tmpfs, on kernels from
+/// 5.11 (older ones are not probed: the option is left out).
+fn needs_userxattr(root: &Path) -> bool {
+    let in_user_namespace = fs::read_to_string("/proc/self/uid_map")
+        .map(|map| map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+        .unwrap_or(false);
+    if !in_user_namespace || filesystem_type(root).as_deref() == Some("tmpfs") {
+        return false;
+    }
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .trim()
+        .split(['.', '-'])
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (major, minor) >= (5, 11)
+}
+
+#[tonic::async_trait]
+impl Snapshotter for OverlaySnapshotter {
+    async fn stat(&self, key: &str) -> Result<Info, Error> {
+        let store = Arc::clone(&self.store);
+        let key = key.to_string();
+        blocking(move || store.stat(&key).map(|(_, info, _)| info)).await
+    }
+
+    async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info, Error> {
+        let store = Arc::clone(&self.store);
+        let fieldpaths = fieldpaths.to_vec();
+        blocking(move || store.update(&info, &fieldpaths)).await
+    }
+
+    async fn usage(&self, key: &str) -> Result<Usage, Error> {
+        let store = Arc::clone(&self.store);
+        let key = key.to_string();
+        blocking(move || {
+            let (id, info, usage) = store.stat(&key)?;
+            if info.kind == Kind::Active {
+                disk_usage(&store.dir_of(id).join("fs"))
+            } else {
+                Ok(usage)
+            }
+        })
+        .await
+    }
+
+    async fn mounts(&self, key: &str) -> Result<Vec<Mount>, Error> {
+        let store = Arc::clone(&self.store);
+        let options = Arc::clone(&self.options);
+        let key = key.to_string();
+        blocking(move || {
+            let snapshot = store.snapshot(&key)?;
+            Ok(OverlaySnapshotter::mounts_of(&store, &options, &snapshot))
+        })
+        .await
+    }
+
+    async fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>, Error> {
+        self.create(Kind::Active, key, parent, labels).await
+    }
+
+    async fn view(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>, Error> {
+        self.create(Kind::View, key, parent, labels).await
+    }
+
+    async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<(), Error> {
+        let store = Arc::clone(&self.store);
+        let (name, key) = (name.to_string(), key.to_string());
+        blocking(move || {
+            store.commit(&name, &key, &labels, |id| {
+                disk_usage(&store.dir_of(id).join("fs"))
+            })
+        })
+        .await
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), Error> {
+        let store = Arc::clone(&self.store);
+        let key = key.to_string();
+        blocking(move || store.remove(&key)).await
+    }
+
+    async fn walk(&self, filters: &[String]) -> Result<Vec<Info>, Error> {
+        let store = Arc::clone(&self.store);
+        let filters = filters.to_vec();
+        blocking(move || store.walk(&filters)).await
+    }
+
+    async fn cleanup(&self) -> Result<(), Error> {
+        let store = Arc::clone(&self.store);
+        blocking(move || store.cleanup().map(|_| ())).await
+    }
+}
+
+/// What init does: the support check (a skip with the reason when it fails), then open.
+fn open_checked(root: &Path) -> Result<OverlaySnapshotter, InitError> {
+    check_support(root)
+        .map_err(|reason| InitError::skip(format!("overlay is not supported here: {reason}")))?;
+    Ok(OverlaySnapshotter::open(root)?)
+}
+
+fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
+    let root = ctx.root().to_path_buf();
+    let snapshotter = Arc::new(open_checked(&root)?);
+    let meta = ctx.meta_mut();
+    meta.platforms.push(super::storage::default_platform());
+    meta.exports
+        .insert("root".to_string(), root.display().to_string());
+    Ok(Instance::new(snapshotter.clone() as Arc<dyn Snapshotter>).with(snapshotter))
+}
+
+register!(Registration::new(types::SNAPSHOTTER, "overlayfs", init));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshots::testsuite;
+
+    async fn make(root: PathBuf) -> Result<Arc<dyn Snapshotter>, Error> {
+        Ok(Arc::new(OverlaySnapshotter::open(&root)?) as Arc<dyn Snapshotter>)
+    }
+
+    /// The suite where overlay works; elsewhere, that init reports the skip and its reason.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance_suite_or_reported_skip() {
+        let probe = tempfile::tempdir().unwrap();
+        match check_support(probe.path()) {
+            Ok(()) => testsuite::run(make).await,
+            Err(reason) => {
+                #[allow(clippy::print_stderr)] // The reason the suite did not run, for the log.
+                {
+                    eprintln!("overlay is not supported here, checking the skip instead: {reason}");
+                }
+                match open_checked(probe.path()) {
+                    Err(InitError::Skip(skip)) => {
+                        assert_eq!(skip, format!("overlay is not supported here: {reason}"));
+                    }
+                    other => panic!("expected a skip, got {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn mounts_are_containerd_overlays() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshotter = OverlaySnapshotter::open(dir.path()).unwrap();
+        let extra = snapshotter.default_options().to_vec();
+        let layer = |id: u64| {
+            dir.path()
+                .join(format!("snapshots/{id}/fs"))
+                .display()
+                .to_string()
+        };
+        let work = |id: u64| {
+            dir.path()
+                .join(format!("snapshots/{id}/work"))
+                .display()
+                .to_string()
+        };
+        let bind = |id: u64, access: &str| Mount {
+            mount_type: "bind".into(),
+            source: layer(id),
+            target: String::new(),
+            options: vec![access.into(), "rbind".into()],
+        };
+        let overlay = |mut options: Vec<String>| {
+            options.extend(extra.iter().cloned());
+            Mount {
+                mount_type: "overlay".into(),
+                source: "overlay".into(),
+                target: String::new(),
+                options,
+            }
+        };
+        let none = Labels::new;
+        assert_eq!(
+            snapshotter.prepare("a", "", none()).await.unwrap(),
+            vec![bind(1, "rw")]
+        );
+        snapshotter.commit("c1", "a", none()).await.unwrap();
+        assert_eq!(
+            snapshotter.view("v0", "", none()).await.unwrap(),
+            vec![bind(2, "ro")]
+        );
+        assert_eq!(
+            snapshotter.view("v1", "c1", none()).await.unwrap(),
+            vec![bind(1, "ro")]
+        );
+        assert_eq!(
+            snapshotter.prepare("b", "c1", none()).await.unwrap(),
+            vec![overlay(vec![
+                format!("workdir={}", work(4)),
+                format!("upperdir={}", layer(4)),
+                format!("lowerdir={}", layer(1)),
+            ])]
+        );
+        snapshotter.commit("c2", "b", none()).await.unwrap();
+        assert_eq!(
+            snapshotter.view("v2", "c2", none()).await.unwrap(),
+            vec![overlay(vec![format!("lowerdir={}:{}", layer(4), layer(1))])]
+        );
+        assert_eq!(
+            snapshotter.prepare("top", "c2", none()).await.unwrap(),
+            vec![overlay(vec![
+                format!("workdir={}", work(6)),
+                format!("upperdir={}", layer(6)),
+                format!("lowerdir={}:{}", layer(4), layer(1)),
+            ])]
+        );
+        assert!(
+            !dir.path().join("snapshots/5/work").exists(),
+            "views have no work dir"
+        );
+        assert_eq!(
+            fs::metadata(dir.path().join("snapshots/6/fs"))
+                .unwrap()
+                .mode()
+                & 0o777,
+            0o755
+        );
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        let cases = [
+            ("/plain", "/plain"),
+            (r"/with\040space", "/with space"),
+            (r"/back\134slash", r"/back\slash"),
+            (r"/short\04", r"/short\04"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(unescape_mountinfo(input), expected, "{input}");
+        }
+    }
+
+    /// containerd refuses a root whose filesystem cannot hold an upper directory; an overlay
+    /// mount is such a filesystem.
+    #[test]
+    fn a_root_on_overlay_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        if let Err(reason) = check_support(&dir.path().join("plain")) {
+            // Without overlay there is no overlay root to refuse; the suite test checks the
+            // skip in that case.
+            assert!(!reason.is_empty());
+            return;
+        }
+        for name in ["lower", "upper", "work", "merged"] {
+            fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            dir.path().join("lower").display(),
+            dir.path().join("upper").display(),
+            dir.path().join("work").display()
+        );
+        run(Command::new(tool("mount"))
+            .args(["-t", "overlay", "-o", &options, "overlay"])
+            .arg(dir.path().join("merged")))
+        .unwrap();
+        let reason = check_support(&dir.path().join("merged/root"));
+        run(Command::new(tool("umount")).arg(dir.path().join("merged"))).unwrap();
+        let reason = reason.unwrap_err();
+        assert!(reason.contains("is on an overlay filesystem"), "{reason}");
+    }
+}

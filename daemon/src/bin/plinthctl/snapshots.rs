@@ -1,0 +1,330 @@
+//! `plinthctl snapshots …`: prepare, view, mounts, commit, list, tree, usage, info, remove,
+//! label — on the snapshotter named by `--snapshotter`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, bail};
+use plinth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use plinth_api::containerd::services::snapshots::v1::{
+    CommitSnapshotRequest, Info, Kind, ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest,
+    RemoveSnapshotRequest, StatSnapshotRequest, UpdateSnapshotRequest, UsageRequest,
+    ViewSnapshotRequest,
+};
+use plinth_api::containerd::types::Mount;
+use plinthd::client::{Client, status_error};
+use plinthd::commands::table;
+
+use crate::content::human;
+use crate::parse_labels;
+
+/// `plinthctl snapshots` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum SnapshotsCommand {
+    /// Prepare an active snapshot KEY on PARENT; prints its mounts
+    Prepare {
+        /// The key
+        key: String,
+        /// The parent (a committed snapshot)
+        parent: Option<String>,
+    },
+    /// Create a read-only view KEY of PARENT; prints its mounts
+    View {
+        /// The key
+        key: String,
+        /// The parent
+        parent: Option<String>,
+    },
+    /// Print the mount commands of KEY at TARGET
+    Mounts {
+        /// Where to mount
+        target: String,
+        /// The key
+        key: String,
+    },
+    /// Commit the active snapshot KEY as NAME
+    Commit {
+        /// The name of the committed snapshot
+        name: String,
+        /// The active snapshot
+        key: String,
+    },
+    /// List snapshots: KEY, PARENT, KIND
+    #[command(alias = "list")]
+    Ls {
+        /// Filters, e.g. kind==committed
+        filters: Vec<String>,
+    },
+    /// Show snapshots as a tree of parents and children
+    Tree,
+    /// Disk usage: KEY, SIZE, INODES (all snapshots when no key is given)
+    Usage {
+        /// Only this snapshot
+        key: Option<String>,
+    },
+    /// Everything known of a snapshot
+    Info {
+        /// The key
+        key: String,
+    },
+    /// Remove snapshots
+    #[command(aliases = ["remove", "delete", "del"])]
+    Rm {
+        /// The keys
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Set labels (key=value) or remove them (key=)
+    Label {
+        /// The key
+        key: String,
+        /// Labels
+        labels: Vec<String>,
+    },
+}
+
+fn mount_commands(target: &str, mounts: &[Mount]) -> String {
+    mounts
+        .iter()
+        .map(|m| {
+            format!(
+                "mount -t {} {} {} -o {}\n",
+                m.r#type,
+                m.source,
+                target,
+                m.options.join(",")
+            )
+        })
+        .collect()
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match Kind::try_from(kind) {
+        Ok(Kind::View) => "View",
+        Ok(Kind::Active) => "Active",
+        Ok(Kind::Committed) => "Committed",
+        _ => "Unknown",
+    }
+}
+
+async fn list(
+    api: &mut SnapshotsClient<tonic::transport::Channel>,
+    client: &Client,
+    snapshotter: &str,
+    filters: Vec<String>,
+) -> anyhow::Result<Vec<Info>> {
+    let mut stream = api
+        .list(client.request(ListSnapshotsRequest {
+            snapshotter: snapshotter.to_string(),
+            filters,
+        })?)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut infos = Vec::new();
+    while let Some(batch) = stream.message().await.map_err(status_error)? {
+        infos.extend(batch.info);
+    }
+    Ok(infos)
+}
+
+/// Runs a snapshots command.
+pub(crate) async fn run(
+    client: &Client,
+    snapshotter: &str,
+    command: SnapshotsCommand,
+) -> anyhow::Result<String> {
+    let mut api = SnapshotsClient::new(client.channel());
+    let sn = snapshotter.to_string();
+    match command {
+        SnapshotsCommand::Prepare { key, parent } => {
+            let r = PrepareSnapshotRequest {
+                snapshotter: sn,
+                key: key.clone(),
+                parent: parent.unwrap_or_default(),
+                ..Default::default()
+            };
+            let mounts = api
+                .prepare(client.request(r)?)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .mounts;
+            Ok(mount_commands("/tmp/mnt", &mounts))
+        }
+        SnapshotsCommand::View { key, parent } => {
+            let r = ViewSnapshotRequest {
+                snapshotter: sn,
+                key,
+                parent: parent.unwrap_or_default(),
+                ..Default::default()
+            };
+            let mounts = api
+                .view(client.request(r)?)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .mounts;
+            Ok(mount_commands("/tmp/mnt", &mounts))
+        }
+        SnapshotsCommand::Mounts { target, key } => {
+            let mounts = api
+                .mounts(client.request(MountsRequest {
+                    snapshotter: sn,
+                    key,
+                })?)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .mounts;
+            Ok(mount_commands(&target, &mounts))
+        }
+        SnapshotsCommand::Commit { name, key } => {
+            api.commit(client.request(CommitSnapshotRequest {
+                snapshotter: sn,
+                name,
+                key,
+                ..Default::default()
+            })?)
+            .await
+            .map_err(status_error)?;
+            Ok(String::new())
+        }
+        SnapshotsCommand::Ls { filters } => {
+            let infos = list(&mut api, client, &sn, filters).await?;
+            let rows: Vec<[String; 3]> = infos
+                .iter()
+                .map(|i| {
+                    [
+                        i.name.clone(),
+                        i.parent.clone(),
+                        kind_name(i.kind).to_string(),
+                    ]
+                })
+                .collect();
+            Ok(table(&["KEY", "PARENT", "KIND"], &rows))
+        }
+        SnapshotsCommand::Tree => {
+            let infos = list(&mut api, client, &sn, Vec::new()).await?;
+            let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for info in &infos {
+                children
+                    .entry(info.parent.as_str())
+                    .or_default()
+                    .push(info.name.as_str());
+            }
+            let mut out = String::new();
+            fn draw(
+                out: &mut String,
+                children: &BTreeMap<&str, Vec<&str>>,
+                name: &str,
+                depth: usize,
+            ) {
+                let prefix = if depth == 0 {
+                    String::new()
+                } else {
+                    format!("{}\\_ ", "  ".repeat(depth - 1))
+                };
+                let _ = writeln!(out, "{prefix}{name}");
+                for child in children.get(name).into_iter().flatten() {
+                    draw(out, children, child, depth + 1);
+                }
+            }
+            for root in children.get("").into_iter().flatten() {
+                draw(&mut out, &children, root, 0);
+            }
+            Ok(out)
+        }
+        SnapshotsCommand::Usage { key } => {
+            let keys = match key {
+                Some(key) => vec![key],
+                None => list(&mut api, client, &sn, Vec::new())
+                    .await?
+                    .into_iter()
+                    .map(|i| i.name)
+                    .collect(),
+            };
+            let mut rows = Vec::new();
+            for key in keys {
+                let usage = api
+                    .usage(client.request(UsageRequest {
+                        snapshotter: sn.clone(),
+                        key: key.clone(),
+                    })?)
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                rows.push([key, human(usage.size), usage.inodes.to_string()]);
+            }
+            Ok(table(&["KEY", "SIZE", "INODES"], &rows))
+        }
+        SnapshotsCommand::Info { key } => {
+            let info = api
+                .stat(client.request(StatSnapshotRequest {
+                    snapshotter: sn,
+                    key,
+                })?)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .info
+                .context("server sent no info")?;
+            let labels: BTreeMap<_, _> = info.labels.iter().collect();
+            let time = |t: Option<&plinth_api::prost_types::Timestamp>| {
+                t.map_or_else(
+                    || "-".to_string(),
+                    |t| format!("{}.{:09}", t.seconds, t.nanos),
+                )
+            };
+            let mut out = String::new();
+            let _ = writeln!(out, "Name:      {}", info.name);
+            let _ = writeln!(out, "Parent:    {}", info.parent);
+            let _ = writeln!(out, "Kind:      {}", kind_name(info.kind));
+            let _ = writeln!(out, "Created:   {}", time(info.created_at.as_ref()));
+            let _ = writeln!(out, "Updated:   {}", time(info.updated_at.as_ref()));
+            for (k, v) in labels {
+                let _ = writeln!(out, "Label:     {k}={v}");
+            }
+            Ok(out)
+        }
+        SnapshotsCommand::Rm { keys } => {
+            let mut out = String::new();
+            let mut failed = Vec::new();
+            for key in keys {
+                match api
+                    .remove(client.request(RemoveSnapshotRequest {
+                        snapshotter: sn.clone(),
+                        key: key.clone(),
+                    })?)
+                    .await
+                {
+                    Ok(_) => {
+                        let _ = writeln!(out, "{key}");
+                    }
+                    Err(status) => failed.push(format!("{key}: {}", status_error(status))),
+                }
+            }
+            if !failed.is_empty() {
+                bail!("{out}{}", failed.join("\n"));
+            }
+            Ok(out)
+        }
+        SnapshotsCommand::Label { key, labels } => {
+            let labels = parse_labels(&labels)?;
+            let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+            let info = Info {
+                name: key,
+                labels: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+                ..Default::default()
+            };
+            api.update(client.request(UpdateSnapshotRequest {
+                snapshotter: sn,
+                info: Some(info),
+                update_mask: Some(plinth_api::prost_types::FieldMask { paths }),
+            })?)
+            .await
+            .map_err(status_error)?;
+            Ok(String::new())
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Content and snapshots through the stock `ctr` and plinthctl: data goes in, stays safe,
+//! and comes out the same.
+
+use plinth_tests::{Daemon, Start, random_file, sha256_file, start};
+
+fn rows(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+fn ingest(
+    daemon: &Daemon,
+    namespace: &str,
+    reference: &str,
+    file: &std::path::Path,
+    digest: &str,
+) -> plinth_tests::Output {
+    daemon.ctr_files(
+        &[
+            "--namespace",
+            namespace,
+            "content",
+            "ingest",
+            "--expected-digest",
+            digest,
+            reference,
+        ],
+        Some(file),
+        None,
+    )
+}
+
+#[test]
+fn ctr_content_ingest_ls_get_label_rm_of_a_256_mib_blob() {
+    let daemon = start(Start::default());
+    let input = daemon.dir().join("input.bin");
+    random_file(&input, 256 << 20, 1);
+    let digest = sha256_file(&input);
+    let size = (256u64 << 20).to_string();
+    let output = daemon.ctr_files(
+        &[
+            "content",
+            "ingest",
+            "--expected-digest",
+            &digest,
+            "--expected-size",
+            &size,
+            "big-blob",
+        ],
+        Some(&input),
+        None,
+    );
+    output.ok();
+    let listing = daemon.ctr(&["content", "ls"]);
+    let found = rows(listing.ok());
+    assert_eq!(found.len(), 1, "{}", listing.stdout);
+    assert_eq!(found[0][0], digest);
+    assert_eq!(
+        daemon.ctr(&["content", "ls", "-q"]).ok(),
+        format!("{digest}\n")
+    );
+    let copy = daemon.dir().join("copy.bin");
+    daemon
+        .ctr_files(&["content", "get", &digest], None, Some(&copy))
+        .ok();
+    assert_eq!(
+        sha256_file(&copy),
+        digest,
+        "content get returns the same bytes"
+    );
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), 256 << 20);
+    daemon
+        .ctr(&["content", "label", &digest, "app=test", "tier=1"])
+        .ok();
+    let labelled = daemon.ctr(&["content", "ls"]);
+    assert!(
+        labelled.ok().contains("app=test,tier=1"),
+        "{}",
+        labelled.stdout
+    );
+    let filtered = daemon.ctr(&["content", "ls", "-q", "labels.app==test"]);
+    assert_eq!(filtered.ok(), format!("{digest}\n"));
+    assert_eq!(
+        daemon
+            .ctr(&["content", "ls", "-q", "labels.app==other"])
+            .ok(),
+        ""
+    );
+    daemon.ctr(&["content", "rm", &digest]).ok();
+    assert_eq!(daemon.ctr(&["content", "ls", "-q"]).ok(), "");
+    let gone = daemon.ctr_files(&["content", "get", &digest], None, Some(&copy));
+    assert!(!gone.status.success());
+    assert!(gone.stderr.contains("not found"), "{}", gone.stderr);
+}
+
+#[test]
+fn a_wrong_expected_digest_is_refused_and_nothing_is_committed() {
+    let daemon = start(Start::default());
+    let input = daemon.dir().join("input.bin");
+    random_file(&input, 1 << 20, 2);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let output = ingest(&daemon, "default", "wrong", &input, &wrong);
+    assert!(!output.status.success());
+    assert!(
+        output.stderr.contains("unexpected commit digest") || output.stderr.contains("digest"),
+        "{}",
+        output.stderr
+    );
+    assert_eq!(daemon.ctr(&["content", "ls", "-q"]).ok(), "");
+    let bad = daemon.ctr(&["content", "get", "sha256:../../etc/passwd"]);
+    assert!(!bad.status.success());
+    assert!(bad.stderr.contains("invalid"), "{}", bad.stderr);
+}
+
+#[test]
+fn isolated_namespaces_cannot_see_each_others_blobs() {
+    let config = "version = 3\n[plugins.\"io.containerd.metadata.v1.redb\"]\ncontent_sharing_policy = \"isolated\"\n";
+    let daemon = start(Start {
+        config: config.into(),
+        ..Start::default()
+    });
+    let input = daemon.dir().join("input.bin");
+    random_file(&input, 3 << 20, 3);
+    let digest = sha256_file(&input);
+    ingest(&daemon, "team-a", "blob", &input, &digest).ok();
+    assert_eq!(
+        daemon
+            .ctr(&["--namespace", "team-a", "content", "ls", "-q"])
+            .ok(),
+        format!("{digest}\n")
+    );
+    assert_eq!(
+        daemon
+            .ctr(&["--namespace", "team-b", "content", "ls", "-q"])
+            .ok(),
+        ""
+    );
+    let copy = daemon.dir().join("copy.bin");
+    let denied = daemon.ctr_files(
+        &["--namespace", "team-b", "content", "get", &digest],
+        None,
+        Some(&copy),
+    );
+    assert!(!denied.status.success(), "team-b read team-a's blob");
+    // team-b must upload the bytes itself; then it has the blob too.
+    ingest(&daemon, "team-b", "blob", &input, &digest).ok();
+    daemon
+        .ctr_files(
+            &["--namespace", "team-b", "content", "get", &digest],
+            None,
+            Some(&copy),
+        )
+        .ok();
+    assert_eq!(sha256_file(&copy), digest);
+    // Removing it from team-a leaves team-b's copy readable.
+    daemon
+        .ctr(&["--namespace", "team-a", "content", "rm", &digest])
+        .ok();
+    daemon
+        .ctr_files(
+            &["--namespace", "team-b", "content", "get", &digest],
+            None,
+            Some(&copy),
+        )
+        .ok();
+    assert_eq!(sha256_file(&copy), digest);
+}
+
+#[test]
+fn shared_namespaces_commit_a_known_blob_without_upload() {
+    let daemon = start(Start::default());
+    let input = daemon.dir().join("input.bin");
+    random_file(&input, 2 << 20, 4);
+    let digest = sha256_file(&input);
+    ingest(&daemon, "first", "blob", &input, &digest).ok();
+    // An empty standard input: the bytes are not sent again, yet the commit completes.
+    let empty = daemon.dir().join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let size = (2u64 << 20).to_string();
+    daemon
+        .ctr_files(
+            &[
+                "--namespace",
+                "second",
+                "content",
+                "ingest",
+                "--expected-digest",
+                &digest,
+                "--expected-size",
+                &size,
+                "blob",
+            ],
+            Some(&empty),
+            None,
+        )
+        .ok();
+    assert_eq!(
+        daemon
+            .ctr(&["--namespace", "second", "content", "ls", "-q"])
+            .ok(),
+        format!("{digest}\n")
+    );
+}
+
+#[test]
+fn a_namespace_with_content_cannot_be_removed() {
+    let daemon = start(Start::default());
+    let input = daemon.dir().join("input.bin");
+    random_file(&input, 4096, 5);
+    let digest = sha256_file(&input);
+    ingest(&daemon, "busy", "blob", &input, &digest).ok();
+    let refused = daemon.plinthctl(&["namespaces", "rm", "busy"]);
+    assert!(!refused.status.success());
+    assert!(
+        refused
+            .stderr
+            .contains("must be empty, but it still has content"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("FailedPrecondition"),
+        "{}",
+        refused.stderr
+    );
+    daemon
+        .ctr(&["--namespace", "busy", "content", "rm", &digest])
+        .ok();
+    daemon.plinthctl(&["namespaces", "rm", "busy"]).ok();
+}
+
+#[test]
+fn plinthctl_content_round_trip_with_progress() {
+    let daemon = start(Start::default());
+    let input = daemon.dir().join("input.bin");
+    random_file(&input, 5 << 20, 6);
+    let digest = sha256_file(&input);
+    let output = daemon.plinthctl_files(
+        &[
+            "content",
+            "ingest",
+            "--progress",
+            "always",
+            "--expected-digest",
+            &digest,
+            "pc-blob",
+        ],
+        Some(&input),
+        None,
+    );
+    assert_eq!(output.ok(), format!("{digest}\n"));
+    assert!(
+        output.stderr.contains("pc-blob: 5.0 MiB"),
+        "progress shows bytes: {}",
+        output.stderr
+    );
+    assert!(
+        output.stderr.contains("/s"),
+        "progress shows a rate: {}",
+        output.stderr
+    );
+    let copy = daemon.dir().join("copy.bin");
+    daemon
+        .plinthctl_files(&["content", "get", &digest], None, Some(&copy))
+        .ok();
+    assert_eq!(sha256_file(&copy), digest);
+    daemon.plinthctl(&["content", "label", &digest, "k=v"]).ok();
+    assert!(daemon.plinthctl(&["content", "ls"]).ok().contains("k=v"));
+    assert_eq!(
+        daemon.plinthctl(&["content", "active"]).ok(),
+        "REF    SIZE    AGE\n"
+    );
+    daemon.plinthctl(&["content", "rm", &digest]).ok();
+    assert_eq!(daemon.plinthctl(&["content", "ls", "-q"]).ok(), "");
+}
+
+/// The snapshot steps on the native snapshotter, through either client.
+fn snapshot_steps(daemon: &Daemon, client: &dyn Fn(&[&str]) -> plinth_tests::Output) {
+    let sn = ["snapshots", "--snapshotter", "native"];
+    let with =
+        |rest: &[&str]| -> Vec<String> { sn.iter().chain(rest).map(|s| s.to_string()).collect() };
+    let call = |rest: &[&str]| {
+        let args = with(rest);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        client(&args)
+    };
+    call(&["prepare", "base-active"]).ok();
+    let mounts = call(&["mounts", "/mnt/x", "base-active"]);
+    let text = mounts.ok();
+    assert!(text.starts_with("mount -t bind "), "{text}");
+    assert!(text.contains(" /mnt/x -o rbind,rw"), "{text}");
+    let source = text.split_whitespace().nth(3).unwrap().to_string();
+    std::fs::write(std::path::Path::new(&source).join("hello.txt"), b"hi").unwrap();
+    call(&["commit", "base", "base-active"]).ok();
+    call(&["prepare", "child", "base"]).ok();
+    call(&["view", "look", "base"]).ok();
+    let listing = rows(call(&["ls"]).ok());
+    let mut got: Vec<(String, String, String)> = listing
+        .into_iter()
+        .map(|r| {
+            if r.len() == 3 {
+                (r[0].clone(), r[1].clone(), r[2].clone())
+            } else {
+                (r[0].clone(), String::new(), r[1].clone())
+            }
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("base".to_string(), String::new(), "Committed".to_string()),
+            (
+                "child".to_string(),
+                "base".to_string(),
+                "Active".to_string()
+            ),
+            ("look".to_string(), "base".to_string(), "View".to_string()),
+        ]
+    );
+    let tree = call(&["tree"]);
+    assert!(tree.ok().contains("base\n"), "{}", tree.stdout);
+    assert!(tree.stdout.contains("\\_ child"), "{}", tree.stdout);
+    let usage = call(&["usage", "base"]);
+    assert!(rows(usage.ok())[0][0] == "base", "{}", usage.stdout);
+    let info = call(&["info", "child"]);
+    assert!(
+        info.ok().contains("child") && info.stdout.contains("base"),
+        "{}",
+        info.stdout
+    );
+    call(&["label", "child", "role=test"]).ok();
+    let refused = call(&["rm", "base"]);
+    assert!(
+        !refused.status.success(),
+        "a parent with children was removed"
+    );
+    call(&["rm", "child", "look"]).ok();
+    call(&["rm", "base"]).ok();
+    assert_eq!(rows(call(&["ls"]).ok()).len(), 0);
+    let _ = daemon;
+}
+
+#[test]
+fn ctr_snapshots_on_the_native_snapshotter() {
+    let daemon = start(Start::default());
+    snapshot_steps(&daemon, &|args| daemon.ctr(args));
+    let info = daemon.ctr(&["snapshots", "--snapshotter", "native", "prepare", "timed"]);
+    info.ok();
+    let json = daemon.ctr(&["snapshots", "--snapshotter", "native", "info", "timed"]);
+    let text = json.ok();
+    let created = text
+        .lines()
+        .find(|l| l.contains("\"Created\""))
+        .expect("created")
+        .split('"')
+        .nth(3)
+        .unwrap()
+        .to_string();
+    let updated = text
+        .lines()
+        .find(|l| l.contains("\"Updated\""))
+        .expect("updated")
+        .split('"')
+        .nth(3)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        created, updated,
+        "a new snapshot's created and updated times are equal:\n{text}"
+    );
+    assert!(created.contains('.'), "nanosecond precision: {created}");
+}
+
+#[test]
+fn plinthctl_snapshots_on_the_native_snapshotter() {
+    let daemon = start(Start::default());
+    snapshot_steps(&daemon, &|args| daemon.plinthctl(args));
+}
+
+#[test]
+fn an_unknown_snapshotter_is_invalid_argument() {
+    let daemon = start(Start::default());
+    let output = daemon.ctr(&["snapshots", "--snapshotter", "zfs", "ls"]);
+    assert!(!output.status.success());
+    assert!(
+        output.stderr.contains("snapshotter not loaded: zfs"),
+        "{}",
+        output.stderr
+    );
+}
