@@ -70,7 +70,7 @@ impl Namespaces for Service {
                 .filter(|(name, labels)| {
                     filters.matches(|path| match path {
                         [f] if f == "name" => Some(name.clone()),
-                        [f, key] if f == "labels" => labels.get(key).cloned(),
+                        [f, ..] if f == "labels" => crate::filters::label_field(path, labels),
                         _ => None,
                     })
                 })

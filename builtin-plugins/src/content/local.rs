@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
 use sha2::Digest as _;
 
-use super::{ContentStore, ContentWriter, Digest, Info, Status, validate_ref};
+use super::{ContentStore, ContentWriter, Digest, Info, Status, validate_stored_ref};
 use crate::error::Error;
 use crate::filters::FilterSet;
 use crate::namespaces::{Labels, apply_label_paths, validate_label};
@@ -206,7 +206,7 @@ impl Inner {
             let entry = entry
                 .map_err(|e| io_error(format_args!("reading {}", ingest_root.display()), &e))?;
             let path = entry.path();
-            if !path.is_dir() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
             if path.join(REF_FILE).is_file() && path.join(DATA_FILE).is_file() {
@@ -393,6 +393,9 @@ impl Inner {
             let entry =
                 entry.map_err(|e| io_error(format_args!("reading {}", root.display()), &e))?;
             // Ingests that vanish or are not complete while we list are skipped.
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
             let Some(status) = read_ingest_status(&entry.path())? else {
                 continue;
             };
@@ -751,7 +754,7 @@ impl Sidecar {
             let value_length: usize = value_length.parse().ok()?;
             rest = &rest[end + 1..];
             let body_length = key_length.checked_add(value_length)?;
-            if rest.len() < body_length + 1 || rest[body_length] != b'\n' {
+            if rest.len() <= body_length || rest[body_length] != b'\n' {
                 return None;
             }
             let key = std::str::from_utf8(&rest[..key_length]).ok()?;
@@ -926,7 +929,7 @@ impl ContentStore for LocalStore {
     }
 
     async fn status(&self, reference: &str) -> Result<Status, Error> {
-        validate_ref(reference)?;
+        validate_stored_ref(reference)?;
         let (inner, reference) = (Arc::clone(&self.inner), reference.to_string());
         blocking(move || inner.status(&reference)).await
     }
@@ -938,7 +941,7 @@ impl ContentStore for LocalStore {
     }
 
     async fn abort(&self, reference: &str) -> Result<(), Error> {
-        validate_ref(reference)?;
+        validate_stored_ref(reference)?;
         // Holding the lock keeps a writer from opening the ingest while it is removed.
         let lock = self.inner.try_lock(reference).map_err(|held_for| {
             Error::unavailable(format!(
@@ -960,7 +963,7 @@ impl ContentStore for LocalStore {
         total: i64,
         expected: Option<Digest>,
     ) -> Result<Box<dyn ContentWriter>, Error> {
-        validate_ref(reference)?;
+        validate_stored_ref(reference)?;
         if total < 0 {
             return Err(Error::invalid(format!(
                 "total {total} must not be negative"
@@ -1108,10 +1111,12 @@ impl WriterState {
         let _blobs = lock_ignoring_poison(&inner.blobs);
         let target = inner.blob_path(&digest);
         if target.exists() {
-            self.finish();
+            self.file = None;
             if let Err(e) = fs::remove_dir_all(&self.dir) {
                 tracing::warn!(path = %self.dir.display(), error = %e, "could not remove ingest");
             }
+            // Only now: a writer that takes the ref next must not see this ingest go away.
+            self.finish();
             return Err(Error::already_exists(format!(
                 "content {digest}: already exists"
             )));
@@ -1133,10 +1138,10 @@ impl WriterState {
                 &e,
             )
         })?;
-        let file = self.file.take();
-        self.finish();
-        sync_dir(&inner.blob_dir())?;
-        if let Some(file) = file {
+        // From here on the blob is committed; the rest is tidying up. The ref is released
+        // last, so that a writer taking it next never sees this ingest being removed.
+        let synced = sync_dir(&inner.blob_dir());
+        if let Some(file) = self.file.take() {
             let readonly = file.metadata().map(|meta| {
                 let mut permissions = meta.permissions();
                 permissions.set_readonly(true);
@@ -1149,7 +1154,8 @@ impl WriterState {
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             tracing::warn!(path = %self.dir.display(), error = %e, "could not remove committed ingest");
         }
-        Ok(digest)
+        self.finish();
+        synced.map(|()| digest)
     }
 
     /// Ends the writer: no more file, ref released.
@@ -1258,7 +1264,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance_suite() {
-        testsuite::run(|root| async move { open(&root) }).await;
+        testsuite::run(|root| async move {
+            LocalStore::open(&root).map(|store| Arc::new(store) as Arc<dyn ContentStore>)
+        })
+        .await;
     }
 
     #[test]

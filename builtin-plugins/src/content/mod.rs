@@ -14,8 +14,12 @@ pub mod local;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
-/// The longest ingest ref accepted.
+/// The longest ingest ref a client may use.
 pub const MAX_REF_LENGTH: usize = 256;
+
+/// The longest ref a store underneath the metadata layer accepts: a client's ref with its
+/// namespace and a `/` in front.
+pub const MAX_STORED_REF_LENGTH: usize = MAX_REF_LENGTH + 1 + crate::namespaces::MAX_IDENTIFIER_LENGTH;
 
 /// A validated digest: `sha256:` and 64 lowercase hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,12 +92,25 @@ impl fmt::Display for Digest {
 /// # Errors
 /// Invalid argument naming the rule.
 pub fn validate_ref(reference: &str) -> Result<(), Error> {
+    validate_ref_up_to(reference, MAX_REF_LENGTH)
+}
+
+/// As [`validate_ref`], for stores under the metadata layer: up to
+/// [`MAX_STORED_REF_LENGTH`] bytes.
+///
+/// # Errors
+/// Invalid argument naming the rule.
+pub fn validate_stored_ref(reference: &str) -> Result<(), Error> {
+    validate_ref_up_to(reference, MAX_STORED_REF_LENGTH)
+}
+
+fn validate_ref_up_to(reference: &str, limit: usize) -> Result<(), Error> {
     if reference.is_empty() {
         return Err(Error::invalid("ref must not be empty"));
     }
-    if reference.len() > MAX_REF_LENGTH {
+    if reference.len() > limit {
         return Err(Error::invalid(format!(
-            "ref is {} bytes long: at most {MAX_REF_LENGTH}",
+            "ref is {} bytes long: at most {limit}",
             reference.len()
         )));
     }

@@ -4,7 +4,8 @@
 //! ```no_run
 //! # use std::sync::Arc;
 //! # use plinth_builtin_plugins::content::{ContentStore, testsuite};
-//! # fn make_my_store(_: &std::path::Path) -> Arc<dyn ContentStore> { unimplemented!() }
+//! # use plinth_builtin_plugins::Error;
+//! # fn make_my_store(_: &std::path::Path) -> Result<Arc<dyn ContentStore>, Error> { todo!() }
 //! # async fn example() {
 //! testsuite::run(|root| async move { make_my_store(&root) }).await;
 //! # }
@@ -75,11 +76,11 @@ cases![
 /// temporary directory (passed as its argument).
 ///
 /// # Panics
-/// When a case fails, with the case's name and its message.
+/// When a case fails, or `make` does, with the case's name and the message.
 pub async fn run<F, Fut>(make: F)
 where
     F: Fn(PathBuf) -> Fut,
-    Fut: Future<Output = Arc<dyn ContentStore>>,
+    Fut: Future<Output = Result<Arc<dyn ContentStore>, Error>>,
 {
     for (name, case) in CASES {
         run_case(name, *case, &make).await;
@@ -89,12 +90,12 @@ where
 /// Runs one case on a fresh store, as [`run`] does.
 ///
 /// # Panics
-/// When the case fails, with its name and message, or when no temporary directory can be
-/// created.
+/// When the case fails, or `make` does, with its name and the message, or when no temporary
+/// directory can be created.
 pub async fn run_case<F, Fut>(name: &str, case: Case, make: &F)
 where
     F: Fn(PathBuf) -> Fut,
-    Fut: Future<Output = Arc<dyn ContentStore>>,
+    Fut: Future<Output = Result<Arc<dyn ContentStore>, Error>>,
 {
     let dir = tempfile::Builder::new()
         .prefix("plinth-content-suite-")
@@ -102,7 +103,9 @@ where
         .unwrap_or_else(|e| {
             panic!("content suite case {name}: creating a temporary directory: {e}")
         });
-    let store = make(dir.path().to_path_buf()).await;
+    let store = make(dir.path().to_path_buf())
+        .await
+        .unwrap_or_else(|e| panic!("content suite case {name}: making the store: {e:?}"));
     if let Err(error) = tokio::spawn(case(store)).await {
         let message = if error.is_panic() {
             let payload = error.into_panic();
@@ -787,7 +790,9 @@ pub async fn dropped_writer_releases_its_ref(store: Arc<dyn ContentStore>) {
 
 /// Bad refs are InvalidArgument everywhere a ref is taken; bad digests do not parse.
 pub async fn invalid_refs_and_digests(store: Arc<dyn ContentStore>) {
-    let long = "r".repeat(MAX_REF_LENGTH + 1);
+    // Longer than any store accepts (the metadata layer's limit, or the limit of the store
+    // under it, which leaves room for the namespace).
+    let long = "r".repeat(super::MAX_STORED_REF_LENGTH + 1);
     for reference in ["", "a\nb", "nul\0", "tab\there", long.as_str()] {
         assert_category(
             store.writer(reference, 0, None).await.map(|_| ()),

@@ -222,7 +222,7 @@ impl ContentStore for NamespacedContent {
                 let matched = filters.matches(|path| match path {
                     [f] if f == "digest" => Some(info.digest.to_string()),
                     [f] if f == "size" => Some(info.size.to_string()),
-                    [f, key] if f == "labels" => info.labels.get(key).cloned(),
+                    [f, ..] if f == "labels" => crate::filters::label_field(path, &info.labels),
                     _ => None,
                 });
                 if matched {
@@ -351,12 +351,14 @@ impl ContentStore for NamespacedContent {
                 }
             }
         }
-        // The backend checks the digest at commit; it is not told now, so that an isolated
-        // namespace uploads (and proves) bytes the store already holds.
-        let inner = self
-            .backend()?
-            .writer(&self.backend_ref(reference), total, None)
-            .await?;
+        let backend = self.backend()?;
+        let backend_ref = self.backend_ref(reference);
+        let inner = match backend.writer(&backend_ref, total, expected.clone()).await {
+            // The store holds the blob, but this namespace may not (isolated policy): it
+            // uploads the bytes, which the commit verifies against `expected`.
+            Err(e) if e.category == plinth_core::Category::AlreadyExists => backend.writer(&backend_ref, total, None).await?,
+            other => other?,
+        };
         Ok(Box::new(NamespacedWriter {
             inner: Some(inner),
             metadata: self.metadata.clone(),

@@ -9,6 +9,8 @@
 //! bytes (which are verified) to commit a blob the store already holds.
 
 mod content;
+#[cfg(all(test, feature = "content-local", feature = "snapshotter-native"))]
+mod model_tests;
 mod schema;
 mod snapshots;
 
@@ -469,10 +471,7 @@ mod tests {
         let (_dir, db) = store();
         db.create("busy", &BTreeMap::new()).unwrap();
         let txn = db.db.begin_write().unwrap();
-        txn.open_table(NAMESPACED[0].1)
-            .unwrap()
-            .insert(("busy", "sha256:00"), &b""[..])
-            .unwrap();
+        txn.open_table(CONTENT).unwrap().insert(("busy", "sha256:00"), (0, 0, 0)).unwrap();
         txn.commit().unwrap();
         let error = db.delete("busy").unwrap_err();
         assert_eq!(error.category, plinth_core::Category::FailedPrecondition);
@@ -493,5 +492,31 @@ mod tests {
             .unwrap();
         let reopened = Metadata::open(&path).unwrap();
         assert_eq!(reopened.list().unwrap().len(), 1);
+    }
+}
+
+#[cfg(all(test, feature = "content-local", feature = "snapshotter-native"))]
+mod snapshot_suite {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::{Metadata, SharingPolicy};
+    use crate::namespaces::NamespacedStores;
+    use crate::snapshots::Snapshotter;
+    use crate::snapshots::native::NativeSnapshotter;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn namespaced_snapshotter_passes_the_snapshot_conformance_suite() {
+        crate::snapshots::testsuite::run(|dir: std::path::PathBuf| async move {
+            let native: Arc<dyn Snapshotter> = Arc::new(NativeSnapshotter::open(&dir.join("native"))?);
+            let metadata = Arc::new(Metadata::open_with(
+                &dir.join("meta.db"),
+                None,
+                BTreeMap::from([("native".to_string(), native)]),
+                SharingPolicy::Shared,
+            )?);
+            metadata.snapshotter("suite", "native")
+        })
+        .await;
     }
 }

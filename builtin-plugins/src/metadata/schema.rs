@@ -30,10 +30,19 @@ pub(crate) const CONTENT: TableDefinition<'_, (&str, &str), (u64, u64, u64)> =
 pub(crate) const CONTENT_LABELS: TableDefinition<'_, (&str, &str, &str), &str> =
     TableDefinition::new("content_labels");
 
-/// (namespace, snapshotter, key) → (kind, parent key, backend key, created, updated).
-pub(crate) const SNAPSHOTS: TableDefinition<'_, (&str, &str, &str), (u8, &str, &str, u64, u64)> =
+/// A snapshot record's key: (namespace, snapshotter, key).
+pub(crate) type SnapshotKey = (&'static str, &'static str, &'static str);
+
+/// A snapshot record: (kind, parent key, backend key, created, updated).
+pub(crate) type SnapshotValue = (u8, &'static str, &'static str, u64, u64);
+
+/// The snapshot records.
+pub(crate) const SNAPSHOTS: TableDefinition<'static, SnapshotKey, SnapshotValue> =
     TableDefinition::new("snapshots");
 
-/// (namespace, snapshotter, key, label key) → label value.
-pub(crate) const SNAPSHOT_LABELS: TableDefinition<'_, (&str, &str, &str, &str), &str> =
+/// A snapshot label's key: (namespace, snapshotter, key, label key).
+pub(crate) type SnapshotLabelKey = (&'static str, &'static str, &'static str, &'static str);
+
+/// Snapshot labels: key → label value.
+pub(crate) const SNAPSHOT_LABELS: TableDefinition<'static, SnapshotLabelKey, &str> =
     TableDefinition::new("snapshot_labels");

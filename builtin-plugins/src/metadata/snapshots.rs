@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use redb::{ReadableTable, WriteTransaction};
 
-use super::schema::{SEQUENCES, SNAPSHOT_LABELS, SNAPSHOTS};
+use super::schema::{SEQUENCES, SNAPSHOT_LABELS, SNAPSHOTS, SnapshotKey, SnapshotLabelKey, SnapshotValue};
 use super::{Metadata, blocking, from_nanos, now_nanos, storage};
 use crate::error::Error;
 use crate::filters::FilterSet;
@@ -47,17 +47,8 @@ pub(crate) struct NamespacedSnapshotter {
     name: String,
 }
 
-type RecordTable = redb::TableDefinition<
-    'static,
-    (&'static str, &'static str, &'static str),
-    (u8, &'static str, &'static str, u64, u64),
->;
-
 fn get_record(
-    table: &impl ReadableTable<
-        (&'static str, &'static str, &'static str),
-        (u8, &'static str, &'static str, u64, u64),
-    >,
+    table: &impl ReadableTable<SnapshotKey, SnapshotValue>,
     namespace: &str,
     snapshotter: &str,
     key: &str,
@@ -78,7 +69,7 @@ fn get_record(
 }
 
 fn labels_of(
-    table: &impl ReadableTable<(&'static str, &'static str, &'static str, &'static str), &'static str>,
+    table: &impl ReadableTable<SnapshotLabelKey, &'static str>,
     namespace: &str,
     snapshotter: &str,
     key: &str,
@@ -536,7 +527,7 @@ impl Snapshotter for NamespacedSnapshotter {
                     [f] if f == "kind" => Some(info.kind.as_str().to_string()),
                     [f] if f == "name" => Some(info.name.clone()),
                     [f] if f == "parent" => Some(info.parent.clone()).filter(|p| !p.is_empty()),
-                    [f, key] if f == "labels" => info.labels.get(key).cloned(),
+                    [f, ..] if f == "labels" => crate::filters::label_field(path, &info.labels),
                     _ => None,
                 });
                 if matched {
@@ -555,7 +546,7 @@ impl Snapshotter for NamespacedSnapshotter {
         let referenced: BTreeSet<String> = blocking(move || {
             let txn = metadata.db.begin_read().map_err(storage)?;
             let table: redb::ReadOnlyTable<_, _> =
-                txn.open_table(SNAPSHOTS as RecordTable).map_err(storage)?;
+                txn.open_table(SNAPSHOTS).map_err(storage)?;
             let mut out = BTreeSet::new();
             for item in table.iter().map_err(storage)? {
                 let (key, value) = item.map_err(storage)?;

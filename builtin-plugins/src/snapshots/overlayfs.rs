@@ -228,7 +228,7 @@ fn try_overlay_mount(check_dir: &Path) -> Result<(), String> {
         fs::write(dir("merged").join("probe"), b"upper")?;
         Ok(seen == b"lower" && fs::read(dir("upper").join("probe"))? == b"upper")
     })();
-    let unmounted = run(Command::new(tool("umount")).arg(dir("merged")));
+    let unmounted = unmount(&dir("merged"));
     match probe {
         Err(e) => return Err(format!("writing through a test overlay mount: {e}")),
         Ok(false) => {
@@ -237,6 +237,22 @@ fn try_overlay_mount(check_dir: &Path) -> Result<(), String> {
         Ok(true) => {}
     }
     unmounted
+}
+
+/// `umount(8)`, retried while the target is busy (50 times, 50 ms apart, as containerd
+/// does): a child forked by another thread may hold a descriptor under the mount until it
+/// execs.
+fn unmount(target: &Path) -> Result<(), String> {
+    let mut attempts = 0;
+    loop {
+        match run(Command::new(tool("umount")).arg(target)) {
+            Err(message) if message.contains("busy") && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// `/bin/<name>` where it exists, else `name` from `PATH`.
@@ -577,7 +593,7 @@ mod tests {
             .arg(dir.path().join("merged")))
         .unwrap();
         let reason = check_support(&dir.path().join("merged/root"));
-        run(Command::new(tool("umount")).arg(dir.path().join("merged"))).unwrap();
+        unmount(&dir.path().join("merged")).unwrap();
         let reason = reason.unwrap_err();
         assert!(reason.contains("is on an overlay filesystem"), "{reason}");
     }

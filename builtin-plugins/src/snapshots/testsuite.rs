@@ -144,14 +144,13 @@ where
         usage,
         cleanup,
     );
-    let fixture = Fixture::new(&make, "reopen").await;
     let Fixture {
         snapshotter,
         root,
         work,
-        ..
-    } = &fixture;
-    reopen(snapshotter.clone(), &make, root, work).await;
+        _dir,
+    } = Fixture::new(&make, "reopen").await;
+    reopen(snapshotter, &make, &root, &work).await;
 }
 
 /// A temporary directory with `root/` (the snapshotter's) and `work/` (the case's).
@@ -216,8 +215,7 @@ impl Mounted {
     /// What `umount(8)` said.
     pub fn unmount(mut self) -> Result<(), String> {
         while self.layers > 0 {
-            run_tool(Command::new("umount").arg(&self.target))
-                .context(format!("unmounting {}", self.target.display()))?;
+            unmount(&self.target).context(format!("unmounting {}", self.target.display()))?;
             self.layers -= 1;
         }
         Ok(())
@@ -228,10 +226,26 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         while self.layers > 0 {
             self.layers -= 1;
-            if run_tool(Command::new("umount").arg(&self.target)).is_err() {
+            if unmount(&self.target).is_err() {
                 // A failing case must not leave a mount behind: detach it.
                 let _ = run_tool(Command::new("umount").arg("-l").arg(&self.target));
             }
+        }
+    }
+}
+
+/// `umount(8)`, retried while the target is busy (50 times, 50 ms apart, as containerd
+/// does): a child process forked elsewhere in this process may briefly hold a descriptor
+/// opened under the mount until it execs.
+fn unmount(target: &Path) -> Result<(), String> {
+    let mut attempts = 0;
+    loop {
+        match run_tool(Command::new("umount").arg(target)) {
+            Err(message) if message.contains("busy") && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
         }
     }
 }
