@@ -310,9 +310,14 @@ impl Parser<'_> {
 
 /// The value of `labels.<key>` in `labels`, as containerd reads it: the rest of the field
 /// path joined with `.`, so `labels.a.b` and `labels."a.b"` both name the label `a.b`.
-pub fn label_field(path: &[String], labels: &std::collections::BTreeMap<String, String>) -> Option<String> {
+pub fn label_field(
+    path: &[String],
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Option<String> {
     match path {
-        [first, rest @ ..] if first == "labels" && !rest.is_empty() => labels.get(&rest.join(".")).cloned(),
+        [first, rest @ ..] if first == "labels" && !rest.is_empty() => {
+            labels.get(&rest.join(".")).cloned()
+        }
         _ => None,
     }
 }

@@ -74,12 +74,57 @@ pub fn registry() -> anyhow::Result<Registry> {
     Ok(registry)
 }
 
+/// Registrations that come from outside this binary: shared-library plugins found in
+/// `plugin_dir` and `[proxy_plugins]` from the config.
+#[derive(Debug, Default)]
+pub struct ExtraSources {
+    /// (library file, registration), from the dynamic loader.
+    pub dynamic: Vec<(PathBuf, Registration)>,
+    /// (section name, registration), from `[proxy_plugins.<name>]`.
+    pub proxies: Vec<(String, Registration)>,
+}
+
+/// The registrations of `config` beyond this binary's own.
+///
+/// # Errors
+/// A `[proxy_plugins]` section that cannot become a plugin.
+pub fn extra_sources(config: &plinth_core::config::Config) -> anyhow::Result<ExtraSources> {
+    let _ = config;
+    Ok(ExtraSources::default())
+}
+
+/// The link-time registry plus `extra`.
+///
+/// # Errors
+/// Invalid or duplicate registrations, each with its source.
+pub fn full_registry(link_time: &Registry, extra: ExtraSources) -> anyhow::Result<Registry> {
+    let mut builder = Registry::builder();
+    for entry in link_time.entries() {
+        builder = builder.add_static(entry.registration);
+    }
+    for (library, registration) in extra.dynamic {
+        builder = builder.add_dynamic(library, registration);
+    }
+    for (name, registration) in extra.proxies {
+        builder = builder.add_proxy(name, registration);
+    }
+    builder.build().map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        anyhow::anyhow!("invalid plugin registrations:\n{}", lines.join("\n"))
+    })
+}
+
 /// Loads the config named by the options (or the default file if it exists, or the embedded
-/// defaults) and applies the command-line overrides.
+/// defaults), applies the command-line overrides, adds the registrations the config brings
+/// (proxies, plugin libraries) and checks the config against them all.
 ///
 /// # Errors
 /// Any config error, with file, line and column.
-pub fn load_config(options: &Options, registry: &Registry) -> anyhow::Result<ResolvedConfig> {
+pub fn load_config(
+    options: &Options,
+    link_time: &Registry,
+) -> anyhow::Result<(Registry, ResolvedConfig)> {
+    let registry = link_time;
     let defaults = Defaults::for_current_user();
     let loader = ConfigLoader::new(registry).with_base(defaults.config());
     let path = match &options.config {
@@ -103,7 +148,8 @@ pub fn load_config(options: &Options, registry: &Registry) -> anyhow::Result<Res
     if let Some(level) = &options.log_level {
         config.debug.level = level.clone();
     }
-    let resolved = loaded.resolve(registry, options.strict)?;
+    let full = full_registry(registry, extra_sources(loaded.config())?)?;
+    let resolved = loaded.resolve(&full, options.strict)?;
     if resolved.config.root.is_relative() || resolved.config.state.is_relative() {
         bail!(
             "root ({}) and state ({}) must be absolute paths",
@@ -111,7 +157,7 @@ pub fn load_config(options: &Options, registry: &Registry) -> anyhow::Result<Res
             resolved.config.state.display()
         );
     }
-    Ok(resolved)
+    Ok((full, resolved))
 }
 
 /// Registry, config and graph.
@@ -119,8 +165,7 @@ pub fn load_config(options: &Options, registry: &Registry) -> anyhow::Result<Res
 /// # Errors
 /// As [`registry`] and [`load_config`], and dependency cycles.
 pub fn prepare(options: &Options) -> anyhow::Result<Prepared> {
-    let registry = registry()?;
-    let config = load_config(options, &registry)?;
+    let (registry, config) = load_config(options, &registry()?)?;
     let registrations: Vec<Registration> = registry.registrations().copied().collect();
     let graph =
         PluginGraph::build(&registrations, &config.disable_filter()).context("ordering plugins")?;

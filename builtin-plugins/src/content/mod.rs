@@ -19,7 +19,8 @@ pub const MAX_REF_LENGTH: usize = 256;
 
 /// The longest ref a store underneath the metadata layer accepts: a client's ref with its
 /// namespace and a `/` in front.
-pub const MAX_STORED_REF_LENGTH: usize = MAX_REF_LENGTH + 1 + crate::namespaces::MAX_IDENTIFIER_LENGTH;
+pub const MAX_STORED_REF_LENGTH: usize =
+    MAX_REF_LENGTH + 1 + crate::namespaces::MAX_IDENTIFIER_LENGTH;
 
 /// A validated digest: `sha256:` and 64 lowercase hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

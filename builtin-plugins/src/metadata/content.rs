@@ -356,7 +356,9 @@ impl ContentStore for NamespacedContent {
         let inner = match backend.writer(&backend_ref, total, expected.clone()).await {
             // The store holds the blob, but this namespace may not (isolated policy): it
             // uploads the bytes, which the commit verifies against `expected`.
-            Err(e) if e.category == plinth_core::Category::AlreadyExists => backend.writer(&backend_ref, total, None).await?,
+            Err(e) if e.category == plinth_core::Category::AlreadyExists => {
+                backend.writer(&backend_ref, total, None).await?
+            }
             other => other?,
         };
         Ok(Box::new(NamespacedWriter {

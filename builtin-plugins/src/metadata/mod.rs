@@ -369,12 +369,9 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
         }
     };
     let content: Arc<dyn ContentStore> = ctx.get_single(types::CONTENT)?;
+    // Containerd's metadata needs its snapshotters; say which failed when none is usable.
     let snapshotters: BTreeMap<String, Arc<dyn Snapshotter>> = ctx
-        .get_by_type::<dyn Snapshotter>(types::SNAPSHOTTER)
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "no snapshotter: snapshot calls will fail");
-            Vec::new()
-        })
+        .get_by_type::<dyn Snapshotter>(types::SNAPSHOTTER)?
         .into_iter()
         .map(|(id, s)| (id.to_string(), s))
         .collect();
@@ -471,7 +468,10 @@ mod tests {
         let (_dir, db) = store();
         db.create("busy", &BTreeMap::new()).unwrap();
         let txn = db.db.begin_write().unwrap();
-        txn.open_table(CONTENT).unwrap().insert(("busy", "sha256:00"), (0, 0, 0)).unwrap();
+        txn.open_table(CONTENT)
+            .unwrap()
+            .insert(("busy", "sha256:00"), (0, 0, 0))
+            .unwrap();
         txn.commit().unwrap();
         let error = db.delete("busy").unwrap_err();
         assert_eq!(error.category, plinth_core::Category::FailedPrecondition);
@@ -508,7 +508,8 @@ mod snapshot_suite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn namespaced_snapshotter_passes_the_snapshot_conformance_suite() {
         crate::snapshots::testsuite::run(|dir: std::path::PathBuf| async move {
-            let native: Arc<dyn Snapshotter> = Arc::new(NativeSnapshotter::open(&dir.join("native"))?);
+            let native: Arc<dyn Snapshotter> =
+                Arc::new(NativeSnapshotter::open(&dir.join("native"))?);
             let metadata = Arc::new(Metadata::open_with(
                 &dir.join("meta.db"),
                 None,

@@ -34,7 +34,9 @@ impl Rng {
 }
 
 fn blob(i: usize) -> Vec<u8> {
-    (0..(i * 997 + 13)).map(|j| u8::try_from((j * 31 + i * 7) % 251).unwrap_or(0)).collect()
+    (0..(i * 997 + 13))
+        .map(|j| u8::try_from((j * 31 + i * 7) % 251).unwrap_or(0))
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +51,10 @@ fn category<T>(result: &Result<T, crate::Error>) -> Option<Category> {
 
 async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let content: Arc<dyn ContentStore> = Arc::new(LocalStore::open(&dir.path().join("content")).unwrap());
-    let native: Arc<dyn Snapshotter> = Arc::new(NativeSnapshotter::open(&dir.path().join("native")).unwrap());
+    let content: Arc<dyn ContentStore> =
+        Arc::new(LocalStore::open(&dir.path().join("content")).unwrap());
+    let native: Arc<dyn Snapshotter> =
+        Arc::new(NativeSnapshotter::open(&dir.path().join("native")).unwrap());
     let metadata = Arc::new(
         Metadata::open_with(
             &dir.path().join("meta.db"),
@@ -79,19 +83,34 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
                 let reference = format!("ref-{b}");
                 match store.writer(&reference, 0, Some(digest.clone())).await {
                     Ok(mut writer) => {
-                        assert!(!have.contains_key(&b), "{context}: writer opened for a blob the namespace has");
+                        assert!(
+                            !have.contains_key(&b),
+                            "{context}: writer opened for a blob the namespace has"
+                        );
                         writer.write(&bytes).await.unwrap();
-                        let committed = writer.commit(i64::try_from(bytes.len()).unwrap(), Some(digest.clone()), Labels::new()).await;
+                        let committed = writer
+                            .commit(
+                                i64::try_from(bytes.len()).unwrap(),
+                                Some(digest.clone()),
+                                Labels::new(),
+                            )
+                            .await;
                         writer.close().await.unwrap();
                         committed.unwrap_or_else(|e| panic!("{context}: commit: {e}"));
                         have.insert(b, Labels::new());
                     }
                     Err(e) => {
                         assert_eq!(e.category, Category::AlreadyExists, "{context}: {e}");
-                        let elsewhere = model_content.iter().any(|(n, m)| *n != ns && m.contains_key(&b));
+                        let elsewhere = model_content
+                            .iter()
+                            .any(|(n, m)| *n != ns && m.contains_key(&b));
                         let have = model_content.entry(ns).or_default();
-                        let expected = have.contains_key(&b) || (policy == SharingPolicy::Shared && elsewhere);
-                        assert!(expected, "{context}: already exists for a blob it should upload");
+                        let expected =
+                            have.contains_key(&b) || (policy == SharingPolicy::Shared && elsewhere);
+                        assert!(
+                            expected,
+                            "{context}: already exists for a blob it should upload"
+                        );
                         have.entry(b).or_default();
                     }
                 }
@@ -106,20 +125,35 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
             3 => {
                 let result = store.read_at(&digest, 0, bytes.len()).await;
                 if have.contains_key(&b) {
-                    assert_eq!(result.unwrap_or_else(|e| panic!("{context}: read: {e}")), bytes, "{context}");
+                    assert_eq!(
+                        result.unwrap_or_else(|e| panic!("{context}: read: {e}")),
+                        bytes,
+                        "{context}"
+                    );
                 } else {
-                    assert_eq!(category(&result), Some(Category::NotFound), "{context}: read of a blob not in the namespace");
+                    assert_eq!(
+                        category(&result),
+                        Some(Category::NotFound),
+                        "{context}: read of a blob not in the namespace"
+                    );
                 }
             }
             4 => {
                 let key = format!("l{}", rng.below(3));
-                let value = if rng.below(4) == 0 { String::new() } else { format!("v{}", rng.below(10)) };
+                let value = if rng.below(4) == 0 {
+                    String::new()
+                } else {
+                    format!("v{}", rng.below(10))
+                };
                 let Ok(mut info) = store.info(&digest).await else {
                     assert!(!have.contains_key(&b), "{context}: info missing");
                     continue;
                 };
                 info.labels = Labels::from([(key.clone(), value.clone())]);
-                store.update(info, &[format!("labels.{key}")]).await.unwrap();
+                store
+                    .update(info, &[format!("labels.{key}")])
+                    .await
+                    .unwrap();
                 let labels = have.get_mut(&b).expect("model has the blob");
                 if value.is_empty() {
                     labels.remove(&key);
@@ -129,9 +163,16 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
             }
             5 => {
                 let key = KEYS[rng.below(KEYS.len())].to_string();
-                let committed: Vec<String> =
-                    snaps.iter().filter(|(_, s)| s.kind == Kind::Committed).map(|(k, _)| k.clone()).collect();
-                let parent = if committed.is_empty() || rng.below(2) == 0 { String::new() } else { committed[rng.below(committed.len())].clone() };
+                let committed: Vec<String> = snaps
+                    .iter()
+                    .filter(|(_, s)| s.kind == Kind::Committed)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let parent = if committed.is_empty() || rng.below(2) == 0 {
+                    String::new()
+                } else {
+                    committed[rng.below(committed.len())].clone()
+                };
                 let view = rng.below(4) == 0 && !parent.is_empty();
                 let result = if view {
                     snapshotter.view(&key, &parent, Labels::new()).await
@@ -140,11 +181,20 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
                 };
                 match snaps.entry(key) {
                     std::collections::btree_map::Entry::Occupied(_) => {
-                        assert_eq!(category(&result), Some(Category::AlreadyExists), "{context}");
+                        assert_eq!(
+                            category(&result),
+                            Some(Category::AlreadyExists),
+                            "{context}"
+                        );
                     }
                     std::collections::btree_map::Entry::Vacant(slot) => {
-                        result.unwrap_or_else(|e| panic!("{context}: prepare {} on {parent:?}: {e}", slot.key()));
-                        slot.insert(ModelSnapshot { kind: if view { Kind::View } else { Kind::Active }, parent });
+                        result.unwrap_or_else(|e| {
+                            panic!("{context}: prepare {} on {parent:?}: {e}", slot.key())
+                        });
+                        slot.insert(ModelSnapshot {
+                            kind: if view { Kind::View } else { Kind::Active },
+                            parent,
+                        });
                     }
                 }
             }
@@ -155,27 +205,49 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
                 match snaps.get(&key).cloned() {
                     None => assert_eq!(category(&result), Some(Category::NotFound), "{context}"),
                     Some(s) if s.kind != Kind::Active => {
-                        assert_eq!(category(&result), Some(Category::FailedPrecondition), "{context}");
+                        assert_eq!(
+                            category(&result),
+                            Some(Category::FailedPrecondition),
+                            "{context}"
+                        );
                     }
                     Some(_) if snaps.contains_key(&name) => {
-                        assert_eq!(category(&result), Some(Category::AlreadyExists), "{context}");
+                        assert_eq!(
+                            category(&result),
+                            Some(Category::AlreadyExists),
+                            "{context}"
+                        );
                     }
                     Some(s) => {
                         result.unwrap_or_else(|e| panic!("{context}: commit {key} as {name}: {e}"));
                         snaps.remove(&key);
-                        snaps.insert(name, ModelSnapshot { kind: Kind::Committed, parent: s.parent });
+                        snaps.insert(
+                            name,
+                            ModelSnapshot {
+                                kind: Kind::Committed,
+                                parent: s.parent,
+                            },
+                        );
                     }
                 }
             }
             7 => {
                 let all: Vec<String> = snaps.keys().cloned().collect();
-                let key = if all.is_empty() || rng.below(5) == 0 { "missing".to_string() } else { all[rng.below(all.len())].clone() };
+                let key = if all.is_empty() || rng.below(5) == 0 {
+                    "missing".to_string()
+                } else {
+                    all[rng.below(all.len())].clone()
+                };
                 let result = snapshotter.remove(&key).await;
                 let has_children = snaps.values().any(|s| s.parent == key);
                 if !snaps.contains_key(&key) {
                     assert_eq!(category(&result), Some(Category::NotFound), "{context}");
                 } else if has_children {
-                    assert_eq!(category(&result), Some(Category::FailedPrecondition), "{context}");
+                    assert_eq!(
+                        category(&result),
+                        Some(Category::FailedPrecondition),
+                        "{context}"
+                    );
                 } else {
                     result.unwrap_or_else(|e| panic!("{context}: remove {key}: {e}"));
                     snaps.remove(&key);
@@ -186,11 +258,20 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
         // After every step, the whole visible state matches the model.
         for ns in NAMESPACES {
             let store = metadata.clone().content(ns).unwrap();
-            let listed: BTreeMap<String, Labels> =
-                store.walk(&[]).await.unwrap().into_iter().map(|i| (i.digest.to_string(), i.labels)).collect();
+            let listed: BTreeMap<String, Labels> = store
+                .walk(&[])
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|i| (i.digest.to_string(), i.labels))
+                .collect();
             let expected: BTreeMap<String, Labels> = model_content
                 .get(ns)
-                .map(|m| m.iter().map(|(b, l)| (Digest::of(&blob(*b)).to_string(), l.clone())).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(b, l)| (Digest::of(&blob(*b)).to_string(), l.clone()))
+                        .collect()
+                })
                 .unwrap_or_default();
             assert_eq!(listed, expected, "seed {seed} step {step}: content of {ns}");
             let snapshotter = metadata.clone().snapshotter(ns, "native").unwrap();
@@ -199,17 +280,41 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|i| (i.name, ModelSnapshot { kind: i.kind, parent: i.parent }))
+                .map(|i| {
+                    (
+                        i.name,
+                        ModelSnapshot {
+                            kind: i.kind,
+                            parent: i.parent,
+                        },
+                    )
+                })
                 .collect();
             let expected = model_snapshots.get(ns).cloned().unwrap_or_default();
-            assert_eq!(listed, expected, "seed {seed} step {step}: snapshots of {ns}");
+            assert_eq!(
+                listed, expected,
+                "seed {seed} step {step}: snapshots of {ns}"
+            );
         }
     }
     // Nothing is kept in the store that no namespace holds.
-    let held: BTreeSet<String> = model_content.values().flat_map(|m| m.keys()).map(|b| Digest::of(&blob(*b)).to_string()).collect();
+    let held: BTreeSet<String> = model_content
+        .values()
+        .flat_map(|m| m.keys())
+        .map(|b| Digest::of(&blob(*b)).to_string())
+        .collect();
     let backend = metadata.content.clone().unwrap();
-    let stored: BTreeSet<String> = backend.walk(&[]).await.unwrap().into_iter().map(|i| i.digest.to_string()).collect();
-    assert_eq!(stored, held, "seed {seed}: blobs in the store vs blobs some namespace holds");
+    let stored: BTreeSet<String> = backend
+        .walk(&[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.digest.to_string())
+        .collect();
+    assert_eq!(
+        stored, held,
+        "seed {seed}: blobs in the store vs blobs some namespace holds"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,7 +335,12 @@ async fn metadata_matches_the_model_under_the_isolated_policy() {
 async fn namespaced_content_passes_the_content_conformance_suite() {
     crate::content::testsuite::run(|dir: std::path::PathBuf| async move {
         let content: Arc<dyn ContentStore> = Arc::new(LocalStore::open(&dir.join("content"))?);
-        let metadata = Arc::new(Metadata::open_with(&dir.join("meta.db"), Some(content), BTreeMap::new(), SharingPolicy::Shared)?);
+        let metadata = Arc::new(Metadata::open_with(
+            &dir.join("meta.db"),
+            Some(content),
+            BTreeMap::new(),
+            SharingPolicy::Shared,
+        )?);
         metadata.content("suite")
     })
     .await;

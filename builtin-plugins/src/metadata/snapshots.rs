@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use redb::{ReadableTable, WriteTransaction};
 
-use super::schema::{SEQUENCES, SNAPSHOT_LABELS, SNAPSHOTS, SnapshotKey, SnapshotLabelKey, SnapshotValue};
+use super::schema::{
+    SEQUENCES, SNAPSHOT_LABELS, SNAPSHOTS, SnapshotKey, SnapshotLabelKey, SnapshotValue,
+};
 use super::{Metadata, blocking, from_nanos, now_nanos, storage};
 use crate::error::Error;
 use crate::filters::FilterSet;
@@ -545,8 +547,7 @@ impl Snapshotter for NamespacedSnapshotter {
         let (metadata, sn) = (self.metadata.clone(), self.name.clone());
         let referenced: BTreeSet<String> = blocking(move || {
             let txn = metadata.db.begin_read().map_err(storage)?;
-            let table: redb::ReadOnlyTable<_, _> =
-                txn.open_table(SNAPSHOTS).map_err(storage)?;
+            let table: redb::ReadOnlyTable<_, _> = txn.open_table(SNAPSHOTS).map_err(storage)?;
             let mut out = BTreeSet::new();
             for item in table.iter().map_err(storage)? {
                 let (key, value) = item.map_err(storage)?;
