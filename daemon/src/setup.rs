@@ -114,6 +114,20 @@ pub fn full_registry(link_time: &Registry, extra: ExtraSources) -> anyhow::Resul
     })
 }
 
+/// The built-in plugins this build does not carry, each with the feature that adds it.
+pub fn left_out_plugins(registry: &Registry) -> Vec<(String, String)> {
+    plinth_builtin_plugins::FEATURE_PLUGINS
+        .iter()
+        .filter(|(_, uri)| registry.get(uri).is_none())
+        .map(|(feature, uri)| {
+            (
+                uri.to_string(),
+                format!("enable feature `{feature}` of plinthd"),
+            )
+        })
+        .collect()
+}
+
 /// Loads the config named by the options (or the default file if it exists, or the embedded
 /// defaults), applies the command-line overrides, adds the registrations the config brings
 /// (proxies, plugin libraries) and checks the config against them all.
@@ -149,7 +163,9 @@ pub fn load_config(
         config.debug.level = level.clone();
     }
     let full = full_registry(registry, extra_sources(loaded.config())?)?;
-    let resolved = loaded.resolve(&full, options.strict)?;
+    let resolved = loaded
+        .with_left_out(left_out_plugins(&full))
+        .resolve(&full, options.strict)?;
     if resolved.config.root.is_relative() || resolved.config.state.is_relative() {
         bail!(
             "root ({}) and state ({}) must be absolute paths",

@@ -232,6 +232,16 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// `required_plugins` names a plugin this build left out.
+    #[error("{}: required plugin {uri} is not compiled into this build; {how}", location.as_ref().map(ToString::to_string).unwrap_or_else(|| "config".to_string()))]
+    NotCompiled {
+        /// Where it is named.
+        location: Option<Location>,
+        /// The plugin.
+        uri: String,
+        /// How to get it, e.g. "enable feature `content-local`".
+        how: String,
+    },
     /// Strict mode is on and there are reports.
     #[error("config has {} problem(s) in strict mode:\n{}", .0.len(), .0.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n"))]
     Strict(Vec<Diagnostic>),
@@ -294,6 +304,7 @@ impl<'r> ConfigLoader<'r> {
             sources: SourceMap::default(),
             unknown_top_level: Vec::new(),
             files: Vec::new(),
+            left_out: Vec::new(),
         }
     }
 
@@ -354,6 +365,7 @@ impl<'r> ConfigLoader<'r> {
             sources,
             unknown_top_level: unknown,
             files,
+            left_out: Vec::new(),
         })
     }
 
@@ -571,6 +583,7 @@ pub struct LoadedConfig {
     sources: SourceMap,
     unknown_top_level: Vec<Vec<String>>,
     files: Vec<PathBuf>,
+    left_out: Vec<(String, String)>,
 }
 
 /// A config checked against the plugins: each plugin's section decoded.
@@ -595,6 +608,14 @@ impl LoadedConfig {
     /// The merged config, to change before resolving (e.g. command-line overrides).
     pub fn config_mut(&mut self) -> &mut Config {
         &mut self.config
+    }
+
+    /// Tells the checks which plugins exist but were left out of this build, and how to get
+    /// each (e.g. `("io.containerd.content.v1.content", "enable feature `content-local`")`),
+    /// so that naming one says so instead of "unknown plugin".
+    pub fn with_left_out(mut self, plugins: Vec<(String, String)>) -> Self {
+        self.left_out = plugins;
+        self
     }
 
     /// Decodes each plugin's section over its defaults and checks every name in the config
@@ -676,14 +697,26 @@ impl LoadedConfig {
             }
             plugin_configs.insert(uri, decoded.value);
         }
+        let left_out = |uri: &str| {
+            self.left_out
+                .iter()
+                .find(|(u, _)| u == uri)
+                .map(|(_, how)| how.clone())
+        };
         for key in self.config.plugins.keys() {
             if !uris.contains(key) {
-                diagnostics.push(Diagnostic {
-                    location: self.sources.key(&["plugins".to_string(), key.clone()]),
-                    message: format!(
+                let message = match left_out(key) {
+                    Some(how) => format!(
+                        "section for plugin {key}, which is not compiled into this build; {how}"
+                    ),
+                    None => format!(
                         "section for unknown plugin {key}{}: this build has no such plugin",
                         hint(key, candidates())
                     ),
+                };
+                diagnostics.push(Diagnostic {
+                    location: self.sources.key(&["plugins".to_string(), key.clone()]),
+                    message,
                 });
             }
         }
@@ -695,13 +728,24 @@ impl LoadedConfig {
             };
             for (i, item) in items.iter().enumerate() {
                 if !uris.contains(item) {
-                    diagnostics.push(Diagnostic {
-                        location: self.sources.value(&[list.to_string(), i.to_string()]),
-                        message: format!(
+                    let location = self.sources.value(&[list.to_string(), i.to_string()]);
+                    let message = match left_out(item) {
+                        Some(how) if list == "required_plugins" => {
+                            return Err(ConfigError::NotCompiled {
+                                location,
+                                uri: item.clone(),
+                                how,
+                            });
+                        }
+                        Some(how) => format!(
+                            "{list} names plugin {item}, which is not compiled into this build; {how}"
+                        ),
+                        None => format!(
                             "{list} names unknown plugin {item}{}",
                             hint(item, candidates())
                         ),
-                    });
+                    };
+                    diagnostics.push(Diagnostic { location, message });
                 }
             }
         }

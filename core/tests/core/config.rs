@@ -539,3 +539,49 @@ fn embedded_defaults_resolve_cleanly() {
     assert!(resolved.files.is_empty());
     assert_eq!(resolved.config.root, PathBuf::from("/var/lib/plinth"));
 }
+
+#[test]
+fn plugins_left_out_of_the_build_say_how_to_get_them() {
+    let dir = Dir::new();
+    let left_out = vec![(
+        "io.test.gone.v1.gone".to_string(),
+        "enable feature `gone`".to_string(),
+    )];
+    let registry = registry();
+    let path = dir.write(
+        "c.toml",
+        "version = 3\ndisabled_plugins = [\"io.test.gone.v1.gone\"]\n[plugins.\"io.test.gone.v1.gone\"]\nx = 1\n",
+    );
+    let resolved = ConfigLoader::new(&registry)
+        .load(&path)
+        .unwrap()
+        .with_left_out(left_out.clone())
+        .resolve(&registry, false)
+        .unwrap();
+    let messages: Vec<String> = resolved
+        .diagnostics
+        .iter()
+        .map(|d| error_text(&dir, d))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "DIR/c.toml:3:10: section for plugin io.test.gone.v1.gone, which is not compiled into this build; enable feature `gone`",
+            "DIR/c.toml:2:21: disabled_plugins names plugin io.test.gone.v1.gone, which is not compiled into this build; enable feature `gone`",
+        ]
+    );
+    let required = dir.write(
+        "r.toml",
+        "version = 3\nrequired_plugins = [\"io.test.gone.v1.gone\"]\n",
+    );
+    let error = ConfigLoader::new(&registry)
+        .load(&required)
+        .unwrap()
+        .with_left_out(left_out)
+        .resolve(&registry, false)
+        .unwrap_err();
+    assert_eq!(
+        error_text(&dir, &error),
+        "DIR/r.toml:2:21: required plugin io.test.gone.v1.gone is not compiled into this build; enable feature `gone`"
+    );
+}
