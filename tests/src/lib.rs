@@ -20,6 +20,12 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// # Panics
 /// When the binary is missing: build the workspace first (`cargo test --workspace` does).
 pub fn binary(name: &str) -> PathBuf {
+    // CI runs the same tests against other builds of the binaries (e.g. statically linked).
+    if let Some(dir) = std::env::var_os("PLINTH_BIN_DIR") {
+        let path = PathBuf::from(dir).join(name);
+        assert!(path.exists(), "{} is missing (PLINTH_BIN_DIR is set)", path.display());
+        return path;
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe
