@@ -181,3 +181,50 @@ fn uuid_persists_across_restarts() {
     .unwrap();
     assert_eq!(stored, first);
 }
+
+#[test]
+fn a_call_in_flight_finishes_after_sigterm() {
+    use std::io::Read as _;
+    use std::process::{Command, Stdio};
+
+    let mut daemon = start(Start::default());
+    let input = daemon.dir().join("big.bin");
+    plinth_tests::random_file(&input, 64 << 20, 42);
+    let digest = plinth_tests::sha256_file(&input);
+    daemon
+        .ctr_files(
+            &["content", "ingest", "--expected-digest", &digest, "big"],
+            Some(&input),
+            None,
+        )
+        .ok();
+    // One Read call (plinthctl reads a blob in one stream; ctr issues a new call per chunk,
+    // which a stopping server rightly refuses), whose client does not drain it yet.
+    let mut reader = Command::new(plinth_tests::binary("plinthctl"))
+        .args(["--address", &daemon.address(), "content", "get", &digest])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = reader.stdout.take().unwrap();
+    let mut first = vec![0u8; 1 << 16];
+    stdout.read_exact(&mut first).unwrap();
+    plinth_tests::signal(daemon.pid(), "TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    assert!(
+        reader.wait().unwrap().success(),
+        "the read in flight failed"
+    );
+    first.extend_from_slice(&rest);
+    let copy = daemon.dir().join("copy.bin");
+    std::fs::write(&copy, &first).unwrap();
+    assert_eq!(
+        plinth_tests::sha256_file(&copy),
+        digest,
+        "the read in flight returned every byte"
+    );
+    let status = daemon.stop(Duration::from_secs(15));
+    assert!(status.success(), "{status}; log:\n{}", daemon.log());
+}
