@@ -23,7 +23,7 @@ use plinth_core::{InitContext, InitError, Instance, Registration, register, type
 use redb::{Database, ReadableTable};
 
 use self::schema::{
-    CONTENT, CONTENT_LABELS, META, NAMESPACE_LABELS, NAMESPACES, SCHEMA_VERSION, SEQUENCES,
+    CONTENT, CONTENT_LABELS, NAMESPACE_LABELS, NAMESPACES, SCHEMA_VERSION, SEQUENCES,
     SNAPSHOT_LABELS, SNAPSHOTS,
 };
 use crate::content::ContentStore;
@@ -80,9 +80,7 @@ impl std::fmt::Debug for Metadata {
     }
 }
 
-fn storage(error: impl std::fmt::Display) -> Error {
-    Error::internal(format!("metadata database: {error}"))
-}
+use crate::redb_store::{open_versioned, storage};
 
 fn now_nanos() -> u64 {
     to_nanos(SystemTime::now())
@@ -127,28 +125,7 @@ impl Metadata {
         snapshotters: BTreeMap<String, Arc<dyn Snapshotter>>,
         policy: SharingPolicy,
     ) -> Result<Metadata, Error> {
-        let db = Database::create(path)
-            .map_err(|e| Error::unavailable(format!("opening {}: {e}", path.display())))?;
-        let txn = db.begin_write().map_err(storage)?;
-        {
-            let mut meta = txn.open_table(META).map_err(storage)?;
-            let found = meta
-                .get("schema_version")
-                .map_err(storage)?
-                .map(|v| v.value());
-            match found {
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)
-                        .map_err(storage)?;
-                }
-                Some(v) if v > SCHEMA_VERSION => {
-                    return Err(Error::failed_precondition(format!(
-                        "{} has schema version {v}, newer than this build's {SCHEMA_VERSION}: use a newer plinthd",
-                        path.display()
-                    )));
-                }
-                Some(_) => {}
-            }
+        let db = open_versioned(path, SCHEMA_VERSION, |txn| {
             txn.open_table(NAMESPACES).map_err(storage)?;
             txn.open_table(NAMESPACE_LABELS).map_err(storage)?;
             txn.open_table(SEQUENCES).map_err(storage)?;
@@ -156,8 +133,8 @@ impl Metadata {
             txn.open_table(CONTENT_LABELS).map_err(storage)?;
             txn.open_table(SNAPSHOTS).map_err(storage)?;
             txn.open_table(SNAPSHOT_LABELS).map_err(storage)?;
-        }
-        txn.commit().map_err(storage)?;
+            Ok(())
+        })?;
         Ok(Metadata {
             db,
             content,

@@ -9,9 +9,6 @@ use redb::TableDefinition;
 /// table changes shape.
 pub(crate) const SCHEMA_VERSION: u64 = 1;
 
-/// `"schema_version"` → version.
-pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
-
 /// Counters, e.g. `"snapshot"` → the last number used in a backend snapshot key.
 pub(crate) const SEQUENCES: TableDefinition<'_, &str, u64> = TableDefinition::new("sequences");
 

@@ -39,8 +39,7 @@ use crate::namespaces::{Labels, apply_label_paths, validate_label};
 /// The schema this code writes; a database with a newer one is refused.
 const SCHEMA_VERSION: u64 = 1;
 
-/// `"schema_version"` → version; `"last_id"` → the last id handed out.
-const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+// `META` (from `redb_store`): `"schema_version"` → version; `"last_id"` → the last id handed out.
 
 /// key (active, view) or name (committed) → encoded [`Record`].
 const SNAPSHOTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshots");
@@ -56,9 +55,7 @@ pub(crate) const SNAPSHOTS_DIR: &str = "snapshots";
 /// The name of the database file inside a snapshotter root.
 pub(crate) const DATABASE_FILE: &str = "metadata.db";
 
-fn storage(error: impl std::fmt::Display) -> Error {
-    Error::internal(format!("snapshot metadata: {error}"))
-}
+use crate::redb_store::{META, open_versioned, storage};
 
 fn io_error(what: &str, path: &Path, error: std::io::Error) -> Error {
     Error::internal(format!("{what} {}: {error}", path.display()))
@@ -270,32 +267,11 @@ impl MetaStore {
                 .map_err(|e| io_error("creating", dir, e))?;
         }
         let path = root.join(DATABASE_FILE);
-        let db = Database::create(&path)
-            .map_err(|e| Error::unavailable(format!("opening {}: {e}", path.display())))?;
-        let txn = db.begin_write().map_err(storage)?;
-        {
-            let mut meta = txn.open_table(META).map_err(storage)?;
-            let found = meta
-                .get("schema_version")
-                .map_err(storage)?
-                .map(|v| v.value());
-            match found {
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)
-                        .map_err(storage)?;
-                }
-                Some(version) if version > SCHEMA_VERSION => {
-                    return Err(Error::failed_precondition(format!(
-                        "{} has schema version {version}, newer than this build's {SCHEMA_VERSION}: use a newer plinthd",
-                        path.display()
-                    )));
-                }
-                Some(_) => {}
-            }
+        let db = open_versioned(&path, SCHEMA_VERSION, |txn| {
             txn.open_table(SNAPSHOTS).map_err(storage)?;
             txn.open_table(PARENTS).map_err(storage)?;
-        }
-        txn.commit().map_err(storage)?;
+            Ok(())
+        })?;
         Ok(MetaStore { db, snapshots_dir })
     }
 
