@@ -26,6 +26,12 @@ pub mod error;
 pub mod filters;
 pub mod grpc;
 pub mod namespaces;
+#[cfg(any(
+    feature = "metadata-redb",
+    feature = "snapshotter-native",
+    feature = "snapshotter-overlayfs"
+))]
+mod redb_store;
 pub mod snapshots;
 #[cfg(feature = "snapshots-service")]
 mod snapshots_service;
