@@ -29,7 +29,11 @@ pub(crate) fn open_versioned(
 ) -> Result<Database, Error> {
     let db = Database::create(path)
         .map_err(|e| Error::unavailable(format!("opening {}: {e}", path.display())))?;
-    let txn = db.begin_write().map_err(storage)?;
+    let mut txn = db.begin_write().map_err(storage)?;
+    // Creating tables and recording the version need no fsync of their own: if the process
+    // dies before the next durable commit, the next start does this again. This keeps an
+    // fsync off every plugin's start-up.
+    txn.set_durability(redb::Durability::None);
     {
         let mut meta = txn.open_table(META).map_err(storage)?;
         let found = meta

@@ -22,13 +22,15 @@
 //! directory) under its root and writes through it, as containerd's `overlayutils` check
 //! does; a root on an overlay filesystem is refused first, since it cannot hold an upper
 //! directory. Mounting needs `mount(2)`, and this crate forbids `unsafe` (and has no libc
-//! binding), so the check runs `mount(8)` and `umount(8)` as child processes. Nothing else
+//! binding), so the check uses rustix's safe `mount(2)` wrappers; the unmount (which waits
+//! for the kernel) runs on a thread of its own so that it does not delay start-up. Nothing else
 //! in the snapshotter mounts: callers mount what [`Snapshotter::mounts`] returns.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+#[cfg(test)]
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,11 +201,35 @@ pub fn check_support(root: &Path) -> Result<(), String> {
         std::process::id(),
         CHECKS.fetch_add(1, Ordering::Relaxed)
     ));
+    // Checks left by a process that died before cleaning up.
+    if let Ok(entries) = fs::read_dir(root) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("overlay-check-") {
+                clean_up_check(&entry.path());
+            }
+        }
+    }
     let result = try_overlay_mount(&check_dir);
-    if let Err(error) = remove_path(&check_dir) {
-        tracing::warn!(path = %check_dir.display(), %error, "failed to remove the overlay check directory");
+    // Unmounting waits for the kernel (tens of milliseconds): do it off the start-up path.
+    let spawned = std::thread::Builder::new()
+        .name("overlay-check-cleanup".to_string())
+        .spawn({
+            let check_dir = check_dir.clone();
+            move || clean_up_check(&check_dir)
+        });
+    if spawned.is_err() {
+        clean_up_check(&check_dir);
     }
     result
+}
+
+/// Unmounts (if mounted) and removes one check directory.
+fn clean_up_check(check_dir: &Path) {
+    // Not mounted is the usual answer for a leftover; other failures show in the removal.
+    let _ = rustix::mount::unmount(check_dir.join("merged"), rustix::mount::UnmountFlags::DETACH);
+    if let Err(error) = remove_path(check_dir) {
+        tracing::warn!(path = %check_dir.display(), %error, "failed to remove the overlay check directory");
+    }
 }
 
 fn try_overlay_mount(check_dir: &Path) -> Result<(), String> {
@@ -220,15 +246,23 @@ fn try_overlay_mount(check_dir: &Path) -> Result<(), String> {
         dir("upper").display(),
         dir("work").display()
     );
-    run(Command::new(tool("mount"))
-        .args(["-t", "overlay", "-o", &options, "overlay"])
-        .arg(dir("merged")))?;
+    // mount(2) directly (rustix's safe wrapper): spawning mount(8) costs more than the
+    // whole rest of the daemon's start-up.
+    let data = std::ffi::CString::new(options).map_err(|e| format!("overlay options: {e}"))?;
+    rustix::mount::mount(
+        "overlay",
+        dir("merged"),
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .map_err(|e| format!("mounting a test overlay ({}): {e}", data.to_string_lossy()))?;
     let probe = (|| -> io::Result<bool> {
         let seen = fs::read(dir("merged").join("probe"))?;
         fs::write(dir("merged").join("probe"), b"upper")?;
         Ok(seen == b"lower" && fs::read(dir("upper").join("probe"))? == b"upper")
     })();
-    let unmounted = unmount(&dir("merged"));
+    // The caller unmounts, off the start-up path.
     match probe {
         Err(e) => return Err(format!("writing through a test overlay mount: {e}")),
         Ok(false) => {
@@ -236,9 +270,10 @@ fn try_overlay_mount(check_dir: &Path) -> Result<(), String> {
         }
         Ok(true) => {}
     }
-    unmounted
+    Ok(())
 }
 
+#[cfg(test)]
 /// `umount(8)`, retried while the target is busy (50 times, 50 ms apart, as containerd
 /// does): a child forked by another thread may hold a descriptor under the mount until it
 /// execs.
@@ -255,6 +290,7 @@ fn unmount(target: &Path) -> Result<(), String> {
     }
 }
 
+#[cfg(test)]
 /// `/bin/<name>` where it exists, else `name` from `PATH`.
 fn tool(name: &str) -> PathBuf {
     let absolute = Path::new("/bin").join(name);
@@ -265,6 +301,7 @@ fn tool(name: &str) -> PathBuf {
     }
 }
 
+#[cfg(test)]
 fn run(command: &mut Command) -> Result<(), String> {
     let shown = format!("{command:?}");
     let output = command
