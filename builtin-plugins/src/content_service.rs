@@ -11,6 +11,7 @@ use plinth_api::containerd::services::content::v1::{
     ReadContentResponse, StatusRequest, StatusResponse, UpdateRequest, UpdateResponse, WriteAction,
     WriteContentRequest, WriteContentResponse,
 };
+#[cfg(feature = "content-service")]
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
 use tokio_stream::Stream;
 
@@ -31,13 +32,27 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>
 #[derive(Clone)]
 struct Service {
     stores: Arc<dyn NamespacedStores>,
+    /// Serving raw (plinthd as a proxy target): the namespace header is ignored and the
+    /// stores are asked with an empty namespace.
+    raw: bool,
 }
 
 impl Service {
     fn store<T>(&self, request: &tonic::Request<T>) -> Result<Arc<dyn ContentStore>, Error> {
-        let namespace = namespaces::from_request(request)?;
+        let namespace = if self.raw {
+            String::new()
+        } else {
+            namespaces::from_request(request)?
+        };
         self.stores.clone().content(&namespace)
     }
+}
+
+/// containerd's Content service over `stores` without namespaces: every request, whatever
+/// its `containerd-namespace` header, reaches `stores.content("")`. For serving a store raw.
+#[cfg(feature = "proxy")]
+pub(crate) fn raw_server(stores: Arc<dyn NamespacedStores>) -> ContentServer<impl Content> {
+    ContentServer::new(Service { stores, raw: true })
 }
 
 /// Sends items through a channel-backed stream.
@@ -221,13 +236,15 @@ async fn write_session(
     let mut expected = convert::optional_digest(&request.expected)?;
     let mut writer: Box<dyn ContentWriter> =
         store.writer(&reference, total, expected.clone()).await?;
+    let mut abort_after_close = false;
     let result = async {
         loop {
             let action = WriteAction::try_from(request.action)
                 .map_err(|_| Error::invalid(format!("unknown write action {}", request.action)))?;
             if let Some(wanted) = convert::optional_digest(&request.expected)? {
                 if store.info(&wanted).await.is_ok() {
-                    let _ = store.abort(&reference).await;
+                    // As containerd: the ingest is removed, once the writer is closed.
+                    abort_after_close = true;
                     return Err(Error::already_exists(format!(
                         "blob with expected digest {wanted} exists"
                     ))
@@ -249,8 +266,9 @@ async fn write_session(
                 if request.offset == 0 && status.offset > 0 {
                     writer.truncate(0).await?;
                 }
-                if !request.data.is_empty() {
-                    writer.write(&request.data).await?;
+                let written = i64::try_from(request.data.len()).unwrap_or(0);
+                if written > 0 {
+                    writer.write_owned(std::mem::take(&mut request.data)).await?;
                 }
                 if action == WriteAction::Commit {
                     writer
@@ -261,8 +279,7 @@ async fn write_session(
                     Ok(status) => status,
                     // After a commit the ingest is gone; report what was committed.
                     Err(_) if action == WriteAction::Commit => {
-                        let size = total
-                            .max(status.offset + i64::try_from(request.data.len()).unwrap_or(0));
+                        let size = total.max(status.offset + written);
                         crate::content::Status {
                             offset: size,
                             ..status
@@ -292,6 +309,11 @@ async fn write_session(
     if let Err(e) = writer.close().await {
         tracing::debug!(error = %e, "closing content writer");
     }
+    if abort_after_close {
+        if let Err(e) = store.abort(&reference).await {
+            tracing::debug!(error = %e, "removing the ingest of an existing blob");
+        }
+    }
     result
 }
 
@@ -301,11 +323,13 @@ impl GrpcService for Service {
     }
 }
 
+#[cfg(feature = "content-service")]
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let stores: Arc<dyn NamespacedStores> = ctx.get_single(types::METADATA)?;
     Ok(Instance::new(
-        Arc::new(Service { stores }) as Arc<dyn GrpcService>
+        Arc::new(Service { stores, raw: false }) as Arc<dyn GrpcService>
     ))
 }
 
+#[cfg(feature = "content-service")]
 register!(Registration::new(types::GRPC, "content", init).requires(&[types::METADATA]));

@@ -1,6 +1,9 @@
 //! The interface of `io.containerd.grpc.v1` plugins: each adds its tonic service to the
 //! daemon's router.
 
+/// What containerd's clients look for in a plugin's `init_err` to show it as skipped.
+pub const SKIP_MARKER: &str = "skip plugin";
+
 /// Message size limits from the daemon's `[grpc]` config, applied to every service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessageLimits {

@@ -22,12 +22,14 @@ use plinth_core::{
 use crate::error::Error;
 use crate::filters::FilterSet;
 use crate::grpc::{GrpcService, MessageLimits};
+use crate::live::LiveStatus;
 
-/// The message containerd's clients look for to show a plugin as skipped.
-pub const SKIP_MARKER: &str = "skip plugin";
+pub use crate::grpc::SKIP_MARKER;
 
 /// The gRPC code of a failed plugin's `init_err` (Unknown, as containerd sends for plain errors).
 const UNKNOWN: i32 = 2;
+/// The gRPC code of an ok plugin that cannot serve right now ([`LiveStatus::unavailable`]).
+const UNAVAILABLE: i32 = 14;
 
 #[derive(Clone)]
 struct Service {
@@ -36,9 +38,20 @@ struct Service {
     uuid: Arc<Mutex<Option<String>>>,
 }
 
-/// The wire form of one plugin.
+/// The wire form of one plugin. An ok plugin with a [`LiveStatus`] view shows its live
+/// exports over its fixed ones and, while it cannot serve, the reason as its error.
 pub fn plugin_info(plugin: &Plugin) -> PluginInfo {
-    let init_err = match plugin.status() {
+    let live = plugin.instance::<dyn LiveStatus>().ok();
+    let mut exports = plugin.meta().exports.clone();
+    if let Some(live) = &live {
+        exports.extend(live.exports());
+    }
+    let live_error = live.and_then(|l| l.unavailable()).map(|reason| RpcStatus {
+        code: UNAVAILABLE,
+        message: reason,
+        details: Vec::new(),
+    });
+    let init_err = live_error.or_else(|| match plugin.status() {
         Status::Ok | Status::Disabled => None,
         Status::Skipped(reason) => Some(RpcStatus {
             code: UNKNOWN,
@@ -50,7 +63,7 @@ pub fn plugin_info(plugin: &Plugin) -> PluginInfo {
             message: failure.to_string(),
             details: Vec::new(),
         }),
-    };
+    });
     PluginInfo {
         r#type: plugin.plugin_type().to_string(),
         id: plugin.id().to_string(),
@@ -66,7 +79,7 @@ pub fn plugin_info(plugin: &Plugin) -> PluginInfo {
             .iter()
             .map(|p| parse_platform(p))
             .collect(),
-        exports: plugin.meta().exports.clone().into_iter().collect(),
+        exports: exports.into_iter().collect(),
         capabilities: plugin.meta().capabilities.clone(),
         init_err,
     }

@@ -15,17 +15,26 @@
 //! | `snapshotter-overlayfs` | yes | `io.containerd.snapshotter.v1.overlayfs`: overlay mounts (skips itself without overlay) |
 //! | `content-service` | yes | `io.containerd.grpc.v1.content`: containerd's Content service |
 //! | `snapshots-service` | yes | `io.containerd.grpc.v1.snapshots`: containerd's Snapshots service |
-//! | `testsuite` | no | the conformance suites of [`content::testsuite`] and [`snapshots::testsuite`] |
+//! | `proxy` | yes | `[proxy_plugins]` of type `snapshot` or `content` (gRPC clients of another process), and `io.containerd.internal.v1.proxy-target`: this daemon's stores served raw on a second socket |
+//! | `testsuite` | no | the conformance suites `content::testsuite` and `snapshots::testsuite` |
 
 pub mod content;
-#[cfg(feature = "content-service")]
+// The services are also compiled for `proxy`, which serves them raw (without registering them).
+#[cfg(any(feature = "content-service", feature = "proxy"))]
 mod content_service;
-#[cfg(any(feature = "content-service", feature = "snapshots-service"))]
+#[cfg(any(
+    feature = "content-service",
+    feature = "snapshots-service",
+    feature = "proxy"
+))]
 pub mod convert;
 pub mod error;
 pub mod filters;
 pub mod grpc;
+pub mod live;
 pub mod namespaces;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 #[cfg(any(
     feature = "metadata-redb",
     feature = "snapshotter-native",
@@ -33,7 +42,7 @@ pub mod namespaces;
 ))]
 mod redb_store;
 pub mod snapshots;
-#[cfg(feature = "snapshots-service")]
+#[cfg(any(feature = "snapshots-service", feature = "proxy"))]
 mod snapshots_service;
 
 #[cfg(feature = "introspection")]
@@ -46,6 +55,15 @@ mod namespaces_service;
 pub mod version;
 
 pub use crate::error::Error;
+
+/// The version this build reports: the crate version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The revision this build reports: `PLINTH_REVISION` at build time, or `unknown`.
+pub const REVISION: &str = match option_env!("PLINTH_REVISION") {
+    Some(revision) => revision,
+    None => "unknown",
+};
 
 /// The plugin features this build of the crate was compiled with, by name.
 pub const FEATURES: &[(&str, bool)] = &[
@@ -61,6 +79,7 @@ pub const FEATURES: &[(&str, bool)] = &[
     ),
     ("content-service", cfg!(feature = "content-service")),
     ("snapshots-service", cfg!(feature = "snapshots-service")),
+    ("proxy", cfg!(feature = "proxy")),
 ];
 
 /// The URIs of the plugins each feature contributes, to tell a user which feature to enable
@@ -78,6 +97,7 @@ pub const FEATURE_PLUGINS: &[(&str, &str)] = &[
     ),
     ("content-service", "io.containerd.grpc.v1.content"),
     ("snapshots-service", "io.containerd.grpc.v1.snapshots"),
+    ("proxy", "io.containerd.internal.v1.proxy-target"),
 ];
 
 /// Call this from the binary so the linker keeps this crate and its registrations.

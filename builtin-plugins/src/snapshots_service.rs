@@ -13,6 +13,7 @@ use plinth_api::containerd::services::snapshots::v1::{
     RemoveSnapshotRequest, StatSnapshotRequest, StatSnapshotResponse, UpdateSnapshotRequest,
     UpdateSnapshotResponse, UsageRequest, UsageResponse, ViewSnapshotRequest, ViewSnapshotResponse,
 };
+#[cfg(feature = "snapshots-service")]
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
 use tokio_stream::Stream;
 
@@ -30,6 +31,17 @@ type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
 #[derive(Clone)]
 struct Service {
     stores: Arc<dyn NamespacedStores>,
+    /// Serving raw (plinthd as a proxy target): the namespace header is ignored, the stores
+    /// are asked with an empty namespace, and they resolve any snapshotter name themselves.
+    raw: bool,
+}
+
+/// containerd's Snapshots service over `stores` without namespaces: every request, whatever
+/// its `containerd-namespace` header, reaches `stores.snapshotter("", name)`. For serving
+/// snapshotters raw.
+#[cfg(feature = "proxy")]
+pub(crate) fn raw_server(stores: Arc<dyn NamespacedStores>) -> SnapshotsServer<impl Snapshots> {
+    SnapshotsServer::new(Service { stores, raw: true })
 }
 
 impl Service {
@@ -38,6 +50,9 @@ impl Service {
         request: &tonic::Request<T>,
         name: &str,
     ) -> Result<Arc<dyn Snapshotter>, Error> {
+        if self.raw {
+            return self.stores.clone().snapshotter("", name);
+        }
         let namespace = namespaces::from_request(request)?;
         if name.is_empty() {
             return Err(Error::invalid("snapshotter name is required"));
@@ -165,11 +180,13 @@ impl GrpcService for Service {
     }
 }
 
+#[cfg(feature = "snapshots-service")]
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let stores: Arc<dyn NamespacedStores> = ctx.get_single(types::METADATA)?;
     Ok(Instance::new(
-        Arc::new(Service { stores }) as Arc<dyn GrpcService>
+        Arc::new(Service { stores, raw: false }) as Arc<dyn GrpcService>
     ))
 }
 
+#[cfg(feature = "snapshots-service")]
 register!(Registration::new(types::GRPC, "snapshots", init).requires(&[types::METADATA]));

@@ -8,14 +8,7 @@ use plinth_core::{InitContext, InitError, Instance, Registration, register, type
 
 use crate::grpc::{GrpcService, MessageLimits};
 
-/// The version reported: this crate's version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// The revision reported: `PLINTH_REVISION` at build time, or `unknown`.
-pub const REVISION: &str = match option_env!("PLINTH_REVISION") {
-    Some(revision) => revision,
-    None => "unknown",
-};
+pub use crate::{REVISION, VERSION};
 
 #[derive(Debug, Clone, Copy)]
 struct Service;

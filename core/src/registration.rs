@@ -285,6 +285,13 @@ impl Registration {
         self
     }
 
+    /// The same registration with another init function, e.g. one that wraps the original
+    /// (the dynamic loader wraps a library's inits so that their panics stay in the library).
+    pub const fn with_init(mut self, init: Init) -> Self {
+        self.init = init;
+        self
+    }
+
     /// Adds a config migration hook, run once for each version step of an older file.
     pub const fn migrate(mut self, migrate: MigrateFn) -> Self {
         self.migrate = Some(migrate);

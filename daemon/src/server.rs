@@ -182,6 +182,13 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
     let signals = StopSignals::register()?;
     let listener = bind(&socket, config.config.grpc.uid, config.config.grpc.gid)?;
     let _guard = SocketGuard(socket.clone());
+    #[cfg(feature = "proxy")]
+    let proxy_targets = proxy_targets::start(
+        &plugins,
+        config.config.grpc.uid,
+        config.config.grpc.gid,
+        limits,
+    )?;
     tracing::info!(services = ?served, "serving gRPC");
     eprintln!("plinthd listening on {}", socket.display());
     if let Err(e) = crate::notify::notify("READY=1") {
@@ -196,6 +203,14 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
             "stopping: no new connections, finishing calls in flight"
         );
         let _ = stopped_tx.send(signal);
+    };
+    #[cfg(feature = "proxy")]
+    let shutdown = {
+        let stop = proxy_targets.stopper();
+        async move {
+            shutdown.await;
+            stop.stop();
+        }
     };
     let server = tonic::transport::Server::builder()
         .layer(crate::namespace_check::NamespaceCheckLayer)
@@ -213,6 +228,8 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         }
     };
     let _ = crate::notify::notify("STOPPING=1");
+    #[cfg(feature = "proxy")]
+    proxy_targets.wait().await;
     let closing = Arc::new(plugins);
     for (uri, error) in tokio::task::spawn_blocking(move || closing.close())
         .await
@@ -223,4 +240,108 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
     served.context("gRPC server")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// plinthd as a proxy target: each ok plugin with a
+/// [`ProxyTarget`](plinth_builtin_plugins::proxy::target::ProxyTarget) view gets its own
+/// socket (claimed, mode and owner as the main one, removed at exit) on which its raw
+/// services are served — without the namespace check, as namespaces are ignored there —
+/// until the daemon stops.
+#[cfg(feature = "proxy")]
+mod proxy_targets {
+    use std::sync::Arc;
+
+    use anyhow::Context as _;
+    use plinth_builtin_plugins::grpc::MessageLimits;
+    use plinth_builtin_plugins::proxy::target::ProxyTarget;
+    use plinth_core::{Set, Status, types};
+    use tokio::sync::watch;
+    use tokio::task::JoinHandle;
+    use tokio_stream::wrappers::UnixListenerStream;
+
+    use super::{DRAIN_TIMEOUT, SocketGuard, bind};
+
+    /// The proxy-target servers of a daemon.
+    pub(super) struct Served {
+        stop: Arc<watch::Sender<bool>>,
+        tasks: Vec<(String, JoinHandle<Result<(), tonic::transport::Error>>)>,
+        _guards: Vec<SocketGuard>,
+    }
+
+    /// Tells the servers to stop.
+    pub(super) struct Stopper(Arc<watch::Sender<bool>>);
+
+    impl Stopper {
+        pub(super) fn stop(&self) {
+            let _ = self.0.send(true);
+        }
+    }
+
+    /// Binds and serves every proxy target.
+    pub(super) fn start(
+        plugins: &Set,
+        uid: u32,
+        gid: u32,
+        limits: MessageLimits,
+    ) -> anyhow::Result<Served> {
+        let (stop, _) = watch::channel(false);
+        let stop = Arc::new(stop);
+        let mut served = Served {
+            stop: stop.clone(),
+            tasks: Vec::new(),
+            _guards: Vec::new(),
+        };
+        for plugin in plugins.plugins() {
+            if plugin.plugin_type() != types::INTERNAL || !matches!(plugin.status(), Status::Ok) {
+                continue;
+            }
+            let Ok(target) = plugin.instance::<dyn ProxyTarget>() else {
+                continue;
+            };
+            let address = target.address().to_path_buf();
+            let listener = bind(&address, uid, gid)
+                .with_context(|| format!("serving {} as a proxy target", plugin.uri()))?;
+            served._guards.push(SocketGuard(address.clone()));
+            let mut routes = tonic::service::RoutesBuilder::default();
+            target.add_routes(&mut routes, limits);
+            let mut stopped = stop.subscribe();
+            let server = tonic::transport::Server::builder()
+                .add_routes(routes.routes())
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                });
+            tracing::info!(uri = plugin.uri(), socket = %address.display(), "serving content store and snapshotters raw (proxy target)");
+            eprintln!("plinthd serving proxy target on {}", address.display());
+            served
+                .tasks
+                .push((plugin.uri().to_string(), tokio::spawn(server)));
+        }
+        Ok(served)
+    }
+
+    impl Served {
+        pub(super) fn stopper(&self) -> Stopper {
+            Stopper(self.stop.clone())
+        }
+
+        /// Stops the servers (if not yet told to) and waits for them, at most the drain
+        /// time-out each.
+        pub(super) async fn wait(self) {
+            let _ = self.stop.send(true);
+            for (uri, mut task) in self.tasks {
+                match tokio::time::timeout(DRAIN_TIMEOUT, &mut task).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(error))) => tracing::warn!(uri, %error, "proxy target server"),
+                    Ok(Err(error)) => tracing::warn!(uri, %error, "proxy target server task"),
+                    Err(_) => {
+                        task.abort();
+                        tracing::warn!(
+                            uri,
+                            "proxy target calls still in flight after the drain time-out; stopping anyway"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -89,8 +89,48 @@ pub struct ExtraSources {
 /// # Errors
 /// A `[proxy_plugins]` section that cannot become a plugin.
 pub fn extra_sources(config: &plinth_core::config::Config) -> anyhow::Result<ExtraSources> {
-    let _ = config;
-    Ok(ExtraSources::default())
+    #[cfg_attr(
+        not(any(feature = "proxy", feature = "dynamic-loader")),
+        allow(unused_mut)
+    )]
+    let mut extra = ExtraSources::default();
+
+    // --- Proxy plugins: `[proxy_plugins.<name>]` → `<type>.<name>` (feature `proxy`). ---
+    // A name clashing with another plugin's URI is reported by `full_registry`, naming both.
+    #[cfg(feature = "proxy")]
+    {
+        extra.proxies = plinth_builtin_plugins::proxy::registrations(&config.proxy_plugins)
+            .map_err(|errors| {
+                let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+                anyhow::anyhow!("invalid proxy plugins:\n{}", lines.join("\n"))
+            })?;
+    }
+    #[cfg(not(feature = "proxy"))]
+    if let Some(name) = config.proxy_plugins.keys().next() {
+        bail!("[proxy_plugins.{name}]: this plinthd was built without the `proxy` feature");
+    }
+    // --- End of proxy plugins. ---
+
+    // --- Dynamic plugins: libraries in `plugin_dir` (feature `dynamic-loader`). ---
+    // Never an error here: a refused directory or a bad library becomes a failed plugin
+    // `io.plinth.dynamic.v1.<file stem>` carrying its path and reason. Libraries are checked
+    // against this binary's own registrations here, before `full_registry`, so a clash fails
+    // the library instead of stopping start-up.
+    #[cfg(feature = "dynamic-loader")]
+    {
+        let plugin_dir = config
+            .plugin_dir
+            .clone()
+            .unwrap_or_else(|| config.root.join("plugins"));
+        let own: Vec<Registration> = plinth_core::registry::link_time_registrations()
+            .copied()
+            .collect();
+        let report = plinth_dynamic_loader::load_dir(&plugin_dir, &own);
+        extra.dynamic.extend(report.registrations());
+    }
+    // --- End of dynamic plugins. ---
+
+    Ok(extra)
 }
 
 /// The link-time registry plus `extra`.

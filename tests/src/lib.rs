@@ -23,7 +23,11 @@ pub fn binary(name: &str) -> PathBuf {
     // CI runs the same tests against other builds of the binaries (e.g. statically linked).
     if let Some(dir) = std::env::var_os("PLINTH_BIN_DIR") {
         let path = PathBuf::from(dir).join(name);
-        assert!(path.exists(), "{} is missing (PLINTH_BIN_DIR is set)", path.display());
+        assert!(
+            path.exists(),
+            "{} is missing (PLINTH_BIN_DIR is set)",
+            path.display()
+        );
         return path;
     }
     let exe = std::env::current_exe().expect("test executable path");
@@ -347,6 +351,19 @@ pub fn start_in(
     dir: tempfile::TempDir,
     options: Start,
 ) -> Result<Daemon, (String, Option<ExitStatus>)> {
+    start_program_in(&binary("plinthd"), dir, options)
+}
+
+/// Starts `program` — a plinthd built otherwise than this test run's (e.g. with other
+/// features, by the test itself) — in `dir`; on failure, its log and exit status.
+///
+/// # Errors
+/// The log and the exit status (if it exited) when it did not come up.
+pub fn start_program_in(
+    program: &Path,
+    dir: tempfile::TempDir,
+    options: Start,
+) -> Result<Daemon, (String, Option<ExitStatus>)> {
     let socket = dir.path().join("plinthd.sock");
     let config = dir.path().join("config.toml");
     let text = if options.config.is_empty() {
@@ -355,7 +372,7 @@ pub fn start_in(
         options.config
     };
     std::fs::write(&config, text).expect("writing config");
-    let mut command = Command::new(binary("plinthd"));
+    let mut command = Command::new(program);
     command
         .arg("--config")
         .arg(&config)
@@ -404,6 +421,150 @@ pub fn start_in(
         if started.elapsed() > START_TIMEOUT {
             let _ = child.kill();
             return Err((log.lock().unwrap().clone(), None));
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, at most `timeout`.
+///
+/// # Panics
+/// When `timeout` passes first; the message names `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The stock containerd daemon (Debian's `containerd` package).
+///
+/// # Panics
+/// When it is not installed: tests that use it must not pass without it.
+pub fn containerd_binary() -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/bin", "/usr/local/bin"])
+    {
+        let candidate = Path::new(dir).join("containerd");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "containerd is not installed: `apt-get install -y containerd` (the CI script does this)"
+    );
+}
+
+/// A real containerd on its own temporary directories, with a minimal config (CRI off, the
+/// `opt` plugin's directory redirected, so that it writes nothing outside its directory).
+#[derive(Debug)]
+pub struct Containerd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    /// Starts containerd with `extra` appended to its config (e.g. `[proxy_plugins]`
+    /// sections), and waits until `ctr plugins ls` answers.
+    ///
+    /// # Panics
+    /// When it exits or does not answer within [`START_TIMEOUT`]; the message holds its log.
+    pub fn start(disabled_plugins: &[&str], extra: &str) -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("ctd")
+            .tempdir()
+            .expect("temporary directory");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let socket = dir.path().join("containerd.sock");
+        let mut disabled = vec!["io.containerd.grpc.v1.cri"];
+        disabled.extend_from_slice(disabled_plugins);
+        let disabled: Vec<String> = disabled.iter().map(|p| format!("{p:?}")).collect();
+        let config = format!(
+            "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [{}]\n\
+             [grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {:?}\n{extra}\n",
+            path("root"),
+            path("state"),
+            disabled.join(", "),
+            socket.display().to_string(),
+            format!("{}.ttrpc", socket.display()),
+            path("opt"),
+        );
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).expect("writing containerd's config");
+        let log = std::fs::File::create(dir.path().join("log")).expect("creating the log");
+        let child = Command::new(containerd_binary())
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting containerd");
+        let mut containerd = Containerd {
+            child: Some(child),
+            dir,
+            socket,
+        };
+        let started = Instant::now();
+        loop {
+            if containerd.socket.exists() && containerd.ctr(&["plugins", "ls"]).status.success() {
+                return containerd;
+            }
+            let exited = containerd
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || started.elapsed() > START_TIMEOUT {
+                panic!(
+                    "containerd did not start ({exited:?}):\n{}",
+                    containerd.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// `ctr --address <socket> <args>`.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--address", self.socket.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        run(&ctr(), &all)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

@@ -1216,7 +1216,10 @@ impl ContentWriter for LocalWriter {
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
-        let data = data.to_vec();
+        self.write_owned(data.to_vec()).await
+    }
+
+    async fn write_owned(&mut self, data: Vec<u8>) -> Result<(), Error> {
         self.with_state(move |state, _| state.write(&data)).await
     }
 

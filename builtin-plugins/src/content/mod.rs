@@ -1,7 +1,7 @@
 //! The content-store interface (containerd's `content.Store`): content-addressable blobs,
 //! ingests by ref, labels. Implemented by the local store, the metadata layer (per
 //! namespace) and, later, proxy stores; every implementation runs the conformance suite in
-//! [`testsuite`] (feature `testsuite`).
+//! `testsuite` (feature `testsuite`).
 
 use std::fmt;
 use std::time::SystemTime;
@@ -240,6 +240,16 @@ pub trait ContentWriter: Send + Sync {
     /// # Errors
     /// Storage failure.
     async fn write(&mut self, data: &[u8]) -> Result<(), Error>;
+
+    /// As [`ContentWriter::write`], taking the bytes by value: the Write stream hands over
+    /// each chunk it received, and a store that moves its I/O to another thread can then
+    /// skip copying it.
+    ///
+    /// # Errors
+    /// Storage failure.
+    async fn write_owned(&mut self, data: Vec<u8>) -> Result<(), Error> {
+        self.write(&data).await
+    }
 
     /// Cuts the ingest back to `size` bytes (containerd supports only 0).
     ///

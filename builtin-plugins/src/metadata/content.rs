@@ -413,6 +413,10 @@ impl ContentWriter for NamespacedWriter {
         self.inner()?.write(data).await
     }
 
+    async fn write_owned(&mut self, data: Vec<u8>) -> Result<(), Error> {
+        self.inner()?.write_owned(data).await
+    }
+
     async fn truncate(&mut self, size: i64) -> Result<(), Error> {
         self.inner()?.truncate(size).await
     }

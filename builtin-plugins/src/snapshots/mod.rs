@@ -1,7 +1,7 @@
 //! The snapshotter interface (containerd's `snapshots.Snapshotter`): active, view and
 //! committed snapshots in parent chains, returned as mounts. Implemented by the native and
 //! overlayfs snapshotters, the metadata layer (per namespace) and, later, proxies; every
-//! implementation runs the conformance suite in [`testsuite`] (feature `testsuite`).
+//! implementation runs the conformance suite in `testsuite` (feature `testsuite`).
 
 use std::time::SystemTime;
 

@@ -120,6 +120,7 @@ fn plugins_ls_offline_shows_order_and_disabled() {
             ("6", "introspection"),
             ("7", "namespaces"),
             ("8", "snapshots"),
+            ("9", "proxy-target"),
             ("-", "version"),
         ]
     );

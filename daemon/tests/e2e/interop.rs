@@ -35,6 +35,8 @@ const ALL: &[(&str, &str, &str)] = &[
     ("io.containerd.grpc.v1", "namespaces", "ok"),
     ("io.containerd.grpc.v1", "snapshots", "ok"),
     ("io.containerd.grpc.v1", "version", "ok"),
+    // Raw serving for other daemons' proxy_plugins: off without an address.
+    ("io.containerd.internal.v1", "proxy-target", "skip"),
 ];
 
 /// Runs the same listing checks through ctr and through plinthctl.
@@ -113,7 +115,7 @@ fn plinthctl_plugins_ls_shows_the_same() {
     let quiet = daemon.plinthctl(&["plugins", "ls", "-q"]);
     assert_eq!(
         quiet.ok(),
-        "content\nnative\noverlayfs\nredb\ncontent\nintrospection\nnamespaces\nsnapshots\nversion\n"
+        "content\nnative\noverlayfs\nredb\ncontent\nintrospection\nnamespaces\nsnapshots\nversion\nproxy-target\n"
     );
 }
 
@@ -140,6 +142,7 @@ fn failed_plugins_show_as_error_with_their_cause() {
                 ("io.containerd.grpc.v1", "version", "ok"),
                 ("io.containerd.snapshotter.v1", "native", "ok"),
                 ("io.containerd.snapshotter.v1", "overlayfs", "ok"),
+                ("io.containerd.internal.v1", "proxy-target", "skip"),
             ])
         );
     }

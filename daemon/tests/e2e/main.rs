@@ -8,6 +8,7 @@ mod commands;
 mod crash;
 mod interop;
 mod lifecycle;
+mod proxy;
 mod storage;
 
 /// The harness finds the binaries next to the test executable; cargo rebuilds exactly those

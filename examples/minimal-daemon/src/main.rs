@@ -21,7 +21,9 @@ struct GreeterConfig {
 fn greeter(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let config = ctx.config::<GreeterConfig>()?;
     let store: Arc<dyn ContentStore> = ctx.get_single(types::CONTENT)?;
-    ctx.meta_mut().exports.insert("greeting".into(), config.greeting.clone());
+    ctx.meta_mut()
+        .exports
+        .insert("greeting".into(), config.greeting.clone());
     Ok(Instance::new(store))
 }
 
@@ -44,8 +46,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let run = || -> Result<(), Box<dyn std::error::Error>> {
         let prepared = plinthd::setup::prepare(&cli.options)?;
-        plinthd::logging::init(&prepared.config.config.debug.level, &prepared.config.config.debug.format)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        plinthd::logging::init(
+            &prepared.config.config.debug.level,
+            &prepared.config.config.debug.format,
+        )?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(plinthd::server::run(prepared))?;
         Ok(())
     };

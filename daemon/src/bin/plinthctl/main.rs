@@ -193,7 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             Ok(format!(
                 "Client:\n  Version:  {}\n  Revision: {}\n\nServer:\n  Version:  {}\n  Revision: {}\n  UUID: {}\n",
                 env!("CARGO_PKG_VERSION"),
-                plinth_builtin_plugins::version::REVISION,
+                plinth_builtin_plugins::REVISION,
                 version.version,
                 version.revision,
                 server.uuid
@@ -300,7 +300,7 @@ fn status(plugin: &Plugin) -> &'static str {
         None => "ok",
         Some(e)
             if e.message
-                .contains(plinth_builtin_plugins::introspection::SKIP_MARKER) =>
+                .contains(plinth_builtin_plugins::grpc::SKIP_MARKER) =>
         {
             "skip"
         }
