@@ -268,7 +268,9 @@ async fn write_session(
                 }
                 let written = i64::try_from(request.data.len()).unwrap_or(0);
                 if written > 0 {
-                    writer.write_owned(std::mem::take(&mut request.data)).await?;
+                    writer
+                        .write_owned(std::mem::take(&mut request.data))
+                        .await?;
                 }
                 if action == WriteAction::Commit {
                     writer

@@ -204,7 +204,11 @@ pub fn check_support(root: &Path) -> Result<(), String> {
     // Checks left by a process that died before cleaning up.
     if let Ok(entries) = fs::read_dir(root) {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("overlay-check-") {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("overlay-check-")
+            {
                 clean_up_check(&entry.path());
             }
         }
@@ -226,7 +230,10 @@ pub fn check_support(root: &Path) -> Result<(), String> {
 /// Unmounts (if mounted) and removes one check directory.
 fn clean_up_check(check_dir: &Path) {
     // Not mounted is the usual answer for a leftover; other failures show in the removal.
-    let _ = rustix::mount::unmount(check_dir.join("merged"), rustix::mount::UnmountFlags::DETACH);
+    let _ = rustix::mount::unmount(
+        check_dir.join("merged"),
+        rustix::mount::UnmountFlags::DETACH,
+    );
     if let Err(error) = remove_path(check_dir) {
         tracing::warn!(path = %check_dir.display(), %error, "failed to remove the overlay check directory");
     }
