@@ -491,7 +491,8 @@ impl Containerd {
         let config = format!(
             "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [{}]\n\
              [grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n\
-             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {:?}\n{extra}\n",
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {:?}\n\
+             [plugins.\"io.containerd.gc.v1.scheduler\"]\n  deletion_threshold = 1\n  schedule_delay = \"0s\"\n  startup_delay = \"0s\"\n{extra}\n",
             path("root"),
             path("state"),
             disabled.join(", "),
