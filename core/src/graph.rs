@@ -17,7 +17,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 
-use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::adj::List;
+use petgraph::visit::IntoNeighbors as _;
 
 use crate::error::CycleError;
 use crate::registration::{REQUIRES_ALL, Registration};
@@ -75,16 +76,51 @@ enum Node {
     All,
 }
 
+/// Node ids of the adjacency list.
+type Id = u32;
+
+/// An Fx-style hash (eight bytes at a time): type names are short and come from
+/// registrations, not from the network, so a fast non-keyed hash is right here; SipHash was
+/// a fifth of the ordering time.
+#[derive(Default)]
+struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = self.0;
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            hash = (hash.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+        self.0 = hash;
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fx>>;
+
 /// The ordered plugin graph over a slice of registrations.
 #[derive(Debug, Clone)]
 pub struct PluginGraph {
-    /// Plugin → required type (or `"*"`) → plugins of that type. Edges are in the order
-    /// containerd visits them.
-    graph: DiGraph<Node, ()>,
+    /// Plugin → required type (or `"*"`) → plugins of that type, as a petgraph adjacency
+    /// list: each node's successors are stored together, in the order containerd visits them.
+    graph: List<(), Id>,
+    /// What each node is.
+    nodes: Vec<Node>,
     /// Node of each input index, `None` for disabled ones.
-    node_of: Vec<Option<NodeIndex>>,
+    node_of: Vec<Option<Id>>,
     order: Vec<usize>,
     disabled: Vec<usize>,
+}
+
+fn id(index: usize) -> Id {
+    // More than 4 billion nodes cannot be built in memory anyway.
+    Id::try_from(index).unwrap_or(Id::MAX)
 }
 
 impl PluginGraph {
@@ -97,77 +133,73 @@ impl PluginGraph {
         filter: &DisableFilter,
     ) -> Result<PluginGraph, CycleError> {
         let n = registrations.len();
-        let mut graph = DiGraph::with_capacity(n + n / 4 + 1, 3 * n);
+        let mut nodes: Vec<Node> = Vec::with_capacity(n + n / 4 + 1);
         let mut node_of = vec![None; n];
         let mut disabled = Vec::new();
-        let mut enabled: Vec<NodeIndex> = Vec::with_capacity(n);
+        let mut enabled: Vec<Id> = Vec::with_capacity(n);
         for (index, registration) in registrations.iter().enumerate() {
             if filter.is_disabled(registration) {
                 disabled.push(index);
                 continue;
             }
-            let node = graph.add_node(Node::Plugin(index));
+            let node = id(nodes.len());
+            nodes.push(Node::Plugin(index));
             node_of[index] = Some(node);
             enabled.push(node);
         }
 
-        // Type nodes, for the types that are required.
-        let mut type_nodes: HashMap<&str, NodeIndex> = HashMap::new();
+        // Type nodes, for the types that are required, and "*" if anyone requires it. Each
+        // plugin's resolved targets are kept (flat), so no type name is looked up twice.
+        let mut type_nodes: FxMap<&str, Id> = FxMap::default();
         let mut all_node = None;
+        let mut targets: Vec<Id> = Vec::with_capacity(n * 2);
+        let mut ends: Vec<usize> = Vec::with_capacity(enabled.len());
         for &node in &enabled {
-            let Node::Plugin(index) = graph[node] else {
+            let Node::Plugin(index) = nodes[node as usize] else {
                 continue;
             };
             for required in registrations[index].required_types() {
-                if *required == REQUIRES_ALL {
-                    all_node.get_or_insert_with(|| graph.add_node(Node::All));
-                } else if !type_nodes.contains_key(required) {
-                    let type_node = graph.add_node(Node::Type);
-                    type_nodes.insert(required, type_node);
-                }
+                let target = if *required == REQUIRES_ALL {
+                    *all_node.get_or_insert_with(|| {
+                        nodes.push(Node::All);
+                        id(nodes.len() - 1)
+                    })
+                } else {
+                    *type_nodes.entry(required).or_insert_with(|| {
+                        nodes.push(Node::Type);
+                        id(nodes.len() - 1)
+                    })
+                };
+                targets.push(target);
             }
+            ends.push(targets.len());
         }
 
-        // petgraph lists a node's neighbours newest edge first, so each node's edges are
-        // added in reverse of the order they must be walked in.
-        let mut members: HashMap<NodeIndex, Vec<NodeIndex>> = HashMap::new();
-        for &node in &enabled {
-            let Node::Plugin(index) = graph[node] else {
+        let mut graph: List<(), Id> = List::with_capacity(nodes.len());
+        for _ in 0..nodes.len() {
+            graph.add_node();
+        }
+        let mut start = 0;
+        for (position, &node) in enabled.iter().enumerate() {
+            let Node::Plugin(index) = nodes[node as usize] else {
                 continue;
             };
             if let Some(&type_node) = type_nodes.get(registrations[index].plugin_type()) {
-                members.entry(type_node).or_default().push(node);
+                graph.add_edge(type_node, node, ());
             }
-        }
-        for (type_node, plugins) in &members {
-            for &plugin in plugins.iter().rev() {
-                graph.add_edge(*type_node, plugin, ());
+            if let Some(all) = all_node {
+                graph.add_edge(all, node, ());
             }
-        }
-        if let Some(all) = all_node {
-            for &plugin in enabled.iter().rev() {
-                graph.add_edge(all, plugin, ());
+            for &target in &targets[start..ends[position]] {
+                graph.add_edge(node, target, ());
             }
-        }
-        for &node in &enabled {
-            let Node::Plugin(index) = graph[node] else {
-                continue;
-            };
-            for required in registrations[index].required_types().iter().rev() {
-                let target = if *required == REQUIRES_ALL {
-                    all_node
-                } else {
-                    type_nodes.get(required).copied()
-                };
-                if let Some(target) = target {
-                    graph.add_edge(node, target, ());
-                }
-            }
+            start = ends[position];
         }
 
-        let order = post_order(&graph, &enabled, registrations)?;
+        let order = post_order(&graph, &nodes, &enabled, registrations)?;
         Ok(PluginGraph {
             graph,
+            nodes,
             node_of,
             order,
             disabled,
@@ -192,7 +224,7 @@ impl PluginGraph {
         let mut out = Vec::new();
         for via in self.graph.neighbors(node) {
             for target in self.graph.neighbors(via) {
-                if let Node::Plugin(dependency) = self.graph[target] {
+                if let Node::Plugin(dependency) = self.nodes[target as usize] {
                     if dependency != index && !out.contains(&dependency) {
                         out.push(dependency);
                     }
@@ -249,38 +281,37 @@ enum Mark {
 /// Iterative depth-first post-order from each root in input order. Type and `"*"` nodes
 /// are walked through but not output; a plugin never pulls in itself through them.
 fn post_order(
-    graph: &DiGraph<Node, ()>,
-    roots: &[NodeIndex],
+    graph: &List<(), Id>,
+    nodes: &[Node],
+    roots: &[Id],
     registrations: &[Registration],
 ) -> Result<Vec<usize>, CycleError> {
-    type Frame<'g> = (
-        NodeIndex,
-        Option<NodeIndex>,
-        petgraph::graph::Neighbors<'g, ()>,
-    );
-    let mut mark = vec![Mark::New; graph.node_count()];
+    /// (node, the plugin that required it when it is a type or "*", next successor).
+    type Frame = (Id, Option<Id>, usize);
+    let mut mark = vec![Mark::New; nodes.len()];
     let mut order = Vec::with_capacity(roots.len());
-    let mut stack: Vec<Frame<'_>> = Vec::new();
+    let mut stack: Vec<Frame> = Vec::new();
     for &root in roots {
-        if mark[root.index()] != Mark::New {
+        if mark[root as usize] != Mark::New {
             continue;
         }
-        mark[root.index()] = Mark::OnStack;
-        stack.push((root, None, graph.neighbors(root)));
-        while let Some((node, parent, children)) = stack.last_mut() {
-            let (node, parent) = (*node, *parent);
-            match children.next() {
+        mark[root as usize] = Mark::OnStack;
+        stack.push((root, None, 0));
+        while let Some(frame) = stack.last_mut() {
+            let (node, parent, next) = *frame;
+            frame.2 += 1;
+            match graph.neighbors(node).nth(next) {
                 // Through a type or "*", the plugin that required it is not its own dependency.
                 Some(child) if Some(child) == parent => {}
-                Some(child) => match mark[child.index()] {
+                Some(child) => match mark[child as usize] {
                     Mark::Done => {}
                     Mark::New => {
-                        mark[child.index()] = Mark::OnStack;
-                        let child_parent = match graph[child] {
+                        mark[child as usize] = Mark::OnStack;
+                        let child_parent = match nodes[child as usize] {
                             Node::Plugin(_) => None,
                             Node::Type | Node::All => Some(node),
                         };
-                        stack.push((child, child_parent, graph.neighbors(child)));
+                        stack.push((child, child_parent, 0));
                     }
                     Mark::OnStack => {
                         let mut start = stack
@@ -295,7 +326,7 @@ fn post_order(
                         }
                         let cycle = stack[start..]
                             .iter()
-                            .filter_map(|(n, _, _)| match graph[*n] {
+                            .filter_map(|(n, _, _)| match nodes[*n as usize] {
                                 Node::Plugin(index) => Some(registrations[index].uri()),
                                 Node::Type | Node::All => None,
                             })
@@ -304,8 +335,8 @@ fn post_order(
                     }
                 },
                 None => {
-                    mark[node.index()] = Mark::Done;
-                    if let Node::Plugin(index) = graph[node] {
+                    mark[node as usize] = Mark::Done;
+                    if let Node::Plugin(index) = nodes[node as usize] {
                         order.push(index);
                     }
                     stack.pop();
