@@ -59,12 +59,16 @@ fn nothing(_: &mut InitContext) -> Result<Instance, InitError> {
 }
 
 static MIGRATIONS: AtomicUsize = AtomicUsize::new(0);
-static MIGRATION_STEPS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+thread_local! {
+    /// The steps the hook ran on this thread: tests run in parallel, each on its own thread,
+    /// and config loading runs on the caller's thread.
+    static MIGRATION_STEPS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Version 2 → 3: `old_name` became `path`.
 fn migrate_store(from_version: u32, plugins: &mut toml::Table) -> Result<(), String> {
     MIGRATIONS.fetch_add(1, Ordering::SeqCst);
-    MIGRATION_STEPS.lock().unwrap().push(from_version);
+    MIGRATION_STEPS.with(|steps| steps.borrow_mut().push(from_version));
     if from_version == 2 {
         if let Some(toml::Value::Table(section)) = plugins.get_mut("io.test.store.v1.local") {
             if let Some(old) = section.remove("old_name") {
@@ -436,10 +440,11 @@ fn migration_hooks_run_once_per_version_step() {
     for (text, steps) in cases {
         let dir = Dir::new();
         let path = dir.write("c.toml", text);
-        MIGRATION_STEPS.lock().unwrap().clear();
+        MIGRATION_STEPS.with(|steps| steps.borrow_mut().clear());
         let registry = registry();
         ConfigLoader::new(&registry).load(&path).unwrap();
-        assert_eq!(MIGRATION_STEPS.lock().unwrap().as_slice(), *steps, "{text}");
+        let ran = MIGRATION_STEPS.with(|steps| steps.borrow().clone());
+        assert_eq!(ran, *steps, "{text}");
     }
     assert!(MIGRATIONS.load(Ordering::SeqCst) >= 3);
 }
