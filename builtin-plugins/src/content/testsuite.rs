@@ -5,7 +5,9 @@
 //! # use std::sync::Arc;
 //! # use plinth_builtin_plugins::content::{ContentStore, testsuite};
 //! # use plinth_builtin_plugins::Error;
-//! # fn make_my_store(_: &std::path::Path) -> Result<Arc<dyn ContentStore>, Error> { todo!() }
+//! # fn make_my_store(root: &std::path::Path) -> Result<Arc<dyn ContentStore>, Error> {
+//! #     Ok(Arc::new(plinth_builtin_plugins::content::local::LocalStore::open(root)?))
+//! # }
 //! # async fn example() {
 //! testsuite::run(|root| async move { make_my_store(&root) }).await;
 //! # }
