@@ -141,6 +141,33 @@ fn insert_record(
     Ok(())
 }
 
+/// The next backend key for `key` in `namespace`: `<namespace>/<n>/<key>`, `n` from the
+/// shared counter, so namespaces never collide in the backend.
+fn backend_key(txn: &WriteTransaction, namespace: &str, key: &str) -> Result<String, Error> {
+    let mut sequences = txn.open_table(SEQUENCES).map_err(storage)?;
+    let next = sequences
+        .get("snapshot")
+        .map_err(storage)?
+        .map_or(0, |v| v.value())
+        + 1;
+    sequences.insert("snapshot", next).map_err(storage)?;
+    Ok(format!("{namespace}/{next}/{key}"))
+}
+
+/// Removes a snapshot record and its labels.
+fn remove_record(
+    txn: &WriteTransaction,
+    namespace: &str,
+    snapshotter: &str,
+    key: &str,
+) -> Result<(), Error> {
+    txn.open_table(SNAPSHOTS)
+        .map_err(storage)?
+        .remove((namespace, snapshotter, key))
+        .map_err(storage)?;
+    write_labels(txn, namespace, snapshotter, key, &Labels::new())
+}
+
 fn not_found(key: &str) -> Error {
     Error::not_found(format!("snapshot {key:?}: not found"))
 }
@@ -243,14 +270,7 @@ impl NamespacedSnapshotter {
                     parent_record.backend
                 };
                 drop(table);
-                let mut sequences = txn.open_table(SEQUENCES).map_err(storage)?;
-                let next = sequences
-                    .get("snapshot")
-                    .map_err(storage)?
-                    .map_or(0, |v| v.value())
-                    + 1;
-                sequences.insert("snapshot", next).map_err(storage)?;
-                let backend = format!("{ns}/{next}/{key}");
+                let backend = backend_key(&txn, &ns, &key)?;
                 let now = now_nanos();
                 let record = Record {
                     kind,
@@ -278,11 +298,7 @@ impl NamespacedSnapshotter {
         );
         blocking(move || {
             let txn = metadata.db.begin_write().map_err(storage)?;
-            txn.open_table(SNAPSHOTS)
-                .map_err(storage)?
-                .remove((ns.as_str(), sn.as_str(), key.as_str()))
-                .map_err(storage)?;
-            write_labels(&txn, &ns, &sn, &key, &Labels::new())?;
+            remove_record(&txn, &ns, &sn, &key)?;
             txn.commit().map_err(storage)
         })
         .await
@@ -404,14 +420,7 @@ impl Snapshotter for NamespacedSnapshotter {
                     )));
                 }
                 drop(table);
-                let mut sequences = txn.open_table(SEQUENCES).map_err(storage)?;
-                let next = sequences
-                    .get("snapshot")
-                    .map_err(storage)?
-                    .map_or(0, |v| v.value())
-                    + 1;
-                sequences.insert("snapshot", next).map_err(storage)?;
-                format!("{ns}/{next}/{name_owned}")
+                backend_key(&txn, &ns, &name_owned)?
             };
             txn.commit().map_err(storage)?;
             Ok(backend_name)
@@ -429,11 +438,7 @@ impl Snapshotter for NamespacedSnapshotter {
         );
         blocking(move || {
             let txn = metadata.db.begin_write().map_err(storage)?;
-            txn.open_table(SNAPSHOTS)
-                .map_err(storage)?
-                .remove((ns.as_str(), sn.as_str(), key.as_str()))
-                .map_err(storage)?;
-            write_labels(&txn, &ns, &sn, &key, &Labels::new())?;
+            remove_record(&txn, &ns, &sn, &key)?;
             let now = now_nanos();
             let committed = Record {
                 kind: Kind::Committed,

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use super::Check;
-use super::remote::{MAX_MESSAGE_SIZE, PROBE_TIMEOUT, Remote};
+use super::remote::{CONTENT_SERVICE, MAX_MESSAGE_SIZE, Remote};
 use crate::content::{ContentStore, ContentWriter, Digest, Info, Status, validate_stored_ref};
 use crate::convert;
 use crate::error::Error;
@@ -73,32 +73,9 @@ impl ProxyContentStore {
         let call = client.status(api::StatusRequest {
             r#ref: PROBE_REF.to_string(),
         });
-        match tokio::time::timeout(PROBE_TIMEOUT, call).await {
-            Ok(Ok(_)) => Check::Serves,
-            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-                self.remote.ok(());
-                Check::NotServed(format!(
-                    "the process at {} answers gRPC but does not serve containerd.services.content.v1.Content: {}",
-                    self.remote.health().address().display(),
-                    status.message()
-                ))
-            }
-            Ok(Err(status)) => {
-                let error = self.fail("check", status);
-                match self.remote.health().down() {
-                    Some(_) => Check::Down(error.message),
-                    None => Check::Serves,
-                }
-            }
-            Err(_) => {
-                let reason = format!(
-                    "no answer from {} within {PROBE_TIMEOUT:?}",
-                    self.remote.health().address().display()
-                );
-                self.remote.transport_failed(reason.clone());
-                Check::Down(reason)
-            }
-        }
+        self.remote
+            .check_call("content proxy: check", CONTENT_SERVICE, call)
+            .await
     }
 }
 

@@ -14,6 +14,7 @@ use plinth_api::containerd::services::content::v1::content_client::ContentClient
 use plinth_core::Category;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use super::Check;
 use crate::error::Error;
 
 /// The first wait after a failed dial; it doubles on each failure up to [`MAX_BACKOFF`].
@@ -331,16 +332,40 @@ impl Remote {
         let call = client.status(StatusRequest {
             r#ref: PROBE_REF.to_string(),
         });
+        match self.check_call("probe", CONTENT_SERVICE, call).await {
+            Check::Down(reason) => Err(reason),
+            Check::Serves | Check::NotServed(_) => Ok(()),
+        }
+    }
+
+    /// Awaits one probe call (at most [`PROBE_TIMEOUT`]) and records what its outcome says
+    /// about the remote: an answer means it is up; Unimplemented means it speaks gRPC but
+    /// not `service` (a wrong address); a transport failure or no answer means it is down.
+    /// `what` prefixes the error that a failure becomes.
+    pub(crate) async fn check_call<T>(
+        &self,
+        what: &str,
+        service: &str,
+        call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> Check {
         match tokio::time::timeout(PROBE_TIMEOUT, call).await {
             Ok(Ok(_)) => {
                 self.health.answered();
-                Ok(())
+                Check::Serves
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                self.health.answered();
+                Check::NotServed(format!(
+                    "the process at {} answers gRPC but does not serve {service}: {}",
+                    self.health.address().display(),
+                    status.message()
+                ))
             }
             Ok(Err(status)) => {
-                let error = self.error("probe", status);
+                let error = self.error(what, status);
                 match self.health.down() {
-                    Some(_) => Err(error.message),
-                    None => Ok(()),
+                    Some(_) => Check::Down(error.message),
+                    None => Check::Serves,
                 }
             }
             Err(_) => {
@@ -349,11 +374,17 @@ impl Remote {
                     self.health.address().display()
                 );
                 self.transport_failed(reason.clone());
-                Err(reason)
+                Check::Down(reason)
             }
         }
     }
 }
+
+/// The content API's service name, for messages.
+pub(crate) const CONTENT_SERVICE: &str = "containerd.services.content.v1.Content";
+
+/// The snapshots API's service name, for messages.
+pub(crate) const SNAPSHOTS_SERVICE: &str = "containerd.services.snapshots.v1.Snapshots";
 
 /// Probes a remote that is down, after each back-off period, until it answers or every
 /// proxy using it is gone.

@@ -13,7 +13,7 @@ use plinth_api::prost_types::FieldMask;
 use tonic::transport::Channel;
 
 use super::Check;
-use super::remote::{MAX_MESSAGE_SIZE, Remote};
+use super::remote::{MAX_MESSAGE_SIZE, Remote, SNAPSHOTS_SERVICE};
 use crate::convert;
 use crate::error::Error;
 use crate::live::LiveStatus;
@@ -71,33 +71,13 @@ impl ProxySnapshotter {
             snapshotter: self.name.clone(),
             key: PROBE_KEY.to_string(),
         });
-        match tokio::time::timeout(super::remote::PROBE_TIMEOUT, call).await {
-            Ok(Ok(_)) => Check::Serves,
-            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-                self.remote.ok(());
-                Check::NotServed(format!(
-                    "the process at {} answers gRPC but does not serve containerd.services.snapshots.v1.Snapshots: {}",
-                    self.remote.health().address().display(),
-                    status.message()
-                ))
-            }
-            Ok(Err(status)) => {
-                let error = self.fail("check", status);
-                match self.remote.health().down() {
-                    Some(_) => Check::Down(error.message),
-                    None => Check::Serves,
-                }
-            }
-            Err(_) => {
-                let reason = format!(
-                    "no answer from {} within {:?}",
-                    self.remote.health().address().display(),
-                    super::remote::PROBE_TIMEOUT
-                );
-                self.remote.transport_failed(reason.clone());
-                Check::Down(reason)
-            }
-        }
+        self.remote
+            .check_call(
+                &format!("snapshotter proxy {}: check", self.name),
+                SNAPSHOTS_SERVICE,
+                call,
+            )
+            .await
     }
 }
 
