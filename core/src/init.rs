@@ -521,22 +521,38 @@ impl Set {
         self.by_id(plugin_type, id, usize::MAX)
     }
 
-    /// Runs every ok plugin's close hook, in reverse init order, once. Returns the failures.
+    /// Closes the set, once: in reverse init order, runs each ok plugin's close hook and then
+    /// lets go of the plugin, so an instance nothing else holds is dropped right there (a
+    /// database flushes and unlocks its file on drop). Returns the close hooks' failures.
+    ///
+    /// The set is empty afterwards. Letting go matters because an instance may hold the set
+    /// itself (introspection lists the plugins): without it, that cycle would keep every
+    /// instance alive until the process exits, and nothing would ever be dropped.
     pub fn close(&self) -> Vec<(String, BoxError)> {
-        let plugins = self.plugins();
+        let plugins = {
+            let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+            inner.by_type.clear();
+            std::mem::take(&mut inner.plugins)
+        };
         let mut failures = Vec::new();
-        for plugin in plugins.iter().rev() {
-            let Some(close) = plugin.instance.as_ref().and_then(Instance::take_close) else {
-                continue;
-            };
-            tracing::debug!(uri = plugin.uri(), "closing plugin");
-            match catch_unwind(AssertUnwindSafe(close)) {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => failures.push((plugin.uri.clone(), error)),
-                Err(panic) => failures.push((
-                    plugin.uri.clone(),
-                    format!("close panicked: {}", panic_text(&panic)).into(),
-                )),
+        for plugin in plugins.into_iter().rev() {
+            if let Some(close) = plugin.instance.as_ref().and_then(Instance::take_close) {
+                tracing::debug!(uri = plugin.uri(), "closing plugin");
+                match catch_unwind(AssertUnwindSafe(close)) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => failures.push((plugin.uri.clone(), error)),
+                    Err(panic) => failures.push((
+                        plugin.uri.clone(),
+                        format!("close panicked: {}", panic_text(&panic)).into(),
+                    )),
+                }
+            }
+            let uri = plugin.uri.clone();
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(plugin))) {
+                failures.push((
+                    uri,
+                    format!("dropping the instance panicked: {}", panic_text(&panic)).into(),
+                ));
             }
         }
         failures

@@ -424,6 +424,56 @@ fn close_runs_in_reverse_init_order_once_and_reports_failures() {
     assert_eq!(events_with("closed c").len(), 3);
 }
 
+/// Records its drop; a stand-in for a database that must flush when the daemon stops.
+struct DropProbe {
+    uri: String,
+    /// An instance holding the set it is in, as introspection does: a reference cycle.
+    _set: Set,
+}
+
+impl Drop for DropProbe {
+    fn drop(&mut self) {
+        record(format!("dropped {}", self.uri));
+    }
+}
+
+#[test]
+fn close_drops_instances_in_reverse_order_even_when_they_hold_the_set() {
+    fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
+        let probe = DropProbe {
+            uri: ctx.uri().to_string(),
+            _set: ctx.plugin_set(),
+        };
+        Ok(Instance::new(Arc::new(probe)))
+    }
+    let reg = |plugin_type: &str, requires: &[&str]| {
+        Registration::new(leak(plugin_type), "p", init).requires(leak_list(requires))
+    };
+    let set = run(
+        vec![
+            reg("dr.c", &["dr.b"]),
+            reg("dr.b", &["dr.a"]),
+            reg("dr.a", &[]),
+        ],
+        InitOptions::default(),
+    )
+    .unwrap();
+    let kept: Arc<DropProbe> = set.get_single("dr.c").unwrap();
+    assert!(events_with("dropped dr.").is_empty(), "nothing dropped yet");
+    assert!(set.close().is_empty());
+    assert_eq!(
+        events_with("dropped dr."),
+        ["dropped dr.b.p", "dropped dr.a.p"],
+        "the set let go of all three, last first; dr.c is still held here"
+    );
+    assert!(set.is_empty(), "a closed set is empty");
+    drop(kept);
+    assert_eq!(
+        events_with("dropped dr."),
+        ["dropped dr.b.p", "dropped dr.a.p", "dropped dr.c.p"]
+    );
+}
+
 #[test]
 fn context_gives_paths_meta_and_extensions_and_disabled_plugins_are_listed() {
     fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
