@@ -2,18 +2,24 @@
 # Start-up time to the first served `plugins ls`, and idle RSS, for plinthd vs containerd,
 # side by side in one invocation.
 #
-# For each round, each daemon is cold-started in turn (plinthd, containerd with its default
-# plugin set, containerd with its plugin set reduced as near to plinthd's as it will run): fresh temp root, state
-# and socket; start the daemon; every 5 ms, once the socket exists, run
-# `ctr --address SOCK plugins ls`, until it exits 0; elapsed ms = that moment minus the
-# moment just before the daemon was started (both from `date +%s%N`). About 1 s later VmRSS
-# is read from /proc/<pid>/status, and one more `ctr plugins ls` is timed against the
-# now-running daemon (the client's own cost, which is part of every start-up figure).
-# Then SIGTERM, wait for the exit, remove the dirs.
+# Each round starts each daemon in turn (plinthd, containerd with its default plugin set,
+# containerd with its plugin set reduced to plinthd's) three times:
+#   first    fresh temp root, state and socket; timed by startup-probe (below); stopped.
+#   restart  the same root and state again (databases exist now); timed by startup-probe;
+#            ~1 s later VmRSS is read from /proc/<pid>/status and one `ctr plugins ls` is
+#            timed against the running daemon (the client's own cost); stopped.
+#   via ctr  fresh dirs again; every 5 ms, once the socket exists, `ctr --address SOCK
+#            plugins ls` is run until it exits 0; stopped. This one includes a Go client's
+#            process start-up in every figure.
+# Start-up = the moment the first `plugins ls` reply arrived minus the moment just before the
+# daemon was started (both wall-clock ns). startup-probe (daemon/examples/startup-probe.rs)
+# polls every 1 ms with an in-process gRPC client, so the figure is the daemon's own.
+# Stopping is SIGTERM then waiting for the exit (status 0 required); dirs are then removed.
 #
 # Environment: RUNS (measured rounds, default 15), WARMUP (unmeasured rounds first, to get
 # the binaries into the page cache, default 1), CONTAINERD (default /usr/bin/containerd),
-# CTR (default /usr/bin/ctr), SKIP_BUILD=1 to use the existing target/release/plinthd.
+# CTR (default /usr/bin/ctr), SKIP_BUILD=1 to use the existing target/release/plinthd and
+# target/release/examples/startup-probe.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,6 +30,7 @@ WARMUP=${WARMUP:-1}
 CONTAINERD=${CONTAINERD:-/usr/bin/containerd}
 CTR=${CTR:-/usr/bin/ctr}
 PLINTHD=$repo/target/release/plinthd
+PROBE=$repo/target/release/examples/startup-probe
 POLL_TIMEOUT_MS=20000
 
 daemons=(plinthd containerd-default containerd-reduced)
@@ -38,13 +45,15 @@ for tool in "$CONTAINERD" "$CTR"; do
 done
 
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    echo "building plinthd (release)..." >&2
-    cargo build --release -p plinthd >&2
+    echo "building plinthd and startup-probe (release)..." >&2
+    cargo build --release -p plinthd --bin plinthd --example startup-probe >&2
 fi
 [[ -x $PLINTHD ]] || die "$PLINTHD not built"
+[[ -x $PROBE ]] || die "$PROBE not built (cargo build --release -p plinthd --example startup-probe)"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/bench-startup.XXXXXX")
 daemon_pid=
+elapsed=
 
 cleanup() {
     local status=$?
@@ -149,61 +158,98 @@ now_ns() { date +%s%N; }
 # ns → ms with one decimal.
 ms() { awk -v ns="$1" 'BEGIN { printf "%.1f\n", ns / 1e6 }'; }
 
-# one_run DAEMON ROUND MEASURED: one cold start; appends to the result files if MEASURED=1.
-one_run() {
-    local daemon=$1 round=$2 measured=$3
-    local dir sock cfg t0 t1 deadline rss c0 c1 rc
-    dir=$work/$daemon-$round
-    mkdir -p "$dir"
-    sock=$dir/d.sock
+# timed_start DAEMON DIR CLIENT ROUND: starts the daemon on DIR (its root, state, socket,
+# config), waits until CLIENT (probe or ctr) got a `plugins ls` reply, sets `elapsed` (ms).
+# The daemon keeps running (daemon_pid). Not for $(...): it sets globals.
+timed_start() {
+    local daemon=$1 dir=$2 client=$3 round=$4
+    local sock=$dir/d.sock cfg t0 t1 deadline
     cfg=$(write_config "$daemon" "$dir" "$sock")
-
     t0=$(now_ns)
     start_daemon "$daemon" "$dir" "$sock" "$cfg"
-    deadline=$((t0 + POLL_TIMEOUT_MS * 1000000))
-    # ctr itself waits (up to 10 s, retrying every 10 ms) for a socket that is not there yet;
-    # checking for the socket first keeps the polling here, at 5 ms.
-    until [[ -S $sock ]] && "$CTR" --address "$sock" plugins ls >"$dir/plugins" 2>/dev/null; do
-        if ! kill -0 "$daemon_pid" 2>/dev/null; then
-            tail -n 20 "$dir/log" >&2
-            die "$daemon exited before serving (round $round)"
-        fi
-        if (($(now_ns) > deadline)); then
-            tail -n 20 "$dir/log" >&2
-            die "$daemon did not serve plugins ls within ${POLL_TIMEOUT_MS} ms (round $round)"
-        fi
-        sleep 0.005
-    done
-    t1=$(now_ns)
+    case $client in
+        probe)
+            if ! t1=$("$PROBE" "$sock" "$daemon_pid" "$POLL_TIMEOUT_MS" 2>"$dir/probe.err"); then
+                tail -n 20 "$dir/log" >&2
+                die "$daemon, round $round: $(cat "$dir/probe.err")"
+            fi
+            ;;
+        ctr)
+            deadline=$((t0 + POLL_TIMEOUT_MS * 1000000))
+            # ctr itself waits (up to 10 s, retrying every 10 ms) for a socket that is not
+            # there yet; checking for the socket first keeps the polling here, at 5 ms.
+            until [[ -S $sock ]] && "$CTR" --address "$sock" plugins ls >/dev/null 2>&1; do
+                if ! kill -0 "$daemon_pid" 2>/dev/null; then
+                    tail -n 20 "$dir/log" >&2
+                    die "$daemon exited before serving (round $round)"
+                fi
+                if (($(now_ns) > deadline)); then
+                    tail -n 20 "$dir/log" >&2
+                    die "$daemon did not serve plugins ls within ${POLL_TIMEOUT_MS} ms (round $round)"
+                fi
+                sleep 0.005
+            done
+            t1=$(now_ns)
+            ;;
+    esac
+    elapsed=$(ms $((t1 - t0)))
+}
 
-    sleep 1
-    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$daemon_pid/status")
-    c0=$(now_ns)
-    "$CTR" --address "$sock" plugins ls >/dev/null
-    c1=$(now_ns)
-
+# stop_daemon DAEMON DIR ROUND: SIGTERM, wait, require exit status 0.
+stop_daemon() {
+    local daemon=$1 dir=$2 round=$3 rc=0
     kill -TERM "$daemon_pid"
-    rc=0
     wait "$daemon_pid" || rc=$?
     daemon_pid=
     if ((rc != 0)); then
         tail -n 20 "$dir/log" >&2
         die "$daemon exited with status $rc after SIGTERM (round $round)"
     fi
-    [[ -e $sock ]] && echo "note: $daemon left its socket behind (round $round)" >&2
+    [[ -e $dir/d.sock ]] && echo "note: $daemon left its socket behind (round $round)" >&2
+    return 0
+}
 
-    if ((measured)); then
-        ms $((t1 - t0)) >>"$work/$daemon.start"
-        echo "$rss" >>"$work/$daemon.rss"
-        ms $((c1 - c0)) >>"$work/$daemon.client"
+# one_run DAEMON ROUND MEASURED: first start, restart, start timed via ctr; appends to the
+# result files if MEASURED=1.
+one_run() {
+    local daemon=$1 round=$2 measured=$3
+    local dir first restart via_ctr rss c0 c1
+    dir=$work/$daemon-$round
+    mkdir -p "$dir"
+
+    timed_start "$daemon" "$dir" probe "$round"
+    first=$elapsed
+    stop_daemon "$daemon" "$dir" "$round"
+
+    timed_start "$daemon" "$dir" probe "$round"
+    restart=$elapsed
+    sleep 1
+    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$daemon_pid/status")
+    c0=$(now_ns)
+    "$CTR" --address "$dir/d.sock" plugins ls >"$dir/plugins"
+    c1=$(now_ns)
+    stop_daemon "$daemon" "$dir" "$round"
+    if ((measured)) && [[ ! -e $work/$daemon.plugins ]]; then
         # Keep the first measured run's plugin list and log lines above info.
-        if [[ ! -e $work/$daemon.plugins ]]; then
-            cp "$dir/plugins" "$work/$daemon.plugins"
-            grep -E 'level=(warning|error|fatal|panic)|^[^ ]+ +(WARN|ERROR) |panicked' "$dir/log" \
-                >"$work/$daemon.problems" || true
-        fi
+        cp "$dir/plugins" "$work/$daemon.plugins"
+        grep -E 'level=(warning|error|fatal|panic)|^[^ ]+ +(WARN|ERROR) |panicked' "$dir/log" \
+            >"$work/$daemon.problems" || true
     fi
     rm -rf "$dir"
+    mkdir -p "$dir"
+
+    timed_start "$daemon" "$dir" ctr "$round"
+    via_ctr=$elapsed
+    stop_daemon "$daemon" "$dir" "$round"
+    rm -rf "$dir"
+
+    if ((measured)); then
+        echo "$first" >>"$work/$daemon.first"
+        echo "$restart" >>"$work/$daemon.restart"
+        echo "$via_ctr" >>"$work/$daemon.ctr"
+        echo "$rss" >>"$work/$daemon.rss"
+        ms $((c1 - c0)) >>"$work/$daemon.client"
+    fi
 }
 
 # Median, min and max of a file of numbers, one per line.
@@ -228,24 +274,35 @@ for ((round = 1; round <= total; round++)); do
 done
 finished=$(now_ns)
 
+# "median (min–max)" of a result file.
+spread() { printf '%s (%s–%s)' "$(median "$1")" "$(minimum "$1")" "$(maximum "$1")"; }
+
 echo
-echo "Start-up to the first served \`ctr plugins ls\`, and idle RSS ~1 s later;"
-echo "$RUNS cold starts per daemon (after $WARMUP warm-up round(s)), alternating, in $(ms $((finished - started))) ms."
+echo "Start-up to the first served \`plugins ls\` (ms) and idle RSS ~1 s later;"
+echo "$RUNS rounds (after $WARMUP warm-up round(s)), daemons alternating, in $(ms $((finished - started))) ms."
 echo "$(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "plinthd: $PLINTHD; containerd: $("$CONTAINERD" --version)"
 echo
-p_start=$(median "$work/plinthd.start")
-p_rss=$(median "$work/plinthd.rss")
-echo "| daemon | plugins ok | median start-up | min | max | idle RSS (median) | warm \`ctr plugins ls\` | plinthd / this, start-up | plinthd / this, RSS |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| daemon | plugins ok | first start | restart | first start via \`ctr\` | warm \`ctr plugins ls\` | idle RSS |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 for daemon in "${daemons[@]}"; do
-    start=$(median "$work/$daemon.start")
-    rss=$(median "$work/$daemon.rss")
     okcount=$(awk 'NR > 1 && $NF == "ok"' "$work/$daemon.plugins" | wc -l)
-    printf '| %s | %d | %s ms | %s ms | %s ms | %s KiB | %s ms | %s | %s |\n' \
-        "$daemon" "$okcount" "$start" "$(minimum "$work/$daemon.start")" \
-        "$(maximum "$work/$daemon.start")" "$rss" "$(median "$work/$daemon.client")" \
-        "$(ratio "$p_start" "$start")" "$(ratio "$p_rss" "$rss")"
+    printf '| %s | %d | %s | %s | %s | %s | %s KiB |\n' "$daemon" "$okcount" \
+        "$(spread "$work/$daemon.first")" "$(spread "$work/$daemon.restart")" \
+        "$(spread "$work/$daemon.ctr")" "$(median "$work/$daemon.client")" \
+        "$(median "$work/$daemon.rss")"
+done
+echo
+echo "plinthd / containerd (medians):"
+echo
+echo "| against | first start | restart | first start via \`ctr\` | idle RSS |"
+echo "|---|---:|---:|---:|---:|"
+for daemon in "${daemons[@]:1}"; do
+    row="| $daemon"
+    for figure in first restart ctr rss; do
+        row+=" | $(ratio "$(median "$work/plinthd.$figure")" "$(median "$work/$daemon.$figure")")"
+    done
+    echo "$row |"
 done
 
 for daemon in "${daemons[@]}"; do

@@ -54,7 +54,7 @@ impl NamespacedContent {
         namespace: &str,
         digest: &Digest,
     ) -> Result<Option<Info>, Error> {
-        let txn = metadata.db.begin_read().map_err(storage)?;
+        let txn = metadata.db.begin_read()?;
         let table = txn.open_table(CONTENT).map_err(storage)?;
         let Some(value) = table.get((namespace, digest.as_str())).map_err(storage)? else {
             return Ok(None);
@@ -122,7 +122,7 @@ fn add_record(
         validate_label(key, value)?;
     }
     metadata.ensure(namespace)?;
-    let txn = metadata.db.begin_write().map_err(storage)?;
+    let txn = metadata.db.begin_write()?;
     {
         let mut table = txn.open_table(CONTENT).map_err(storage)?;
         if table
@@ -172,7 +172,7 @@ impl ContentStore for NamespacedContent {
             let mut current = NamespacedContent::record(&metadata, &namespace, &digest)?
                 .ok_or_else(|| Error::not_found(format!("content digest {digest}: not found")))?;
             apply_label_paths(&mut current.labels, &info.labels, &paths)?;
-            let txn = metadata.db.begin_write().map_err(storage)?;
+            let txn = metadata.db.begin_write()?;
             {
                 let mut table = txn.open_table(CONTENT).map_err(storage)?;
                 let (size, created, _) = table
@@ -201,7 +201,7 @@ impl ContentStore for NamespacedContent {
         let filters = FilterSet::parse_all(filters).map_err(|e| Error::invalid(e.to_string()))?;
         let (metadata, namespace) = (self.metadata.clone(), self.namespace.clone());
         blocking(move || {
-            let txn = metadata.db.begin_read().map_err(storage)?;
+            let txn = metadata.db.begin_read()?;
             let table = txn.open_table(CONTENT).map_err(storage)?;
             let labels_table = txn.open_table(CONTENT_LABELS).map_err(storage)?;
             let mut out = Vec::new();
@@ -241,7 +241,7 @@ impl ContentStore for NamespacedContent {
             digest.clone(),
         );
         let still_used = blocking(move || {
-            let txn = metadata.db.begin_write().map_err(storage)?;
+            let txn = metadata.db.begin_write()?;
             let still_used = {
                 let mut table = txn.open_table(CONTENT).map_err(storage)?;
                 if table

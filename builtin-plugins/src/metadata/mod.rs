@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
-use redb::{Database, ReadableTable};
+use redb::ReadableTable;
 
 use self::schema::{
     CONTENT, CONTENT_LABELS, NAMESPACE_LABELS, NAMESPACES, SCHEMA_VERSION, SEQUENCES,
@@ -28,6 +28,7 @@ use self::schema::{
 };
 use crate::content::ContentStore;
 use crate::error::Error;
+use crate::live::LiveStatus;
 use crate::namespaces::{
     Labels, NamespaceStore, NamespacedStores, validate_identifier, validate_label,
 };
@@ -60,7 +61,7 @@ impl Default for MetadataConfig {
 
 /// The metadata database and the stores it namespaces.
 pub struct Metadata {
-    db: Database,
+    db: Db,
     content: Option<Arc<dyn ContentStore>>,
     snapshotters: BTreeMap<String, Arc<dyn Snapshotter>>,
     policy: SharingPolicy,
@@ -80,7 +81,7 @@ impl std::fmt::Debug for Metadata {
     }
 }
 
-use crate::redb_store::{open_versioned, storage};
+use crate::redb_store::{Db, storage};
 
 fn now_nanos() -> u64 {
     to_nanos(SystemTime::now())
@@ -125,7 +126,7 @@ impl Metadata {
         snapshotters: BTreeMap<String, Arc<dyn Snapshotter>>,
         policy: SharingPolicy,
     ) -> Result<Metadata, Error> {
-        let db = open_versioned(path, SCHEMA_VERSION, |txn| {
+        let db = Db::open(path, SCHEMA_VERSION, |txn| {
             txn.open_table(NAMESPACES).map_err(storage)?;
             txn.open_table(NAMESPACE_LABELS).map_err(storage)?;
             txn.open_table(SEQUENCES).map_err(storage)?;
@@ -167,7 +168,7 @@ impl NamespaceStore for Metadata {
         for (key, value) in labels {
             validate_label(key, value)?;
         }
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db.begin_write()?;
         {
             let mut namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
             if namespaces.get(name).map_err(storage)?.is_some() {
@@ -189,7 +190,7 @@ impl NamespaceStore for Metadata {
     fn ensure(&self, name: &str) -> Result<(), Error> {
         validate_identifier("namespace", name)?;
         let exists = {
-            let txn = self.db.begin_read().map_err(storage)?;
+            let txn = self.db.begin_read()?;
             let namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
             namespaces.get(name).map_err(storage)?.is_some()
         };
@@ -203,7 +204,7 @@ impl NamespaceStore for Metadata {
     }
 
     fn labels(&self, name: &str) -> Result<BTreeMap<String, String>, Error> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.begin_read()?;
         let namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
         if namespaces.get(name).map_err(storage)?.is_none() {
             return Err(Error::not_found(format!("namespace {name:?}: not found")));
@@ -216,7 +217,7 @@ impl NamespaceStore for Metadata {
         for (key, value) in changes {
             validate_label(key, value.as_deref().unwrap_or(""))?;
         }
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db.begin_write()?;
         {
             let namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
             if namespaces.get(name).map_err(storage)?.is_none() {
@@ -240,7 +241,7 @@ impl NamespaceStore for Metadata {
     }
 
     fn list(&self) -> Result<Vec<(String, Labels)>, Error> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.begin_read()?;
         let namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
         let labels = txn.open_table(NAMESPACE_LABELS).map_err(storage)?;
         let mut out = Vec::new();
@@ -254,7 +255,7 @@ impl NamespaceStore for Metadata {
     }
 
     fn delete(&self, name: &str) -> Result<(), Error> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db.begin_write()?;
         {
             let mut namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
             if namespaces.get(name).map_err(storage)?.is_none() {
@@ -334,6 +335,16 @@ impl NamespacedStores for Metadata {
     }
 }
 
+impl LiveStatus for Metadata {
+    fn exports(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        crate::redb_store::db_failure(&self.db)
+    }
+}
+
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let config = ctx.config::<MetadataConfig>()?;
     let policy = match config.content_sharing_policy.as_str() {
@@ -369,6 +380,7 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     );
     Ok(Instance::new(metadata.clone() as Arc<dyn NamespaceStore>)
         .with(metadata.clone() as Arc<dyn NamespacedStores>)
+        .with(metadata.clone() as Arc<dyn LiveStatus>)
         .with(metadata))
 }
 

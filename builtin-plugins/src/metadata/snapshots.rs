@@ -197,7 +197,7 @@ impl NamespacedSnapshotter {
             key.to_string(),
         );
         blocking(move || {
-            let txn = metadata.db.begin_read().map_err(storage)?;
+            let txn = metadata.db.begin_read()?;
             let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
             let record = get_record(&table, &ns, &sn, &key)?.ok_or_else(|| not_found(&key))?;
             let labels = labels_of(
@@ -246,7 +246,7 @@ impl NamespacedSnapshotter {
         let (key, parent, labels) = (key.to_string(), parent.to_string(), labels.clone());
         blocking(move || {
             metadata.ensure(&ns)?;
-            let txn = metadata.db.begin_write().map_err(storage)?;
+            let txn = metadata.db.begin_write()?;
             let result = {
                 let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
                 if get_record(&table, &ns, &sn, &key)?.is_some() {
@@ -297,7 +297,7 @@ impl NamespacedSnapshotter {
             key.to_string(),
         );
         blocking(move || {
-            let txn = metadata.db.begin_write().map_err(storage)?;
+            let txn = metadata.db.begin_write()?;
             remove_record(&txn, &ns, &sn, &key)?;
             txn.commit().map_err(storage)
         })
@@ -355,7 +355,7 @@ impl Snapshotter for NamespacedSnapshotter {
         );
         let (r, l) = (record.clone(), labels.clone());
         blocking(move || {
-            let txn = metadata.db.begin_write().map_err(storage)?;
+            let txn = metadata.db.begin_write()?;
             insert_record(&txn, &ns, &sn, &key, &r)?;
             write_labels(&txn, &ns, &sn, &key, &l)?;
             txn.commit().map_err(storage)
@@ -411,7 +411,7 @@ impl Snapshotter for NamespacedSnapshotter {
         );
         let name_owned = name.to_string();
         let backend_name = blocking(move || {
-            let txn = metadata.db.begin_write().map_err(storage)?;
+            let txn = metadata.db.begin_write()?;
             let backend_name = {
                 let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
                 if get_record(&table, &ns, &sn, &name_owned)?.is_some() {
@@ -437,7 +437,7 @@ impl Snapshotter for NamespacedSnapshotter {
             name.to_string(),
         );
         blocking(move || {
-            let txn = metadata.db.begin_write().map_err(storage)?;
+            let txn = metadata.db.begin_write()?;
             remove_record(&txn, &ns, &sn, &key)?;
             let now = now_nanos();
             let committed = Record {
@@ -466,7 +466,7 @@ impl Snapshotter for NamespacedSnapshotter {
             key.to_string(),
         );
         let child = blocking(move || {
-            let txn = metadata.db.begin_read().map_err(storage)?;
+            let txn = metadata.db.begin_read()?;
             let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
             for item in table
                 .range((ns.as_str(), sn.as_str(), "")..)
@@ -504,7 +504,7 @@ impl Snapshotter for NamespacedSnapshotter {
             self.name.clone(),
         );
         blocking(move || {
-            let txn = metadata.db.begin_read().map_err(storage)?;
+            let txn = metadata.db.begin_read()?;
             let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
             let labels_table = txn.open_table(SNAPSHOT_LABELS).map_err(storage)?;
             let mut out = Vec::new();
@@ -551,7 +551,7 @@ impl Snapshotter for NamespacedSnapshotter {
         let _guard = self.metadata.snapshot_lock.lock().await;
         let (metadata, sn) = (self.metadata.clone(), self.name.clone());
         let referenced: BTreeSet<String> = blocking(move || {
-            let txn = metadata.db.begin_read().map_err(storage)?;
+            let txn = metadata.db.begin_read()?;
             let table: redb::ReadOnlyTable<_, _> = txn.open_table(SNAPSHOTS).map_err(storage)?;
             let mut out = BTreeSet::new();
             for item in table.iter().map_err(storage)? {

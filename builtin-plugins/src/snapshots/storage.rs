@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{Info, Kind, Usage, validate_key};
 use crate::error::Error;
@@ -55,7 +55,7 @@ pub(crate) const SNAPSHOTS_DIR: &str = "snapshots";
 /// The name of the database file inside a snapshotter root.
 pub(crate) const DATABASE_FILE: &str = "metadata.db";
 
-use crate::redb_store::{META, open_versioned, storage};
+use crate::redb_store::{Db, META, storage};
 
 fn io_error(what: &str, path: &Path, error: std::io::Error) -> Error {
     Error::internal(format!("{what} {}: {error}", path.display()))
@@ -245,7 +245,7 @@ fn snapshot_filter_field(info: &Info, fieldpath: &[String]) -> Option<String> {
 /// The snapshot records of one snapshotter and the directories they name.
 #[derive(Debug)]
 pub(crate) struct MetaStore {
-    db: Database,
+    db: Db,
     snapshots_dir: PathBuf,
 }
 
@@ -267,12 +267,18 @@ impl MetaStore {
                 .map_err(|e| io_error("creating", dir, e))?;
         }
         let path = root.join(DATABASE_FILE);
-        let db = open_versioned(&path, SCHEMA_VERSION, |txn| {
+        let db = Db::open(&path, SCHEMA_VERSION, |txn| {
             txn.open_table(SNAPSHOTS).map_err(storage)?;
             txn.open_table(PARENTS).map_err(storage)?;
             Ok(())
         })?;
         Ok(MetaStore { db, snapshots_dir })
+    }
+
+    /// Why the records cannot be used (their database could not be created), without
+    /// waiting; for the snapshotter's live status.
+    pub(crate) fn unavailable(&self) -> Option<String> {
+        crate::redb_store::db_failure(&self.db)
     }
 
     /// `<root>/snapshots`.
@@ -290,7 +296,7 @@ impl MetaStore {
     /// # Errors
     /// Not found.
     pub(crate) fn stat(&self, key: &str) -> Result<(u64, Info, Usage), Error> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.begin_read()?;
         let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
         let record = read_record(&table, key)?
             .ok_or_else(|| Error::not_found(format!("snapshot {key:?}: not found")))?;
@@ -302,7 +308,7 @@ impl MetaStore {
     /// # Errors
     /// Not found; invalid argument for a field path other than labels.
     pub(crate) fn update(&self, info: &Info, fieldpaths: &[String]) -> Result<Info, Error> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db.begin_write()?;
         let updated = {
             let mut table = txn.open_table(SNAPSHOTS).map_err(storage)?;
             let mut record = read_record(&table, &info.name)?
@@ -324,7 +330,7 @@ impl MetaStore {
     /// Invalid argument for a filter that does not parse.
     pub(crate) fn walk(&self, filters: &[String]) -> Result<Vec<Info>, Error> {
         let filter = FilterSet::parse_all(filters).map_err(|e| Error::invalid(e.to_string()))?;
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.begin_read()?;
         let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
         let mut infos = Vec::new();
         for item in table.iter().map_err(storage)? {
@@ -345,7 +351,7 @@ impl MetaStore {
     /// # Errors
     /// Not found; failed precondition for a committed snapshot.
     pub(crate) fn snapshot(&self, key: &str) -> Result<Snapshot, Error> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.begin_read()?;
         let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
         let record = read_record(&table, key)?
             .ok_or_else(|| Error::not_found(format!("snapshot {key:?}: not found")))?;
@@ -390,7 +396,7 @@ impl MetaStore {
                 "only active snapshots and views can be created; commit an active one instead",
             ));
         }
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db.begin_write()?;
         let snapshot = {
             let mut table = txn.open_table(SNAPSHOTS).map_err(storage)?;
             if table.get(key).map_err(storage)?.is_some() {
@@ -482,7 +488,7 @@ impl MetaStore {
         for (label, value) in labels {
             validate_label(label, value)?;
         }
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(SNAPSHOTS).map_err(storage)?;
             let active = read_record(&table, key)?
@@ -533,7 +539,7 @@ impl MetaStore {
     /// # Errors
     /// Not found; failed precondition when it has children.
     pub(crate) fn remove(&self, key: &str) -> Result<(), Error> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db.begin_write()?;
         let id = {
             let mut table = txn.open_table(SNAPSHOTS).map_err(storage)?;
             let record = read_record(&table, key)?
@@ -571,7 +577,7 @@ impl MetaStore {
     /// # Errors
     /// Storage failure, or the directory cannot be read.
     pub(crate) fn cleanup(&self) -> Result<Vec<PathBuf>, Error> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db.begin_write()?;
         let ids: BTreeSet<String> = {
             let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
             let mut ids = BTreeSet::new();
