@@ -4,8 +4,10 @@
 #
 # Each round starts each daemon in turn (plinthd, containerd with its default plugin set,
 # containerd with its plugin set reduced to plinthd's) three times:
-#   first    fresh temp root, state and socket; timed by startup-probe (below); stopped.
-#   restart  the same root and state again (databases exist now); timed by startup-probe;
+#   first    fresh temp root, state and socket; timed by startup-probe (below); then one
+#            snapshot prepared and removed on each snapshotter and a namespace listed, so
+#            that every database exists (plinthd creates one on its first use); stopped.
+#   restart  the same root and state again; timed by startup-probe;
 #            ~1 s later VmRSS is read from /proc/<pid>/status and one `ctr plugins ls` is
 #            timed against the running daemon (the client's own cost); stopped.
 #   via ctr  fresh dirs again; every 5 ms, once the socket exists, `ctr --address SOCK
@@ -195,6 +197,16 @@ timed_start() {
     elapsed=$(ms $((t1 - t0)))
 }
 
+# use_every_store DIR: makes the running daemon use its metadata and both snapshotters.
+use_every_store() {
+    local sock=$1/d.sock snapshotter
+    "$CTR" --address "$sock" namespaces ls >/dev/null
+    for snapshotter in native overlayfs; do
+        "$CTR" --address "$sock" snapshots --snapshotter "$snapshotter" prepare warm "" >/dev/null
+        "$CTR" --address "$sock" snapshots --snapshotter "$snapshotter" rm warm
+    done
+}
+
 # stop_daemon DAEMON DIR ROUND: SIGTERM, wait, require exit status 0.
 stop_daemon() {
     local daemon=$1 dir=$2 round=$3 rc=0
@@ -219,6 +231,7 @@ one_run() {
 
     timed_start "$daemon" "$dir" probe "$round"
     first=$elapsed
+    use_every_store "$dir"
     stop_daemon "$daemon" "$dir" "$round"
 
     timed_start "$daemon" "$dir" probe "$round"

@@ -472,11 +472,21 @@ impl Snapshotter for OverlaySnapshotter {
     }
 }
 
-/// What init does: the support check (a skip with the reason when it fails), then open.
+/// What init does: the support check (a skip with the reason when it fails) and the open. The
+/// check mounts and unmounts, and opening an existing database reads its allocator state;
+/// neither needs the other, so they run side by side.
 fn open_checked(root: &Path) -> Result<OverlaySnapshotter, InitError> {
-    check_support(root)
-        .map_err(|reason| InitError::skip(format!("overlay is not supported here: {reason}")))?;
-    Ok(OverlaySnapshotter::open(root)?)
+    std::thread::scope(|scope| {
+        let check = scope.spawn(|| check_support(root));
+        let opened = OverlaySnapshotter::open(root);
+        let checked = check
+            .join()
+            .unwrap_or_else(|_| Err("the support check panicked".to_string()));
+        checked.map_err(|reason| {
+            InitError::skip(format!("overlay is not supported here: {reason}"))
+        })?;
+        Ok(opened?)
+    })
 }
 
 impl LiveStatus for OverlaySnapshotter {
