@@ -1,12 +1,14 @@
 //! Opening a redb database the way every storage plugin here does: create or open it, refuse
 //! one written by a newer schema, record the schema version of a new one.
 //!
-//! [`Db::open`] opens an existing database at once, so a locked file or a newer schema fails
-//! the plugin's init. A database that does not exist yet is created by its first use instead:
-//! creating one costs 5–10 ms of CPU (redb lays out its allocator state and fsyncs it), and
-//! three of them were most of a daemon's first start on an empty root — while a plugin that
-//! is never used (a second snapshotter, say) never needs its file. A creation that failed is
-//! that use's error, every later use's, and the plugin's live status.
+//! A database is opened, or created, by its first use, not by the plugin's init: creating one
+//! costs 5–10 ms of CPU (redb lays out its allocator state and fsyncs it) and opening one 1–2
+//! ms (it reads that state back and fsyncs a header), and three of them were most of a
+//! daemon's start-up — while a plugin that is never used (a second snapshotter, say) never
+//! needs its file. What init still checks is the one thing a start-up must refuse: a file
+//! that another process holds (a second daemon on the same root). Anything else the open
+//! finds (a schema newer than this build's, a file redb cannot read) is that use's error,
+//! every later use's, and the plugin's live status, so `plugins ls` shows it.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -85,12 +87,12 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// Opens the database at `path` now if the file has content; otherwise leaves its
-    /// creation to the first use. Either way `create_tables` opens every table once, in the
-    /// transaction that checks the schema version (see [`open_versioned`]).
+    /// The database at `path`, to be opened (or created) by its first use, when
+    /// `create_tables` opens every table once, in the transaction that checks the schema
+    /// version (see [`open_versioned`]).
     ///
     /// # Errors
-    /// Opening an existing file failed: another process holds it, or a newer schema wrote it.
+    /// The file exists but cannot be opened, or another process holds it.
     pub(crate) fn open(
         path: &Path,
         schema_version: u64,
@@ -102,19 +104,15 @@ impl Db {
             create_tables,
             ready: OnceLock::new(),
         };
-        if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
-            let _ = db
-                .ready
-                .set(Ok(open_versioned(path, schema_version, create_tables)?));
-        }
+        check_not_held(path)?;
         Ok(db)
     }
 
-    /// The database; the first call creates it (concurrent first calls wait for that one).
+    /// The database; the first call opens it (concurrent first calls wait for that one).
     fn get(&self) -> Result<&Database, Error> {
         self.ready
             .get_or_init(|| {
-                tracing::debug!(path = %self.path.display(), "creating database on first use");
+                tracing::debug!(path = %self.path.display(), "opening database on first use");
                 open_versioned(&self.path, self.schema_version, self.create_tables)
             })
             .as_ref()
@@ -137,13 +135,41 @@ impl Db {
         self.get()?.begin_write().map_err(storage)
     }
 
-    /// Why the database cannot be used, without creating it: `None` while it is open or not
-    /// created yet, the creation's error once one failed.
+    /// Why the database cannot be used, without opening it: `None` while it is open or not
+    /// opened yet, the open's error once one failed.
     pub(crate) fn failure(&self) -> Option<String> {
         match self.ready.get() {
             Some(Err(error)) => Some(error.message.clone()),
             _ => None,
         }
+    }
+}
+
+/// Refuses a database file that another process holds: redb takes an exclusive `flock` on
+/// the file while it is open, so a lock that cannot be taken now means another daemon uses
+/// the same root. The probe lets go of the lock at once (closing the file drops it).
+fn check_not_held(path: &Path) -> Result<(), Error> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::unavailable(format!(
+                "opening {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::unavailable(format!(
+            "{} is in use by another process (another plinthd on the same root?): stop it, or give this one its own --root",
+            path.display()
+        ))),
+        Err(e) => Err(Error::unavailable(format!(
+            "locking {}: {}",
+            path.display(),
+            std::io::Error::from(e)
+        ))),
     }
 }
 
@@ -177,44 +203,54 @@ mod tests {
     }
 
     #[test]
-    fn a_new_database_is_created_aside_and_an_existing_one_opened_at_once() {
+    fn a_database_is_opened_or_created_by_its_first_use() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         let db = Db::open(&path, 1, tables).unwrap();
-        assert!(
-            db.ready.get().is_none(),
-            "a new file is created on the side"
-        );
+        assert!(!path.exists(), "nothing created before the first use");
+        assert_eq!(db.failure(), None, "not created is not a failure");
         write(&db, "k", 7);
-        assert_eq!(db.failure(), None);
+        assert!(path.exists());
         drop(db);
         let db = Db::open(&path, 1, tables).unwrap();
         assert!(
-            db.ready.get().is_some(),
-            "an existing file is opened in open"
+            db.ready.get().is_none(),
+            "an existing file waits for its first use too"
         );
         assert_eq!(read(&db, "k"), Some(7));
     }
 
     #[test]
-    fn an_existing_database_fails_open_when_held_or_newer() {
+    fn a_held_file_fails_open_and_a_newer_schema_fails_the_first_use() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         let first = Db::open(&path, 2, tables).unwrap();
         write(&first, "k", 1);
         let held = Db::open(&path, 2, tables).unwrap_err();
         assert_eq!(held.category, plinth_core::Category::Unavailable, "{held}");
-        assert!(held.message.contains(&path.display().to_string()), "{held}");
-        drop(first);
-        let newer = Db::open(&path, 1, tables).unwrap_err();
         assert!(
-            newer.message.contains("newer than this build's 1"),
+            held.message.contains(&path.display().to_string())
+                && held.message.contains("in use by another process"),
+            "{held}"
+        );
+        drop(first);
+        let older = Db::open(&path, 1, tables).expect("not held any more");
+        let newer = older.begin_read().unwrap_err();
+        assert!(
+            newer
+                .message
+                .contains("newer than this build's 1: use a newer plinthd"),
             "{newer}"
+        );
+        assert_eq!(
+            db_failure(&older),
+            Some(format!("database unusable: {}", newer.message)),
+            "the plugin's live status says so"
         );
     }
 
     #[test]
-    fn a_failed_creation_is_every_use_s_error_and_the_live_status() {
+    fn a_failed_open_is_every_use_s_error_and_the_live_status() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing-dir/x.db");
         let db = Db::open(&path, 1, tables).unwrap();

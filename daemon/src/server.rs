@@ -50,6 +50,54 @@ pub fn claim_socket(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// The file under the root that the running daemon holds locked.
+pub const ROOT_LOCK: &str = "plinthd.lock";
+
+/// Takes `<root>/plinthd.lock` (an exclusive `flock`, with this process's pid written in it)
+/// for as long as the returned file is kept: one daemon per root. The kernel drops the lock
+/// when the process ends, however it ends, so a crash never leaves the root locked.
+///
+/// # Errors
+/// Another process holds the lock (named by its pid), or the file cannot be written.
+pub fn lock_root(root: &Path) -> anyhow::Result<std::fs::File> {
+    use rustix::fs::{FlockOperation, flock};
+    use std::io::{Read as _, Seek as _, Write as _};
+
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let path = root.join(ROOT_LOCK);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            };
+            bail!(
+                "{} is in use by another plinthd{holder}: stop it, or give this one its own --root",
+                root.display()
+            );
+        }
+        Err(e) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(file)
+}
+
 fn bind(path: &Path, uid: u32, gid: u32) -> anyhow::Result<UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
@@ -126,6 +174,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
     let socket = socket_path(&config.config.grpc.address);
     // Refuse before creating anything, so a second daemon leaves the first one alone.
     claim_socket(&socket)?;
+    let _root_lock = lock_root(&config.config.root)?;
     for dir in [&config.config.root, &config.config.state] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -89,6 +89,37 @@ fn a_second_daemon_on_the_same_socket_refuses_and_the_first_keeps_serving() {
 }
 
 #[test]
+fn a_second_daemon_on_the_same_root_refuses_and_the_first_keeps_serving() {
+    let first = start(Start::default());
+    let second_socket = first.dir().join("second.sock");
+    let output = plinth_tests::run(
+        &plinth_tests::binary("plinthd"),
+        &[
+            "--address",
+            second_socket.to_str().unwrap(),
+            "--root",
+            first.root().to_str().unwrap(),
+            "--state",
+            first.dir().join("state2").to_str().unwrap(),
+            "-c",
+            first.dir().join("config.toml").to_str().unwrap(),
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(
+        output.stderr.contains(&format!(
+            "{} is in use by another plinthd (pid {}): stop it, or give this one its own --root",
+            first.root().display(),
+            first.pid()
+        )),
+        "{}",
+        output.stderr
+    );
+    assert!(!second_socket.exists(), "the refused daemon did not listen");
+    assert!(first.ctr(&["version"]).ok().contains("UUID:"));
+}
+
+#[test]
 fn a_stale_socket_from_a_crash_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     // A socket file nobody listens on, as a killed daemon leaves behind.
