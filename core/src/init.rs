@@ -862,6 +862,7 @@ pub fn init_plugins(
         });
     }
     let extensions = Arc::new(options.extensions);
+    let mut worker = InitWorker::default();
     for &index in graph.order() {
         let entry = &entries[index];
         let uri = &uris[index];
@@ -894,7 +895,7 @@ pub fn init_plugins(
         let started = Instant::now();
         let (result, meta) = match config {
             Err(error) => (Err(InitError::from(error)), Meta::default()),
-            Ok(_) => run_init(ctx, options.watchdog, timeout),
+            Ok(_) => worker.run(ctx, options.watchdog, timeout),
         };
         let init_time = started.elapsed();
         let (status, instance) = match result {
@@ -955,46 +956,85 @@ fn culprit_of(error: &(dyn StdError + 'static)) -> Option<String> {
     None
 }
 
-fn run_init(
-    mut ctx: InitContext,
-    watchdog: Duration,
-    timeout: Option<Duration>,
-) -> (Result<Instance, InitError>, Meta) {
-    let uri = ctx.uri.clone();
-    let (sender, receiver) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name(format!("init {uri}"))
-        .spawn(move || {
+/// The thread that runs init functions, one after another. A thread is started only when
+/// none is idle: at first, and after an init that timed out (its thread is left to finish, or
+/// hang, on its own; what it returns is dropped). Reusing one thread spares a thread start per
+/// plugin, a good part of a small daemon's start-up.
+#[derive(Default)]
+struct InitWorker {
+    idle: Option<std::sync::mpsc::Sender<InitJob>>,
+}
+
+type InitJob = Box<dyn FnOnce() + Send>;
+
+impl InitWorker {
+    fn jobs(&mut self) -> std::io::Result<std::sync::mpsc::Sender<InitJob>> {
+        if let Some(jobs) = self.idle.take() {
+            return Ok(jobs);
+        }
+        let (jobs, queue) = std::sync::mpsc::channel::<InitJob>();
+        std::thread::Builder::new()
+            .name("plugin init".to_string())
+            .spawn(move || {
+                // Ends when the sender is dropped: at the end of init, or after a time-out.
+                for job in queue {
+                    job();
+                }
+            })?;
+        Ok(jobs)
+    }
+
+    /// Runs one init, logging while it is slow and giving up at its time-out.
+    fn run(
+        &mut self,
+        mut ctx: InitContext,
+        watchdog: Duration,
+        timeout: Option<Duration>,
+    ) -> (Result<Instance, InitError>, Meta) {
+        let uri = ctx.uri.clone();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let job: InitJob = Box::new(move || {
             let init = *ctx.registration.init_fn();
             let result = catch_unwind(AssertUnwindSafe(|| init.call(&mut ctx)))
                 .unwrap_or_else(|panic| Err(InitError::from(Panicked(panic_text(&panic)))));
             // The receiver is gone only when the init timed out; its result is dropped.
             let _ = sender.send((result, std::mem::take(&mut ctx.meta)));
         });
-    if let Err(error) = spawned {
-        return (Err(InitError::from(error)), Meta::default());
-    }
-    let started = Instant::now();
-    loop {
-        let remaining = timeout.map(|t| t.saturating_sub(started.elapsed()));
-        let wait = remaining
-            .map_or(watchdog, |r| r.min(watchdog))
-            .max(Duration::from_millis(1));
-        match receiver.recv_timeout(wait) {
-            Ok(done) => return done,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return (
-                    Err(InitError::msg("init thread ended without a result")),
-                    Meta::default(),
-                );
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let elapsed = started.elapsed();
-                if let Some(limit) = timeout.filter(|t| elapsed >= *t) {
-                    tracing::error!(uri = %uri, ?limit, "plugin init timed out");
-                    return (Err(InitError::from(TimedOut(limit))), Meta::default());
+        let jobs = match self.jobs() {
+            Ok(jobs) => jobs,
+            Err(error) => return (Err(InitError::from(error)), Meta::default()),
+        };
+        if jobs.send(job).is_err() {
+            return (
+                Err(InitError::msg("the init thread is gone")),
+                Meta::default(),
+            );
+        }
+        let started = Instant::now();
+        loop {
+            let remaining = timeout.map(|t| t.saturating_sub(started.elapsed()));
+            let wait = remaining
+                .map_or(watchdog, |r| r.min(watchdog))
+                .max(Duration::from_millis(1));
+            match receiver.recv_timeout(wait) {
+                Ok(done) => {
+                    self.idle = Some(jobs);
+                    return done;
                 }
-                tracing::warn!(uri = %uri, ?elapsed, "plugin still initialising");
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return (
+                        Err(InitError::msg("init thread ended without a result")),
+                        Meta::default(),
+                    );
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let elapsed = started.elapsed();
+                    if let Some(limit) = timeout.filter(|t| elapsed >= *t) {
+                        tracing::error!(uri = %uri, ?limit, "plugin init timed out");
+                        return (Err(InitError::from(TimedOut(limit))), Meta::default());
+                    }
+                    tracing::warn!(uri = %uri, ?elapsed, "plugin still initialising");
+                }
             }
         }
     }
