@@ -6,7 +6,7 @@
 //! startup-probe SOCKET PID [TIMEOUT_MS]
 //! ```
 //!
-//! Every millisecond, once SOCKET exists, it connects and calls
+//! Every 250 µs, once SOCKET exists, it connects and calls
 //! `containerd.services.introspection.v1.Introspection/Plugins` (namespace `default`, as `ctr`
 //! sends it). The first reply with at least one plugin ends the wait. It gives up, exit status
 //! 1, when the daemon PID is gone or TIMEOUT_MS (default 20000) has passed. Measuring with
@@ -22,7 +22,7 @@ use plinth_api::containerd::services::introspection::v1::PluginsRequest;
 use plinth_api::containerd::services::introspection::v1::introspection_client::IntrospectionClient;
 use plinthd::client::Client;
 
-const POLL: Duration = Duration::from_millis(1);
+const POLL: Duration = Duration::from_micros(250);
 
 async fn plugins_served(socket: &str) -> anyhow::Result<usize> {
     let client = Client::connect(socket, "default").await?;
