@@ -106,12 +106,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Metadata {
-    /// Opens (or creates) the database at `path`, creating missing tables and checking the
-    /// schema version.
+    /// The metadata over the database at `path`, which its first call opens (or creates),
+    /// creating missing tables and checking the schema version; a failure there (a newer
+    /// schema, say) is that call's error and every later one's.
     ///
     /// # Errors
-    /// The file cannot be opened (e.g. another process holds it), or it was written by a
-    /// newer schema.
+    /// The file exists but cannot be opened, or another process holds it.
     pub fn open(path: &Path) -> Result<Metadata, Error> {
         Metadata::open_with(path, None, BTreeMap::new(), SharingPolicy::Shared)
     }

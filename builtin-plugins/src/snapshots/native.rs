@@ -33,10 +33,11 @@ pub struct NativeSnapshotter {
 }
 
 impl NativeSnapshotter {
-    /// Opens (or creates) a snapshotter whose state lives under `root`.
+    /// A snapshotter whose state lives under `root` (its database is opened by the first
+    /// call that needs it).
     ///
     /// # Errors
-    /// The root cannot be created or its database opened (e.g. another process holds it).
+    /// The root cannot be created, or another process holds its database.
     pub fn open(root: &Path) -> Result<NativeSnapshotter, Error> {
         Ok(NativeSnapshotter {
             store: Arc::new(MetaStore::open(root)?),

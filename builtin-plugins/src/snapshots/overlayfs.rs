@@ -53,11 +53,12 @@ pub struct OverlaySnapshotter {
 }
 
 impl OverlaySnapshotter {
-    /// Opens (or creates) a snapshotter whose state lives under `root`. It does not check
-    /// that overlay works: see [`check_support`] (the plugin's init runs both).
+    /// A snapshotter whose state lives under `root` (its database is opened by the first
+    /// call that needs it). It does not check that overlay works: see [`check_support`] (the
+    /// plugin's init runs both).
     ///
     /// # Errors
-    /// The root cannot be created or its database opened (e.g. another process holds it).
+    /// The root cannot be created, or another process holds its database.
     pub fn open(root: &Path) -> Result<OverlaySnapshotter, Error> {
         let store = MetaStore::open(root)?;
         let mut options = Vec::new();

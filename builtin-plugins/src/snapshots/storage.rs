@@ -250,12 +250,11 @@ pub(crate) struct MetaStore {
 }
 
 impl MetaStore {
-    /// Opens (or creates) the store under `root`: `root` and `root/snapshots` (mode 0700)
-    /// and `root/metadata.db`.
+    /// The store under `root`: creates `root` and `root/snapshots` (mode 0700) now, and
+    /// leaves `root/metadata.db` to the first call that needs it (see `redb_store`).
     ///
     /// # Errors
-    /// The directories cannot be created, the database cannot be opened (another process
-    /// holds it), or it was written by a newer schema.
+    /// The directories cannot be created, or another process holds the database.
     pub(crate) fn open(root: &Path) -> Result<MetaStore, Error> {
         use std::os::unix::fs::DirBuilderExt;
         let snapshots_dir = root.join(SNAPSHOTS_DIR);
