@@ -2,8 +2,9 @@
 # Start-up time to the first served `plugins ls`, and idle RSS, for plinthd vs containerd,
 # side by side in one invocation.
 #
-# Each round starts each daemon in turn (plinthd, containerd with its default plugin set,
-# containerd with its plugin set reduced to plinthd's) three times:
+# Each round starts each daemon in turn (plinthd as `cargo build --release` makes it; plinthd
+# as shipped statically linked: `dist` profile, `+crt-static`, non-PIE; containerd with its
+# default plugin set; containerd with its plugin set reduced to plinthd's) three times:
 #   first    fresh temp root, state and socket; timed by startup-probe (below); then one
 #            snapshot prepared and removed on each snapshotter and a namespace listed, so
 #            that every database exists (plinthd creates one on its first use); stopped.
@@ -20,8 +21,8 @@
 #
 # Environment: RUNS (measured rounds, default 15), WARMUP (unmeasured rounds first, to get
 # the binaries into the page cache, default 1), CONTAINERD (default /usr/bin/containerd),
-# CTR (default /usr/bin/ctr), SKIP_BUILD=1 to use the existing target/release/plinthd and
-# target/release/examples/startup-probe.
+# CTR (default /usr/bin/ctr), SKIP_BUILD=1 to use the binaries already built (release
+# plinthd and startup-probe in target/release, the static one in target/static-dist).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -32,10 +33,12 @@ WARMUP=${WARMUP:-1}
 CONTAINERD=${CONTAINERD:-/usr/bin/containerd}
 CTR=${CTR:-/usr/bin/ctr}
 PLINTHD=$repo/target/release/plinthd
+host=$(rustc -vV | sed -n 's/^host: //p')
+PLINTHD_STATIC=$repo/target/static-dist/$host/dist/plinthd
 PROBE=$repo/target/release/examples/startup-probe
 POLL_TIMEOUT_MS=20000
 
-daemons=(plinthd containerd-default containerd-reduced)
+daemons=(plinthd plinthd-static containerd-default containerd-reduced)
 
 die() {
     echo "bench-startup: $*" >&2
@@ -49,8 +52,13 @@ done
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     echo "building plinthd and startup-probe (release)..." >&2
     cargo build --release -p plinthd --bin plinthd --example startup-probe >&2
+    echo "building the static plinthd (dist profile)..." >&2
+    RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
+        cargo build --profile dist -p plinthd --bin plinthd --target "$host" \
+        --target-dir "$repo/target/static-dist" >&2
 fi
 [[ -x $PLINTHD ]] || die "$PLINTHD not built"
+[[ -x $PLINTHD_STATIC ]] || die "$PLINTHD_STATIC not built (run without SKIP_BUILD=1)"
 [[ -x $PROBE ]] || die "$PROBE not built (cargo build --release -p plinthd --example startup-probe)"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/bench-startup.XXXXXX")
@@ -111,7 +119,7 @@ containerd_extra_plugins=(
 write_config() {
     local daemon=$1 dir=$2 sock=$3 cfg=$2/config.toml
     case $daemon in
-        plinthd)
+        plinthd*)
             # Just the version: embedded defaults, and no user config file is read.
             echo 'version = 3' >"$cfg"
             ;;
@@ -146,6 +154,10 @@ start_daemon() {
         plinthd)
             "$PLINTHD" -c "$cfg" --root "$dir/root" --state "$dir/state" --address "$sock" \
                 >"$dir/log" 2>&1 &
+            ;;
+        plinthd-static)
+            "$PLINTHD_STATIC" -c "$cfg" --root "$dir/root" --state "$dir/state" \
+                --address "$sock" >"$dir/log" 2>&1 &
             ;;
         containerd-*)
             "$CONTAINERD" --config "$cfg" --root "$dir/root" --state "$dir/state" \
@@ -294,7 +306,8 @@ echo
 echo "Start-up to the first served \`plugins ls\` (ms) and idle RSS ~1 s later;"
 echo "$RUNS rounds (after $WARMUP warm-up round(s)), daemons alternating, in $(ms $((finished - started))) ms."
 echo "$(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "plinthd: $PLINTHD; containerd: $("$CONTAINERD" --version)"
+echo "plinthd: $PLINTHD; plinthd-static: $PLINTHD_STATIC ($(stat -c %s "$PLINTHD_STATIC") bytes)"
+echo "containerd: $("$CONTAINERD" --version)"
 echo
 echo "| daemon | plugins ok | first start | restart | first start via \`ctr\` | warm \`ctr plugins ls\` | idle RSS |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
@@ -306,16 +319,18 @@ for daemon in "${daemons[@]}"; do
         "$(median "$work/$daemon.rss")"
 done
 echo
-echo "plinthd / containerd (medians):"
+echo "Ratios of medians:"
 echo
-echo "| against | first start | restart | first start via \`ctr\` | idle RSS |"
+echo "| | first start | restart | first start via \`ctr\` | idle RSS |"
 echo "|---|---:|---:|---:|---:|"
-for daemon in "${daemons[@]:1}"; do
-    row="| $daemon"
-    for figure in first restart ctr rss; do
-        row+=" | $(ratio "$(median "$work/plinthd.$figure")" "$(median "$work/$daemon.$figure")")"
+for ours in plinthd plinthd-static; do
+    for theirs in containerd-default containerd-reduced; do
+        row="| $ours / $theirs"
+        for figure in first restart ctr rss; do
+            row+=" | $(ratio "$(median "$work/$ours.$figure")" "$(median "$work/$theirs.$figure")")"
+        done
+        echo "$row |"
     done
-    echo "$row |"
 done
 
 for daemon in "${daemons[@]}"; do
