@@ -16,7 +16,7 @@
 #            process start-up in every figure.
 # Start-up = the moment the first `plugins ls` reply arrived minus the moment just before the
 # daemon was started (both wall-clock ns). startup-probe (daemon/examples/startup-probe.rs)
-# polls every 1 ms with an in-process gRPC client, so the figure is the daemon's own.
+# polls every 250 µs with an in-process gRPC client, so the figure is the daemon's own.
 # Stopping is SIGTERM then waiting for the exit (status 0 required); dirs are then removed.
 #
 # Environment: RUNS (measured rounds, default 15), WARMUP (unmeasured rounds first, to get
@@ -153,15 +153,15 @@ start_daemon() {
     case $daemon in
         plinthd)
             "$PLINTHD" -c "$cfg" --root "$dir/root" --state "$dir/state" --address "$sock" \
-                >"$dir/log" 2>&1 &
+                >>"$dir/log" 2>&1 &
             ;;
         plinthd-static)
             "$PLINTHD_STATIC" -c "$cfg" --root "$dir/root" --state "$dir/state" \
-                --address "$sock" >"$dir/log" 2>&1 &
+                --address "$sock" >>"$dir/log" 2>&1 &
             ;;
         containerd-*)
             "$CONTAINERD" --config "$cfg" --root "$dir/root" --state "$dir/state" \
-                --address "$sock" >"$dir/log" 2>&1 &
+                --address "$sock" >>"$dir/log" 2>&1 &
             ;;
     esac
     daemon_pid=$!
@@ -255,7 +255,8 @@ one_run() {
     c1=$(now_ns)
     stop_daemon "$daemon" "$dir" "$round"
     if ((measured)) && [[ ! -e $work/$daemon.plugins ]]; then
-        # Keep the first measured run's plugin list and log lines above info.
+        # Keep the first measured round's plugin list and the log lines above info of its
+        # first start and restart (start_daemon appends to one log).
         cp "$dir/plugins" "$work/$daemon.plugins"
         grep -E 'level=(warning|error|fatal|panic)|^[^ ]+ +(WARN|ERROR) |panicked' "$dir/log" \
             >"$work/$daemon.problems" || true

@@ -1,17 +1,22 @@
 //! Opening a redb database the way every storage plugin here does: create or open it, refuse
 //! one written by a newer schema, record the schema version of a new one.
 //!
-//! A database is opened, or created, by its first use, not by the plugin's init: creating one
-//! costs 5–10 ms of CPU (redb lays out its allocator state and fsyncs it) and opening one 1–2
-//! ms (it reads that state back and fsyncs a header), and three of them were most of a
-//! daemon's start-up — while a plugin that is never used (a second snapshotter, say) never
-//! needs its file. What init still checks is the one thing a start-up must refuse: a file
-//! that another process holds (a second daemon on the same root). Anything else the open
-//! finds (a schema newer than this build's, a file redb cannot read) is that use's error,
-//! every later use's, and the plugin's live status, so `plugins ls` shows it.
+//! A database file that does not exist yet is created by its first use, not by the plugin's
+//! init: creating one costs 5–10 ms of CPU (redb lays out its allocator state and fsyncs it),
+//! and three of them were most of a daemon's first start — while a plugin that is never used
+//! (a second snapshotter, say) never needs its file. A file that exists is opened right after
+//! init on a thread of its own (1–2 ms each, off the start-up path), so what it holds (a schema
+//! newer than this build's, data redb cannot read) shows in `plugins ls` as the plugin's
+//! live status within milliseconds of start-up, not at the first call. Init itself refuses a
+//! file another process holds.
+//!
+//! A failed open is not remembered as final: the next use tries again (a full disk or a
+//! holder that went away can recover), and the live status shows the last failure until an
+//! open succeeds.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
 
 use redb::{Database, ReadTransaction, ReadableTable as _, TableDefinition, WriteTransaction};
 
@@ -37,23 +42,34 @@ fn open_versioned(
     schema_version: u64,
     create_tables: fn(&WriteTransaction) -> Result<(), Error>,
 ) -> Result<Database, Error> {
-    let db = Database::create(path)
-        .map_err(|e| Error::unavailable(format!("opening {}: {e}", path.display())))?;
-    let mut txn = db.begin_write().map_err(storage)?;
+    let db = Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::unavailable(format!(
+            "{} is in use by another process (another plinthd on the same root?): stop it, or give this one its own --root",
+            path.display()
+        )),
+        e => Error::unavailable(format!("opening {}: {e}", path.display())),
+    })?;
+    let at = |e: Error| Error {
+        message: format!("{}: {}", path.display(), e.message),
+        ..e
+    };
+    let mut txn = db.begin_write().map_err(storage).map_err(at)?;
     // Creating tables and recording the version need no fsync of their own: if the process
     // dies before the next durable commit, the next start does this again. This keeps an
     // fsync off every plugin's start-up.
     txn.set_durability(redb::Durability::None);
     {
-        let mut meta = txn.open_table(META).map_err(storage)?;
+        let mut meta = txn.open_table(META).map_err(storage).map_err(at)?;
         let found = meta
             .get("schema_version")
-            .map_err(storage)?
+            .map_err(storage)
+            .map_err(at)?
             .map(|v| v.value());
         match found {
             None => {
                 meta.insert("schema_version", schema_version)
-                    .map_err(storage)?;
+                    .map_err(storage)
+                    .map_err(at)?;
             }
             Some(version) if version > schema_version => {
                 return Err(Error::failed_precondition(format!(
@@ -64,94 +80,165 @@ fn open_versioned(
             Some(_) => {}
         }
     }
-    create_tables(&txn)?;
-    txn.commit().map_err(storage)?;
+    create_tables(&txn).map_err(at)?;
+    txn.commit().map_err(storage).map_err(at)?;
     Ok(db)
 }
 
-/// A redb database, open, or created by its first use (see the module docs).
+/// A redb database: open, being opened, or to be created by its first use (see the module
+/// docs).
 pub(crate) struct Db {
+    inner: Arc<Inner>,
+    /// The thread opening an existing file right after init; joined on drop, so a daemon
+    /// that stops at once never leaves a half-opened file behind.
+    opening: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Inner {
     path: PathBuf,
     schema_version: u64,
     create_tables: fn(&WriteTransaction) -> Result<(), Error>,
-    ready: OnceLock<Result<Database, Error>>,
+    ready: OnceLock<Database>,
+    /// Held while opening, so that one caller opens and the others wait for it.
+    opening: Mutex<()>,
+    /// The last open's error, until an open succeeds.
+    last_error: Mutex<Option<Error>>,
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db")
-            .field("path", &self.path)
-            .field("open", &self.ready.get().is_some())
+            .field("path", &self.inner.path)
+            .field("open", &self.inner.ready.get().is_some())
             .finish()
     }
 }
 
 impl Db {
-    /// The database at `path`, to be opened (or created) by its first use, when
-    /// `create_tables` opens every table once, in the transaction that checks the schema
-    /// version (see [`open_versioned`]).
+    /// The database at `path`: an existing file starts opening on a thread of its own now, a
+    /// missing one is created by the first use. Either way `create_tables` opens every table
+    /// once, in the transaction that checks the schema version (see [`open_versioned`]).
     ///
     /// # Errors
-    /// The file exists but cannot be opened, or another process holds it.
+    /// The file exists but cannot be read, or another process holds it.
     pub(crate) fn open(
         path: &Path,
         schema_version: u64,
         create_tables: fn(&WriteTransaction) -> Result<(), Error>,
     ) -> Result<Db, Error> {
-        let db = Db {
+        let exists = check_not_held(path)?;
+        let inner = Arc::new(Inner {
             path: path.to_path_buf(),
             schema_version,
             create_tables,
             ready: OnceLock::new(),
-        };
-        check_not_held(path)?;
-        Ok(db)
-    }
-
-    /// The database; the first call opens it (concurrent first calls wait for that one).
-    fn get(&self) -> Result<&Database, Error> {
-        self.ready
-            .get_or_init(|| {
-                tracing::debug!(path = %self.path.display(), "opening database on first use");
-                open_versioned(&self.path, self.schema_version, self.create_tables)
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+            opening: Mutex::new(()),
+            last_error: Mutex::new(None),
+        });
+        let mut opening = None;
+        if exists {
+            let early = Arc::clone(&inner);
+            let spawned = std::thread::Builder::new()
+                .name("plinth-db-open".to_string())
+                .spawn(move || {
+                    if let Err(error) = early.get() {
+                        tracing::error!(%error, "database unusable");
+                    }
+                });
+            match spawned {
+                Ok(handle) => opening = Some(handle),
+                // Not fatal: the first use opens it instead.
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "no thread to open the database early")
+                }
+            }
+        }
+        Ok(Db {
+            inner,
+            opening: Mutex::new(opening),
+        })
     }
 
     /// A read transaction.
     ///
     /// # Errors
-    /// The database could not be created, or redb refused.
+    /// The database could not be opened, or redb refused.
     pub(crate) fn begin_read(&self) -> Result<ReadTransaction, Error> {
-        self.get()?.begin_read().map_err(storage)
+        self.inner.get()?.begin_read().map_err(storage)
     }
 
     /// A write transaction (durable on commit).
     ///
     /// # Errors
-    /// The database could not be created, or redb refused.
+    /// The database could not be opened, or redb refused.
     pub(crate) fn begin_write(&self) -> Result<WriteTransaction, Error> {
-        self.get()?.begin_write().map_err(storage)
+        self.inner.get()?.begin_write().map_err(storage)
     }
 
-    /// Why the database cannot be used, without opening it: `None` while it is open or not
-    /// opened yet, the open's error once one failed.
+    /// Why the database cannot be used, without opening it: the last open's error until an
+    /// open succeeds; `None` while it is open, being opened or not needed yet.
     pub(crate) fn failure(&self) -> Option<String> {
-        match self.ready.get() {
-            Some(Err(error)) => Some(error.message.clone()),
-            _ => None,
+        self.inner
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|e| e.message.clone())
+    }
+}
+
+impl Inner {
+    /// The database; opens (or creates) it if no open has succeeded yet. One caller opens,
+    /// concurrent ones wait for it; a failure is returned and recorded, and the next call
+    /// tries again.
+    fn get(&self) -> Result<&Database, Error> {
+        if let Some(db) = self.ready.get() {
+            return Ok(db);
+        }
+        let _opening = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = self.ready.get() {
+            return Ok(db);
+        }
+        tracing::debug!(path = %self.path.display(), "opening database");
+        let opened = open_versioned(&self.path, self.schema_version, self.create_tables);
+        let mut last_error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match opened {
+            Ok(db) => {
+                *last_error = None;
+                Ok(self.ready.get_or_init(|| db))
+            }
+            Err(error) => {
+                *last_error = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let opening = self
+            .opening
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = opening {
+            let _ = handle.join();
         }
     }
 }
 
 /// Refuses a database file that another process holds: redb takes an exclusive `flock` on
 /// the file while it is open, so a lock that cannot be taken now means another daemon uses
-/// the same root. The probe lets go of the lock at once (closing the file drops it).
-fn check_not_held(path: &Path) -> Result<(), Error> {
+/// the same root. The probe lets go of the lock at once (closing the file drops it). Returns
+/// whether the file exists with content.
+fn check_not_held(path: &Path) -> Result<bool, Error> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => {
             return Err(Error::unavailable(format!(
                 "opening {}: {e}",
@@ -160,7 +247,7 @@ fn check_not_held(path: &Path) -> Result<(), Error> {
         }
     };
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(file.metadata().is_ok_and(|m| m.len() > 0)),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::unavailable(format!(
             "{} is in use by another process (another plinthd on the same root?): stop it, or give this one its own --root",
             path.display()
@@ -202,72 +289,86 @@ mod tests {
         table.get(key).unwrap().map(|v| v.value())
     }
 
+    /// Waits for the thread that opens an existing file early.
+    fn opened_early(db: &Db) -> bool {
+        let handle = db.opening.lock().unwrap().take();
+        handle.map(|h| h.join().unwrap()).is_some()
+    }
+
     #[test]
-    fn a_database_is_opened_or_created_by_its_first_use() {
+    fn a_new_file_is_created_by_its_first_use_an_existing_one_opened_early() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         let db = Db::open(&path, 1, tables).unwrap();
+        assert!(!opened_early(&db), "no file, nothing to open early");
         assert!(!path.exists(), "nothing created before the first use");
         assert_eq!(db.failure(), None, "not created is not a failure");
         write(&db, "k", 7);
         assert!(path.exists());
         drop(db);
         let db = Db::open(&path, 1, tables).unwrap();
-        assert!(
-            db.ready.get().is_none(),
-            "an existing file waits for its first use too"
-        );
+        assert!(opened_early(&db));
+        assert!(db.inner.ready.get().is_some(), "open before any use");
         assert_eq!(read(&db, "k"), Some(7));
     }
 
     #[test]
-    fn a_held_file_fails_open_and_a_newer_schema_fails_the_first_use() {
+    fn a_held_file_fails_open_and_a_newer_schema_is_the_live_status_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
         let first = Db::open(&path, 2, tables).unwrap();
         write(&first, "k", 1);
         let held = Db::open(&path, 2, tables).unwrap_err();
         assert_eq!(held.category, plinth_core::Category::Unavailable, "{held}");
-        assert!(
-            held.message.contains(&path.display().to_string())
-                && held.message.contains("in use by another process"),
-            "{held}"
+        assert_eq!(
+            held.message,
+            format!(
+                "{} is in use by another process (another plinthd on the same root?): stop it, or give this one its own --root",
+                path.display()
+            )
         );
         drop(first);
         let older = Db::open(&path, 1, tables).expect("not held any more");
-        let newer = older.begin_read().unwrap_err();
-        assert!(
-            newer
-                .message
-                .contains("newer than this build's 1: use a newer plinthd"),
-            "{newer}"
+        assert!(opened_early(&older));
+        let expected = format!(
+            "{} has schema version 2, newer than this build's 1: use a newer plinthd",
+            path.display()
         );
         assert_eq!(
             db_failure(&older),
-            Some(format!("database unusable: {}", newer.message)),
-            "the plugin's live status says so"
+            Some(format!("database unusable: {expected}")),
+            "the plugin's live status says so before any use"
         );
+        let error = older.begin_read().unwrap_err();
+        assert_eq!(error.message, expected, "and so does every use");
     }
 
     #[test]
-    fn a_failed_open_is_every_use_s_error_and_the_live_status() {
+    fn a_failed_open_is_every_use_s_error_and_the_live_status_until_one_succeeds() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("missing-dir/x.db");
+        let parent = dir.path().join("missing-dir");
+        let path = parent.join("x.db");
         let db = Db::open(&path, 1, tables).unwrap();
         assert_eq!(db_failure(&db), None, "nothing tried yet");
         let error = db.begin_read().unwrap_err();
         assert!(
             error
                 .message
-                .contains(&format!("opening {}", path.display())),
+                .starts_with(&format!("opening {}: ", path.display())),
             "{error}"
         );
         assert_eq!(
             db.begin_write().err(),
-            Some(error),
-            "the same error every time"
+            Some(error.clone()),
+            "tried again, same error"
         );
-        let live = db_failure(&db).expect("a failure to report");
-        assert!(live.starts_with("database unusable: opening "), "{live}");
+        assert_eq!(
+            db_failure(&db),
+            Some(format!("database unusable: {}", error.message))
+        );
+        std::fs::create_dir(&parent).unwrap();
+        write(&db, "k", 1);
+        assert_eq!(db_failure(&db), None, "recovered once an open succeeded");
+        assert_eq!(read(&db, "k"), Some(1));
     }
 }

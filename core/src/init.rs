@@ -529,13 +529,9 @@ impl Set {
     /// itself (introspection lists the plugins): without it, that cycle would keep every
     /// instance alive until the process exits, and nothing would ever be dropped.
     pub fn close(&self) -> Vec<(String, BoxError)> {
-        let plugins = {
-            let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-            inner.by_type.clear();
-            std::mem::take(&mut inner.plugins)
-        };
         let mut failures = Vec::new();
-        for plugin in plugins.into_iter().rev() {
+        // Last first, one at a time: a close hook still finds the plugins before its own.
+        while let Some(plugin) = self.pop() {
             if let Some(close) = plugin.instance.as_ref().and_then(Instance::take_close) {
                 tracing::debug!(uri = plugin.uri(), "closing plugin");
                 match catch_unwind(AssertUnwindSafe(close)) {
@@ -556,6 +552,17 @@ impl Set {
             }
         }
         failures
+    }
+
+    /// Takes the last plugin out of the set.
+    fn pop(&self) -> Option<Arc<Plugin>> {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let plugin = inner.plugins.pop()?;
+        let index = inner.plugins.len();
+        if let Some(indices) = inner.by_type.get_mut(plugin.plugin_type()) {
+            indices.retain(|&i| i != index);
+        }
+        Some(plugin)
     }
 }
 
@@ -817,8 +824,10 @@ struct DefaultConfig(String);
 
 /// Initialises every enabled plugin of `registry` in `graph` order.
 ///
-/// Each init runs on its own thread so that a hang can be reported (after
-/// `options.watchdog`) or cut off (after its time-out), and a panic becomes a failure.
+/// Each init runs off the caller's thread (one init thread serves them all, in turn) so that
+/// a hang can be reported (after `options.watchdog`) or cut off (after its time-out: the
+/// hung thread is left behind and the next init gets a new one), and a panic becomes a
+/// failure. Thread-local state set by one init is seen by the next.
 /// Disabled plugins are added to the set first, with status disabled.
 ///
 /// # Errors
@@ -994,6 +1003,8 @@ impl InitWorker {
         let uri = ctx.uri.clone();
         let (sender, receiver) = std::sync::mpsc::channel();
         let job: InitJob = Box::new(move || {
+            // The thread is shared; the span says whose init is running (e.g. in a panic's log).
+            let _span = tracing::info_span!("init", uri = %ctx.uri).entered();
             let init = *ctx.registration.init_fn();
             let result = catch_unwind(AssertUnwindSafe(|| init.call(&mut ctx)))
                 .unwrap_or_else(|panic| Err(InitError::from(Panicked(panic_text(&panic)))));

@@ -24,12 +24,18 @@ use plinthd::client::Client;
 
 const POLL: Duration = Duration::from_micros(250);
 
-async fn plugins_served(socket: &str) -> anyhow::Result<usize> {
-    let client = Client::connect(socket, "default").await?;
-    let reply = IntrospectionClient::new(client.channel())
-        .plugins(client.request(PluginsRequest::default())?)
-        .await?;
-    Ok(reply.into_inner().plugins.len())
+async fn plugins_served(socket: &str, deadline: Instant) -> anyhow::Result<usize> {
+    let call = async {
+        let client = Client::connect(socket, "default").await?;
+        let reply = IntrospectionClient::new(client.channel())
+            .plugins(client.request(PluginsRequest::default())?)
+            .await?;
+        anyhow::Ok(reply.into_inner().plugins.len())
+    };
+    // A daemon that accepts but never replies must not hang the benchmark.
+    tokio::time::timeout_at(deadline.into(), call)
+        .await
+        .context("no reply before the time-out")?
 }
 
 /// Whether the process is still running: its `/proc` entry exists and it is not a zombie
@@ -63,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     let mut last_error = String::from("the socket never appeared");
     loop {
         if Path::new(socket).exists() {
-            match runtime.block_on(plugins_served(socket)) {
+            match runtime.block_on(plugins_served(socket, deadline)) {
                 Ok(n) if n > 0 => break,
                 Ok(_) => last_error = "the reply listed no plugins".to_string(),
                 Err(e) => last_error = format!("{e:#}"),

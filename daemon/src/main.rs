@@ -91,10 +91,5 @@ fn run(options: &Options) -> anyhow::Result<()> {
     let prepared = plinthd::setup::prepare(options)?;
     let debug = &prepared.config.config.debug;
     plinthd::logging::init(&debug.level, &debug.format)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("plinthd")
-        .build()
-        .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?;
-    runtime.block_on(plinthd::server::run(prepared))
+    plinthd::server::serve(prepared)
 }

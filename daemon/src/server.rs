@@ -157,7 +157,29 @@ impl StopSignals {
     }
 }
 
-/// Runs the daemon until a stop signal.
+/// Runs the daemon until a stop signal, with everything around [`run`]: refuses a live
+/// socket and takes the root's lock before anything is created, starts the async runtime,
+/// and lets go of the root only once the runtime (and every blocking task still touching the
+/// root) has shut down.
+///
+/// # Errors
+/// As [`run`]; also when the root is taken or the runtime cannot start.
+pub fn serve(prepared: Prepared) -> anyhow::Result<()> {
+    let socket = socket_path(&prepared.config.config.grpc.address);
+    claim_socket(&socket)?;
+    // Declared before the runtime, so dropped after it.
+    let _root_lock = lock_root(&prepared.config.config.root)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("plinthd")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(prepared))
+}
+
+/// Runs the daemon until a stop signal. The caller holds the root's lock ([`lock_root`])
+/// across this and the runtime's shutdown, so that the next daemon on the root starts only
+/// once nothing here touches it any more.
 ///
 /// # Errors
 /// The socket is taken, a required plugin failed, or the server could not start.
@@ -174,7 +196,6 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
     let socket = socket_path(&config.config.grpc.address);
     // Refuse before creating anything, so a second daemon leaves the first one alone.
     claim_socket(&socket)?;
-    let _root_lock = lock_root(&config.config.root)?;
     for dir in [&config.config.root, &config.config.state] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -265,7 +286,9 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         .layer(crate::namespace_check::NamespaceCheckLayer)
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
-    tokio::pin!(server);
+    // Boxed rather than pinned on the stack, so that it can be dropped before the plugins
+    // close: its routes hold the services, which hold the stores.
+    let mut server = Box::pin(server);
     let served = tokio::select! {
         result = &mut server => result,
         _ = async {
@@ -279,6 +302,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
     let _ = crate::notify::notify("STOPPING=1");
     #[cfg(feature = "proxy")]
     proxy_targets.wait().await;
+    drop(server);
     let closing = Arc::new(plugins);
     for (uri, error) in tokio::task::spawn_blocking(move || closing.close())
         .await

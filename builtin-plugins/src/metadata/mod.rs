@@ -106,9 +106,10 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Metadata {
-    /// The metadata over the database at `path`, which its first call opens (or creates),
-    /// creating missing tables and checking the schema version; a failure there (a newer
-    /// schema, say) is that call's error and every later one's.
+    /// The metadata over the database at `path`: an existing file opens on a thread of its
+    /// own, a missing one is created by the first call (creating missing tables and checking
+    /// the schema version either way); a failed open (a newer schema, say) is every call's
+    /// error until an open succeeds.
     ///
     /// # Errors
     /// The file exists but cannot be opened, or another process holds it.
@@ -116,7 +117,7 @@ impl Metadata {
         Metadata::open_with(path, None, BTreeMap::new(), SharingPolicy::Shared)
     }
 
-    /// Opens the database over a content store and snapshotters (by name).
+    /// As [`Metadata::open`], over a content store and snapshotters (by name).
     ///
     /// # Errors
     /// As [`Metadata::open`].

@@ -33,8 +33,8 @@ pub struct NativeSnapshotter {
 }
 
 impl NativeSnapshotter {
-    /// A snapshotter whose state lives under `root` (its database is opened by the first
-    /// call that needs it).
+    /// A snapshotter whose state lives under `root` (its database opens off the caller's
+    /// thread, see `redb_store`).
     ///
     /// # Errors
     /// The root cannot be created, or another process holds its database.

@@ -53,8 +53,8 @@ pub struct OverlaySnapshotter {
 }
 
 impl OverlaySnapshotter {
-    /// A snapshotter whose state lives under `root` (its database is opened by the first
-    /// call that needs it). It does not check that overlay works: see [`check_support`] (the
+    /// A snapshotter whose state lives under `root` (its database opens off the caller's
+    /// thread, see `redb_store`). It does not check that overlay works: see [`check_support`] (the
     /// plugin's init runs both).
     ///
     /// # Errors
@@ -473,21 +473,11 @@ impl Snapshotter for OverlaySnapshotter {
     }
 }
 
-/// What init does: the support check (a skip with the reason when it fails) and the open. The
-/// check mounts and unmounts, and opening an existing database reads its allocator state;
-/// neither needs the other, so they run side by side.
+/// What init does: the support check (a skip with the reason when it fails), then open.
 fn open_checked(root: &Path) -> Result<OverlaySnapshotter, InitError> {
-    std::thread::scope(|scope| {
-        let check = scope.spawn(|| check_support(root));
-        let opened = OverlaySnapshotter::open(root);
-        let checked = check
-            .join()
-            .unwrap_or_else(|_| Err("the support check panicked".to_string()));
-        checked.map_err(|reason| {
-            InitError::skip(format!("overlay is not supported here: {reason}"))
-        })?;
-        Ok(opened?)
-    })
+    check_support(root)
+        .map_err(|reason| InitError::skip(format!("overlay is not supported here: {reason}")))?;
+    Ok(OverlaySnapshotter::open(root)?)
 }
 
 impl LiveStatus for OverlaySnapshotter {

@@ -250,8 +250,9 @@ pub(crate) struct MetaStore {
 }
 
 impl MetaStore {
-    /// The store under `root`: creates `root` and `root/snapshots` (mode 0700) now, and
-    /// leaves `root/metadata.db` to the first call that needs it (see `redb_store`).
+    /// The store under `root`: creates `root` and `root/snapshots` (mode 0700) now;
+    /// `root/metadata.db` opens on a thread of its own if it exists, else on first use (see
+    /// `redb_store`).
     ///
     /// # Errors
     /// The directories cannot be created, or another process holds the database.

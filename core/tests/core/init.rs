@@ -311,8 +311,10 @@ fn init_timeout_fails_the_plugin_without_hanging_startup() {
         timeouts: [("slow.sleep-a".to_string(), Duration::from_millis(100))].into(),
         ..InitOptions::default()
     };
+    // fast comes after slow (it requires its type), so it runs on a new init thread while
+    // slow's is still asleep.
     let set = run(
-        vec![reg("slow", "sleep-a", &[]), reg("fast", "ok-b", &[])],
+        vec![reg("slow", "sleep-a", &[]), reg("fast", "ok-b", &["slow"])],
         options,
     )
     .unwrap();

@@ -50,10 +50,7 @@ fn main() -> ExitCode {
             &prepared.config.config.debug.level,
             &prepared.config.config.debug.format,
         )?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(plinthd::server::run(prepared))?;
+        plinthd::server::serve(prepared)?;
         Ok(())
     };
     match run() {
