@@ -1,4 +1,5 @@
-//! Live status: what a plugin that initialised ok can say about itself later, while it runs.
+//! Live status: what a plugin that initialised ok can say about itself later, while it runs;
+//! and [`AfterStart`], the work it leaves until the daemon serves.
 //!
 //! A plugin's [`Meta`](plinth_core::Meta) and [`Status`](plinth_core::Status) are fixed when
 //! its init returns. Some plugins depend on things that come and go after that: a proxy
@@ -19,4 +20,13 @@ pub trait LiveStatus: Send + Sync {
 
     /// Why the plugin cannot serve right now, or `None` when it can.
     fn unavailable(&self) -> Option<String>;
+}
+
+/// Work a plugin leaves until the daemon serves, so that it is off the start-up path: the
+/// daemon calls [`AfterStart::after_start`] on every ok plugin with this view once it
+/// listens. It must not block (start a thread or a task); without a daemon to call it (an
+/// embedder, a test), the work happens when it is first needed instead.
+pub trait AfterStart: Send + Sync {
+    /// Starts the deferred work.
+    fn after_start(&self);
 }

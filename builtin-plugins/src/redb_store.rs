@@ -4,11 +4,12 @@
 //! A database file that does not exist yet is created by its first use, not by the plugin's
 //! init: creating one costs 5–10 ms of CPU (redb lays out its allocator state and fsyncs it),
 //! and three of them were most of a daemon's first start — while a plugin that is never used
-//! (a second snapshotter, say) never needs its file. A file that exists is opened right after
-//! init on a thread of its own (1–2 ms each, off the start-up path), so what it holds (a schema
-//! newer than this build's, data redb cannot read) shows in `plugins ls` as the plugin's
-//! live status within milliseconds of start-up, not at the first call. Init itself refuses a
-//! file another process holds.
+//! (a second snapshotter, say) never needs its file. A file that exists is opened on a thread
+//! of its own once the daemon serves ([`Db::open_in_background`], from the plugin's
+//! [`AfterStart`](crate::live::AfterStart) view; 1–2 ms each, off the start-up path), so what
+//! it holds (a schema newer than this build's, data redb cannot read) shows in `plugins ls`
+//! as the plugin's live status within milliseconds, not at the first call. Init itself
+//! refuses a file another process holds.
 //!
 //! A failed open is not remembered as final: the next use tries again (a full disk or a
 //! holder that went away can recover), and the live status shows the last failure until an
@@ -89,7 +90,9 @@ fn open_versioned(
 /// docs).
 pub(crate) struct Db {
     inner: Arc<Inner>,
-    /// The thread opening an existing file right after init; joined on drop, so a daemon
+    /// Whether the file existed (with content) at init.
+    existed: bool,
+    /// The thread opening an existing file in the background; joined on drop, so a daemon
     /// that stops at once never leaves a half-opened file behind.
     opening: Mutex<Option<JoinHandle<()>>>,
 }
@@ -115,9 +118,10 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// The database at `path`: an existing file starts opening on a thread of its own now, a
-    /// missing one is created by the first use. Either way `create_tables` opens every table
-    /// once, in the transaction that checks the schema version (see [`open_versioned`]).
+    /// The database at `path`, opened by [`Db::open_in_background`] or by the first use,
+    /// whichever comes first (a missing file is created by the first use). Either way
+    /// `create_tables` opens every table once, in the transaction that checks the schema
+    /// version (see [`open_versioned`]).
     ///
     /// # Errors
     /// The file exists but cannot be read, or another process holds it.
@@ -126,37 +130,46 @@ impl Db {
         schema_version: u64,
         create_tables: fn(&WriteTransaction) -> Result<(), Error>,
     ) -> Result<Db, Error> {
-        let exists = check_not_held(path)?;
-        let inner = Arc::new(Inner {
-            path: path.to_path_buf(),
-            schema_version,
-            create_tables,
-            ready: OnceLock::new(),
-            opening: Mutex::new(()),
-            last_error: Mutex::new(None),
-        });
-        let mut opening = None;
-        if exists {
-            let early = Arc::clone(&inner);
-            let spawned = std::thread::Builder::new()
-                .name("plinth-db-open".to_string())
-                .spawn(move || {
-                    if let Err(error) = early.get() {
-                        tracing::error!(%error, "database unusable");
-                    }
-                });
-            match spawned {
-                Ok(handle) => opening = Some(handle),
-                // Not fatal: the first use opens it instead.
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "no thread to open the database early")
+        let existed = check_not_held(path)?;
+        Ok(Db {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                schema_version,
+                create_tables,
+                ready: OnceLock::new(),
+                opening: Mutex::new(()),
+                last_error: Mutex::new(None),
+            }),
+            existed,
+            opening: Mutex::new(None),
+        })
+    }
+
+    /// Starts opening a file that existed at init on a thread of its own, once; does nothing
+    /// for a missing file (creating it is left to the first use) or an open database.
+    pub(crate) fn open_in_background(&self) {
+        if !self.existed || self.inner.ready.get().is_some() {
+            return;
+        }
+        let mut opening = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
+        if opening.is_some() {
+            return;
+        }
+        let inner = Arc::clone(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("plinth-db-open".to_string())
+            .spawn(move || {
+                if let Err(error) = inner.get() {
+                    tracing::error!(%error, "database unusable");
                 }
+            });
+        match spawned {
+            Ok(handle) => *opening = Some(handle),
+            // Not fatal: the first use opens it instead.
+            Err(e) => {
+                tracing::warn!(path = %self.inner.path.display(), error = %e, "no thread to open the database in the background")
             }
         }
-        Ok(Db {
-            inner,
-            opening: Mutex::new(opening),
-        })
     }
 
     /// A read transaction.
@@ -289,8 +302,9 @@ mod tests {
         table.get(key).unwrap().map(|v| v.value())
     }
 
-    /// Waits for the thread that opens an existing file early.
+    /// Opens in the background and waits for it; whether a thread was started.
     fn opened_early(db: &Db) -> bool {
+        db.open_in_background();
         let handle = db.opening.lock().unwrap().take();
         handle.map(|h| h.join().unwrap()).is_some()
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use plinth_builtin_plugins::grpc::{GrpcService, MessageLimits};
+use plinth_builtin_plugins::live::AfterStart;
 use plinth_core::{InitOptions, Status, init_plugins, types};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -263,6 +264,14 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
     eprintln!("plinthd listening on {}", socket.display());
     if let Err(e) = crate::notify::notify("READY=1") {
         tracing::warn!(error = %e, "could not notify systemd");
+    }
+    // What the plugins left until now (opening their databases, say), off the start-up path.
+    for plugin in plugins.plugins() {
+        if matches!(plugin.status(), Status::Ok) {
+            if let Ok(work) = plugin.instance::<dyn AfterStart>() {
+                work.after_start();
+            }
+        }
     }
 
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<&'static str>();

@@ -28,7 +28,7 @@ use self::schema::{
 };
 use crate::content::ContentStore;
 use crate::error::Error;
-use crate::live::LiveStatus;
+use crate::live::{AfterStart, LiveStatus};
 use crate::namespaces::{
     Labels, NamespaceStore, NamespacedStores, validate_identifier, validate_label,
 };
@@ -336,6 +336,12 @@ impl NamespacedStores for Metadata {
     }
 }
 
+impl AfterStart for Metadata {
+    fn after_start(&self) {
+        self.db.open_in_background();
+    }
+}
+
 impl LiveStatus for Metadata {
     fn exports(&self) -> BTreeMap<String, String> {
         BTreeMap::new()
@@ -382,6 +388,7 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     Ok(Instance::new(metadata.clone() as Arc<dyn NamespaceStore>)
         .with(metadata.clone() as Arc<dyn NamespacedStores>)
         .with(metadata.clone() as Arc<dyn LiveStatus>)
+        .with(metadata.clone() as Arc<dyn AfterStart>)
         .with(metadata))
 }
 

@@ -22,7 +22,7 @@ use plinth_core::{InitContext, InitError, Instance, Registration, register, type
 use super::storage::{MetaStore, Snapshot, blocking, disk_usage, remove_dir_logged, remove_path};
 use super::{Info, Kind, Mount, Snapshotter, Usage};
 use crate::error::Error;
-use crate::live::LiveStatus;
+use crate::live::{AfterStart, LiveStatus};
 use crate::namespaces::Labels;
 
 /// The native snapshotter.
@@ -258,6 +258,12 @@ impl Snapshotter for NativeSnapshotter {
     }
 }
 
+impl AfterStart for NativeSnapshotter {
+    fn after_start(&self) {
+        self.store.open_in_background();
+    }
+}
+
 impl LiveStatus for NativeSnapshotter {
     fn exports(&self) -> BTreeMap<String, String> {
         BTreeMap::new()
@@ -277,6 +283,7 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
         .insert("root".to_string(), root.display().to_string());
     Ok(Instance::new(snapshotter.clone() as Arc<dyn Snapshotter>)
         .with(snapshotter.clone() as Arc<dyn LiveStatus>)
+        .with(snapshotter.clone() as Arc<dyn AfterStart>)
         .with(snapshotter))
 }
 

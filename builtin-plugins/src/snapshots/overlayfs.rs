@@ -41,7 +41,7 @@ use plinth_core::{InitContext, InitError, Instance, Registration, register, type
 use super::storage::{MetaStore, Snapshot, blocking, disk_usage, remove_dir_logged, remove_path};
 use super::{Info, Kind, Mount, Snapshotter, Usage};
 use crate::error::Error;
-use crate::live::LiveStatus;
+use crate::live::{AfterStart, LiveStatus};
 use crate::namespaces::Labels;
 
 /// The overlayfs snapshotter.
@@ -480,6 +480,12 @@ fn open_checked(root: &Path) -> Result<OverlaySnapshotter, InitError> {
     Ok(OverlaySnapshotter::open(root)?)
 }
 
+impl AfterStart for OverlaySnapshotter {
+    fn after_start(&self) {
+        self.store.open_in_background();
+    }
+}
+
 impl LiveStatus for OverlaySnapshotter {
     fn exports(&self) -> BTreeMap<String, String> {
         BTreeMap::new()
@@ -499,6 +505,7 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
         .insert("root".to_string(), root.display().to_string());
     Ok(Instance::new(snapshotter.clone() as Arc<dyn Snapshotter>)
         .with(snapshotter.clone() as Arc<dyn LiveStatus>)
+        .with(snapshotter.clone() as Arc<dyn AfterStart>)
         .with(snapshotter))
 }
 

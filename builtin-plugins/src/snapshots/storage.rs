@@ -275,6 +275,11 @@ impl MetaStore {
         Ok(MetaStore { db, snapshots_dir })
     }
 
+    /// Starts opening the records' database in the background (see `redb_store`).
+    pub(crate) fn open_in_background(&self) {
+        self.db.open_in_background();
+    }
+
     /// Why the records cannot be used (their database could not be created), without
     /// waiting; for the snapshotter's live status.
     pub(crate) fn unavailable(&self) -> Option<String> {
