@@ -15,13 +15,16 @@
 //! holder that went away can recover), and the live status shows the last failure until an
 //! open succeeds.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
+use plinth_core::Instance;
 use redb::{Database, ReadTransaction, ReadableTable as _, TableDefinition, WriteTransaction};
 
 use crate::error::Error;
+use crate::live::{AfterStart, LiveStatus};
 
 /// The table every database keeps its `"schema_version"` in.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
@@ -273,10 +276,30 @@ fn check_not_held(path: &Path) -> Result<bool, Error> {
     }
 }
 
-/// The live status of a plugin whose one database is `db`.
-pub(crate) fn db_failure(db: &Db) -> Option<String> {
-    db.failure()
-        .map(|reason| format!("database unusable: {reason}"))
+impl LiveStatus for Db {
+    fn exports(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    /// The last failed open's error, until an open succeeds.
+    fn unavailable(&self) -> Option<String> {
+        self.failure()
+            .map(|reason| format!("database unusable: {reason}"))
+    }
+}
+
+impl AfterStart for Db {
+    fn after_start(&self) {
+        self.open_in_background();
+    }
+}
+
+/// `instance` with the views a plugin whose one database is `db` shows the daemon: its live
+/// status ([`LiveStatus`]) and its opening once the daemon serves ([`AfterStart`]).
+pub(crate) fn with_db_views(instance: Instance, db: &Arc<Db>) -> Instance {
+    instance
+        .with(Arc::clone(db) as Arc<dyn LiveStatus>)
+        .with(Arc::clone(db) as Arc<dyn AfterStart>)
 }
 
 #[cfg(test)]
@@ -349,7 +372,7 @@ mod tests {
             path.display()
         );
         assert_eq!(
-            db_failure(&older),
+            older.unavailable(),
             Some(format!("database unusable: {expected}")),
             "the plugin's live status says so before any use"
         );
@@ -363,7 +386,7 @@ mod tests {
         let parent = dir.path().join("missing-dir");
         let path = parent.join("x.db");
         let db = Db::open(&path, 1, tables).unwrap();
-        assert_eq!(db_failure(&db), None, "nothing tried yet");
+        assert_eq!(db.unavailable(), None, "nothing tried yet");
         let error = db.begin_read().unwrap_err();
         assert!(
             error
@@ -377,12 +400,12 @@ mod tests {
             "tried again, same error"
         );
         assert_eq!(
-            db_failure(&db),
+            db.unavailable(),
             Some(format!("database unusable: {}", error.message))
         );
         std::fs::create_dir(&parent).unwrap();
         write(&db, "k", 1);
-        assert_eq!(db_failure(&db), None, "recovered once an open succeeded");
+        assert_eq!(db.unavailable(), None, "recovered once an open succeeded");
         assert_eq!(read(&db, "k"), Some(1));
     }
 }

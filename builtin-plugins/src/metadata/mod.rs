@@ -28,7 +28,6 @@ use self::schema::{
 };
 use crate::content::ContentStore;
 use crate::error::Error;
-use crate::live::{AfterStart, LiveStatus};
 use crate::namespaces::{
     Labels, NamespaceStore, NamespacedStores, validate_identifier, validate_label,
 };
@@ -61,7 +60,7 @@ impl Default for MetadataConfig {
 
 /// The metadata database and the stores it namespaces.
 pub struct Metadata {
-    db: Db,
+    db: Arc<Db>,
     content: Option<Arc<dyn ContentStore>>,
     snapshotters: BTreeMap<String, Arc<dyn Snapshotter>>,
     policy: SharingPolicy,
@@ -81,7 +80,7 @@ impl std::fmt::Debug for Metadata {
     }
 }
 
-use crate::redb_store::{Db, storage};
+use crate::redb_store::{Db, storage, with_db_views};
 
 fn now_nanos() -> u64 {
     to_nanos(SystemTime::now())
@@ -138,7 +137,7 @@ impl Metadata {
             Ok(())
         })?;
         Ok(Metadata {
-            db,
+            db: Arc::new(db),
             content,
             snapshotters,
             policy,
@@ -336,22 +335,6 @@ impl NamespacedStores for Metadata {
     }
 }
 
-impl AfterStart for Metadata {
-    fn after_start(&self) {
-        self.db.open_in_background();
-    }
-}
-
-impl LiveStatus for Metadata {
-    fn exports(&self) -> BTreeMap<String, String> {
-        BTreeMap::new()
-    }
-
-    fn unavailable(&self) -> Option<String> {
-        crate::redb_store::db_failure(&self.db)
-    }
-}
-
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let config = ctx.config::<MetadataConfig>()?;
     let policy = match config.content_sharing_policy.as_str() {
@@ -385,11 +368,9 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
         "content_sharing_policy".to_string(),
         config.content_sharing_policy.clone(),
     );
-    Ok(Instance::new(metadata.clone() as Arc<dyn NamespaceStore>)
-        .with(metadata.clone() as Arc<dyn NamespacedStores>)
-        .with(metadata.clone() as Arc<dyn LiveStatus>)
-        .with(metadata.clone() as Arc<dyn AfterStart>)
-        .with(metadata))
+    let instance = Instance::new(metadata.clone() as Arc<dyn NamespaceStore>)
+        .with(metadata.clone() as Arc<dyn NamespacedStores>);
+    Ok(with_db_views(instance, &metadata.db).with(metadata))
 }
 
 register!(

@@ -10,7 +10,7 @@
 //! `cp -a`, because creating them needs `mknod(2)` and this crate has no `unsafe`. Extended
 //! attributes are not copied for the same reason.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, FileTimes};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -22,8 +22,8 @@ use plinth_core::{InitContext, InitError, Instance, Registration, register, type
 use super::storage::{MetaStore, Snapshot, blocking, disk_usage, remove_dir_logged, remove_path};
 use super::{Info, Kind, Mount, Snapshotter, Usage};
 use crate::error::Error;
-use crate::live::{AfterStart, LiveStatus};
 use crate::namespaces::Labels;
+use crate::redb_store::with_db_views;
 
 /// The native snapshotter.
 #[derive(Debug, Clone)]
@@ -258,22 +258,6 @@ impl Snapshotter for NativeSnapshotter {
     }
 }
 
-impl AfterStart for NativeSnapshotter {
-    fn after_start(&self) {
-        self.store.open_in_background();
-    }
-}
-
-impl LiveStatus for NativeSnapshotter {
-    fn exports(&self) -> BTreeMap<String, String> {
-        BTreeMap::new()
-    }
-
-    fn unavailable(&self) -> Option<String> {
-        self.store.unavailable()
-    }
-}
-
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let root = ctx.root().to_path_buf();
     let snapshotter = Arc::new(NativeSnapshotter::open(&root)?);
@@ -281,10 +265,8 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     meta.platforms.push(super::storage::default_platform());
     meta.exports
         .insert("root".to_string(), root.display().to_string());
-    Ok(Instance::new(snapshotter.clone() as Arc<dyn Snapshotter>)
-        .with(snapshotter.clone() as Arc<dyn LiveStatus>)
-        .with(snapshotter.clone() as Arc<dyn AfterStart>)
-        .with(snapshotter))
+    let instance = Instance::new(snapshotter.clone() as Arc<dyn Snapshotter>);
+    Ok(with_db_views(instance, snapshotter.store.db()).with(snapshotter))
 }
 
 register!(Registration::new(types::SNAPSHOTTER, "native", init));

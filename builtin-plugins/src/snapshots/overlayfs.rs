@@ -26,7 +26,6 @@
 //! for the kernel) runs on a thread of its own so that it does not delay start-up. Nothing else
 //! in the snapshotter mounts: callers mount what [`Snapshotter::mounts`] returns.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -41,8 +40,8 @@ use plinth_core::{InitContext, InitError, Instance, Registration, register, type
 use super::storage::{MetaStore, Snapshot, blocking, disk_usage, remove_dir_logged, remove_path};
 use super::{Info, Kind, Mount, Snapshotter, Usage};
 use crate::error::Error;
-use crate::live::{AfterStart, LiveStatus};
 use crate::namespaces::Labels;
+use crate::redb_store::with_db_views;
 
 /// The overlayfs snapshotter.
 #[derive(Debug, Clone)]
@@ -480,22 +479,6 @@ fn open_checked(root: &Path) -> Result<OverlaySnapshotter, InitError> {
     Ok(OverlaySnapshotter::open(root)?)
 }
 
-impl AfterStart for OverlaySnapshotter {
-    fn after_start(&self) {
-        self.store.open_in_background();
-    }
-}
-
-impl LiveStatus for OverlaySnapshotter {
-    fn exports(&self) -> BTreeMap<String, String> {
-        BTreeMap::new()
-    }
-
-    fn unavailable(&self) -> Option<String> {
-        self.store.unavailable()
-    }
-}
-
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let root = ctx.root().to_path_buf();
     let snapshotter = Arc::new(open_checked(&root)?);
@@ -503,10 +486,8 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     meta.platforms.push(super::storage::default_platform());
     meta.exports
         .insert("root".to_string(), root.display().to_string());
-    Ok(Instance::new(snapshotter.clone() as Arc<dyn Snapshotter>)
-        .with(snapshotter.clone() as Arc<dyn LiveStatus>)
-        .with(snapshotter.clone() as Arc<dyn AfterStart>)
-        .with(snapshotter))
+    let instance = Instance::new(snapshotter.clone() as Arc<dyn Snapshotter>);
+    Ok(with_db_views(instance, snapshotter.store.db()).with(snapshotter))
 }
 
 register!(Registration::new(types::SNAPSHOTTER, "overlayfs", init));

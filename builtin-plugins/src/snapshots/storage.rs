@@ -245,7 +245,7 @@ fn snapshot_filter_field(info: &Info, fieldpath: &[String]) -> Option<String> {
 /// The snapshot records of one snapshotter and the directories they name.
 #[derive(Debug)]
 pub(crate) struct MetaStore {
-    db: Db,
+    db: Arc<Db>,
     snapshots_dir: PathBuf,
 }
 
@@ -272,18 +272,15 @@ impl MetaStore {
             txn.open_table(PARENTS).map_err(storage)?;
             Ok(())
         })?;
-        Ok(MetaStore { db, snapshots_dir })
+        Ok(MetaStore {
+            db: Arc::new(db),
+            snapshots_dir,
+        })
     }
 
-    /// Starts opening the records' database in the background (see `redb_store`).
-    pub(crate) fn open_in_background(&self) {
-        self.db.open_in_background();
-    }
-
-    /// Why the records cannot be used (their database could not be created), without
-    /// waiting; for the snapshotter's live status.
-    pub(crate) fn unavailable(&self) -> Option<String> {
-        crate::redb_store::db_failure(&self.db)
+    /// The records' database, for the snapshotter's views (see `redb_store::with_db_views`).
+    pub(crate) fn db(&self) -> &Arc<Db> {
+        &self.db
     }
 
     /// `<root>/snapshots`.
