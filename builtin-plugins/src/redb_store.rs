@@ -47,10 +47,7 @@ fn open_versioned(
     create_tables: fn(&WriteTransaction) -> Result<(), Error>,
 ) -> Result<Database, Error> {
     let db = Database::create(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => Error::unavailable(format!(
-            "{} is in use by another process (another plinthd on the same root?): stop it, or give this one its own --root",
-            path.display()
-        )),
+        redb::DatabaseError::DatabaseAlreadyOpen => held_by_another(path),
         e => Error::unavailable(format!("opening {}: {e}", path.display())),
     })?;
     let at = |e: Error| Error {
@@ -190,17 +187,6 @@ impl Db {
     pub(crate) fn begin_write(&self) -> Result<WriteTransaction, Error> {
         self.inner.get()?.begin_write().map_err(storage)
     }
-
-    /// Why the database cannot be used, without opening it: the last open's error until an
-    /// open succeeds; `None` while it is open, being opened or not needed yet.
-    pub(crate) fn failure(&self) -> Option<String> {
-        self.inner
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|e| e.message.clone())
-    }
 }
 
 impl Inner {
@@ -264,10 +250,7 @@ fn check_not_held(path: &Path) -> Result<bool, Error> {
     };
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(file.metadata().is_ok_and(|m| m.len() > 0)),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::unavailable(format!(
-            "{} is in use by another process (another plinthd on the same root?): stop it, or give this one its own --root",
-            path.display()
-        ))),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(held_by_another(path)),
         Err(e) => Err(Error::unavailable(format!(
             "locking {}: {}",
             path.display(),
@@ -276,15 +259,28 @@ fn check_not_held(path: &Path) -> Result<bool, Error> {
     }
 }
 
+/// The error for a database file another process holds.
+fn held_by_another(path: &Path) -> Error {
+    Error::unavailable(format!(
+        "{} is in use by another process (another plinthd on the same root?): stop it, or give this one its own --root",
+        path.display()
+    ))
+}
+
 impl LiveStatus for Db {
     fn exports(&self) -> BTreeMap<String, String> {
         BTreeMap::new()
     }
 
-    /// The last failed open's error, until an open succeeds.
+    /// Why the database cannot be used, without opening it: the last open's error until an
+    /// open succeeds; `None` while it is open, being opened or not needed yet.
     fn unavailable(&self) -> Option<String> {
-        self.failure()
-            .map(|reason| format!("database unusable: {reason}"))
+        self.inner
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|e| format!("database unusable: {}", e.message))
     }
 }
 
@@ -339,7 +335,7 @@ mod tests {
         let db = Db::open(&path, 1, tables).unwrap();
         assert!(!opened_early(&db), "no file, nothing to open early");
         assert!(!path.exists(), "nothing created before the first use");
-        assert_eq!(db.failure(), None, "not created is not a failure");
+        assert_eq!(db.unavailable(), None, "not created is not a failure");
         write(&db, "k", 7);
         assert!(path.exists());
         drop(db);

@@ -52,7 +52,7 @@ pub fn claim_socket(path: &Path) -> anyhow::Result<()> {
 }
 
 /// The file under the root that the running daemon holds locked.
-pub const ROOT_LOCK: &str = "plinthd.lock";
+const ROOT_LOCK: &str = "plinthd.lock";
 
 /// Takes `<root>/plinthd.lock` (an exclusive `flock`, with this process's pid written in it)
 /// for as long as the returned file is kept: one daemon per root. The kernel drops the lock
@@ -60,7 +60,7 @@ pub const ROOT_LOCK: &str = "plinthd.lock";
 ///
 /// # Errors
 /// Another process holds the lock (named by its pid), or the file cannot be written.
-pub fn lock_root(root: &Path) -> anyhow::Result<std::fs::File> {
+fn lock_root(root: &Path) -> anyhow::Result<std::fs::File> {
     use rustix::fs::{FlockOperation, flock};
     use std::io::{Read as _, Seek as _, Write as _};
 
@@ -158,13 +158,14 @@ impl StopSignals {
     }
 }
 
-/// Runs the daemon until a stop signal, with everything around [`run`]: refuses a live
-/// socket and takes the root's lock before anything is created, starts the async runtime,
+/// Runs the daemon until a stop signal: refuses a live socket and takes the root's lock
+/// before anything is created, starts the async runtime, initialises the plugins, serves,
 /// and lets go of the root only once the runtime (and every blocking task still touching the
 /// root) has shut down.
 ///
 /// # Errors
-/// As [`run`]; also when the root is taken or the runtime cannot start.
+/// The socket or the root is taken, the runtime cannot start, a required plugin failed, or
+/// the server could not start.
 pub fn serve(prepared: Prepared) -> anyhow::Result<()> {
     let socket = socket_path(&prepared.config.config.grpc.address);
     claim_socket(&socket)?;
@@ -178,13 +179,13 @@ pub fn serve(prepared: Prepared) -> anyhow::Result<()> {
     runtime.block_on(run(prepared))
 }
 
-/// Runs the daemon until a stop signal. The caller holds the root's lock ([`lock_root`])
-/// across this and the runtime's shutdown, so that the next daemon on the root starts only
-/// once nothing here touches it any more.
+/// Runs the daemon until a stop signal, inside what `serve` sets up: the socket checked and
+/// the root's lock held across this and the runtime's shutdown, so that the next daemon on
+/// the root starts only once nothing here touches it any more.
 ///
 /// # Errors
 /// The socket is taken, a required plugin failed, or the server could not start.
-pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
+async fn run(prepared: Prepared) -> anyhow::Result<()> {
     let Prepared {
         registry,
         config,
@@ -194,9 +195,8 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
     for diagnostic in &config.diagnostics {
         tracing::warn!("config: {diagnostic}");
     }
+    // `serve` refused a live socket before anything was created; `bind` checks again.
     let socket = socket_path(&config.config.grpc.address);
-    // Refuse before creating anything, so a second daemon leaves the first one alone.
-    claim_socket(&socket)?;
     for dir in [&config.config.root, &config.config.state] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -266,11 +266,10 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not notify systemd");
     }
     // What the plugins left until now (opening their databases, say), off the start-up path.
+    // (`instance` finds nothing in a plugin that is not ok.)
     for plugin in plugins.plugins() {
-        if matches!(plugin.status(), Status::Ok) {
-            if let Ok(work) = plugin.instance::<dyn AfterStart>() {
-                work.after_start();
-            }
+        if let Ok(work) = plugin.instance::<dyn AfterStart>() {
+            work.after_start();
         }
     }
 
