@@ -515,7 +515,9 @@ mod suites {
 
     use super::*;
 
-    /// B's directories by the suite's root, kept while B is down between two makes.
+    /// B's directories by the suite's root, kept while B is down between two makes. A static
+    /// is never dropped, so the directories themselves live *inside* the suite's root (see
+    /// [`Remote::start`]): the suite removes them with the case's own directory.
     static STOPPED: Mutex<Option<HashMap<PathBuf, tempfile::TempDir>>> = Mutex::new(None);
 
     /// A plinthd B serving raw, started for (or restarted on) the suite's `root`.
@@ -531,11 +533,14 @@ mod suites {
                 .unwrap_or_else(PoisonError::into_inner)
                 .get_or_insert_with(HashMap::new)
                 .remove(root);
+            // Inside the suite's root, which the suite removes after the case: a directory
+            // of its own in /tmp would outlive the test through STOPPED (37 MB each, ~100
+            // per run).
             let dir = kept.unwrap_or_else(|| {
                 tempfile::Builder::new()
-                    .prefix("pxb")
-                    .tempdir()
-                    .expect("temporary directory")
+                    .prefix("b")
+                    .tempdir_in(root)
+                    .expect("temporary directory in the suite's root")
             });
             let raw = dir.path().join("raw.sock");
             let daemon = start_in(
@@ -564,6 +569,22 @@ mod suites {
                     .insert(self.root.clone(), daemon.into_dir());
             }
         }
+    }
+
+    /// Fails if a directory B ran in, for a suite root whose path contains `suite`, is still
+    /// on disk after that suite has finished: each must go with its case's directory.
+    fn assert_no_remote_directory_outlives(suite: &str) {
+        let stopped = STOPPED.lock().unwrap_or_else(PoisonError::into_inner);
+        let left: Vec<_> = stopped
+            .iter()
+            .flatten()
+            .filter(|(root, dir)| root.to_string_lossy().contains(suite) && dir.path().exists())
+            .map(|(_, dir)| dir.path().display().to_string())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "B's directories outlived the suite: {left:?}"
+        );
     }
 
     struct Content {
@@ -672,6 +693,7 @@ mod suites {
             }) as Arc<dyn ContentStore>)
         })
         .await;
+        assert_no_remote_directory_outlives("plinth-content-suite-");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,5 +708,6 @@ mod suites {
             }) as Arc<dyn Snapshotter>)
         })
         .await;
+        assert_no_remote_directory_outlives("snapshot-suite-");
     }
 }
