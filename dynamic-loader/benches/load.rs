@@ -7,7 +7,7 @@
 //! entry symbol, magic, ABI version, fingerprint, handover, validation, duplicate check —
 //! for every library. Libraries are never unloaded and `dlopen` of an already-loaded file
 //! returns the same handle, so a repeated pass no longer maps anything: the bench first
-//! times 10 cold passes, each on fresh copies (printed on stderr), then lets criterion
+//! times 10 cold passes, each on fresh copies (printed on stdout, before criterion's output), then lets criterion
 //! measure the warm path (everything but the mapping) on one directory.
 //!
 //! The plugin library is built first with `cargo build --profile bench --example
@@ -99,7 +99,7 @@ fn bench(c: &mut Criterion) {
         check(&report);
     }
     cold.sort();
-    eprintln!(
+    println!(
         "cold load_dir of {N_LIBRARIES} libraries, {COLD_PASSES} passes: median {:.2?} \
          (min {:.2?}, max {:.2?}); {:.0?} per library",
         cold[COLD_PASSES / 2],
