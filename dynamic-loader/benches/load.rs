@@ -7,8 +7,9 @@
 //! entry symbol, magic, ABI version, fingerprint, handover, validation, duplicate check —
 //! for every library. Libraries are never unloaded and `dlopen` of an already-loaded file
 //! returns the same handle, so a repeated pass no longer maps anything: the bench first
-//! times 10 cold passes, each on fresh copies (printed on stdout, before criterion's output), then lets criterion
-//! measure the warm path (everything but the mapping) on one directory.
+//! times 10 cold passes, each on fresh copies (printed on stdout, before criterion's
+//! output), then lets criterion measure the warm path (everything but the mapping) on one
+//! directory.
 //!
 //! The plugin library is built first with `cargo build --profile bench --example
 //! bench_plugin`, the same profile and features as this bench, so that its fingerprint
