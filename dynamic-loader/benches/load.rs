@@ -17,6 +17,7 @@
 
 #![allow(missing_docs)]
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -100,7 +101,9 @@ fn bench(c: &mut Criterion) {
         check(&report);
     }
     cold.sort();
-    println!(
+    // On stdout, before criterion's report, so that ./scripts/bench.sh's sheet carries it.
+    let _ = writeln!(
+        std::io::stdout(),
         "cold load_dir of {N_LIBRARIES} libraries, {COLD_PASSES} passes: median {:.2?} \
          (min {:.2?}, max {:.2?}); {:.0?} per library",
         cold[COLD_PASSES / 2],
