@@ -56,6 +56,23 @@ pub mod version;
 
 pub use crate::error::Error;
 
+/// Runs blocking work (file or database I/O) on tokio's blocking pool, off the async worker
+/// threads that serve every call; `what` names the work in the internal error that a panic in
+/// it becomes.
+#[cfg(any(
+    feature = "content-local",
+    feature = "metadata-redb",
+    feature = "namespaces"
+))]
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::internal(format!("{what}: {e}")))?
+}
+
 /// The version this build reports: the crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

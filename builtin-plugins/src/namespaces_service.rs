@@ -35,8 +35,17 @@ impl Service {
         })
     }
 
-    fn run<T>(&self, f: impl FnOnce(&Service) -> Result<T, Error>) -> Reply<T> {
-        f(self).map(tonic::Response::new).map_err(Into::into)
+    /// Runs `f` on the blocking pool: the store is a database (its first use may create the
+    /// file), which must not hold up the async workers serving other calls.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Service) -> Result<T, Error> + Send + 'static,
+    ) -> Reply<T> {
+        let service = self.clone();
+        crate::blocking("namespaces service worker", move || f(&service))
+            .await
+            .map(tonic::Response::new)
+            .map_err(Into::into)
     }
 }
 
@@ -47,12 +56,13 @@ impl Namespaces for Service {
         request: tonic::Request<GetNamespaceRequest>,
     ) -> Reply<GetNamespaceResponse> {
         let name = request.into_inner().name;
-        self.run(|s| {
+        self.run(move |s| {
             validate_identifier("namespace", &name)?;
             Ok(GetNamespaceResponse {
                 namespace: Some(s.namespace(&name)?),
             })
         })
+        .await
     }
 
     async fn list(
@@ -60,7 +70,7 @@ impl Namespaces for Service {
         request: tonic::Request<ListNamespacesRequest>,
     ) -> Reply<ListNamespacesResponse> {
         let filter = request.into_inner().filter;
-        self.run(|s| {
+        self.run(move |s| {
             let filters =
                 FilterSet::parse_all(&[filter]).map_err(|e| Error::invalid(e.to_string()))?;
             let namespaces = s
@@ -81,6 +91,7 @@ impl Namespaces for Service {
                 .collect();
             Ok(ListNamespacesResponse { namespaces })
         })
+        .await
     }
 
     async fn create(
@@ -88,13 +99,14 @@ impl Namespaces for Service {
         request: tonic::Request<CreateNamespaceRequest>,
     ) -> Reply<CreateNamespaceResponse> {
         let namespace = request.into_inner().namespace.unwrap_or_default();
-        self.run(|s| {
+        self.run(move |s| {
             let labels: BTreeMap<String, String> = namespace.labels.clone().into_iter().collect();
             s.store.create(&namespace.name, &labels)?;
             Ok(CreateNamespaceResponse {
                 namespace: Some(s.namespace(&namespace.name)?),
             })
         })
+        .await
     }
 
     async fn update(
@@ -104,7 +116,7 @@ impl Namespaces for Service {
         let request = request.into_inner();
         let namespace = request.namespace.unwrap_or_default();
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
-        self.run(|s| {
+        self.run(move |s| {
             validate_identifier("namespace", &namespace.name)?;
             let existing = s.store.labels(&namespace.name)?;
             let replace_all = |changes: &mut Vec<(String, Option<String>)>| {
@@ -131,15 +143,16 @@ impl Namespaces for Service {
             }
             s.store.update_labels(&namespace.name, &changes)?;
             Ok(UpdateNamespaceResponse { namespace: Some(s.namespace(&namespace.name)?) })
-        })
+        }).await
     }
 
     async fn delete(&self, request: tonic::Request<DeleteNamespaceRequest>) -> Reply<()> {
         let name = request.into_inner().name;
-        self.run(|s| {
+        self.run(move |s| {
             validate_identifier("namespace", &name)?;
             s.store.delete(&name)
         })
+        .await
     }
 }
 
@@ -157,3 +170,82 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
 }
 
 register!(Registration::new(types::GRPC, "namespaces", init).requires(&[types::METADATA]));
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver, Sender, channel};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::namespaces::Labels;
+
+    /// A store whose `list` waits for a `create` made by another call: served on the async
+    /// worker itself, a waiting `list` would keep that call from ever running.
+    struct Rendezvous {
+        created: Mutex<Option<Sender<()>>>,
+        waiting: Mutex<Receiver<()>>,
+    }
+
+    impl NamespaceStore for Rendezvous {
+        fn create(&self, _: &str, _: &BTreeMap<String, String>) -> Result<(), Error> {
+            if let Some(sender) = self.created.lock().expect("lock").take() {
+                let _ = sender.send(());
+            }
+            Ok(())
+        }
+        fn ensure(&self, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        fn labels(&self, _: &str) -> Result<BTreeMap<String, String>, Error> {
+            Ok(BTreeMap::new())
+        }
+        fn update_labels(&self, _: &str, _: &[(String, Option<String>)]) -> Result<(), Error> {
+            Ok(())
+        }
+        fn list(&self) -> Result<Vec<(String, Labels)>, Error> {
+            self.waiting
+                .lock()
+                .expect("lock")
+                .recv_timeout(Duration::from_secs(10))
+                .map_err(|_| Error::internal("no create arrived while list waited: blocked"))?;
+            Ok(Vec::new())
+        }
+        fn delete(&self, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    /// On a runtime with one async worker, a call whose store work waits for another call
+    /// still lets that call run: store work is on the blocking pool.
+    #[tokio::test(flavor = "current_thread")]
+    async fn store_work_does_not_hold_up_the_async_worker() {
+        let (sender, receiver) = channel();
+        let service = Service {
+            store: Arc::new(Rendezvous {
+                created: Mutex::new(Some(sender)),
+                waiting: Mutex::new(receiver),
+            }),
+        };
+        let lister = service.clone();
+        let list = tokio::spawn(async move {
+            lister
+                .list(tonic::Request::new(ListNamespacesRequest::default()))
+                .await
+        });
+        tokio::task::yield_now().await;
+        let request = CreateNamespaceRequest {
+            namespace: Some(Namespace {
+                name: "other".to_string(),
+                ..Namespace::default()
+            }),
+        };
+        service
+            .create(tonic::Request::new(request))
+            .await
+            .expect("create");
+        list.await
+            .expect("list task")
+            .expect("list ran while its store call waited for create");
+    }
+}

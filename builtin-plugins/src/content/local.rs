@@ -106,9 +106,7 @@ fn is_not_found(error: &io::Error) -> bool {
 async fn blocking<T: Send + 'static>(
     op: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::task::spawn_blocking(op)
-        .await
-        .map_err(|e| Error::internal(format!("content store task failed: {e}")))?
+    crate::blocking("content store task failed", op).await
 }
 
 fn to_i64(value: u64) -> i64 {

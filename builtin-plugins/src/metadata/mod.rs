@@ -99,9 +99,7 @@ fn from_nanos(nanos: u64) -> SystemTime {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::internal(format!("metadata worker: {e}")))?
+    crate::blocking("metadata worker", work).await
 }
 
 impl Metadata {
