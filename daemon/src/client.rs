@@ -72,7 +72,15 @@ impl Client {
     }
 }
 
-/// Turns a gRPC status into an error that says what the server said, with its code.
+/// Turns a gRPC status into an error that says what the server said, with its code, and —
+/// for a status the transport made up (a broken connection, say) — the causes under it.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+    let mut text = format!("{} ({:?})", status.message(), status.code());
+    let mut cause = std::error::Error::source(&status);
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    anyhow::anyhow!(text)
 }

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod linger;
 pub mod logging;
 pub mod namespace_check;
 pub mod notify;

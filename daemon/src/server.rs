@@ -12,8 +12,8 @@ use plinth_builtin_plugins::grpc::{GrpcService, MessageLimits};
 use plinth_builtin_plugins::live::AfterStart;
 use plinth_core::{InitOptions, Status, init_plugins, types};
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::linger::Connections;
 use crate::paths::socket_path;
 use crate::setup::Prepared;
 
@@ -290,20 +290,26 @@ async fn run(prepared: Prepared) -> anyhow::Result<()> {
             stop.stop();
         }
     };
+    let connections = Connections::new(DRAIN_TIMEOUT);
     let server = tonic::transport::Server::builder()
         .layer(crate::namespace_check::NamespaceCheckLayer)
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(connections.incoming(listener), shutdown);
     // Boxed rather than pinned on the stack, so that it can be dropped before the plugins
     // close: its routes hold the services, which hold the stores.
     let mut server = Box::pin(server);
     let served = tokio::select! {
-        result = &mut server => result,
+        result = async {
+            let result = (&mut server).await;
+            // The last replies may still be on their way to clients (see `linger`).
+            connections.closed().await;
+            result
+        } => result,
         _ = async {
             let _ = stopped_rx.await;
             tokio::time::sleep(DRAIN_TIMEOUT).await;
         } => {
-            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "calls still in flight after the drain time-out; stopping anyway");
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "calls or connections still open after the drain time-out; stopping anyway");
             Ok(())
         }
     };
@@ -338,9 +344,9 @@ mod proxy_targets {
     use plinth_core::{Set, Status, types};
     use tokio::sync::watch;
     use tokio::task::JoinHandle;
-    use tokio_stream::wrappers::UnixListenerStream;
 
     use super::{DRAIN_TIMEOUT, SocketGuard, bind};
+    use crate::linger::Connections;
 
     /// The proxy-target servers of a daemon.
     pub(super) struct Served {
@@ -386,11 +392,17 @@ mod proxy_targets {
             let mut routes = tonic::service::RoutesBuilder::default();
             target.add_routes(&mut routes, limits);
             let mut stopped = stop.subscribe();
+            let connections = Connections::new(DRAIN_TIMEOUT);
             let server = tonic::transport::Server::builder()
                 .add_routes(routes.routes())
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(connections.incoming(listener), async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 });
+            let server = async move {
+                let result = server.await;
+                connections.closed().await;
+                result
+            };
             tracing::info!(uri = plugin.uri(), socket = %address.display(), "serving content store and snapshotters raw (proxy target)");
             eprintln!("plinthd serving proxy target on {}", address.display());
             served
