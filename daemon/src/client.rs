@@ -78,8 +78,12 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
     let mut text = format!("{} ({:?})", status.message(), status.code());
     let mut cause = std::error::Error::source(&status);
     while let Some(error) = cause {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
+        // tonic often folds the first cause into its message already.
+        let said = error.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         cause = error.source();
     }
     anyhow::anyhow!(text)
