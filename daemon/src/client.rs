@@ -88,3 +88,48 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
     }
     anyhow::anyhow!(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with one cause under it, as hyper reports a broken connection.
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("error reading a body from connection")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_transport_status_shows_its_causes_once() {
+        let mut status =
+            tonic::Status::unknown("h2 protocol error: error reading a body from connection");
+        status.set_source(std::sync::Arc::new(Outer(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "stream closed because of a broken pipe",
+        ))));
+        assert_eq!(
+            status_error(status).to_string(),
+            "h2 protocol error: error reading a body from connection (Unknown): \
+             stream closed because of a broken pipe"
+        );
+    }
+
+    #[test]
+    fn a_server_status_is_its_message_and_code() {
+        let status = tonic::Status::not_found("content sha256:ab… not found");
+        assert_eq!(
+            status_error(status).to_string(),
+            "content sha256:ab… not found (NotFound)"
+        );
+    }
+}
