@@ -247,8 +247,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_never_closes_is_let_go_after_the_linger_time() {
-        let connections = Connections::new(Duration::from_millis(200));
+        let connections = Connections::new(Duration::from_millis(400));
         let _client = dropped_after_reply(&connections).await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), connections.closed())
+                .await
+                .is_err(),
+            "still lingering"
+        );
         tokio::time::timeout(Duration::from_secs(5), connections.closed())
             .await
             .expect("closed after the linger time");
