@@ -219,6 +219,16 @@ mod tests {
         client
     }
 
+    /// Whether every connection is closed within `within`.
+    async fn closed_within(connections: &Connections, within: Duration) -> bool {
+        tokio::time::timeout(within, connections.closed())
+            .await
+            .is_ok()
+    }
+
+    const SOON: Duration = Duration::from_millis(100);
+    const EVENTUALLY: Duration = Duration::from_secs(5);
+
     #[tokio::test]
     async fn the_client_can_still_write_and_reads_the_whole_reply_after_the_close() {
         let connections = Connections::new(Duration::from_secs(10));
@@ -234,30 +244,25 @@ mod tests {
         client.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply, vec![7u8; REPLY]);
         assert!(
-            tokio::time::timeout(Duration::from_millis(100), connections.closed())
-                .await
-                .is_err(),
+            !closed_within(&connections, SOON).await,
             "the socket stays open while the client has not closed its end"
         );
         drop(client);
-        tokio::time::timeout(Duration::from_secs(5), connections.closed())
-            .await
-            .expect("closed once the client closed its end");
+        assert!(
+            closed_within(&connections, EVENTUALLY).await,
+            "closed once the client closed its end"
+        );
     }
 
     #[tokio::test]
     async fn a_client_that_never_closes_is_let_go_after_the_linger_time() {
         let connections = Connections::new(Duration::from_millis(400));
         let _client = dropped_after_reply(&connections).await;
+        assert!(!closed_within(&connections, SOON).await, "still lingering");
         assert!(
-            tokio::time::timeout(Duration::from_millis(100), connections.closed())
-                .await
-                .is_err(),
-            "still lingering"
+            closed_within(&connections, EVENTUALLY).await,
+            "closed after the linger time"
         );
-        tokio::time::timeout(Duration::from_secs(5), connections.closed())
-            .await
-            .expect("closed after the linger time");
     }
 
     #[tokio::test]
@@ -265,9 +270,10 @@ mod tests {
         let connections = Connections::new(Duration::from_secs(10));
         let (served, mut client) = UnixStream::pair().unwrap();
         drop(Gentle::new(served, &connections.open, connections.linger));
-        tokio::time::timeout(Duration::from_millis(100), connections.closed())
-            .await
-            .expect("nothing to linger for");
+        assert!(
+            closed_within(&connections, SOON).await,
+            "nothing to linger for"
+        );
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
@@ -276,8 +282,9 @@ mod tests {
     #[tokio::test]
     async fn no_connection_means_closed_at_once() {
         let connections = Connections::new(Duration::from_secs(10));
-        tokio::time::timeout(Duration::from_millis(100), connections.closed())
-            .await
-            .expect("nothing to wait for");
+        assert!(
+            closed_within(&connections, SOON).await,
+            "nothing to wait for"
+        );
     }
 }
