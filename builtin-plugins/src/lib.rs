@@ -122,3 +122,12 @@ pub const FEATURE_PLUGINS: &[(&str, &str)] = &[
 pub fn link() {
     std::hint::black_box(FEATURES);
 }
+
+/// Waits for the work the plugins of this crate left running in the background that must
+/// finish before the process exits: today the overlayfs support check's unmount. A host
+/// calls it once, after its plugins are closed or its start was refused, on every exit path,
+/// so that nothing it mounted outlives it.
+pub fn finish_background_work() {
+    #[cfg(feature = "snapshotter-overlayfs")]
+    snapshots::overlayfs::finish_check_cleanups();
+}

@@ -822,6 +822,39 @@ struct Panicked(String);
 #[error("decoding default config: {0}")]
 struct DefaultConfig(String);
 
+/// Checks `required` (the config's `required_plugins`) against `registry` and `graph` before
+/// anything is initialised: every entry must be registered and enabled. [`init_plugins`]
+/// runs it first; a host runs it on its own to validate a config without starting (plinthd's
+/// `config check`).
+///
+/// # Errors
+/// The first entry that is not registered ([`StartupError::RequiredMissing`], with a "did you
+/// mean" hint) or that the config disables ([`StartupError::RequiredDisabled`]).
+pub fn check_required(
+    registry: &Registry,
+    graph: &PluginGraph,
+    required: &[String],
+) -> Result<(), StartupError> {
+    let entries = registry.entries();
+    let uris: Vec<String> = entries.iter().map(|e| e.uri()).collect();
+    let disabled: BTreeSet<&str> = graph.disabled().iter().map(|&i| uris[i].as_str()).collect();
+    let required: BTreeSet<&str> = required.iter().map(String::as_str).collect();
+    for uri in required {
+        if disabled.contains(uri) {
+            return Err(StartupError::RequiredDisabled {
+                uri: uri.to_string(),
+            });
+        }
+        if !uris.iter().any(|u| u == uri) {
+            return Err(StartupError::RequiredMissing {
+                uri: uri.to_string(),
+                hint: hint(uri, uris.iter().map(String::as_str)),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Initialises every enabled plugin of `registry` in `graph` order.
 ///
 /// Each init runs off the caller's thread (one init thread serves them all, in turn) so that
@@ -838,23 +871,10 @@ pub fn init_plugins(
     graph: &PluginGraph,
     options: InitOptions,
 ) -> Result<Set, StartupError> {
+    check_required(registry, graph, &options.required)?;
     let entries = registry.entries();
     let uris: Vec<String> = entries.iter().map(|e| e.uri()).collect();
-    let disabled: BTreeSet<&str> = graph.disabled().iter().map(|&i| uris[i].as_str()).collect();
     let required: BTreeSet<&str> = options.required.iter().map(String::as_str).collect();
-    for uri in &required {
-        if disabled.contains(uri) {
-            return Err(StartupError::RequiredDisabled {
-                uri: uri.to_string(),
-            });
-        }
-        if !uris.iter().any(|u| u == uri) {
-            return Err(StartupError::RequiredMissing {
-                uri: uri.to_string(),
-                hint: hint(uri, uris.iter().map(String::as_str)),
-            });
-        }
-    }
 
     let set = Set::default();
     for &index in graph.disabled() {

@@ -71,7 +71,7 @@ pub use crate::error::{Category, CycleError, RegistrationError, StartupError};
 pub use crate::graph::{DisableFilter, PluginGraph};
 pub use crate::init::{
     InitContext, InitError, InitOptions, Instance, LookupError, Meta, Plugin, Set, Status,
-    init_plugins,
+    check_required, init_plugins,
 };
 pub use crate::registration::{PluginConfig, Registration};
 pub use crate::registry::{Registry, Source};

@@ -7,7 +7,7 @@ use std::path::Path;
 use plinth_core::config::{ConfigLoader, default_toml};
 
 use crate::paths::Defaults;
-use crate::setup::{Options, prepare, registry};
+use crate::setup::{Options, check_startable, prepare, registry};
 
 /// `config default`: the full default config of the plugins compiled in.
 ///
@@ -28,6 +28,13 @@ pub fn config_default() -> anyhow::Result<String> {
         "state".into(),
         toml::Value::String(base.state.display().to_string()),
     );
+    // Where plugin libraries are looked for, in a build that loads them.
+    if cfg!(feature = "dynamic-loader") {
+        table.insert(
+            "plugin_dir".into(),
+            toml::Value::String(base.root.join("plugins").display().to_string()),
+        );
+    }
     if let Some(toml::Value::Table(grpc)) = table.get_mut("grpc") {
         grpc.insert(
             "address".into(),
@@ -62,6 +69,8 @@ pub fn config_migrate(path: &Path) -> anyhow::Result<String> {
 /// Any config error (in strict mode, every report).
 pub fn config_check(options: &Options) -> anyhow::Result<String> {
     let prepared = prepare(options)?;
+    // Everything a start checks short of initialising plugins.
+    check_startable(&prepared)?;
     let mut out = String::new();
     for diagnostic in &prepared.config.diagnostics {
         let _ = writeln!(out, "warning: {diagnostic}");

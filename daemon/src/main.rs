@@ -88,8 +88,10 @@ fn offline(command: Command, options: &Options) -> anyhow::Result<String> {
 }
 
 fn run(options: &Options) -> anyhow::Result<()> {
-    let prepared = plinthd::setup::prepare(options)?;
-    let debug = &prepared.config.config.debug;
-    plinthd::logging::init(&debug.level, &debug.format)?;
+    // Logging starts from the flags and the config's [debug] before plugin libraries are
+    // loaded, so that the loader's lines reach the log.
+    let prepared = plinthd::setup::prepare_then(options, |config| {
+        plinthd::logging::init(&config.debug.level, &config.debug.format)
+    })?;
     plinthd::server::serve(prepared)
 }

@@ -167,16 +167,109 @@ impl StopSignals {
 /// The socket or the root is taken, the runtime cannot start, a required plugin failed, or
 /// the server could not start.
 pub fn serve(prepared: Prepared) -> anyhow::Result<()> {
+    crate::setup::check_startable(&prepared)?;
     let socket = socket_path(&prepared.config.config.grpc.address);
     claim_socket(&socket)?;
-    // Declared before the runtime, so dropped after it.
-    let _root_lock = lock_root(&prepared.config.config.root)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let config = &prepared.config.config;
+    let leftovers = Leftovers::record(&[
+        config.root.clone(),
+        config.state.clone(),
+        socket.parent().map(Path::to_path_buf).unwrap_or_default(),
+    ]);
+    // Another daemon holding the root refuses this start here, before anything is touched
+    // (and nothing of its is ever removed below). Declared before the runtime, so dropped
+    // after it.
+    let root_lock = lock_root(&config.root)?;
+    let serving = std::sync::atomic::AtomicBool::new(false);
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("plinthd")
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(run(prepared))
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(run(prepared, &serving)));
+    // The runtime is down here: no blocking task touches the root any more. Nothing the
+    // plugins started may outlive the daemon either (the overlay check's mount).
+    plinth_builtin_plugins::finish_background_work();
+    if result.is_err() && !serving.load(std::sync::atomic::Ordering::SeqCst) {
+        // A refused start takes back what it created; a daemon that served keeps its data.
+        leftovers.remove();
+    }
+    drop(root_lock);
+    result
+}
+
+/// What a start found in the directories it may create things in, so that a refused start
+/// can remove exactly what it created: a directory that did not exist goes whole, one that
+/// existed loses only the entries it did not hold.
+struct Leftovers {
+    dirs: Vec<(
+        PathBuf,
+        Option<std::collections::BTreeSet<std::ffi::OsString>>,
+    )>,
+}
+
+impl Leftovers {
+    fn record(dirs: &[PathBuf]) -> Leftovers {
+        let mut recorded: Vec<(PathBuf, Option<_>)> = Vec::new();
+        for dir in dirs {
+            if dir.as_os_str().is_empty() || recorded.iter().any(|(d, _)| d == dir) {
+                continue;
+            }
+            // The first ancestor that exists: everything below it is this start's.
+            let mut created = dir.clone();
+            while let Some(parent) = created.parent() {
+                if parent.exists() {
+                    break;
+                }
+                created = parent.to_path_buf();
+            }
+            let entries = std::fs::read_dir(dir).ok().map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.file_name())
+                    .collect()
+            });
+            let top = if entries.is_some() {
+                dir.clone()
+            } else {
+                created
+            };
+            recorded.push((top, entries));
+        }
+        Leftovers { dirs: recorded }
+    }
+
+    fn remove(&self) {
+        for (dir, before) in &self.dirs {
+            let outcome = match before {
+                None => remove_tree(dir),
+                Some(before) => match std::fs::read_dir(dir) {
+                    Ok(entries) => entries
+                        .filter_map(Result::ok)
+                        .filter(|entry| !before.contains(&entry.file_name()))
+                        .try_for_each(|entry| remove_tree(&entry.path())),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(error) = outcome {
+                tracing::warn!(path = %dir.display(), %error, "removing what the refused start created");
+            }
+        }
+    }
+}
+
+/// Removes a file or a whole directory; absent is fine. Never follows a symlink.
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    let result = match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// Runs the daemon until a stop signal, inside what `serve` sets up: the socket checked and
@@ -185,7 +278,7 @@ pub fn serve(prepared: Prepared) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// The socket is taken, a required plugin failed, or the server could not start.
-async fn run(prepared: Prepared) -> anyhow::Result<()> {
+async fn run(prepared: Prepared, serving: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
     let Prepared {
         registry,
         config,
@@ -260,6 +353,7 @@ async fn run(prepared: Prepared) -> anyhow::Result<()> {
         config.config.grpc.gid,
         limits,
     )?;
+    serving.store(true, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(services = ?served, "serving gRPC");
     eprintln!("plinthd listening on {}", socket.display());
     if let Err(e) = crate::notify::notify("READY=1") {

@@ -178,6 +178,20 @@ pub fn load_config(
     options: &Options,
     link_time: &Registry,
 ) -> anyhow::Result<(Registry, ResolvedConfig)> {
+    load_config_then(options, link_time, |_| Ok(()))
+}
+
+/// As [`load_config`], running `before_plugins` on the merged config (command-line
+/// overrides applied) before plugin libraries are loaded from `plugin_dir`: the daemon starts
+/// logging there, so that the loader's lines are not lost.
+///
+/// # Errors
+/// As [`load_config`], and what `before_plugins` returns.
+pub fn load_config_then(
+    options: &Options,
+    link_time: &Registry,
+    before_plugins: impl FnOnce(&plinth_core::config::Config) -> anyhow::Result<()>,
+) -> anyhow::Result<(Registry, ResolvedConfig)> {
     let registry = link_time;
     let defaults = Defaults::for_current_user();
     let loader = ConfigLoader::new(registry).with_base(defaults.config());
@@ -202,6 +216,7 @@ pub fn load_config(
     if let Some(level) = &options.log_level {
         config.debug.level = level.clone();
     }
+    before_plugins(loaded.config())?;
     let full = full_registry(registry, extra_sources(loaded.config())?)?;
     let resolved = loaded
         .with_left_out(left_out_plugins(&full))
@@ -221,7 +236,18 @@ pub fn load_config(
 /// # Errors
 /// As [`registry`] and [`load_config`], and dependency cycles.
 pub fn prepare(options: &Options) -> anyhow::Result<Prepared> {
-    let (registry, config) = load_config(options, &registry()?)?;
+    prepare_then(options, |_| Ok(()))
+}
+
+/// As [`prepare`], with `before_plugins` run as [`load_config_then`] runs it.
+///
+/// # Errors
+/// As [`prepare`], and what `before_plugins` returns.
+pub fn prepare_then(
+    options: &Options,
+    before_plugins: impl FnOnce(&plinth_core::config::Config) -> anyhow::Result<()>,
+) -> anyhow::Result<Prepared> {
+    let (registry, config) = load_config_then(options, &registry()?, before_plugins)?;
     let registrations: Vec<Registration> = registry.registrations().copied().collect();
     let graph =
         PluginGraph::build(&registrations, &config.disable_filter()).context("ordering plugins")?;
@@ -231,4 +257,136 @@ pub fn prepare(options: &Options) -> anyhow::Result<Prepared> {
         registrations,
         graph,
     })
+}
+
+/// The longest path a unix socket address can hold (`sun_path` is 108 bytes on Linux, one of
+/// them the terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Every check a start makes before it creates anything or initialises a plugin, so that
+/// `config check` refuses exactly what a start would refuse this early: required plugins
+/// registered and enabled, root and state apart and usable as directories, socket paths
+/// (the daemon's and each proxy target's) short enough for a unix socket and not taken by
+/// something that is not a socket. (Whether another daemon holds the socket or the root is
+/// left to the start: a running daemon is no reason to call its config wrong.)
+///
+/// # Errors
+/// The first check that fails, saying what to change.
+pub fn check_startable(prepared: &Prepared) -> anyhow::Result<()> {
+    let config = &prepared.config.config;
+    plinth_core::check_required(
+        &prepared.registry,
+        &prepared.graph,
+        &config.required_plugins,
+    )?;
+    let (root, state) = (&config.root, &config.state);
+    if root == state {
+        bail!(
+            "root and state are the same directory ({}): give each its own, as containerd requires",
+            root.display()
+        );
+    }
+    for (inner, inner_name, outer, outer_name) in [
+        (root, "root", state, "state"),
+        (state, "state", root, "root"),
+    ] {
+        if inner.starts_with(outer) {
+            bail!(
+                "{inner_name} ({}) is inside {outer_name} ({}): give each a directory of its own",
+                inner.display(),
+                outer.display()
+            );
+        }
+    }
+    for (path, key) in [(root, "root"), (state, "state")] {
+        check_directory(path, key)?;
+    }
+    let mut sockets = vec![(
+        crate::paths::socket_path(&config.grpc.address),
+        "grpc.address (or --address)".to_string(),
+    )];
+    sockets.extend(
+        proxy_target_sockets(prepared)
+            .into_iter()
+            .map(|(uri, path)| (path, format!("the socket of {uri}"))),
+    );
+    for (path, what) in sockets {
+        check_socket_path(&path, &what)?;
+    }
+    Ok(())
+}
+
+/// `path` is a directory, or can become one: its nearest existing ancestor is a directory.
+fn check_directory(path: &std::path::Path, key: &str) -> anyhow::Result<()> {
+    let mut existing = Some(path);
+    while let Some(candidate) = existing {
+        match std::fs::metadata(candidate) {
+            Ok(metadata) if metadata.is_dir() => return Ok(()),
+            Ok(_) if candidate == path => bail!(
+                "{key} {} exists and is not a directory: remove it or choose another {key}",
+                path.display()
+            ),
+            Ok(_) => bail!(
+                "{key} {} cannot be created: {} is not a directory",
+                path.display(),
+                candidate.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => existing = candidate.parent(),
+            Err(e) => {
+                return Err(e).with_context(|| format!("checking {key} {}", path.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `path` fits in a unix socket address and is free or a socket.
+fn check_socket_path(path: &std::path::Path, what: &str) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    let length = path.as_os_str().as_bytes().len();
+    if length > MAX_SOCKET_PATH {
+        bail!(
+            "{what} {} is {length} bytes long; a unix socket path holds at most {MAX_SOCKET_PATH}: choose a shorter one",
+            path.display()
+        );
+    }
+    if path.is_relative() {
+        bail!(
+            "{what} {} is relative: give an absolute path",
+            path.display()
+        );
+    }
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if !metadata.file_type().is_socket() {
+            bail!(
+                "{what} {} exists and is not a socket: remove it or choose another path",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The sockets the enabled proxy-target plugins will serve on, by URI.
+fn proxy_target_sockets(prepared: &Prepared) -> Vec<(String, PathBuf)> {
+    #[cfg(feature = "proxy")]
+    {
+        prepared
+            .graph
+            .order()
+            .iter()
+            .filter_map(|&index| {
+                let uri = prepared.registry.entries()[index].uri();
+                let config = prepared.config.plugin_configs.get(&uri)?;
+                plinth_builtin_plugins::proxy::target::socket_of(config.as_ref())
+                    .map(|path| (uri, path))
+            })
+            .collect()
+    }
+    #[cfg(not(feature = "proxy"))]
+    {
+        let _ = prepared;
+        Vec::new()
+    }
 }

@@ -550,3 +550,50 @@ fn a_required_library_that_fails_stops_start_up() {
         }
     }
 }
+
+#[test]
+fn the_loaders_debug_lines_reach_the_log() {
+    // Libraries were loaded before logging started, so `-l debug` showed none of this.
+    let (dir, plugins) = daemon_dir();
+    install(built().library("hello"), &plugins, "hello");
+    std::fs::write(plugins.join("README"), "not a library").unwrap();
+    let options = Start {
+        config: config(&plugins, ""),
+        args: vec!["--log-level".into(), "debug".into()],
+        ..Start::default()
+    };
+    let daemon = start_program_in(&built().plinthd, dir, options)
+        .unwrap_or_else(|(log, status)| panic!("plinthd did not start ({status:?}):\n{log}"));
+    let log = daemon.log();
+    let readme = plugins.join("README").display().to_string();
+    assert!(
+        log.lines().any(|line| line.contains("DEBUG")
+            && line.contains("ignored: not a plugin library name")
+            && line.contains(&readme)),
+        "no debug line for the ignored README:\n{log}"
+    );
+    assert!(
+        log.lines().any(|line| line.contains("DEBUG")
+            && line.contains("plugin library loaded")
+            && line.contains(&file_name("hello"))),
+        "no debug line for the loaded library:\n{log}"
+    );
+    stop(daemon);
+}
+
+#[test]
+fn config_default_names_the_plugin_dir() {
+    let output = plinth_tests::run(&built().plinthd, &["config", "default"]);
+    let text = output.ok();
+    let table: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("plugin_dir = "))
+        .collect();
+    assert_eq!(table.len(), 1, "plugin_dir missing from:\n{text}");
+    let root = text
+        .lines()
+        .find_map(|line| line.strip_prefix("root = "))
+        .unwrap_or_else(|| panic!("no root in:\n{text}"));
+    let root = root.trim_matches('"');
+    assert_eq!(table[0], format!("plugin_dir = \"{root}/plugins\""));
+}

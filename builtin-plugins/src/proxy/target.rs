@@ -183,6 +183,13 @@ impl ProxyTarget for Target {
     }
 }
 
+/// The socket a proxy target with this decoded config will serve on, if any: what a host
+/// checks before it starts (a path too long for a unix socket, say).
+pub fn socket_of(config: &(dyn std::any::Any + Send + Sync)) -> Option<PathBuf> {
+    let config = config.downcast_ref::<ProxyTargetConfig>()?;
+    (!config.address.is_empty()).then(|| super::socket_path(&config.address))
+}
+
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let config = ctx.config::<ProxyTargetConfig>()?;
     if config.address.is_empty() {

@@ -23,7 +23,8 @@
 //! does; a root on an overlay filesystem is refused first, since it cannot hold an upper
 //! directory. Mounting needs `mount(2)`, and this crate forbids `unsafe` (and has no libc
 //! binding), so the check uses rustix's safe `mount(2)` wrappers; the unmount (which waits
-//! for the kernel) runs on a thread of its own so that it does not delay start-up. Nothing else
+//! for the kernel) runs on a thread of its own so that it does not delay start-up, and the
+//! host joins it before exiting ([`finish_check_cleanups`]), so that no mount outlives it. Nothing else
 //! in the snapshotter mounts: callers mount what [`Snapshotter::mounts`] returns.
 
 use std::fs;
@@ -216,17 +217,48 @@ pub fn check_support(root: &Path) -> Result<(), String> {
         }
     }
     let result = try_overlay_mount(&check_dir);
-    // Unmounting waits for the kernel (tens of milliseconds): do it off the start-up path.
+    // Unmounting waits for the kernel (tens of milliseconds): do it off the start-up path,
+    // on a thread that `finish_check_cleanups` joins before the process exits.
     let spawned = std::thread::Builder::new()
         .name("overlay-check-cleanup".to_string())
         .spawn({
             let check_dir = check_dir.clone();
-            move || clean_up_check(&check_dir)
+            move || {
+                #[cfg(test)]
+                let _held = tests::CLEANUP_GATE
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                clean_up_check(&check_dir);
+            }
         });
-    if spawned.is_err() {
-        clean_up_check(&check_dir);
+    match spawned {
+        Ok(handle) => pending_cleanups().push(handle),
+        Err(_) => clean_up_check(&check_dir),
     }
     result
+}
+
+/// The cleanup threads of support checks not yet joined.
+fn pending_cleanups() -> std::sync::MutexGuard<'static, Vec<std::thread::JoinHandle<()>>> {
+    static PENDING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+        std::sync::Mutex::new(Vec::new());
+    // A panicked cleanup thread cannot poison this lock (it never holds it).
+    PENDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Waits until every support check's test mount is unmounted and its directory removed.
+/// A process that ran [`check_support`] calls this before it exits (by any path), so that
+/// it leaves no mount behind: the cleanup runs on a thread of its own, which the exit would
+/// otherwise cut short.
+pub fn finish_check_cleanups() {
+    let handles = std::mem::take(&mut *pending_cleanups());
+    for handle in handles {
+        if handle.join().is_err() {
+            tracing::warn!("an overlay check cleanup thread panicked");
+        }
+    }
 }
 
 /// Unmounts (if mounted) and removes one check directory.
@@ -496,6 +528,64 @@ register!(Registration::new(types::SNAPSHOTTER, "overlayfs", init));
 mod tests {
     use super::*;
     use crate::snapshots::testsuite;
+
+    /// Held by a test to keep support-check cleanups from running until it lets go.
+    pub(super) static CLEANUP_GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Whether something is mounted on `path` (from /proc/self/mountinfo).
+    fn is_mount_point(path: &Path) -> bool {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        mountinfo
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .any(|point| Path::new(point) == path)
+    }
+
+    /// The regression: the check's unmount ran on a detached thread that an exiting process
+    /// did not wait for, and the mount outlived the daemon. `finish_check_cleanups` must
+    /// return only once the mount is gone, however slow the cleanup is (held here by a gate).
+    #[test]
+    fn finishing_the_cleanups_waits_until_the_check_mount_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(dir.path()).unwrap();
+        let gate = CLEANUP_GATE.lock().unwrap();
+        if let Err(reason) = check_support(&root) {
+            panic!(
+                "this test needs overlay to work in {} (as root, not on an overlay filesystem): {reason}",
+                root.display()
+            );
+        }
+        let check_dirs: Vec<PathBuf> = fs::read_dir(&root)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        assert_eq!(check_dirs.len(), 1, "{check_dirs:?}");
+        let merged = check_dirs[0].join("merged");
+        assert!(
+            is_mount_point(&merged),
+            "the check is mounted until cleaned up"
+        );
+
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let finisher = std::thread::spawn(move || {
+            finish_check_cleanups();
+            done_tx.send(()).unwrap();
+        });
+        // The cleanup cannot run while the gate is held, so finishing must not return.
+        assert_eq!(
+            done_rx.recv_timeout(std::time::Duration::from_millis(300)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+            "finish_check_cleanups returned before the cleanup ran"
+        );
+        drop(gate);
+        done_rx.recv().unwrap();
+        finisher.join().unwrap();
+        assert!(!is_mount_point(&merged), "mount left after finishing");
+        assert!(
+            !check_dirs[0].exists(),
+            "check directory left after finishing"
+        );
+    }
 
     async fn make(root: PathBuf) -> Result<Arc<dyn Snapshotter>, Error> {
         Ok(Arc::new(OverlaySnapshotter::open(&root)?) as Arc<dyn Snapshotter>)

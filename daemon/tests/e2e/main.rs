@@ -9,6 +9,7 @@ mod crash;
 mod interop;
 mod lifecycle;
 mod proxy;
+mod refusals;
 mod storage;
 
 /// The harness finds the binaries next to the test executable; cargo rebuilds exactly those
