@@ -37,7 +37,7 @@ enum ConfigCommand {
         /// The file to migrate
         file: PathBuf,
     },
-    /// Validate the config without starting; exit non-zero on errors
+    /// Validate without starting: every check a start makes before it initialises plugins
     Check,
 }
 
