@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Mutation testing of the code where a wrong line loses data or lets someone in: the content
+# store's commit path, the metadata layer's content and snapshot views, the snapshotters'
+# remove and cleanup, and the dynamic loader's checks. Each mutant (a line of that code
+# changed on purpose) must make some test fail; a mutant that survives is either killed by a
+# new test or explained, one line each, in TESTING.md.
+#
+# Usage: ./scripts/mutants.sh [GROUP...]   groups: content metadata snapshots loader (default: all)
+#        ./scripts/mutants.sh --list [GROUP...]   only list the mutants
+#
+# Not run in CI: on two cores a full run takes hours. Run it before resolving an issue that
+# touches these files, and record the survivors per file in TESTING.md. Results land in
+# target/mutants/<group>/mutants.out (caught.txt, missed.txt, timeout.txt, unviable.txt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+version=25.3.1
+if ! cargo mutants --version 2>/dev/null | grep -q "$version"; then
+  echo "installing cargo-mutants $version from crates.io" >&2
+  cargo install --locked cargo-mutants --version "$version"
+fi
+
+list=()
+if [ "${1:-}" = "--list" ]; then
+  list=(--list)
+  shift
+fi
+groups=("$@")
+[ ${#groups[@]} -gt 0 ] || groups=(content metadata snapshots loader)
+
+# Each group: the crate whose tests judge the mutants, the features those tests need, the
+# files mutated, and which functions in them (a regex over cargo-mutants' mutant names).
+run_group() {
+  local group=$1 package features re
+  local files=()
+  case "$group" in
+    content)
+      package=plinth-builtin-plugins
+      features=content-local,testsuite
+      files=(builtin-plugins/src/content/local.rs)
+      # The ingest → commit path and deletion; not listing, labels or formatting.
+      re='(commit|write|truncate|finish|close|write_file_atomic|sync_dir|open_ingest|resume_ingest|create_ingest|read_ingest_status|remove_crash_leftovers|delete|blob_path|ingest_dir|read_at)'
+      ;;
+    metadata)
+      package=plinth-builtin-plugins
+      features=metadata-redb,content-local,snapshotter-native,testsuite
+      files=(builtin-plugins/src/metadata/content.rs builtin-plugins/src/metadata/snapshots.rs)
+      re='.'
+      ;;
+    snapshots)
+      package=plinth-builtin-plugins
+      features=snapshotter-native,snapshotter-overlayfs,testsuite
+      files=(builtin-plugins/src/snapshots/storage.rs builtin-plugins/src/snapshots/native.rs builtin-plugins/src/snapshots/overlayfs.rs)
+      re='(remove|cleanup)'
+      ;;
+    loader)
+      package=plinth-dynamic-loader
+      features=
+      files=(dynamic-loader/src/loader.rs dynamic-loader/src/elf.rs dynamic-loader/src/permissions.rs dynamic-loader/src/fingerprint.rs dynamic-loader/src/abi.rs)
+      re='.'
+      ;;
+    *)
+      echo "unknown group $group (content, metadata, snapshots, loader)" >&2
+      exit 2
+      ;;
+  esac
+  local args=(--package "$package" --test-package "$package" --re "$re" --timeout 300
+    --output "target/mutants/$group")
+  [ -z "$features" ] || args+=(--features "$features")
+  for file in "${files[@]}"; do
+    args+=(--file "$file")
+  done
+  echo "==> $group: ${files[*]}" >&2
+  # Exit codes: 0 all caught, 2 some missed, 3 some timed out; keep going either way.
+  cargo mutants "${list[@]}" "${args[@]}" || true
+}
+
+for group in "${groups[@]}"; do
+  run_group "$group"
+done
