@@ -170,7 +170,10 @@ mod tests {
                 anyhow::Error::new(not_found()).context("reading standard input"),
                 "reading standard input: entity not found",
             ),
-            (anyhow::anyhow!("no such blob (NotFound)"), "no such blob (NotFound)"),
+            (
+                anyhow::anyhow!("no such blob (NotFound)"),
+                "no such blob (NotFound)",
+            ),
         ];
         for (error, expected) in cases {
             assert_eq!(error_text(&error), expected);

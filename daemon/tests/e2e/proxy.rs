@@ -327,7 +327,7 @@ fn remote_absent_at_start_up_is_explained_then_recovers_by_itself() {
     let detail = a.plinthctl(&["plugins", "ls", "-d", "id==remote"]);
     for needle in [
         reason.as_str(),
-        "unavailable",
+        "Code: Unavailable",
         "connection down",
         &format!("address {}", raw.display()),
     ] {

@@ -365,7 +365,10 @@ fn detail_lines(plugin: &Plugin) -> Vec<(&'static str, String)> {
         }
     }
     if !plugin.capabilities.is_empty() {
-        lines.push(("Capabilities:", format!(" {}", plugin.capabilities.join(","))));
+        lines.push((
+            "Capabilities:",
+            format!(" {}", plugin.capabilities.join(",")),
+        ));
     }
     if let Some(error) = &plugin.init_err {
         lines.push(("Error:", String::new()));
