@@ -261,7 +261,11 @@ async fn run(prepared: Prepared) -> anyhow::Result<()> {
         limits,
     )?;
     tracing::info!(services = ?served, "serving gRPC");
-    eprintln!("plinthd listening on {}", socket.display());
+    eprintln!(
+        "{} listening on {}",
+        crate::program_name(),
+        socket.display()
+    );
     if let Err(e) = crate::notify::notify("READY=1") {
         tracing::warn!(error = %e, "could not notify systemd");
     }
