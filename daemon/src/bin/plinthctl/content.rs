@@ -1,7 +1,6 @@
 //! `plinthctl content …`: ingest, list, get, label, remove, and list active ingests.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Read, Write as _};
 use std::time::{Duration, SystemTime};
 
@@ -16,7 +15,7 @@ use plinthd::client::{Client, status_error};
 use plinthd::commands::table;
 use sha2::{Digest as _, Sha256};
 
-use crate::parse_labels;
+use crate::{parse_labels, remove_each};
 
 /// Bytes per write message.
 const CHUNK: usize = 1 << 20;
@@ -339,25 +338,14 @@ pub(crate) async fn run(client: &Client, command: ContentCommand) -> anyhow::Res
             Ok(format!("updated {}\n", updated.digest))
         }
         ContentCommand::Rm { digests } => {
-            let mut out = String::new();
-            let mut failed = Vec::new();
-            for digest in digests {
-                match api
-                    .delete(client.request(DeleteContentRequest {
-                        digest: digest.clone(),
-                    })?)
-                    .await
-                {
-                    Ok(_) => {
-                        let _ = writeln!(out, "{digest}");
-                    }
-                    Err(status) => failed.push(format!("{digest}: {}", status_error(status))),
-                }
-            }
-            if !failed.is_empty() {
-                bail!("{out}{}", failed.join("\n"));
-            }
-            Ok(out)
+            remove_each(digests, async |digest| {
+                let request = client.request(DeleteContentRequest {
+                    digest: digest.to_string(),
+                })?;
+                api.delete(request).await.map_err(status_error)?;
+                Ok(())
+            })
+            .await
         }
         ContentCommand::Active { filters } => {
             let statuses = api

@@ -212,6 +212,28 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
     }
 }
 
+/// Removes each of `names` with `remove` and prints the removed ones; when some could not be
+/// removed, fails with the removed ones and then each other one with its reason.
+pub(crate) async fn remove_each(
+    names: Vec<String>,
+    mut remove: impl AsyncFnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut failed = Vec::new();
+    for name in names {
+        match remove(&name).await {
+            Ok(()) => {
+                let _ = writeln!(out, "{name}");
+            }
+            Err(error) => failed.push(format!("{name}: {}", error_text(&error))),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{out}{}", failed.join("\n"));
+    }
+    Ok(out)
+}
+
 async fn namespaces(client: &Client, command: NamespacesCommand) -> anyhow::Result<String> {
     let mut api = NamespacesClient::new(client.channel());
     match command {
@@ -248,23 +270,14 @@ async fn namespaces(client: &Client, command: NamespacesCommand) -> anyhow::Resu
             Ok(String::new())
         }
         NamespacesCommand::Rm { names } => {
-            let mut out = String::new();
-            let mut failed = Vec::new();
-            for name in names {
-                match api
-                    .delete(client.request(DeleteNamespaceRequest { name: name.clone() })?)
-                    .await
-                {
-                    Ok(_) => {
-                        let _ = writeln!(out, "{name}");
-                    }
-                    Err(status) => failed.push(format!("{name}: {}", status_error(status))),
-                }
-            }
-            if !failed.is_empty() {
-                bail!("{}{}", out, failed.join("\n"));
-            }
-            Ok(out)
+            remove_each(names, async |name| {
+                let request = client.request(DeleteNamespaceRequest {
+                    name: name.to_string(),
+                })?;
+                api.delete(request).await.map_err(status_error)?;
+                Ok(())
+            })
+            .await
         }
         NamespacesCommand::Label { name, labels } => {
             let labels = parse_labels(&labels)?;

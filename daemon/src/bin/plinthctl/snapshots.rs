@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use plinth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use plinth_api::containerd::services::snapshots::v1::{
     CommitSnapshotRequest, Info, Kind, ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest,
@@ -16,7 +16,7 @@ use plinthd::client::{Client, status_error};
 use plinthd::commands::table;
 
 use crate::content::human;
-use crate::parse_labels;
+use crate::{parse_labels, remove_each};
 
 /// `plinthctl snapshots` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -315,26 +315,15 @@ pub(crate) async fn run(
             Ok(info_json(&info))
         }
         SnapshotsCommand::Rm { keys } => {
-            let mut out = String::new();
-            let mut failed = Vec::new();
-            for key in keys {
-                match api
-                    .remove(client.request(RemoveSnapshotRequest {
-                        snapshotter: sn.clone(),
-                        key: key.clone(),
-                    })?)
-                    .await
-                {
-                    Ok(_) => {
-                        let _ = writeln!(out, "{key}");
-                    }
-                    Err(status) => failed.push(format!("{key}: {}", status_error(status))),
-                }
-            }
-            if !failed.is_empty() {
-                bail!("{out}{}", failed.join("\n"));
-            }
-            Ok(out)
+            remove_each(keys, async |key| {
+                let request = client.request(RemoveSnapshotRequest {
+                    snapshotter: sn.clone(),
+                    key: key.to_string(),
+                })?;
+                api.remove(request).await.map_err(status_error)?;
+                Ok(())
+            })
+            .await
         }
         SnapshotsCommand::Label { key, labels } => {
             let labels = parse_labels(&labels)?;
