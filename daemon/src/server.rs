@@ -261,11 +261,8 @@ async fn run(prepared: Prepared) -> anyhow::Result<()> {
         limits,
     )?;
     tracing::info!(services = ?served, "serving gRPC");
-    eprintln!(
-        "{} listening on {}",
-        crate::program_name(),
-        socket.display()
-    );
+    let program = crate::program_name();
+    eprintln!("{program} listening on {}", socket.display());
     if let Err(e) = crate::notify::notify("READY=1") {
         tracing::warn!(error = %e, "could not notify systemd");
     }
