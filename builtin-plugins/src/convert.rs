@@ -14,21 +14,14 @@ use crate::snapshots::{self, Kind, Mount};
 
 /// A time as a protobuf timestamp, to the nanosecond.
 pub fn timestamp(time: SystemTime) -> Timestamp {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
-    }
+    Timestamp::from(time)
 }
 
-/// A protobuf timestamp as a time (the epoch when absent).
+/// A protobuf timestamp as a time (the epoch when absent, or beyond what `SystemTime` holds).
 pub fn time(timestamp: Option<&Timestamp>) -> SystemTime {
-    let Some(t) = timestamp else {
-        return UNIX_EPOCH;
-    };
-    let seconds = u64::try_from(t.seconds).unwrap_or(0);
-    let nanos = u32::try_from(t.nanos).unwrap_or(0);
-    UNIX_EPOCH + std::time::Duration::new(seconds, nanos)
+    timestamp
+        .and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(UNIX_EPOCH)
 }
 
 /// A wire map as labels.
@@ -145,4 +138,37 @@ pub fn mounts(mounts: &[Mount]) -> Vec<MountMessage> {
             options: m.options.clone(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn times_round_trip_through_timestamps() {
+        let cases: &[(SystemTime, (i64, i32))] = &[
+            (UNIX_EPOCH, (0, 0)),
+            (
+                UNIX_EPOCH + Duration::new(1_796_002_947, 123_456_789),
+                (1_796_002_947, 123_456_789),
+            ),
+            // Before the epoch: whole seconds below, nanoseconds above (protobuf's rule).
+            (
+                UNIX_EPOCH - Duration::new(1, 250_000_000),
+                (-2, 750_000_000),
+            ),
+        ];
+        for &(time_value, (seconds, nanos)) in cases {
+            let wire = timestamp(time_value);
+            assert_eq!(
+                (wire.seconds, wire.nanos),
+                (seconds, nanos),
+                "{time_value:?}"
+            );
+            assert_eq!(time(Some(&wire)), time_value, "{time_value:?}");
+        }
+        assert_eq!(time(None), UNIX_EPOCH);
+    }
 }

@@ -36,7 +36,7 @@ impl Client {
             .await
             .with_context(|| {
                 format!(
-                    "connecting to {}: is plinthd running there? (set --address)",
+                    "connecting to {} (is plinthd running there? set --address)",
                     socket.display()
                 )
             })?;
@@ -75,10 +75,21 @@ impl Client {
 /// Turns a gRPC status into an error that says what the server said, with its code, and —
 /// for a status the transport made up (a broken connection, say) — the causes under it.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    let mut text = format!("{} ({:?})", status.message(), status.code());
-    let mut cause = std::error::Error::source(&status);
+    let text = format!("{} ({:?})", status.message(), status.code());
+    anyhow::anyhow!(with_causes(text, std::error::Error::source(&status)))
+}
+
+/// An error and its causes on one line, `error: cause: cause`, each said once: a cause whose
+/// text its error already holds (tonic and hyper fold their source into their own message,
+/// so `{:#}` would print an OS error twice) is left out. For plinthctl's last word.
+pub fn error_text(error: &anyhow::Error) -> String {
+    with_causes(error.to_string(), error.chain().nth(1))
+}
+
+/// `text`, then `: <cause>` for each cause from `cause` down that the text so far does not
+/// already say.
+fn with_causes(mut text: String, mut cause: Option<&(dyn std::error::Error + 'static)>) -> String {
     while let Some(error) = cause {
-        // tonic often folds the first cause into its message already.
         let said = error.to_string();
         if !text.contains(&said) {
             text.push_str(": ");
@@ -86,7 +97,7 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
         }
         cause = error.source();
     }
-    anyhow::anyhow!(text)
+    text
 }
 
 #[cfg(test)]
@@ -122,6 +133,51 @@ mod tests {
             "h2 protocol error: error reading a body from connection (Unknown): \
              stream closed because of a broken pipe"
         );
+    }
+
+    /// An error that, like tonic's transport error, says its source in its own message.
+    #[derive(Debug)]
+    struct Folding(std::io::Error);
+
+    impl std::fmt::Display for Folding {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "transport error: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Folding {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// Regression: `plinthctl -a /nonexistent.sock plugins ls` said "No such file or directory
+    /// (os error 2)" twice.
+    #[test]
+    fn error_text_says_each_cause_once() {
+        let not_found = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let cases: Vec<(anyhow::Error, &str)> = vec![
+            (
+                anyhow::Error::new(Folding(not_found())).context("connecting to /x.sock"),
+                "connecting to /x.sock: transport error: entity not found",
+            ),
+            (
+                anyhow::Error::new(Outer(std::io::Error::other("broken pipe")))
+                    .context("sending data"),
+                "sending data: error reading a body from connection: broken pipe",
+            ),
+            (
+                anyhow::Error::new(not_found()).context("reading standard input"),
+                "reading standard input: entity not found",
+            ),
+            (
+                anyhow::anyhow!("no such blob (NotFound)"),
+                "no such blob (NotFound)",
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error_text(&error), expected);
+        }
     }
 
     #[test]

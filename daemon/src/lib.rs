@@ -13,3 +13,14 @@ pub mod notify;
 pub mod paths;
 pub mod server;
 pub mod setup;
+
+/// The name of the running program (its executable's file name), for the lines it prints:
+/// `plinthd`, or the name of a daemon built on this crate, such as `minimal-daemon`.
+pub fn program_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|path| Some(path.file_name()?.to_string_lossy().into_owned()))
+        // Linux names an executable replaced since it started `<name> (deleted)`.
+        .map(|name| name.trim_end_matches(" (deleted)").to_string())
+        .unwrap_or_else(|| "plinthd".to_string())
+}

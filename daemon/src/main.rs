@@ -8,7 +8,11 @@ use plinthd::setup::Options;
 
 /// Plinth's daemon: containerd's gRPC API on a unix socket, built from plugins.
 #[derive(Debug, Parser)]
-#[command(name = "plinthd", version, about)]
+#[command(
+    name = "plinthd",
+    version,
+    about = "Plinth's reference daemon: containerd's content, snapshots and metadata services over gRPC"
+)]
 struct Cli {
     #[command(flatten)]
     options: Options,

@@ -355,7 +355,8 @@ async fn run(prepared: Prepared, serving: &std::sync::atomic::AtomicBool) -> any
     )?;
     serving.store(true, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(services = ?served, "serving gRPC");
-    eprintln!("plinthd listening on {}", socket.display());
+    let program = crate::program_name();
+    eprintln!("{program} listening on {}", socket.display());
     if let Err(e) = crate::notify::notify("READY=1") {
         tracing::warn!(error = %e, "could not notify systemd");
     }

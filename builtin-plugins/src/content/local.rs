@@ -769,133 +769,24 @@ impl Sidecar {
 }
 
 /// Formats a time as RFC 3339 in UTC with nanoseconds, which Go's `time.UnmarshalText`
-/// (containerd's timestamp files) reads.
+/// (containerd's timestamp files) reads. A time outside years -9999..=9999 (no file system
+/// hands out such a time) is written as the nearest one inside.
 fn format_time(time: SystemTime) -> String {
-    let (seconds, nanos) = match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => (to_i64(after.as_secs()), after.subsec_nanos()),
-        Err(before) => {
-            let before = before.duration();
-            let seconds = -to_i64(before.as_secs());
-            match before.subsec_nanos() {
-                0 => (seconds, 0),
-                nanos => (seconds - 1, 1_000_000_000 - nanos),
-            }
+    let timestamp = jiff::Timestamp::try_from(time).unwrap_or_else(|_| {
+        if time < UNIX_EPOCH {
+            jiff::Timestamp::MIN
+        } else {
+            jiff::Timestamp::MAX
         }
-    };
-    let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
-    let second_of_day = seconds.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    )
+    });
+    format!("{timestamp:.9}")
 }
 
-/// Parses RFC 3339 (`2006-01-02T15:04:05[.frac](Z|±hh:mm)`), as Go's `time.MarshalText`
-/// writes it; `None` for anything else.
+/// Parses RFC 3339 (`2006-01-02T15:04:05[.frac](Z|±hh:mm)`), as this store and Go's
+/// `time.MarshalText` write it; `None` for anything else.
 fn parse_time(text: &str) -> Option<SystemTime> {
-    let text = text.trim();
-    let bytes = text.as_bytes();
-    let number = |from: usize, to: usize| -> Option<i64> {
-        let digits = text.get(from..to)?;
-        if !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        digits.parse().ok()
-    };
-    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
-    if bytes.len() < 20
-        || separators.iter().any(|&(at, sep)| bytes[at] != sep)
-        || !matches!(bytes[10], b'T' | b't')
-    {
-        return None;
-    }
-    let (year, month, day) = (number(0, 4)?, number(5, 7)?, number(8, 10)?);
-    let (hour, minute, second) = (number(11, 13)?, number(14, 16)?, number(17, 19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut position = 19;
-    let mut nanos = 0u32;
-    if bytes[position] == b'.' {
-        let start = position + 1;
-        position = start;
-        while position < bytes.len() && bytes[position].is_ascii_digit() {
-            position += 1;
-        }
-        let fraction = &text[start..position];
-        if fraction.is_empty() {
-            return None;
-        }
-        let mut padded: String = fraction.chars().take(9).collect();
-        while padded.len() < 9 {
-            padded.push('0');
-        }
-        nanos = padded.parse().ok()?;
-    }
-    let zone = &text[position..];
-    let offset = match zone {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match zone.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            if zone.len() != 6 || zone.as_bytes()[3] != b':' {
-                return None;
-            }
-            let hours: i64 = zone[1..3].parse().ok()?;
-            let minutes: i64 = zone[4..6].parse().ok()?;
-            sign * (hours * 3600 + minutes * 60)
-        }
-    };
-    let seconds = days_from_civil(year, month, day)
-        .checked_mul(86_400)?
-        .checked_add(hour * 3600 + minute * 60 + second)?
-        .checked_sub(offset)?;
-    let since_epoch = Duration::from_secs(seconds.unsigned_abs());
-    let whole = if seconds >= 0 {
-        UNIX_EPOCH.checked_add(since_epoch)?
-    } else {
-        UNIX_EPOCH.checked_sub(since_epoch)?
-    };
-    whole.checked_add(Duration::from_nanos(u64::from(nanos)))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year.rem_euclid(400);
-    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// The date of a day since 1970-01-01 (inverse of [`days_from_civil`]).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let days = days + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    let timestamp: jiff::Timestamp = text.trim().parse().ok()?;
+    Some(SystemTime::from(timestamp))
 }
 
 #[tonic::async_trait]
@@ -1390,25 +1281,29 @@ mod tests {
     #[test]
     fn times_round_trip_through_rfc3339() {
         let cases: &[(&str, Option<(u64, u32)>)] = &[
-            ("1970-01-01T00:00:00Z", Some((0, 0))),
+            // As this store has always written them (UTC, nine digits).
+            ("1970-01-01T00:00:00.000000000Z", Some((0, 0))),
+            (
+                "2026-11-30T01:42:27.123456789Z",
+                Some((1_796_002_947, 123_456_789)),
+            ),
+            // As Go's time.MarshalText writes them (containerd's ingest files): local offset,
+            // trailing zeros of the fraction dropped.
             (
                 "2017-11-14T13:43:22.178013-08:00",
                 Some((1_510_695_802, 178_013_000)),
             ),
-            (
-                "2024-02-29T23:59:59.999999999Z",
-                Some((1_709_251_199, 999_999_999)),
-            ),
-            (
-                "2024-02-29T23:59:59.9999999999Z",
-                Some((1_709_251_199, 999_999_999)),
-            ),
             ("2000-03-01T00:00:00+01:00", Some((951_865_200, 0))),
-            ("2000-03-01 00:00:00Z", None),
+            ("1970-01-01T00:00:00Z", Some((0, 0))),
+            (
+                "2024-02-29T23:59:59.999999999Z\n",
+                Some((1_709_251_199, 999_999_999)),
+            ),
             ("2000-13-01T00:00:00Z", None),
+            ("2000-02-30T00:00:00Z", None),
             ("2000-03-01T00:00:00.Z", None),
             ("2000-03-01T00:00:00", None),
-            ("2000-03-01T00:00:00+0100", None),
+            ("yesterday", None),
             ("", None),
         ];
         for (text, expected) in cases {
@@ -1419,9 +1314,44 @@ mod tests {
                 assert_eq!(parse_time(&format_time(time)), Some(time), "{text:?}");
             }
         }
-        let before_epoch = UNIX_EPOCH - Duration::new(86_401, 5);
-        assert_eq!(format_time(before_epoch), "1969-12-30T23:59:58.999999995Z");
-        assert_eq!(parse_time(&format_time(before_epoch)), Some(before_epoch));
+    }
+
+    /// Files written before the store used jiff hold exactly these strings; the format must
+    /// not drift (Go's parser and older plinth builds read them).
+    #[test]
+    fn times_are_written_as_before() {
+        let cases: &[(SystemTime, &str)] = &[
+            (UNIX_EPOCH, "1970-01-01T00:00:00.000000000Z"),
+            (
+                UNIX_EPOCH + Duration::new(1_796_002_947, 123_456_789),
+                "2026-11-30T01:42:27.123456789Z",
+            ),
+            (
+                UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000),
+                "2023-11-14T22:13:20.500000000Z",
+            ),
+            (
+                UNIX_EPOCH - Duration::new(86_401, 5),
+                "1969-12-30T23:59:58.999999995Z",
+            ),
+        ];
+        for (time, text) in cases {
+            assert_eq!(format_time(*time), *text);
+        }
+        let written_before = format!(
+            "{SIDECAR_HEADER}\ncreated 2026-11-30T01:42:27.123456789Z\n\
+             updated 2026-11-30T01:42:28.000000001Z\nlabel 3 3\nappweb\n"
+        );
+        let sidecar = Sidecar::decode(written_before.as_bytes()).expect("decodes");
+        assert_eq!(
+            sidecar.created_at,
+            UNIX_EPOCH + Duration::new(1_796_002_947, 123_456_789)
+        );
+        assert_eq!(
+            sidecar.updated_at,
+            UNIX_EPOCH + Duration::new(1_796_002_948, 1)
+        );
+        assert_eq!(sidecar.encode(), written_before.as_bytes());
     }
 
     #[test]

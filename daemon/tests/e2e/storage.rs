@@ -257,8 +257,8 @@ fn plinthctl_content_round_trip_with_progress() {
     );
     assert_eq!(output.ok(), format!("{digest}\n"));
     assert!(
-        output.stderr.contains("pc-blob: 5.0 MiB"),
-        "progress shows bytes: {}",
+        output.stderr.contains("pc-blob [") && output.stderr.contains("5.00 MiB/5.00 MiB"),
+        "progress shows a bar: {}",
         output.stderr
     );
     assert!(

@@ -1,11 +1,11 @@
 //! `plinthctl content …`: ingest, list, get, label, remove, and list active ingests.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io::{IsTerminal as _, Read as _, Write as _};
-use std::time::{Duration, Instant, SystemTime};
+use std::io::{IsTerminal as _, Read, Write as _};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use plinth_api::containerd::services::content::v1::content_client::ContentClient;
 use plinth_api::containerd::services::content::v1::{
     DeleteContentRequest, Info, InfoRequest, ListContentRequest, ListStatusesRequest,
@@ -13,8 +13,9 @@ use plinth_api::containerd::services::content::v1::{
 };
 use plinthd::client::{Client, status_error};
 use plinthd::commands::table;
+use sha2::{Digest as _, Sha256};
 
-use crate::parse_labels;
+use crate::{parse_labels, remove_each};
 
 /// Bytes per write message.
 const CHUNK: usize = 1 << 20;
@@ -22,19 +23,21 @@ const CHUNK: usize = 1 << 20;
 /// `plinthctl content` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ContentCommand {
-    /// Ingest standard input as a blob under REF
+    /// Ingest FILE (or standard input) as a blob under REF; prints its digest
     Ingest {
         /// The ingest ref
         reference: String,
+        /// The file to ingest [default: standard input]
+        file: Option<std::path::PathBuf>,
         /// The digest the bytes must have
         #[arg(long)]
         expected_digest: Option<String>,
         /// The size the bytes must have
         #[arg(long, default_value_t = 0)]
         expected_size: i64,
-        /// Progress on standard error: auto (when it is a terminal), always, never
-        #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
-        progress: String,
+        /// Progress on standard error: a bar when the size is known, else the rate
+        #[arg(long, value_enum, default_value = "auto")]
+        progress: ProgressMode,
     },
     /// List blobs: DIGEST, SIZE, AGE, LABELS
     #[command(alias = "list")]
@@ -69,6 +72,123 @@ pub(crate) enum ContentCommand {
         /// Filters, e.g. ref~=^layer
         filters: Vec<String>,
     },
+}
+
+/// When `content ingest` shows its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ProgressMode {
+    /// When standard error is a terminal
+    Auto,
+    /// Always, as plain lines where standard error is not a terminal
+    Always,
+    /// Never
+    Never,
+}
+
+/// What `content ingest` shows on standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// A bar with percentage, rate and time left, for `total` bytes.
+    Bar {
+        /// The bytes to send.
+        total: u64,
+    },
+    /// The bytes sent so far and the rate: how many will come is not known.
+    Rate,
+    /// Nothing.
+    Hidden,
+}
+
+/// The display for an ingest of `size` bytes (when known: a regular file, or
+/// `--expected-size`) with standard error a terminal or not.
+pub(crate) fn choose_progress(
+    mode: ProgressMode,
+    stderr_is_terminal: bool,
+    size: Option<u64>,
+) -> Progress {
+    let show = match mode {
+        ProgressMode::Auto => stderr_is_terminal,
+        ProgressMode::Always => true,
+        ProgressMode::Never => false,
+    };
+    match size {
+        _ if !show => Progress::Hidden,
+        Some(total) if total > 0 => Progress::Bar { total },
+        _ => Progress::Rate,
+    }
+}
+
+/// The progress bar for `progress` (hidden for [`Progress::Hidden`]), drawn on standard error:
+/// in place on a terminal, else (`--progress always`) as plain text.
+fn progress_bar(progress: Progress, reference: &str) -> ProgressBar {
+    let (bar, template) = match progress {
+        Progress::Hidden => return ProgressBar::hidden(),
+        Progress::Bar { total } => (
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden()),
+            "{prefix} [{bar:30}] {percent:>3}% {binary_bytes}/{binary_total_bytes} \
+             {binary_bytes_per_sec} {eta} left",
+        ),
+        Progress::Rate => (
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden()),
+            "{prefix} {binary_bytes} {binary_bytes_per_sec}",
+        ),
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(reference.to_string());
+    bar.set_draw_target(if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::term_like(Box::new(PlainStderr))
+    });
+    bar
+}
+
+/// Standard error that is not a terminal, for indicatif: each frame starts with `\r`, with no
+/// escape sequences.
+#[derive(Debug)]
+struct PlainStderr;
+
+impl indicatif::TermLike for PlainStderr {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, line: &str) -> std::io::Result<()> {
+        writeln!(std::io::stderr(), "{line}")
+    }
+    fn write_str(&self, text: &str) -> std::io::Result<()> {
+        write!(std::io::stderr(), "{text}")
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        write!(std::io::stderr(), "\r")
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// The bytes left to read from standard input when it is a regular file.
+fn stdin_size() -> Option<u64> {
+    let stdin = std::io::stdin();
+    let stat = rustix::fs::fstat(&stdin).ok()?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return None;
+    }
+    let position = rustix::fs::seek(&stdin, rustix::fs::SeekFrom::Current(0)).ok()?;
+    u64::try_from(stat.st_size).ok()?.checked_sub(position)
 }
 
 fn age(time: Option<&plinth_api::prost_types::Timestamp>) -> String {
@@ -120,21 +240,32 @@ pub(crate) async fn run(client: &Client, command: ContentCommand) -> anyhow::Res
     match command {
         ContentCommand::Ingest {
             reference,
+            file,
             expected_digest,
             expected_size,
             progress,
         } => {
-            let show = match progress.as_str() {
-                "always" => true,
-                "never" => false,
-                _ => std::io::stderr().is_terminal(),
+            let (input, size): (Box<dyn Read + Send>, Option<u64>) = match &file {
+                Some(path) => {
+                    let opened = std::fs::File::open(path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    let size = opened.metadata().ok().map(|m| m.len());
+                    (Box::new(opened), size)
+                }
+                None => (Box::new(std::io::stdin()), stdin_size()),
             };
+            let size = u64::try_from(expected_size)
+                .ok()
+                .filter(|&n| n > 0)
+                .or(size);
+            let progress = choose_progress(progress, std::io::stderr().is_terminal(), size);
             ingest(
                 client,
                 &reference,
+                input,
                 expected_digest.unwrap_or_default(),
                 expected_size,
-                show,
+                progress_bar(progress, &reference),
             )
             .await
         }
@@ -207,25 +338,14 @@ pub(crate) async fn run(client: &Client, command: ContentCommand) -> anyhow::Res
             Ok(format!("updated {}\n", updated.digest))
         }
         ContentCommand::Rm { digests } => {
-            let mut out = String::new();
-            let mut failed = Vec::new();
-            for digest in digests {
-                match api
-                    .delete(client.request(DeleteContentRequest {
-                        digest: digest.clone(),
-                    })?)
-                    .await
-                {
-                    Ok(_) => {
-                        let _ = writeln!(out, "{digest}");
-                    }
-                    Err(status) => failed.push(format!("{digest}: {}", status_error(status))),
-                }
-            }
-            if !failed.is_empty() {
-                bail!("{out}{}", failed.join("\n"));
-            }
-            Ok(out)
+            remove_each(digests, async |digest| {
+                let request = client.request(DeleteContentRequest {
+                    digest: digest.to_string(),
+                })?;
+                api.delete(request).await.map_err(status_error)?;
+                Ok(())
+            })
+            .await
         }
         ContentCommand::Active { filters } => {
             let statuses = api
@@ -250,13 +370,15 @@ pub(crate) async fn run(client: &Client, command: ContentCommand) -> anyhow::Res
     }
 }
 
-/// Streams standard input to the Write stream in 1 MiB messages, then commits.
+/// Streams `input` to the Write stream in 1 MiB messages, then commits; prints the digest,
+/// with ` already exists` when the store had the blob.
 async fn ingest(
     client: &Client,
     reference: &str,
+    mut input: Box<dyn Read + Send>,
     expected: String,
     total: i64,
-    progress: bool,
+    bar: ProgressBar,
 ) -> anyhow::Result<String> {
     let mut api = ContentClient::new(client.channel());
     let (sender, receiver) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
@@ -269,32 +391,13 @@ async fn ingest(
         ..WriteContentRequest::default()
     };
     sender.send(first).await.context("starting the write")?;
-    let mut replies = match api.write(request).await {
-        Ok(r) => r.into_inner(),
-        Err(s) if s.code() == tonic::Code::AlreadyExists => {
-            return Ok(format!("{expected} already exists\n"));
-        }
-        Err(s) => return Err(status_error(s)),
-    };
-    let stat = match replies.message().await {
-        Ok(Some(stat)) => stat,
-        Ok(None) => bail!("server closed the write stream"),
-        Err(s) if s.code() == tonic::Code::AlreadyExists => {
-            return Ok(format!("{expected} already exists\n"));
-        }
-        Err(s) => return Err(status_error(s)),
-    };
-    if stat.offset > 0 {
-        eprintln!("restarting ingest {reference} (had {} bytes)", stat.offset);
-    }
     let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
     std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
         loop {
             let mut buffer = vec![0u8; CHUNK];
             let mut filled = 0;
             while filled < CHUNK {
-                match stdin.read(&mut buffer[filled..]) {
+                match input.read(&mut buffer[filled..]) {
                     Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -311,8 +414,41 @@ async fn ingest(
             }
         }
     });
-    let started = Instant::now();
-    let mut last_draw = Instant::now();
+    // The digest of what was read, so that a blob the store already has can be named even
+    // when no digest was expected.
+    let mut hasher = Sha256::new();
+    let exists = async |mut hasher: Sha256,
+                        pending: Option<Vec<u8>>,
+                        chunks: &mut tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>|
+           -> anyhow::Result<String> {
+        bar.finish_and_clear();
+        if !expected.is_empty() {
+            return Ok(format!("{expected} already exists\n"));
+        }
+        hasher.update(pending.unwrap_or_default());
+        while let Some(chunk) = chunks.recv().await {
+            hasher.update(chunk.context("reading the input")?);
+        }
+        Ok(format!("sha256:{:x} already exists\n", hasher.finalize()))
+    };
+    let mut replies = match api.write(request).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+            return exists(hasher, None, &mut chunks_rx).await;
+        }
+        Err(s) => return Err(status_error(s)),
+    };
+    let stat = match replies.message().await {
+        Ok(Some(stat)) => stat,
+        Ok(None) => bail!("server closed the write stream"),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+            return exists(hasher, None, &mut chunks_rx).await;
+        }
+        Err(s) => return Err(status_error(s)),
+    };
+    if stat.offset > 0 {
+        bar.suspend(|| eprintln!("restarting ingest {reference} (had {} bytes)", stat.offset));
+    }
     let mut written: i64 = 0;
     let mut digest;
     let mut pending: Option<Vec<u8>> = None;
@@ -323,7 +459,7 @@ async fn ingest(
                 .recv()
                 .await
                 .transpose()
-                .context("reading standard input")?
+                .context("reading the input")?
                 .unwrap_or_default(),
         };
         let next = if chunk.len() == CHUNK {
@@ -331,12 +467,13 @@ async fn ingest(
                 .recv()
                 .await
                 .transpose()
-                .context("reading standard input")?
+                .context("reading the input")?
         } else {
             None
         };
         let last = next.as_ref().is_none_or(Vec::is_empty);
-        let n = i64::try_from(chunk.len()).unwrap_or(0);
+        hasher.update(&chunk);
+        let n = chunk.len();
         let message = WriteContentRequest {
             action: if last {
                 WriteAction::Commit
@@ -359,33 +496,53 @@ async fn ingest(
             Ok(Some(reply)) => digest = reply.digest,
             Ok(None) => bail!("server closed the write stream"),
             Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                return Ok(format!("{expected} already exists\n"));
+                return exists(hasher, next, &mut chunks_rx).await;
             }
             Err(s) => return Err(status_error(s)),
         }
-        written += n;
-        if progress && (last || last_draw.elapsed() > Duration::from_millis(100)) {
-            last_draw = Instant::now();
-            let rate = written as f64 / started.elapsed().as_secs_f64().max(1e-6);
-            let of = if total > 0 {
-                format!(" / {}", human(total))
-            } else {
-                String::new()
-            };
-            eprint!(
-                "\r{reference}: {}{of}  {}/s   ",
-                human(written),
-                human(rate as i64)
-            );
-            if last {
-                eprintln!();
-            }
-        }
+        written += i64::try_from(n).unwrap_or(i64::MAX);
+        bar.inc(u64::try_from(n).unwrap_or(u64::MAX));
         if last {
             break;
         }
         pending = next;
     }
     drop(sender);
+    if !bar.is_hidden() {
+        // The last frame stays, on a line of its own.
+        bar.finish();
+        eprintln!();
+    }
     Ok(format!("{digest}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bar whenever the size is known, the rate otherwise, nothing on a non-terminal unless
+    /// asked for.
+    #[test]
+    fn progress_display_follows_terminal_and_size() {
+        use ProgressMode::{Always, Auto, Never};
+        let cases: &[(ProgressMode, bool, Option<u64>, Progress)] = &[
+            (Auto, true, Some(5), Progress::Bar { total: 5 }),
+            (Auto, true, None, Progress::Rate),
+            // An empty file has nothing to show a share of.
+            (Auto, true, Some(0), Progress::Rate),
+            (Auto, false, Some(5), Progress::Hidden),
+            (Auto, false, None, Progress::Hidden),
+            (Always, false, Some(5), Progress::Bar { total: 5 }),
+            (Always, false, None, Progress::Rate),
+            (Never, true, Some(5), Progress::Hidden),
+            (Never, true, None, Progress::Hidden),
+        ];
+        for &(mode, terminal, size, expected) in cases {
+            assert_eq!(
+                choose_progress(mode, terminal, size),
+                expected,
+                "{mode:?} terminal={terminal} size={size:?}"
+            );
+        }
+    }
 }

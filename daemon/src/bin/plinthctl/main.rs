@@ -14,7 +14,7 @@ use plinth_api::containerd::services::namespaces::v1::{
     UpdateNamespaceRequest,
 };
 use plinth_api::containerd::services::version::v1::version_client::VersionClient;
-use plinthd::client::{Client, status_error};
+use plinthd::client::{Client, error_text, status_error};
 use plinthd::commands::table;
 use plinthd::paths::Defaults;
 
@@ -23,7 +23,11 @@ mod snapshots;
 
 /// Plinth's client for a running plinthd: plugins, version, namespaces, content, snapshots.
 #[derive(Debug, Parser)]
-#[command(name = "plinthctl", version, about)]
+#[command(
+    name = "plinthctl",
+    version,
+    about = "Plinth's client for a running plinthd (or containerd): plugins, namespaces, content, snapshots"
+)]
 struct Cli {
     /// Socket of the daemon [default: plinthd's default socket for this user]
     #[arg(short, long, global = true, env = "PLINTH_ADDRESS")]
@@ -123,7 +127,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("plinthctl: {error:#}");
+            eprintln!("plinthctl: {}", error_text(&error));
             ExitCode::FAILURE
         }
     }
@@ -161,7 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             Ok(if quiet {
                 plugins.iter().map(|p| format!("{}\n", p.id)).collect()
             } else if detailed {
-                plugins.iter().map(detail).collect::<Vec<_>>().join("\n")
+                detail(&plugins)
             } else {
                 let rows: Vec<[String; 4]> = plugins
                     .iter()
@@ -208,6 +212,28 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
     }
 }
 
+/// Removes each of `names` with `remove` and prints the removed ones; when some could not be
+/// removed, fails with the removed ones and then each other one with its reason.
+pub(crate) async fn remove_each(
+    names: Vec<String>,
+    mut remove: impl AsyncFnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut failed = Vec::new();
+    for name in names {
+        match remove(&name).await {
+            Ok(()) => {
+                let _ = writeln!(out, "{name}");
+            }
+            Err(error) => failed.push(format!("{name}: {}", error_text(&error))),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{out}{}", failed.join("\n"));
+    }
+    Ok(out)
+}
+
 async fn namespaces(client: &Client, command: NamespacesCommand) -> anyhow::Result<String> {
     let mut api = NamespacesClient::new(client.channel());
     match command {
@@ -244,23 +270,14 @@ async fn namespaces(client: &Client, command: NamespacesCommand) -> anyhow::Resu
             Ok(String::new())
         }
         NamespacesCommand::Rm { names } => {
-            let mut out = String::new();
-            let mut failed = Vec::new();
-            for name in names {
-                match api
-                    .delete(client.request(DeleteNamespaceRequest { name: name.clone() })?)
-                    .await
-                {
-                    Ok(_) => {
-                        let _ = writeln!(out, "{name}");
-                    }
-                    Err(status) => failed.push(format!("{name}: {}", status_error(status))),
-                }
-            }
-            if !failed.is_empty() {
-                bail!("{}{}", out, failed.join("\n"));
-            }
-            Ok(out)
+            remove_each(names, async |name| {
+                let request = client.request(DeleteNamespaceRequest {
+                    name: name.to_string(),
+                })?;
+                api.delete(request).await.map_err(status_error)?;
+                Ok(())
+            })
+            .await
         }
         NamespacesCommand::Label { name, labels } => {
             let labels = parse_labels(&labels)?;
@@ -308,35 +325,150 @@ fn status(plugin: &Plugin) -> &'static str {
     }
 }
 
-fn detail(plugin: &Plugin) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "Type:          {}", plugin.r#type);
-    let _ = writeln!(out, "ID:            {}", plugin.id);
+/// Every detail of each plugin, laid out as `ctr plugins ls -d` lays it out (Go's tabwriter
+/// with padding 4): labels in one column as wide as the widest label, each plugin's export
+/// keys in a column as wide as its widest key; a blank line between plugins. Unlike ctr,
+/// exports are sorted and no line ends in spaces.
+fn detail(plugins: &[Plugin]) -> String {
+    let blocks: Vec<Vec<(&str, String)>> = plugins.iter().map(detail_lines).collect();
+    let label_width = blocks
+        .iter()
+        .flatten()
+        .map(|(label, _)| label.len())
+        .max()
+        .unwrap_or(0)
+        + 4;
+    let blocks: Vec<String> = blocks
+        .iter()
+        .map(|lines| {
+            lines
+                .iter()
+                .map(|(label, rest)| {
+                    let line = format!("{label:<label_width$}{rest}");
+                    format!("{}\n", line.trim_end())
+                })
+                .collect()
+        })
+        .collect();
+    blocks.join("\n")
+}
+
+/// One plugin's lines as (label, what follows the label's column).
+fn detail_lines(plugin: &Plugin) -> Vec<(&'static str, String)> {
+    let mut lines = vec![
+        ("Type:", format!(" {}", plugin.r#type)),
+        ("ID:", format!(" {}", plugin.id)),
+    ];
     if !plugin.requires.is_empty() {
-        let _ = writeln!(out, "Requires:      ");
+        lines.push(("Requires:", String::new()));
         for r in &plugin.requires {
-            let _ = writeln!(out, "               {r}");
+            lines.push(("", format!(" {r}")));
         }
     }
-    let _ = writeln!(out, "Platforms:     {}", platforms(plugin));
+    if !plugin.platforms.is_empty() {
+        lines.push(("Platforms:", format!(" {}", platforms(plugin))));
+    }
     if !plugin.exports.is_empty() {
-        let _ = writeln!(out, "Exports:       ");
+        lines.push(("Exports:", String::new()));
         let exports: BTreeMap<_, _> = plugin.exports.iter().collect();
+        // ctr's cell is " key " padded by 4: the value starts 6 columns after the widest key.
+        let key_width = exports.keys().map(|k| k.len()).max().unwrap_or(0) + 5;
         for (k, v) in exports {
-            let _ = writeln!(out, "               {k:<16}{v}");
+            lines.push(("", format!(" {k:<key_width$} {v}")));
         }
     }
     if !plugin.capabilities.is_empty() {
-        let _ = writeln!(out, "Capabilities:  {}", plugin.capabilities.join(","));
+        lines.push((
+            "Capabilities:",
+            format!(" {}", plugin.capabilities.join(",")),
+        ));
     }
     if let Some(error) = &plugin.init_err {
-        let _ = writeln!(out, "Error:         ");
-        let _ = writeln!(
-            out,
-            "               Code:        {}",
-            tonic::Code::from_i32(error.code).description()
-        );
-        let _ = writeln!(out, "               Message:     {}", error.message);
+        lines.push(("Error:", String::new()));
+        let code = tonic::Code::from_i32(error.code);
+        lines.push(("", format!(" {:<12} {code:?}", "Code:")));
+        lines.push(("", format!(" {:<12} {}", "Message:", error.message)));
     }
-    out
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use plinth_api::containerd::types::Platform;
+
+    use super::*;
+
+    fn plugin(r#type: &str, id: &str) -> Plugin {
+        Plugin {
+            r#type: r#type.to_string(),
+            id: id.to_string(),
+            ..Plugin::default()
+        }
+    }
+
+    /// Regression: `plugins ls -d` ran a long export key into its value
+    /// (`content_sharing_policyshared`); ctr aligns each plugin's keys.
+    #[test]
+    fn detail_aligns_as_ctr_does() {
+        let mut redb = plugin("io.containerd.metadata.v1", "redb");
+        redb.requires = vec!["io.containerd.content.v1".to_string()];
+        redb.exports = [
+            ("path".to_string(), "/r/meta.db".to_string()),
+            ("content_sharing_policy".to_string(), "shared".to_string()),
+        ]
+        .into();
+        let mut native = plugin("io.containerd.snapshotter.v1", "native");
+        native.platforms = vec![Platform {
+            os: "linux".to_string(),
+            architecture: "amd64".to_string(),
+            ..Platform::default()
+        }];
+        native.exports = [("root".to_string(), "/r/native".to_string())].into();
+        let mut failed = plugin("io.containerd.internal.v1", "proxy-target");
+        failed.capabilities = vec!["a".to_string(), "b".to_string()];
+        failed.init_err = Some(plinth_api::google::rpc::Status {
+            code: tonic::Code::Unknown as i32,
+            message: "no address: skip plugin".to_string(),
+            details: Vec::new(),
+        });
+        let cases: Vec<(Vec<Plugin>, &str)> = vec![
+            (
+                vec![redb.clone(), native.clone()],
+                "\
+Type:          io.containerd.metadata.v1
+ID:            redb
+Requires:
+               io.containerd.content.v1
+Exports:
+               content_sharing_policy      shared
+               path                        /r/meta.db
+
+Type:          io.containerd.snapshotter.v1
+ID:            native
+Platforms:     linux/amd64
+Exports:
+               root      /r/native
+",
+            ),
+            // A wider label widens the label column for every plugin, as in ctr.
+            (
+                vec![plugin("t", "plain"), failed],
+                "\
+Type:             t
+ID:               plain
+
+Type:             io.containerd.internal.v1
+ID:               proxy-target
+Capabilities:     a,b
+Error:
+                  Code:        Unknown
+                  Message:     no address: skip plugin
+",
+            ),
+            (Vec::new(), ""),
+        ];
+        for (plugins, expected) in cases {
+            assert_eq!(detail(&plugins), expected);
+        }
+    }
 }

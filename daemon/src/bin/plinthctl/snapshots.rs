@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use plinth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use plinth_api::containerd::services::snapshots::v1::{
     CommitSnapshotRequest, Info, Kind, ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest,
@@ -16,7 +16,7 @@ use plinthd::client::{Client, status_error};
 use plinthd::commands::table;
 
 use crate::content::human;
-use crate::parse_labels;
+use crate::{parse_labels, remove_each};
 
 /// `plinthctl snapshots` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -126,6 +126,49 @@ async fn list(
         infos.extend(batch.info);
     }
     Ok(infos)
+}
+
+/// A time as ctr prints it: RFC 3339 in UTC with as many fraction digits as needed (Go's
+/// `RFC3339Nano`); Go's zero time when there is none.
+pub(crate) fn rfc3339(time: Option<&plinth_api::prost_types::Timestamp>) -> String {
+    time.and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+        .map_or_else(|| "0001-01-01T00:00:00Z".to_string(), |t| t.to_string())
+}
+
+/// A snapshot's info as `ctr snapshots info` prints it: Go's `json.MarshalIndent` of
+/// `snapshots.Info`, four spaces, empty parent and labels left out.
+fn info_json(info: &Info) -> String {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Printed<'a> {
+        kind: &'a str,
+        name: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        parent: &'a str,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<&'a str, &'a str>,
+        created: String,
+        updated: String,
+    }
+    let printed = Printed {
+        kind: kind_name(info.kind),
+        name: &info.name,
+        parent: &info.parent,
+        labels: info
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+        created: rfc3339(info.created_at.as_ref()),
+        updated: rfc3339(info.updated_at.as_ref()),
+    };
+    let mut out = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+    // Strings and maps of strings always serialise.
+    let _ = serde::Serialize::serialize(&printed, &mut serializer);
+    out.push(b'\n');
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Runs a snapshots command.
@@ -269,45 +312,18 @@ pub(crate) async fn run(
                 .into_inner()
                 .info
                 .context("server sent no info")?;
-            let labels: BTreeMap<_, _> = info.labels.iter().collect();
-            let time = |t: Option<&plinth_api::prost_types::Timestamp>| {
-                t.map_or_else(
-                    || "-".to_string(),
-                    |t| format!("{}.{:09}", t.seconds, t.nanos),
-                )
-            };
-            let mut out = String::new();
-            let _ = writeln!(out, "Name:      {}", info.name);
-            let _ = writeln!(out, "Parent:    {}", info.parent);
-            let _ = writeln!(out, "Kind:      {}", kind_name(info.kind));
-            let _ = writeln!(out, "Created:   {}", time(info.created_at.as_ref()));
-            let _ = writeln!(out, "Updated:   {}", time(info.updated_at.as_ref()));
-            for (k, v) in labels {
-                let _ = writeln!(out, "Label:     {k}={v}");
-            }
-            Ok(out)
+            Ok(info_json(&info))
         }
         SnapshotsCommand::Rm { keys } => {
-            let mut out = String::new();
-            let mut failed = Vec::new();
-            for key in keys {
-                match api
-                    .remove(client.request(RemoveSnapshotRequest {
-                        snapshotter: sn.clone(),
-                        key: key.clone(),
-                    })?)
-                    .await
-                {
-                    Ok(_) => {
-                        let _ = writeln!(out, "{key}");
-                    }
-                    Err(status) => failed.push(format!("{key}: {}", status_error(status))),
-                }
-            }
-            if !failed.is_empty() {
-                bail!("{out}{}", failed.join("\n"));
-            }
-            Ok(out)
+            remove_each(keys, async |key| {
+                let request = client.request(RemoveSnapshotRequest {
+                    snapshotter: sn.clone(),
+                    key: key.to_string(),
+                })?;
+                api.remove(request).await.map_err(status_error)?;
+                Ok(())
+            })
+            .await
         }
         SnapshotsCommand::Label { key, labels } => {
             let labels = parse_labels(&labels)?;
@@ -325,6 +341,86 @@ pub(crate) async fn run(
             .await
             .map_err(status_error)?;
             Ok(String::new())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use plinth_api::prost_types::Timestamp;
+
+    use super::*;
+
+    /// Regression: `snapshots info` printed `Created: 1795997128.371332055`.
+    #[test]
+    fn times_print_as_go_rfc3339_nano() {
+        let cases: &[(Option<(i64, i32)>, &str)] = &[
+            (
+                Some((1_795_997_128, 371_332_055)),
+                "2026-11-30T00:05:28.371332055Z",
+            ),
+            (
+                Some((1_795_997_128, 370_000_000)),
+                "2026-11-30T00:05:28.37Z",
+            ),
+            (Some((1_795_997_128, 0)), "2026-11-30T00:05:28Z"),
+            (Some((0, 1)), "1970-01-01T00:00:00.000000001Z"),
+            (None, "0001-01-01T00:00:00Z"),
+        ];
+        for &(time, expected) in cases {
+            let time = time.map(|(seconds, nanos)| Timestamp { seconds, nanos });
+            assert_eq!(rfc3339(time.as_ref()), expected, "{time:?}");
+        }
+    }
+
+    #[test]
+    fn info_prints_as_ctr_does() {
+        let time = |seconds| Some(Timestamp { seconds, nanos: 5 });
+        let cases: Vec<(Info, &str)> = vec![
+            (
+                Info {
+                    name: "k1".to_string(),
+                    kind: Kind::Active as i32,
+                    labels: [
+                        ("b".to_string(), "2".to_string()),
+                        ("a".to_string(), "1".to_string()),
+                    ]
+                    .into(),
+                    created_at: time(0),
+                    updated_at: time(60),
+                    ..Info::default()
+                },
+                "{
+    \"Kind\": \"Active\",
+    \"Name\": \"k1\",
+    \"Labels\": {
+        \"a\": \"1\",
+        \"b\": \"2\"
+    },
+    \"Created\": \"1970-01-01T00:00:00.000000005Z\",
+    \"Updated\": \"1970-01-01T00:01:00.000000005Z\"
+}
+",
+            ),
+            (
+                Info {
+                    name: "layer-2".to_string(),
+                    parent: "layer-1".to_string(),
+                    kind: Kind::Committed as i32,
+                    ..Info::default()
+                },
+                "{
+    \"Kind\": \"Committed\",
+    \"Name\": \"layer-2\",
+    \"Parent\": \"layer-1\",
+    \"Created\": \"0001-01-01T00:00:00Z\",
+    \"Updated\": \"0001-01-01T00:00:00Z\"
+}
+",
+            ),
+        ];
+        for (info, expected) in cases {
+            assert_eq!(info_json(&info), expected);
         }
     }
 }
