@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-version=25.3.1
+version=27.1.0
 if ! cargo mutants --version 2>/dev/null | grep -q "$version"; then
   echo "installing cargo-mutants $version from crates.io" >&2
   cargo install --locked cargo-mutants --version "$version"
@@ -51,7 +51,7 @@ run_group() {
       package=plinth-builtin-plugins
       features=snapshotter-native,snapshotter-overlayfs,testsuite
       files=(builtin-plugins/src/snapshots/storage.rs builtin-plugins/src/snapshots/native.rs builtin-plugins/src/snapshots/overlayfs.rs)
-      re='(remove|cleanup)'
+      re='::(remove|cleanup)\b|fn (remove|cleanup)|in .*::(remove|cleanup)\b|remove_path|remove_dir_logged'
       ;;
     loader)
       package=plinth-dynamic-loader
