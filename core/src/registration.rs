@@ -146,8 +146,11 @@ pub struct ConfigSpec {
     defaults: fn() -> Result<toml::Table, String>,
     decode: fn(toml::Table) -> Result<Decoded, DecodeFailure>,
     encode: fn(&(dyn Any + Send + Sync)) -> Result<toml::Table, String>,
-    validate: Option<fn(&(dyn Any + Send + Sync)) -> Result<(), ConfigViolation>>,
+    validate: Option<ValidateFn>,
 }
+
+/// The type-erased [`ValidateConfig::validate`] of a config type.
+type ValidateFn = fn(&(dyn Any + Send + Sync)) -> Result<(), ConfigViolation>;
 
 impl fmt::Debug for ConfigSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
