@@ -891,7 +891,9 @@ impl LoadedConfig {
         for (key, allowed, value, values, what) in checks {
             if !allowed {
                 return Err(ConfigError::Invalid {
-                    location: self.sources.value(&["debug".to_string(), key.to_string()]),
+                    location: self
+                        .sources
+                        .exact_value(&["debug".to_string(), key.to_string()]),
                     plugin: None,
                     key: format!("debug.{key}"),
                     message: format!("{value:?} is not a {what}: use {}", one_of(values)),

@@ -949,3 +949,18 @@ fn debug_values_outside_their_sets_are_errors() {
         }
     }
 }
+
+#[test]
+fn a_bad_value_set_outside_the_file_has_no_place_in_it() {
+    // As `plinthd --log-level verbose` sets it: after loading, before resolving.
+    let dir = Dir::new();
+    let path = dir.write("c.toml", "version = 3\n");
+    let registry = registry();
+    let mut loaded = ConfigLoader::new(&registry).load(&path).unwrap();
+    loaded.config_mut().debug.level = "verbose".to_string();
+    let error = loaded.resolve(&registry, false).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "config: debug.level: \"verbose\" is not a log level: use \"trace\", \"debug\", \"info\", \"warn\" or \"error\""
+    );
+}
