@@ -143,6 +143,7 @@ impl ConfigViolation {
 #[derive(Clone, Copy)]
 pub struct ConfigSpec {
     type_name: fn() -> &'static str,
+    field_names: fn() -> &'static [&'static str],
     defaults: fn() -> Result<toml::Table, String>,
     decode: fn(toml::Table) -> Result<Decoded, DecodeFailure>,
     encode: fn(&(dyn Any + Send + Sync)) -> Result<toml::Table, String>,
@@ -165,6 +166,7 @@ impl ConfigSpec {
     pub const fn of<T: PluginConfig>() -> Self {
         ConfigSpec {
             type_name: std::any::type_name::<T>,
+            field_names: crate::config::fields_of::<T>,
             defaults: defaults_of::<T>,
             decode: decode_as::<T>,
             encode: encode_as::<T>,
@@ -184,6 +186,12 @@ impl ConfigSpec {
     /// The Rust name of the config type, for messages.
     pub fn type_name(&self) -> &'static str {
         (self.type_name)()
+    }
+
+    /// The top-level keys of the config type, as serde names them (including fields skipped
+    /// when serialising, such as an `Option` that is `None`); empty when `T` is not a struct.
+    pub fn field_names(&self) -> &'static [&'static str] {
+        (self.field_names)()
     }
 
     /// `T::default()` as a TOML table.

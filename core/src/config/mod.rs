@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use self::keys::fields_of;
 pub(crate) use self::merge::deep_merge;
 use self::merge::merge_top_level;
 pub use self::merge::parse_duration;
@@ -757,14 +758,29 @@ impl LoadedConfig {
                     .cloned()
                     .chain(unknown.iter().cloned())
                     .collect();
-                let known = spec.defaults().unwrap_or_default();
-                let key = unknown.last().map(String::as_str).unwrap_or_default();
+                let (key, parent) = unknown
+                    .split_last()
+                    .map_or(("", &[][..]), |(k, p)| (k.as_str(), p));
+                // The keys beside it: the config type's own fields at the top of the section
+                // (with those skipped when serialising), the defaults' keys below it.
+                let defaults = spec.defaults().unwrap_or_default();
+                let mut known: Vec<String> = match parent {
+                    [] => spec.field_names().iter().map(|f| f.to_string()).collect(),
+                    _ => Vec::new(),
+                };
+                let mut table = Some(&defaults);
+                for segment in parent {
+                    table = table
+                        .and_then(|t| t.get(segment))
+                        .and_then(toml::Value::as_table);
+                }
+                known.extend(table.into_iter().flat_map(|t| t.keys().cloned()));
                 diagnostics.push(Diagnostic {
                     location: self.sources.key(&path),
                     message: format!(
                         "plugin {uri} has no config key {}{}; remove it",
                         unknown.join("."),
-                        hint(key, known.keys().map(String::as_str))
+                        hint(key, known.iter().map(String::as_str))
                     ),
                 });
             }

@@ -832,6 +832,9 @@ struct PoolConfig {
     mode: Mode,
     workers: u32,
     limits: Limits,
+    /// Not in the defaults' table (skipped when `None`), still a key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -847,6 +850,7 @@ impl Default for PoolConfig {
             mode: Mode::Shared,
             workers: 1,
             limits: Limits { low: 0, high: 10 },
+            owner: None,
         }
     }
 }
@@ -870,14 +874,65 @@ impl ValidateConfig for PoolConfig {
     }
 }
 
-#[test]
-fn values_a_plugin_does_not_allow_are_errors_with_place_plugin_and_key() {
-    let registry = Registry::builder()
+fn pool_registry() -> Registry {
+    Registry::builder()
         .add_static(
             Registration::new("io.test.pool.v1", "pool", nothing).validated_config::<PoolConfig>(),
         )
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn unknown_plugin_keys_get_a_hint_from_the_keys_beside_them() {
+    let registry = pool_registry();
+    // (section body, the expected report)
+    let cases: &[(&str, &str)] = &[
+        (
+            "workres = 2",
+            "has no config key workres (did you mean \"workers\"?)",
+        ),
+        // A field the defaults do not serialise.
+        (
+            "ownr = \"me\"",
+            "has no config key ownr (did you mean \"owner\"?)",
+        ),
+        // Nested: compared with the keys of its own table, not the top level's.
+        (
+            "[plugins.\"io.test.pool.v1.pool\".limits]\nhihg = 3",
+            "has no config key limits.hihg (did you mean \"high\"?)",
+        ),
+        (
+            "[plugins.\"io.test.pool.v1.pool\".limits]\nmode = 3",
+            "has no config key limits.mode; remove it",
+        ),
+    ];
+    for (body, expected) in cases {
+        let dir = Dir::new();
+        let path = dir.write(
+            "c.toml",
+            &format!("version = 3\n[plugins.\"io.test.pool.v1.pool\"]\n{body}\n"),
+        );
+        let resolved = ConfigLoader::new(&registry)
+            .load(&path)
+            .unwrap()
+            .resolve(&registry, false)
+            .unwrap();
+        let messages: Vec<&str> = resolved
+            .diagnostics
+            .iter()
+            .map(|d| d.message.as_str())
+            .collect();
+        assert!(
+            messages.len() == 1 && messages[0].contains(expected),
+            "{body}: {messages:?}"
+        );
+    }
+}
+
+#[test]
+fn values_a_plugin_does_not_allow_are_errors_with_place_plugin_and_key() {
+    let registry = pool_registry();
     let section = "version = 3\n[plugins.\"io.test.pool.v1.pool\"]\n";
     // (section body, strict, expected error or None when the config is good)
     let cases: &[(&str, bool, Option<&str>)] = &[
