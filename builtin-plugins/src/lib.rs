@@ -18,6 +18,7 @@
 //! | `proxy` | yes | `[proxy_plugins]` of type `snapshot` or `content` (gRPC clients of another process), and `io.containerd.internal.v1.proxy-target`: this daemon's stores served raw on a second socket |
 //! | `testsuite` | no | the conformance suites `content::testsuite` and `snapshots::testsuite` |
 
+pub mod containerd;
 pub mod content;
 // The services are also compiled for `proxy`, which serves them raw (without registering them).
 #[cfg(any(feature = "content-service", feature = "proxy"))]

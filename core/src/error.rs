@@ -162,8 +162,9 @@ pub enum StartupError {
         /// "failed: …" or "skipped: …".
         outcome: String,
     },
-    /// A plugin's root or state directory could not be created.
-    #[error("creating directory {path} for plugin {uri}: {source}")]
+    /// A plugin's root or state directory could not be created. The I/O error is the
+    /// [`source`](std::error::Error::source), not part of this message.
+    #[error("creating directory {} for plugin {uri}", path.display())]
     Directory {
         /// The plugin.
         uri: String,
@@ -188,36 +189,81 @@ impl StartupError {
     }
 }
 
-/// Levenshtein distance, for "did you mean" hints.
+/// Optimal-string-alignment distance (Levenshtein plus swaps of two neighbours, so that
+/// `debgu` is one edit from `debug`), for "did you mean" hints.
 pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(row[j]).min(row[j + 1])
-            };
-            prev = cur;
+    // rows[i][j]: distance between the first i chars of a and the first j of b.
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
         }
     }
-    row[b.len()]
+    rows[a.len()][b.len()]
 }
 
-/// The closest candidate to `wanted`, if it is close enough to be a likely typo.
+/// The distance from `wanted` to `candidate` when it is small enough to be a typo: at most
+/// one edit, one more for every further six characters of `wanted`, and never more than
+/// half of it (a one-letter name suggests nothing).
+fn typo_distance(wanted: &str, candidate: &str) -> Option<usize> {
+    let length = wanted.chars().count();
+    let limit = (1 + length / 6).min(length / 2);
+    let distance = edit_distance(wanted, candidate);
+    (distance <= limit).then_some(distance)
+}
+
+/// How far `candidate` is from `wanted`, if it is a likely meaning of it.
+///
+/// Dotted names (plugin URIs) are compared segment by segment, so that the long shared
+/// prefix does not make every URI look close: exactly one segment may differ, by a typo
+/// (`io.containerd.grpc.v1.versoin` → `…version` and `io.containerd.snapshoter.v1.native` →
+/// `io.containerd.snapshotter.v1.native`, but `io.containerd.grpc.v1.cri` → nothing). A bare
+/// name is compared with the last segment (the id), so `overlayfs` suggests
+/// `io.containerd.snapshotter.v1.overlayfs`. Anything else is compared whole.
+fn closeness(wanted: &str, candidate: &str) -> Option<usize> {
+    match (wanted.contains('.'), candidate.rsplit_once('.')) {
+        (true, Some(_)) => {
+            let wanted: Vec<&str> = wanted.split('.').collect();
+            let candidate: Vec<&str> = candidate.split('.').collect();
+            if wanted.len() != candidate.len() {
+                return None;
+            }
+            let mut differing = wanted.iter().zip(&candidate).filter(|(w, c)| w != c);
+            match (differing.next(), differing.next()) {
+                (Some((w, c)), None) => typo_distance(w, c),
+                _ => None,
+            }
+        }
+        (false, Some((_, candidate_id))) => typo_distance(wanted, candidate_id),
+        _ => typo_distance(wanted, candidate),
+    }
+}
+
+/// The closest candidate to `wanted`, if it is close enough to be a likely typo (see
+/// [`closeness`]); of equally close ones, the first in sorted order.
 pub(crate) fn did_you_mean<'a>(
     wanted: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
-    let limit = (wanted.len() / 3).max(2);
     candidates
         .into_iter()
-        .map(|c| (edit_distance(wanted, c), c))
-        .filter(|(d, _)| *d <= limit)
+        .filter(|c| *c != wanted)
+        .filter_map(|c| closeness(wanted, c).map(|d| (d, c)))
         .min()
         .map(|(_, c)| c)
 }
@@ -227,4 +273,105 @@ pub(crate) fn hint<'a>(wanted: &str, candidates: impl IntoIterator<Item = &'a st
     did_you_mean(wanted, candidates)
         .map(|c| format!(" (did you mean {c:?}?)"))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::did_you_mean;
+
+    const TOP_LEVEL: &[&str] = &[
+        "version",
+        "root",
+        "state",
+        "plugin_dir",
+        "disabled_plugins",
+        "required_plugins",
+        "imports",
+        "strict",
+        "grpc",
+        "debug",
+        "timeouts",
+        "plugins",
+        "proxy_plugins",
+    ];
+    const GRPC: &[&str] = &[
+        "address",
+        "uid",
+        "gid",
+        "max_recv_message_size",
+        "max_send_message_size",
+    ];
+    const URIS: &[&str] = &[
+        "io.containerd.content.v1.content",
+        "io.containerd.grpc.v1.content",
+        "io.containerd.grpc.v1.introspection",
+        "io.containerd.grpc.v1.namespaces",
+        "io.containerd.grpc.v1.snapshots",
+        "io.containerd.grpc.v1.version",
+        "io.containerd.metadata.v1.redb",
+        "io.containerd.snapshotter.v1.native",
+        "io.containerd.snapshotter.v1.overlayfs",
+    ];
+
+    #[test]
+    fn suggestions_are_close_names_only() {
+        // (what was written, the names that exist, the suggestion or none)
+        let cases: &[(&str, &[&str], Option<&str>)] = &[
+            // Keys: a typo or two.
+            ("rooot", TOP_LEVEL, Some("root")),
+            ("disabled_plugin", TOP_LEVEL, Some("disabled_plugins")),
+            ("debgu", TOP_LEVEL, Some("debug")),
+            ("proxy_plugin", TOP_LEVEL, Some("proxy_plugins")),
+            ("adress", GRPC, Some("address")),
+            ("max_recv_msg_size", GRPC, None),
+            ("x", &["y"], None),
+            ("cri", TOP_LEVEL, None),
+            ("oom_score", TOP_LEVEL, None),
+            // URIs: ids compared when the types match, types when the ids match.
+            (
+                "io.containerd.grpc.v1.versoin",
+                URIS,
+                Some("io.containerd.grpc.v1.version"),
+            ),
+            (
+                "io.containerd.grpc.v1.snapshot",
+                URIS,
+                Some("io.containerd.grpc.v1.snapshots"),
+            ),
+            (
+                "io.containerd.snapshoter.v1.native",
+                URIS,
+                Some("io.containerd.snapshotter.v1.native"),
+            ),
+            (
+                "io.containerd.snapshotter.v1.overlay",
+                URIS,
+                Some("io.containerd.snapshotter.v1.overlayfs"),
+            ),
+            ("io.containerd.grpc.v1.cri", URIS, None),
+            ("io.containerd.snapshotter.v1.aufs", URIS, None),
+            ("io.containerd.snapshotter.v1.btrfs", URIS, None),
+            ("io.containerd.snapshotter.v1.zfs", URIS, None),
+            ("io.containerd.snapshotter.v1.devmapper", URIS, None),
+            ("io.containerd.metadata.v1.bolt", URIS, None),
+            ("io.containerd.runtime.v2.task", URIS, None),
+            ("io.containerd.grpc.v1.tasks", URIS, None),
+            ("io.containerd.service.v1.content", URIS, None),
+            // A bare id (containerd's version 1 style) names the URI that ends in it.
+            (
+                "overlayfs",
+                URIS,
+                Some("io.containerd.snapshotter.v1.overlayfs"),
+            ),
+            ("redb", URIS, Some("io.containerd.metadata.v1.redb")),
+            ("bolt", URIS, None),
+        ];
+        for (wanted, candidates, expected) in cases {
+            assert_eq!(
+                did_you_mean(wanted, candidates.iter().copied()),
+                *expected,
+                "{wanted}"
+            );
+        }
+    }
 }

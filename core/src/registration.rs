@@ -89,14 +89,69 @@ impl fmt::Debug for Decoded {
 pub trait PluginConfig: Serialize + DeserializeOwned + Default + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Default + Send + Sync + 'static> PluginConfig for T {}
 
+/// The rules a plugin's decoded config must keep beyond its types, checked when the config
+/// is loaded (`plinthd config check`, start-up, reload) rather than at the plugin's init.
+/// Register it with [`Registration::validated_config`].
+///
+/// Prefer types that cannot hold a bad value (an enum for a closed set of strings, with
+/// `#[serde(rename_all = "lowercase")]`); this hook is for the rules types cannot say.
+///
+/// ```
+/// use plinth_core::registration::{ConfigViolation, ValidateConfig};
+///
+/// #[derive(Default, serde::Serialize, serde::Deserialize)]
+/// struct Config { workers: u32 }
+///
+/// impl ValidateConfig for Config {
+///     fn validate(&self) -> Result<(), ConfigViolation> {
+///         if self.workers == 0 {
+///             return Err(ConfigViolation::new("workers", "must be at least 1"));
+///         }
+///         Ok(())
+///     }
+/// }
+/// assert_eq!(Config { workers: 0 }.validate().unwrap_err().key, ["workers"]);
+/// ```
+pub trait ValidateConfig {
+    /// Checks the decoded config.
+    ///
+    /// # Errors
+    /// The first rule broken, naming the key and what is allowed.
+    fn validate(&self) -> Result<(), ConfigViolation>;
+}
+
+/// A value in a plugin's config that breaks one of the plugin's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigViolation {
+    /// The key path inside the plugin's section, e.g. `["address"]`.
+    pub key: Vec<String>,
+    /// What is wrong and what is allowed, e.g. `"ftp://x" is not a socket: use …`.
+    pub message: String,
+}
+
+impl ConfigViolation {
+    /// A violation at the dotted `key` (inside the plugin's section).
+    pub fn new(key: &str, message: impl Into<String>) -> Self {
+        ConfigViolation {
+            key: key.split('.').map(str::to_string).collect(),
+            message: message.into(),
+        }
+    }
+}
+
 /// The type-erased operations on a plugin's config type.
 #[derive(Clone, Copy)]
 pub struct ConfigSpec {
     type_name: fn() -> &'static str,
+    field_names: fn() -> &'static [&'static str],
     defaults: fn() -> Result<toml::Table, String>,
     decode: fn(toml::Table) -> Result<Decoded, DecodeFailure>,
     encode: fn(&(dyn Any + Send + Sync)) -> Result<toml::Table, String>,
+    validate: Option<ValidateFn>,
 }
+
+/// The type-erased [`ValidateConfig::validate`] of a config type.
+type ValidateFn = fn(&(dyn Any + Send + Sync)) -> Result<(), ConfigViolation>;
 
 impl fmt::Debug for ConfigSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -111,15 +166,32 @@ impl ConfigSpec {
     pub const fn of<T: PluginConfig>() -> Self {
         ConfigSpec {
             type_name: std::any::type_name::<T>,
+            field_names: crate::config::fields_of::<T>,
             defaults: defaults_of::<T>,
             decode: decode_as::<T>,
             encode: encode_as::<T>,
+            validate: None,
+        }
+    }
+
+    /// The operations for config type `T`, whose values are checked by its
+    /// [`ValidateConfig`] implementation after decoding.
+    pub const fn validated<T: PluginConfig + ValidateConfig>() -> Self {
+        ConfigSpec {
+            validate: Some(validate_as::<T>),
+            ..ConfigSpec::of::<T>()
         }
     }
 
     /// The Rust name of the config type, for messages.
     pub fn type_name(&self) -> &'static str {
         (self.type_name)()
+    }
+
+    /// The top-level keys of the config type, as serde names them (including fields skipped
+    /// when serialising, such as an `Option` that is `None`); empty when `T` is not a struct.
+    pub fn field_names(&self) -> &'static [&'static str] {
+        (self.field_names)()
     }
 
     /// `T::default()` as a TOML table.
@@ -136,6 +208,18 @@ impl ConfigSpec {
     /// A [`DecodeFailure`] with the path of the offending key.
     pub fn decode(&self, section: toml::Table) -> Result<Decoded, DecodeFailure> {
         (self.decode)(section)
+    }
+
+    /// Checks a decoded value against the config type's [`ValidateConfig`] rules, if it has
+    /// them.
+    ///
+    /// # Errors
+    /// The rule broken; a value of another type breaks none.
+    pub fn validate(&self, value: &(dyn Any + Send + Sync)) -> Result<(), ConfigViolation> {
+        match self.validate {
+            Some(validate) => validate(value),
+            None => Ok(()),
+        }
     }
 
     /// Serialises a decoded value back into a table.
@@ -174,6 +258,12 @@ fn decode_as<T: PluginConfig>(section: toml::Table) -> Result<Decoded, DecodeFai
             message: e.message().trim().to_string(),
         }),
     }
+}
+
+fn validate_as<T: PluginConfig + ValidateConfig>(
+    value: &(dyn Any + Send + Sync),
+) -> Result<(), ConfigViolation> {
+    value.downcast_ref::<T>().map_or(Ok(()), T::validate)
 }
 
 fn encode_as<T: PluginConfig>(value: &(dyn Any + Send + Sync)) -> Result<toml::Table, String> {
@@ -282,6 +372,14 @@ impl Registration {
     /// `T::default()`.
     pub const fn config<T: PluginConfig>(mut self) -> Self {
         self.config = Some(ConfigSpec::of::<T>());
+        self
+    }
+
+    /// As [`Registration::config`], and the decoded config is checked by `T`'s
+    /// [`ValidateConfig`] rules when the config is loaded: a bad value is a config error with
+    /// file, line, column, plugin and key, before any plugin starts.
+    pub const fn validated_config<T: PluginConfig + ValidateConfig>(mut self) -> Self {
+        self.config = Some(ConfigSpec::validated::<T>());
         self
     }
 

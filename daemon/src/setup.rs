@@ -220,6 +220,7 @@ pub fn load_config_then(
     let full = full_registry(registry, extra_sources(loaded.config())?)?;
     let resolved = loaded
         .with_left_out(left_out_plugins(&full))
+        .with_not_provided(plinth_builtin_plugins::containerd::not_provided())
         .resolve(&full, options.strict)?;
     if resolved.config.root.is_relative() || resolved.config.state.is_relative() {
         bail!(

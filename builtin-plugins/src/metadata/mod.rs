@@ -33,29 +33,35 @@ use crate::namespaces::{
 };
 use crate::snapshots::Snapshotter;
 
-/// How namespaces share blobs (containerd's `content_sharing_policy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How namespaces share blobs (containerd's `content_sharing_policy`): `"shared"` or
+/// `"isolated"` in the config. Any other value is refused when the config is loaded, naming
+/// the file, line, key and the values allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SharingPolicy {
     /// A blob in the store is available to every namespace that asks for it by digest.
+    #[default]
     Shared,
     /// A namespace sees only what it committed itself.
     Isolated,
 }
 
+impl SharingPolicy {
+    /// The policy's name in the config: `shared` or `isolated`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharingPolicy::Shared => "shared",
+            SharingPolicy::Isolated => "isolated",
+        }
+    }
+}
+
 /// The plugin's config section.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct MetadataConfig {
     /// `shared` (default) or `isolated`.
-    pub content_sharing_policy: String,
-}
-
-impl Default for MetadataConfig {
-    fn default() -> Self {
-        MetadataConfig {
-            content_sharing_policy: "shared".to_string(),
-        }
-    }
+    pub content_sharing_policy: SharingPolicy,
 }
 
 /// The metadata database and the stores it namespaces.
@@ -335,15 +341,7 @@ impl NamespacedStores for Metadata {
 
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let config = ctx.config::<MetadataConfig>()?;
-    let policy = match config.content_sharing_policy.as_str() {
-        "shared" => SharingPolicy::Shared,
-        "isolated" => SharingPolicy::Isolated,
-        other => {
-            return Err(InitError::msg(format!(
-                "content_sharing_policy = {other:?} is not a policy: use \"shared\" or \"isolated\""
-            )));
-        }
-    };
+    let policy = config.content_sharing_policy;
     let content: Arc<dyn ContentStore> = ctx.get_single(types::CONTENT)?;
     // Containerd's metadata needs its snapshotters; say which failed when none is usable.
     let snapshotters: BTreeMap<String, Arc<dyn Snapshotter>> = ctx
@@ -364,7 +362,7 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     exports.insert("path".to_string(), path.display().to_string());
     exports.insert(
         "content_sharing_policy".to_string(),
-        config.content_sharing_policy.clone(),
+        policy.as_str().to_string(),
     );
     let instance = Instance::new(metadata.clone() as Arc<dyn NamespaceStore>)
         .with(metadata.clone() as Arc<dyn NamespacedStores>);
@@ -380,6 +378,50 @@ register!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sharing_policy_reads_and_writes_the_names_containerd_uses() {
+        // (config text, the policy, or the error)
+        let cases: &[(&str, Result<SharingPolicy, &str>)] = &[
+            ("", Ok(SharingPolicy::Shared)),
+            (
+                "content_sharing_policy = \"shared\"",
+                Ok(SharingPolicy::Shared),
+            ),
+            (
+                "content_sharing_policy = \"isolated\"",
+                Ok(SharingPolicy::Isolated),
+            ),
+            (
+                "content_sharing_policy = \"sometimes\"",
+                Err("unknown variant `sometimes`, expected `shared` or `isolated`"),
+            ),
+            (
+                "content_sharing_policy = \"Isolated\"",
+                Err("unknown variant `Isolated`, expected `shared` or `isolated`"),
+            ),
+        ];
+        for (text, expected) in cases {
+            let decoded = toml::from_str::<MetadataConfig>(text)
+                .map(|c| c.content_sharing_policy)
+                .map_err(|e| e.message().to_string());
+            match (decoded, expected) {
+                (Ok(policy), Ok(want)) => assert_eq!(policy, *want, "{text}"),
+                (Err(message), Err(want)) => assert!(message.contains(want), "{text}: {message}"),
+                (got, _) => panic!("{text}: {got:?}"),
+            }
+        }
+        for policy in [SharingPolicy::Shared, SharingPolicy::Isolated] {
+            let config = MetadataConfig {
+                content_sharing_policy: policy,
+            };
+            let table = toml::Table::try_from(&config).unwrap();
+            assert_eq!(
+                table["content_sharing_policy"].as_str(),
+                Some(policy.as_str())
+            );
+        }
+    }
 
     fn store() -> (tempfile::TempDir, Metadata) {
         let dir = tempfile::tempdir().unwrap();

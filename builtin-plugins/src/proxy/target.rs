@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use plinth_core::registration::{ConfigViolation, ValidateConfig};
 use plinth_core::{InitContext, InitError, Instance, LookupError, Registration, register, types};
 
 use crate::content::ContentStore;
@@ -47,6 +48,27 @@ pub struct ProxyTargetConfig {
     /// The snapshotter a request gets when it names one this daemon does not have (as
     /// containerd's proxy does: it sends its own name). Empty: such requests are refused.
     pub default_snapshotter: String,
+}
+
+/// Checked when the config is loaded: the address is a unix socket, as a path or a
+/// `unix://` URL (`tcp://` and other schemes are not served).
+impl ValidateConfig for ProxyTargetConfig {
+    fn validate(&self) -> Result<(), ConfigViolation> {
+        if self.address.is_empty() {
+            return Ok(());
+        }
+        let scheme = self.address.split_once("://").map(|(scheme, _)| scheme);
+        if scheme.is_some_and(|s| s != "unix") || self.address == "unix://" {
+            return Err(ConfigViolation::new(
+                "address",
+                format!(
+                    "{:?} is not a unix socket: use a path or a unix:// URL, e.g. \"/run/plinth/proxy.sock\"",
+                    self.address
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What the daemon serves on a proxy target's socket. The daemon finds it as a view of the
@@ -237,5 +259,36 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
 register!(
     Registration::new(types::INTERNAL, ID, init)
         .requires(&[types::CONTENT, types::SNAPSHOTTER])
-        .config::<ProxyTargetConfig>()
+        .validated_config::<ProxyTargetConfig>()
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unix_socket_addresses_pass_the_config_check() {
+        // (address, accepted)
+        let cases: &[(&str, bool)] = &[
+            ("", true),
+            ("/run/plinth/proxy.sock", true),
+            ("unix:///run/plinth/proxy.sock", true),
+            ("relative.sock", true),
+            ("tcp://127.0.0.1:9000", false),
+            ("http://localhost/proxy", false),
+            ("unix://", false),
+        ];
+        for (address, accepted) in cases {
+            let config = ProxyTargetConfig {
+                address: address.to_string(),
+                ..ProxyTargetConfig::default()
+            };
+            let result = config.validate();
+            assert_eq!(result.is_ok(), *accepted, "{address}: {result:?}");
+            if let Err(violation) = result {
+                assert_eq!(violation.key, ["address"]);
+                assert!(violation.message.contains("unix socket"), "{violation:?}");
+            }
+        }
+    }
+}

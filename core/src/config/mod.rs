@@ -9,10 +9,14 @@
 //!    deeply, and lists inside plugin tables are replaced.
 //! 2. [`LoadedConfig::resolve`] decodes every `[plugins."<uri>"]` section over its plugin's
 //!    defaults into its typed config, and reports unknown keys, sections of unknown plugins and
-//!    unknown entries in `disabled_plugins` / `required_plugins` with file, line and column. In
-//!    strict mode each report is an error, with a "did you mean" hint.
+//!    unknown entries in `disabled_plugins` / `required_plugins` with file, line and column, in
+//!    file and line order, each with a "did you mean" hint when a known name is close. In
+//!    strict mode each report is an error. Values a plugin does not allow (a closed set
+//!    decoded as an enum, or a rule of its [`ValidateConfig`](crate::registration::ValidateConfig)
+//!    hook) are errors with file, line, column, plugin and key, whatever the mode.
 //! 3. The daemon hands the result to [`init_plugins`](crate::init_plugins).
 
+mod keys;
 mod merge;
 mod source_map;
 
@@ -22,6 +26,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use self::keys::fields_of;
 pub(crate) use self::merge::deep_merge;
 use self::merge::merge_top_level;
 pub use self::merge::parse_duration;
@@ -127,10 +132,17 @@ impl Default for GrpcConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DebugConfig {
-    /// `trace`, `debug`, `info`, `warn` or `error`.
+    /// One of [`DebugConfig::LEVELS`] (any case).
     pub level: String,
-    /// `text` or `json`.
+    /// One of [`DebugConfig::FORMATS`].
     pub format: String,
+}
+
+impl DebugConfig {
+    /// The log levels `level` may name, least severe first.
+    pub const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+    /// The log formats `format` may name.
+    pub const FORMATS: &[&str] = &["text", "json"];
 }
 
 impl Default for DebugConfig {
@@ -164,8 +176,9 @@ pub struct ProxyPlugin {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("reading config {}: {source}", path.display())]
+    /// The file could not be read. The I/O error is the [`source`](std::error::Error::source),
+    /// not part of this message: print the chain (e.g. anyhow's `{:#}`) to see it once.
+    #[error("reading config {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -242,6 +255,30 @@ pub enum ConfigError {
         /// How to get it, e.g. "enable feature `content-local`".
         how: String,
     },
+    /// A value has the right type but is not allowed: not one of a closed set, or against
+    /// a rule of the plugin's [`ValidateConfig`](crate::registration::ValidateConfig) hook.
+    #[error("{}: {}{key}: {message}", location.as_ref().map(ToString::to_string).unwrap_or_else(|| "config".to_string()), plugin.as_ref().map(|p| format!("plugin {p}: ")).unwrap_or_default())]
+    Invalid {
+        /// Where the value is written, when it is written in a file.
+        location: Option<Location>,
+        /// The plugin whose section it is, if any.
+        plugin: Option<String>,
+        /// The dotted key, inside the plugin's section for a plugin.
+        key: String,
+        /// What is wrong, and what is allowed.
+        message: String,
+    },
+    /// `required_plugins` names a plugin that no build of this program provides (e.g. one
+    /// of containerd's, see [`LoadedConfig::with_not_provided`]).
+    #[error("{}: required plugin {uri} is {what}: remove it from required_plugins", location.as_ref().map(ToString::to_string).unwrap_or_else(|| "config".to_string()))]
+    NotProvided {
+        /// Where it is named.
+        location: Option<Location>,
+        /// The plugin.
+        uri: String,
+        /// What it is, e.g. "a containerd plugin plinthd does not provide".
+        what: String,
+    },
     /// Strict mode is on and there are reports.
     #[error("config has {} problem(s) in strict mode:\n{}", .0.len(), .0.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n"))]
     Strict(Vec<Diagnostic>),
@@ -305,6 +342,7 @@ impl<'r> ConfigLoader<'r> {
             unknown_top_level: Vec::new(),
             files: Vec::new(),
             left_out: Vec::new(),
+            not_provided: Vec::new(),
         }
     }
 
@@ -366,6 +404,7 @@ impl<'r> ConfigLoader<'r> {
             unknown_top_level: unknown,
             files,
             left_out: Vec::new(),
+            not_provided: Vec::new(),
         })
     }
 
@@ -584,6 +623,7 @@ pub struct LoadedConfig {
     unknown_top_level: Vec<Vec<String>>,
     files: Vec<PathBuf>,
     left_out: Vec<(String, String)>,
+    not_provided: Vec<(String, String)>,
 }
 
 /// A config checked against the plugins: each plugin's section decoded.
@@ -618,23 +658,44 @@ impl LoadedConfig {
         self
     }
 
-    /// Decodes each plugin's section over its defaults and checks every name in the config
-    /// against `registry`.
+    /// Tells the checks which plugins no build of this program provides, each with what it
+    /// is (e.g. `("io.containerd.grpc.v1.cri", "a containerd plugin plinthd does not
+    /// provide")`), so that naming one says so instead of "unknown plugin" and a misleading
+    /// "did you mean". A registered or left-out plugin of the same URI takes precedence.
+    pub fn with_not_provided(mut self, plugins: Vec<(String, String)>) -> Self {
+        self.not_provided = plugins;
+        self
+    }
+
+    /// Decodes each plugin's section over its defaults, checks its values, and checks every
+    /// name in the config against `registry`. Reports come in file order (main file first,
+    /// then imports as read), then line and column; reports without a place come last.
     ///
     /// # Errors
-    /// A type error in a plugin's section (with file, line, column and URI); in strict mode
-    /// (`strict` here or `strict = true` in the file), every report.
+    /// A type error or a value the plugin does not allow in a plugin's section, or a bad
+    /// `[debug]` value (with file, line, column, plugin and key); a required plugin that is
+    /// left out of this build or not provided at all; in strict mode (`strict` here or
+    /// `strict = true` in the file), every report.
     pub fn resolve(self, registry: &Registry, strict: bool) -> Result<ResolvedConfig, ConfigError> {
         let strict = strict || self.config.strict;
         let uris: Vec<String> = registry.entries().iter().map(|e| e.uri()).collect();
         let candidates = || uris.iter().map(String::as_str);
         let mut diagnostics = Vec::new();
         for path in &self.unknown_top_level {
+            let (key, parent) = path
+                .split_last()
+                .map_or(("", &[][..]), |(k, p)| (k.as_str(), p));
+            let known = keys::known_keys(parent).unwrap_or_default();
             diagnostics.push(Diagnostic {
                 location: self.sources.key(path),
-                message: format!("unknown key {}: it is ignored; remove it", path.join(".")),
+                message: format!(
+                    "unknown key {}{}: it is ignored; remove it",
+                    path.join("."),
+                    hint(key, known.iter().copied())
+                ),
             });
         }
+        self.check_top_level_values()?;
         let mut plugin_configs = HashMap::new();
         for entry in registry.entries() {
             let uri = entry.uri();
@@ -678,20 +739,48 @@ impl LoadedConfig {
                     },
                 }
             })?;
+            spec.validate(decoded.value.as_ref()).map_err(|violation| {
+                let path: Vec<String> = prefix
+                    .iter()
+                    .cloned()
+                    .chain(violation.key.iter().cloned())
+                    .collect();
+                ConfigError::Invalid {
+                    location: self.sources.value(&path),
+                    plugin: Some(uri.clone()),
+                    key: violation.key.join("."),
+                    message: violation.message,
+                }
+            })?;
             for unknown in &decoded.unknown_keys {
                 let path: Vec<String> = prefix
                     .iter()
                     .cloned()
                     .chain(unknown.iter().cloned())
                     .collect();
-                let known = spec.defaults().unwrap_or_default();
-                let key = unknown.last().map(String::as_str).unwrap_or_default();
+                let (key, parent) = unknown
+                    .split_last()
+                    .map_or(("", &[][..]), |(k, p)| (k.as_str(), p));
+                // The keys beside it: the config type's own fields at the top of the section
+                // (with those skipped when serialising), the defaults' keys below it.
+                let defaults = spec.defaults().unwrap_or_default();
+                let mut known: Vec<String> = match parent {
+                    [] => spec.field_names().iter().map(|f| f.to_string()).collect(),
+                    _ => Vec::new(),
+                };
+                let mut table = Some(&defaults);
+                for segment in parent {
+                    table = table
+                        .and_then(|t| t.get(segment))
+                        .and_then(toml::Value::as_table);
+                }
+                known.extend(table.into_iter().flat_map(|t| t.keys().cloned()));
                 diagnostics.push(Diagnostic {
                     location: self.sources.key(&path),
                     message: format!(
                         "plugin {uri} has no config key {}{}; remove it",
                         unknown.join("."),
-                        hint(key, known.keys().map(String::as_str))
+                        hint(key, known.iter().map(String::as_str))
                     ),
                 });
             }
@@ -703,13 +792,22 @@ impl LoadedConfig {
                 .find(|(u, _)| u == uri)
                 .map(|(_, how)| how.clone())
         };
+        let not_provided = |uri: &str| {
+            self.not_provided
+                .iter()
+                .find(|(u, _)| u == uri)
+                .map(|(_, what)| what.clone())
+        };
         for key in self.config.plugins.keys() {
             if !uris.contains(key) {
-                let message = match left_out(key) {
-                    Some(how) => format!(
+                let message = match (left_out(key), not_provided(key)) {
+                    (Some(how), _) => format!(
                         "section for plugin {key}, which is not compiled into this build; {how}"
                     ),
-                    None => format!(
+                    (None, Some(what)) => {
+                        format!("section for plugin {key}, {what}; remove it")
+                    }
+                    (None, None) => format!(
                         "section for unknown plugin {key}{}: this build has no such plugin",
                         hint(key, candidates())
                     ),
@@ -726,21 +824,32 @@ impl LoadedConfig {
             } else {
                 &self.config.required_plugins
             };
+            let required = list == "required_plugins";
             for (i, item) in items.iter().enumerate() {
                 if !uris.contains(item) {
                     let location = self.sources.value(&[list.to_string(), i.to_string()]);
-                    let message = match left_out(item) {
-                        Some(how) if list == "required_plugins" => {
+                    let message = match (left_out(item), not_provided(item)) {
+                        (Some(how), _) if required => {
                             return Err(ConfigError::NotCompiled {
                                 location,
                                 uri: item.clone(),
                                 how,
                             });
                         }
-                        Some(how) => format!(
+                        (None, Some(what)) if required => {
+                            return Err(ConfigError::NotProvided {
+                                location,
+                                uri: item.clone(),
+                                what,
+                            });
+                        }
+                        (Some(how), _) => format!(
                             "{list} names plugin {item}, which is not compiled into this build; {how}"
                         ),
-                        None => format!(
+                        (None, Some(what)) => {
+                            format!("{list} names plugin {item}, {what}; remove it")
+                        }
+                        (None, None) => format!(
                             "{list} names unknown plugin {item}{}",
                             hint(item, candidates())
                         ),
@@ -762,6 +871,7 @@ impl LoadedConfig {
                 });
             }
         }
+        self.sort(&mut diagnostics);
         if strict && !diagnostics.is_empty() {
             return Err(ConfigError::Strict(diagnostics));
         }
@@ -771,6 +881,67 @@ impl LoadedConfig {
             diagnostics,
             files: self.files,
         })
+    }
+
+    /// Checks the values of the daemon's own keys that form closed sets (`[debug]`).
+    fn check_top_level_values(&self) -> Result<(), ConfigError> {
+        let debug = &self.config.debug;
+        let checks = [
+            (
+                "level",
+                DebugConfig::LEVELS
+                    .iter()
+                    .any(|l| l.eq_ignore_ascii_case(&debug.level)),
+                &debug.level,
+                DebugConfig::LEVELS,
+                "log level",
+            ),
+            (
+                "format",
+                DebugConfig::FORMATS.contains(&debug.format.as_str()),
+                &debug.format,
+                DebugConfig::FORMATS,
+                "log format",
+            ),
+        ];
+        for (key, allowed, value, values, what) in checks {
+            if !allowed {
+                return Err(ConfigError::Invalid {
+                    location: self
+                        .sources
+                        .exact_value(&["debug".to_string(), key.to_string()]),
+                    plugin: None,
+                    key: format!("debug.{key}"),
+                    message: format!("{value:?} is not a {what}: use {}", one_of(values)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sorts reports by file (in the order the files were read), line and column; reports
+    /// without a place keep their order, after the others.
+    fn sort(&self, diagnostics: &mut [Diagnostic]) {
+        let file_rank = |location: &Location| {
+            self.files
+                .iter()
+                .position(|f| f == location.file.as_ref())
+                .unwrap_or(self.files.len())
+        };
+        diagnostics.sort_by_key(|d| match &d.location {
+            Some(l) => (0, file_rank(l), l.file.clone(), l.line, l.column),
+            None => (1, 0, Default::default(), 0, 0),
+        });
+    }
+}
+
+/// `"a", "b" or "c"`: a closed set of values, for messages.
+pub fn one_of(values: &[&str]) -> String {
+    let quoted: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+    match quoted.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
     }
 }
 

@@ -157,6 +157,12 @@ impl SourceMap {
         self.find(path).map(|(_, v)| v)
     }
 
+    /// Where the value at exactly `path` is written, if a file writes it (no fallback: a
+    /// value that came from elsewhere, e.g. the command line, has no place in a file).
+    pub(crate) fn exact_value(&self, path: &[String]) -> Option<Location> {
+        self.entries.get(path).map(|(_, v)| v.clone())
+    }
+
     fn find(&self, path: &[String]) -> Option<(Location, Location)> {
         (0..=path.len())
             .rev()

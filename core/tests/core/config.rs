@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use plinth_core::config::{ConfigError, ConfigLoader, ResolvedConfig, default_toml};
+use plinth_core::registration::{ConfigViolation, ValidateConfig};
 use plinth_core::{InitContext, InitError, Instance, Registration, Registry};
 use serde::{Deserialize, Serialize};
 
@@ -303,47 +304,94 @@ fn errors_name_file_line_column_and_plugin() {
     }
 }
 
-#[test]
-fn missing_file_names_the_path() {
-    let dir = Dir::new();
-    let error = resolve(&dir.path().join("absent.toml"), false).unwrap_err();
-    assert!(matches!(error, ConfigError::Read { .. }));
-    assert!(
-        error_text(&dir, &error).starts_with("reading config DIR/absent.toml: "),
-        "{error}"
-    );
+/// The error and its causes, as `main` prints them (anyhow's `{:#}`): each joined by ": ".
+fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 #[test]
-fn reports_become_errors_in_strict_mode_with_hints() {
+fn missing_file_names_the_path_and_the_os_error_once() {
+    let dir = Dir::new();
+    let error = resolve(&dir.path().join("absent.toml"), false).unwrap_err();
+    assert!(matches!(error, ConfigError::Read { .. }));
+    let chain = error_text(&dir, chain_text(&error));
+    assert!(
+        chain.starts_with("reading config DIR/absent.toml: "),
+        "{chain}"
+    );
+    assert_eq!(chain.matches("os error 2").count(), 1, "{chain}");
+}
+
+#[test]
+fn errors_with_a_source_do_not_repeat_it_in_their_message() {
+    let io = || std::io::Error::from_raw_os_error(2);
+    // Every error of plinth-core that carries an OS error as its source.
+    let errors: Vec<(&str, Box<dyn std::error::Error>)> = vec![
+        (
+            "ConfigError::Read",
+            Box::new(ConfigError::Read {
+                path: PathBuf::from("/x.toml"),
+                source: io(),
+            }),
+        ),
+        (
+            "StartupError::Directory",
+            Box::new(plinth_core::StartupError::Directory {
+                uri: "io.test.v1.x".to_string(),
+                path: PathBuf::from("/root/io.test.v1.x"),
+                source: io(),
+            }),
+        ),
+    ];
+    for (name, error) in errors {
+        let source = error.source().expect(name).to_string();
+        assert!(
+            !error.to_string().contains(&source),
+            "{name}: {error} repeats its source"
+        );
+        assert_eq!(
+            chain_text(error.as_ref()).matches(&source).count(),
+            1,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn reports_become_errors_in_strict_mode_with_hints_in_line_order() {
     let text = "version = 3\nrooot = \"/x\"\ndisabled_plugins = [\"io.test.plain.v1.plian\"]\nrequired_plugins = [\"io.nothing.v1.at-all\"]\n\
 [grpc]\nadress = \"/s\"\n\
 [plugins.\"io.test.store.v1.local\"]\nmax_sise = 3\n\
 [plugins.\"io.test.stor.v1.local\"]\nx = 1\n\
 [plugins.\"io.test.plain.v1.plain\"]\ny = 2\n";
+    // In file and line order, not in the order the checks run.
     let expected = [
-        "DIR/c.toml:2:1: unknown key rooot: it is ignored; remove it",
-        "DIR/c.toml:6:1: unknown key grpc.adress: it is ignored; remove it",
-        "DIR/c.toml:11:10: plugin io.test.plain.v1.plain has no config; remove its section",
-        "DIR/c.toml:8:1: plugin io.test.store.v1.local has no config key max_sise (did you mean \"max_size\"?); remove it",
-        "DIR/c.toml:9:10: section for unknown plugin io.test.stor.v1.local (did you mean \"io.test.store.v1.local\"?): this build has no such plugin",
+        "DIR/c.toml:2:1: unknown key rooot (did you mean \"root\"?): it is ignored; remove it",
         "DIR/c.toml:3:21: disabled_plugins names unknown plugin io.test.plain.v1.plian (did you mean \"io.test.plain.v1.plain\"?)",
         "DIR/c.toml:4:21: required_plugins names unknown plugin io.nothing.v1.at-all",
+        "DIR/c.toml:6:1: unknown key grpc.adress (did you mean \"address\"?): it is ignored; remove it",
+        "DIR/c.toml:8:1: plugin io.test.store.v1.local has no config key max_sise (did you mean \"max_size\"?); remove it",
+        "DIR/c.toml:9:10: section for unknown plugin io.test.stor.v1.local (did you mean \"io.test.store.v1.local\"?): this build has no such plugin",
+        "DIR/c.toml:11:10: plugin io.test.plain.v1.plain has no config; remove its section",
     ];
     let dir = Dir::new();
     let path = dir.write("c.toml", text);
     // Lenient: the same reports, as diagnostics, and the config loads.
     let resolved = resolve(&path, false).unwrap();
-    let mut got: Vec<String> = resolved
+    let got: Vec<String> = resolved
         .diagnostics
         .iter()
         .map(|d| error_text(&dir, d))
         .collect();
-    let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
-    got.sort();
-    want.sort();
-    assert_eq!(got, want);
-    // Strict from the caller (the command-line flag) and from the file: every report is an error.
+    assert_eq!(got, expected);
+    // Strict from the caller (the command-line flag) and from the file: every report is an
+    // error, in the same order.
     for strict_path in [
         path.clone(),
         dir.write("s.toml", &format!("strict = true\n{text}")),
@@ -353,8 +401,99 @@ fn reports_become_errors_in_strict_mode_with_hints() {
         let ConfigError::Strict(reports) = &error else {
             panic!("not strict: {error}")
         };
-        assert_eq!(reports.len(), expected.len());
+        let lines: Vec<usize> = reports
+            .iter()
+            .map(|r| r.location.as_ref().unwrap().line)
+            .collect();
+        let offset = usize::from(!from_flag);
+        let want: Vec<usize> = [2, 3, 4, 6, 8, 9, 11].iter().map(|l| l + offset).collect();
+        assert_eq!(lines, want);
         assert!(error.to_string().contains("did you mean \"max_size\"?"));
+    }
+}
+
+#[test]
+fn reports_from_several_files_come_main_file_first_then_imports_by_line() {
+    let dir = Dir::new();
+    let main = dir.write(
+        "main.toml",
+        "version = 3\nimports = [\"b.toml\", \"a.toml\"]\nzzz = 1\n\n\naaa = 2\n",
+    );
+    dir.write("a.toml", "version = 3\nbbb = 1\n");
+    dir.write("b.toml", "version = 3\n[grpc]\nccc = 1\n");
+    let resolved = resolve(&main, false).unwrap();
+    let got: Vec<String> = resolved
+        .diagnostics
+        .iter()
+        .map(|d| {
+            error_text(&dir, d)
+                .split(": unknown")
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // Imports are read in the order they are listed; each file's reports by line.
+    assert_eq!(
+        got,
+        [
+            "DIR/main.toml:3:1",
+            "DIR/main.toml:6:1",
+            "DIR/b.toml:3:1",
+            "DIR/a.toml:2:1"
+        ]
+    );
+}
+
+#[test]
+fn unknown_top_level_keys_get_a_hint_from_the_config_structs() {
+    // (file text after `version = 3`, the expected report)
+    let cases: &[(&str, &str)] = &[
+        (
+            "rooot = \"/x\"",
+            "unknown key rooot (did you mean \"root\"?)",
+        ),
+        (
+            "disabled_plugin = []",
+            "unknown key disabled_plugin (did you mean \"disabled_plugins\"?)",
+        ),
+        ("debgu = 1", "unknown key debgu (did you mean \"debug\"?)"),
+        // Skipped when serialising (None), still a known key.
+        (
+            "plugin_dri = \"/p\"",
+            "unknown key plugin_dri (did you mean \"plugin_dir\"?)",
+        ),
+        (
+            "[grpc]\nadress = \"/s\"",
+            "unknown key grpc.adress (did you mean \"address\"?)",
+        ),
+        (
+            "[debug]\nlevle = \"info\"",
+            "unknown key debug.levle (did you mean \"level\"?)",
+        ),
+        (
+            "[proxy_plugins.p]\ntype = \"snapshot\"\naddress = \"/s\"\nplatfrom = \"linux\"",
+            "unknown key proxy_plugins.p.platfrom (did you mean \"platform\"?)",
+        ),
+        ("oom_score = 5", "unknown key oom_score: it is ignored"),
+        (
+            "[grpc]\ntcp_address = \"x\"",
+            "unknown key grpc.tcp_address: it is ignored",
+        ),
+    ];
+    for (text, expected) in cases {
+        let dir = Dir::new();
+        let path = dir.write("c.toml", &format!("version = 3\n{text}\n"));
+        let resolved = resolve(&path, false).unwrap();
+        let messages: Vec<&str> = resolved
+            .diagnostics
+            .iter()
+            .map(|d| d.message.as_str())
+            .collect();
+        assert!(
+            messages.len() == 1 && messages[0].starts_with(expected),
+            "{text}: {messages:?}"
+        );
     }
 }
 
@@ -571,8 +710,8 @@ fn plugins_left_out_of_the_build_say_how_to_get_them() {
     assert_eq!(
         messages,
         [
-            "DIR/c.toml:3:10: section for plugin io.test.gone.v1.gone, which is not compiled into this build; enable feature `gone`",
             "DIR/c.toml:2:21: disabled_plugins names plugin io.test.gone.v1.gone, which is not compiled into this build; enable feature `gone`",
+            "DIR/c.toml:3:10: section for plugin io.test.gone.v1.gone, which is not compiled into this build; enable feature `gone`",
         ]
     );
     let required = dir.write(
@@ -588,5 +727,295 @@ fn plugins_left_out_of_the_build_say_how_to_get_them() {
     assert_eq!(
         error_text(&dir, &error),
         "DIR/r.toml:2:21: required plugin io.test.gone.v1.gone is not compiled into this build; enable feature `gone`"
+    );
+}
+
+/// What a host says of the plugins it knows of but no build of it provides.
+const NOT_HERE: &str = "a containerd plugin this host does not provide";
+
+fn not_provided() -> Vec<(String, String)> {
+    [
+        "io.containerd.grpc.v1.cri",
+        "io.containerd.snapshotter.v1.aufs",
+    ]
+    .iter()
+    .map(|uri| (uri.to_string(), NOT_HERE.to_string()))
+    .collect()
+}
+
+#[test]
+fn plugins_no_build_provides_say_so_without_a_hint() {
+    let registry = registry();
+    // (file text, the expected reports)
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "version = 3\n[plugins.\"io.containerd.grpc.v1.cri\"]\nsandbox_image = \"x\"\n",
+            &[
+                "DIR/c.toml:2:10: section for plugin io.containerd.grpc.v1.cri, a containerd plugin this host does not provide; remove it",
+            ],
+        ),
+        (
+            "version = 3\ndisabled_plugins = [\"io.containerd.snapshotter.v1.aufs\", \"io.containerd.grpc.v1.cri\"]\n",
+            &[
+                "DIR/c.toml:2:21: disabled_plugins names plugin io.containerd.snapshotter.v1.aufs, a containerd plugin this host does not provide; remove it",
+                "DIR/c.toml:2:58: disabled_plugins names plugin io.containerd.grpc.v1.cri, a containerd plugin this host does not provide; remove it",
+            ],
+        ),
+        // Not on the list: unknown, with a hint only when a registered name is close.
+        (
+            "version = 3\ndisabled_plugins = [\"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.grpc.v1.versoin\"]\n",
+            &[
+                "DIR/c.toml:2:21: disabled_plugins names unknown plugin io.containerd.snapshotter.v1.btrfs",
+                "DIR/c.toml:2:59: disabled_plugins names unknown plugin io.containerd.grpc.v1.versoin (did you mean \"io.containerd.grpc.v1.version\"?)",
+            ],
+        ),
+        // A registered plugin of the same URI wins over the list.
+        (
+            "version = 3\ndisabled_plugins = [\"io.containerd.grpc.v1.version\"]\n",
+            &[],
+        ),
+    ];
+    for (text, expected) in cases {
+        let dir = Dir::new();
+        let path = dir.write("c.toml", text);
+        let mut not_provided = not_provided();
+        not_provided.push((
+            "io.containerd.grpc.v1.version".to_string(),
+            NOT_HERE.to_string(),
+        ));
+        let resolved = ConfigLoader::new(&registry)
+            .load(&path)
+            .unwrap()
+            .with_not_provided(not_provided)
+            .resolve(&registry, false)
+            .unwrap();
+        let messages: Vec<String> = resolved
+            .diagnostics
+            .iter()
+            .map(|d| error_text(&dir, d))
+            .collect();
+        assert_eq!(messages, *expected, "{text}");
+    }
+}
+
+#[test]
+fn a_required_plugin_no_build_provides_is_an_error_saying_so() {
+    let registry = registry();
+    let dir = Dir::new();
+    let path = dir.write(
+        "c.toml",
+        "version = 3\nrequired_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+    );
+    let error = ConfigLoader::new(&registry)
+        .load(&path)
+        .unwrap()
+        .with_not_provided(not_provided())
+        .resolve(&registry, false)
+        .unwrap_err();
+    assert_eq!(
+        error_text(&dir, &error),
+        "DIR/c.toml:2:21: required plugin io.containerd.grpc.v1.cri is a containerd plugin this host does not provide: remove it from required_plugins"
+    );
+}
+
+/// A closed set, decoded as an enum: a bad value fails decoding, naming the values allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    Shared,
+    Isolated,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct PoolConfig {
+    mode: Mode,
+    workers: u32,
+    limits: Limits,
+    /// Not in the defaults' table (skipped when `None`), still a key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Limits {
+    low: u32,
+    high: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            mode: Mode::Shared,
+            workers: 1,
+            limits: Limits { low: 0, high: 10 },
+            owner: None,
+        }
+    }
+}
+
+/// Rules the types cannot say.
+impl ValidateConfig for PoolConfig {
+    fn validate(&self) -> Result<(), ConfigViolation> {
+        if self.workers == 0 {
+            return Err(ConfigViolation::new("workers", "must be at least 1"));
+        }
+        if self.limits.low > self.limits.high {
+            return Err(ConfigViolation::new(
+                "limits.low",
+                format!(
+                    "{} is above limits.high ({})",
+                    self.limits.low, self.limits.high
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn pool_registry() -> Registry {
+    Registry::builder()
+        .add_static(
+            Registration::new("io.test.pool.v1", "pool", nothing).validated_config::<PoolConfig>(),
+        )
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn unknown_plugin_keys_get_a_hint_from_the_keys_beside_them() {
+    let registry = pool_registry();
+    // (section body, the expected report)
+    let cases: &[(&str, &str)] = &[
+        (
+            "workres = 2",
+            "has no config key workres (did you mean \"workers\"?)",
+        ),
+        // A field the defaults do not serialise.
+        (
+            "ownr = \"me\"",
+            "has no config key ownr (did you mean \"owner\"?)",
+        ),
+        // Nested: compared with the keys of its own table, not the top level's.
+        (
+            "[plugins.\"io.test.pool.v1.pool\".limits]\nhihg = 3",
+            "has no config key limits.hihg (did you mean \"high\"?)",
+        ),
+        (
+            "[plugins.\"io.test.pool.v1.pool\".limits]\nmode = 3",
+            "has no config key limits.mode; remove it",
+        ),
+    ];
+    for (body, expected) in cases {
+        let dir = Dir::new();
+        let path = dir.write(
+            "c.toml",
+            &format!("version = 3\n[plugins.\"io.test.pool.v1.pool\"]\n{body}\n"),
+        );
+        let resolved = ConfigLoader::new(&registry)
+            .load(&path)
+            .unwrap()
+            .resolve(&registry, false)
+            .unwrap();
+        let messages: Vec<&str> = resolved
+            .diagnostics
+            .iter()
+            .map(|d| d.message.as_str())
+            .collect();
+        assert!(
+            messages.len() == 1 && messages[0].contains(expected),
+            "{body}: {messages:?}"
+        );
+    }
+}
+
+#[test]
+fn values_a_plugin_does_not_allow_are_errors_with_place_plugin_and_key() {
+    let registry = pool_registry();
+    let section = "version = 3\n[plugins.\"io.test.pool.v1.pool\"]\n";
+    // (section body, strict, expected error or None when the config is good)
+    let cases: &[(&str, bool, Option<&str>)] = &[
+        ("mode = \"isolated\"\nworkers = 4\n", false, None),
+        ("", true, None),
+        (
+            "mode = \"sometimes\"\n",
+            false,
+            Some(
+                "DIR/c.toml:3:8: plugin io.test.pool.v1.pool: mode: unknown variant `sometimes`, expected `shared` or `isolated`",
+            ),
+        ),
+        (
+            "workers = 0\n",
+            false,
+            Some("DIR/c.toml:3:11: plugin io.test.pool.v1.pool: workers: must be at least 1"),
+        ),
+        (
+            "[plugins.\"io.test.pool.v1.pool\".limits]\nlow = 11\n",
+            false,
+            Some(
+                "DIR/c.toml:4:7: plugin io.test.pool.v1.pool: limits.low: 11 is above limits.high (10)",
+            ),
+        ),
+    ];
+    for (body, strict, expected) in cases {
+        let dir = Dir::new();
+        let path = dir.write("c.toml", &format!("{section}{body}"));
+        let result = ConfigLoader::new(&registry)
+            .load(&path)
+            .unwrap()
+            .resolve(&registry, *strict);
+        match (result, expected) {
+            (Ok(_), None) => {}
+            (Err(error), Some(expected)) => assert_eq!(error_text(&dir, &error), *expected),
+            (Ok(_), Some(expected)) => panic!("{body}: accepted, expected {expected}"),
+            (Err(error), None) => panic!("{body}: {error}"),
+        }
+    }
+}
+
+#[test]
+fn debug_values_outside_their_sets_are_errors() {
+    // (file text, expected error or None)
+    let cases: &[(&str, Option<&str>)] = &[
+        ("[debug]\nlevel = \"debug\"\nformat = \"json\"\n", None),
+        ("[debug]\nlevel = \"WARN\"\n", None),
+        (
+            "[debug]\nlevel = \"verbose\"\n",
+            Some(
+                "DIR/c.toml:3:9: debug.level: \"verbose\" is not a log level: use \"trace\", \"debug\", \"info\", \"warn\" or \"error\"",
+            ),
+        ),
+        (
+            "[debug]\nformat = \"xml\"\n",
+            Some(
+                "DIR/c.toml:3:10: debug.format: \"xml\" is not a log format: use \"text\" or \"json\"",
+            ),
+        ),
+    ];
+    for (text, expected) in cases {
+        let dir = Dir::new();
+        let path = dir.write("c.toml", &format!("version = 3\n{text}"));
+        match (resolve(&path, false), expected) {
+            (Ok(_), None) => {}
+            (Err(error), Some(expected)) => assert_eq!(error_text(&dir, &error), *expected),
+            (Ok(_), Some(expected)) => panic!("{text}: accepted, expected {expected}"),
+            (Err(error), None) => panic!("{text}: {error}"),
+        }
+    }
+}
+
+#[test]
+fn a_bad_value_set_outside_the_file_has_no_place_in_it() {
+    // As `plinthd --log-level verbose` sets it: after loading, before resolving.
+    let dir = Dir::new();
+    let path = dir.write("c.toml", "version = 3\n");
+    let registry = registry();
+    let mut loaded = ConfigLoader::new(&registry).load(&path).unwrap();
+    loaded.config_mut().debug.level = "verbose".to_string();
+    let error = loaded.resolve(&registry, false).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "config: debug.level: \"verbose\" is not a log level: use \"trace\", \"debug\", \"info\", \"warn\" or \"error\""
     );
 }

@@ -98,17 +98,48 @@ fn a_required_plugin_that_fails_stops_startup_naming_it() {
 }
 
 #[test]
-fn a_missing_config_file_is_named() {
-    let output = plinth_tests::run(
-        &plinth_tests::binary("plinthd"),
-        &["-c", "/nonexistent/plinth.toml", "config", "check"],
-    );
-    assert!(!output.status.success());
+fn a_missing_config_file_is_named_with_its_os_error_once() {
+    // Offline commands and start-up load the config the same way.
+    let commands: &[&[&str]] = &[&["config", "check"], &["config", "dump"], &[]];
+    for command in commands {
+        let mut args = vec!["-c", "/nonexistent/plinth.toml"];
+        args.extend_from_slice(command);
+        let output = plinth_tests::run(&plinth_tests::binary("plinthd"), &args);
+        assert!(!output.status.success(), "{command:?}");
+        assert!(
+            output
+                .stderr
+                .contains("reading config /nonexistent/plinth.toml: No such file"),
+            "{command:?}: {}",
+            output.stderr
+        );
+        assert_eq!(
+            output.stderr.matches("os error 2").count(),
+            1,
+            "{command:?}: {}",
+            output.stderr
+        );
+    }
+}
+
+#[test]
+fn a_value_the_plugin_does_not_allow_stops_startup_before_any_plugin_runs() {
+    let config = "version = 3\n[plugins.\"io.containerd.metadata.v1.redb\"]\ncontent_sharing_policy = \"sometimes\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let Err((log, status)) = start_in(
+        dir,
+        Start {
+            config: config.into(),
+            ..Start::default()
+        },
+    ) else {
+        panic!("plinthd started");
+    };
+    assert!(status.is_some_and(|s| !s.success()));
     assert!(
-        output
-            .stderr
-            .contains("reading config /nonexistent/plinth.toml: No such file"),
-        "{}",
-        output.stderr
+        log.contains("config.toml:3:26: plugin io.containerd.metadata.v1.redb: content_sharing_policy: unknown variant `sometimes`, expected `shared` or `isolated`"),
+        "{log}"
     );
+    // Refused while loading the config, not by the plugin's init.
+    assert!(!log.contains("plugin failed"), "{log}");
 }

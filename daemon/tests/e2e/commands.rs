@@ -142,3 +142,75 @@ fn plugins_graph_is_dot() {
     let bad = plinthd(&["plugins", "graph", "--format", "svg"]);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn config_check_refuses_values_a_plugin_does_not_allow_where_they_are_written() {
+    // (config, expected message on standard error)
+    let cases: &[(&str, &str)] = &[
+        (
+            "version = 3\n[plugins.\"io.containerd.metadata.v1.redb\"]\ncontent_sharing_policy = \"sometimes\"\n",
+            "c.toml:3:26: plugin io.containerd.metadata.v1.redb: content_sharing_policy: unknown variant `sometimes`, expected `shared` or `isolated`",
+        ),
+        (
+            "version = 3\n[plugins.\"io.containerd.internal.v1.proxy-target\"]\naddress = \"tcp://127.0.0.1:9000\"\n",
+            "c.toml:3:11: plugin io.containerd.internal.v1.proxy-target: address: \"tcp://127.0.0.1:9000\" is not a unix socket",
+        ),
+        (
+            "version = 3\n[debug]\nlevel = \"verbose\"\n",
+            "c.toml:3:9: debug.level: \"verbose\" is not a log level: use \"trace\", \"debug\", \"info\", \"warn\" or \"error\"",
+        ),
+        (
+            "version = 3\nrequired_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            "c.toml:2:21: required plugin io.containerd.grpc.v1.cri is a containerd plugin plinthd does not provide: remove it from required_plugins",
+        ),
+    ];
+    for (config, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "c.toml", config);
+        let output = plinthd(&["-c", &path, "config", "check"]);
+        assert!(!output.status.success(), "{config}: accepted");
+        assert!(
+            output.stderr.contains(expected),
+            "{config}: {expected:?} not in:\n{}",
+            output.stderr
+        );
+    }
+}
+
+#[test]
+fn config_check_warnings_come_in_line_order_with_close_hints_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "c.toml",
+        "version = 3\nrooot = \"/x\"\ndisabled_plugin = []\ndebgu = 1\n\
+disabled_plugins = [\"io.containerd.snapshotter.v1.zfs\", \"overlayfs\"]\n\
+[grpc]\nadress = \"/s\"\n\
+[plugins.\"io.containerd.grpc.v1.cri\"]\nsandbox_image = \"pause\"\n\
+[plugins.\"io.containerd.snapshotter.v1.aufs\"]\nroot_path = \"/a\"\n\
+[plugins.\"io.containerd.grpc.v1.versoin\"]\nx = 1\n\
+[plugins.\"io.example.v1.elsewhere\"]\ny = 2\n",
+    );
+    let output = plinthd(&["-c", &path, "config", "check"]);
+    let warnings: Vec<String> = output
+        .ok()
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .map(|l| l.replace(&path, "c.toml"))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: c.toml:2:1: unknown key rooot (did you mean \"root\"?): it is ignored; remove it",
+            "warning: c.toml:3:1: unknown key disabled_plugin (did you mean \"disabled_plugins\"?): it is ignored; remove it",
+            "warning: c.toml:4:1: unknown key debgu (did you mean \"debug\"?): it is ignored; remove it",
+            "warning: c.toml:5:21: disabled_plugins names plugin io.containerd.snapshotter.v1.zfs, a containerd plugin plinthd does not provide; remove it",
+            "warning: c.toml:5:57: disabled_plugins names unknown plugin overlayfs (did you mean \"io.containerd.snapshotter.v1.overlayfs\"?)",
+            "warning: c.toml:7:1: unknown key grpc.adress (did you mean \"address\"?): it is ignored; remove it",
+            "warning: c.toml:8:10: section for plugin io.containerd.grpc.v1.cri, a containerd plugin plinthd does not provide; remove it",
+            "warning: c.toml:10:10: section for plugin io.containerd.snapshotter.v1.aufs, a containerd plugin plinthd does not provide; remove it",
+            "warning: c.toml:12:10: section for unknown plugin io.containerd.grpc.v1.versoin (did you mean \"io.containerd.grpc.v1.version\"?): this build has no such plugin",
+            "warning: c.toml:14:10: section for unknown plugin io.example.v1.elsewhere: this build has no such plugin",
+        ]
+    );
+}
