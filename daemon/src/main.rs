@@ -94,8 +94,11 @@ fn offline(command: Command, options: &Options) -> anyhow::Result<String> {
 fn run(options: &Options) -> anyhow::Result<()> {
     // Logging starts from the flags and the config's [debug] before plugin libraries are
     // loaded, so that the loader's lines reach the log.
+    // A level or format outside its set is left to the config checks that follow, which
+    // name the file and line; logging then never starts, as nothing runs.
     let prepared = plinthd::setup::prepare_then(options, |config| {
-        plinthd::logging::init(&config.debug.level, &config.debug.format)
+        let _ = plinthd::logging::init(&config.debug.level, &config.debug.format);
+        Ok(())
     })?;
     plinthd::server::serve(prepared)
 }

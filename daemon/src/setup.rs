@@ -214,6 +214,14 @@ pub fn load_config_then(
         config.state = state.clone();
     }
     if let Some(level) = &options.log_level {
+        // Checked here, so that a bad flag is not blamed on the file's `[debug]` line.
+        let levels = plinth_core::config::DebugConfig::LEVELS;
+        if !levels.contains(&level.to_ascii_lowercase().as_str()) {
+            bail!(
+                "--log-level {level:?} is not a log level: use {}",
+                levels.join(", ")
+            );
+        }
         config.debug.level = level.clone();
     }
     before_plugins(loaded.config())?;

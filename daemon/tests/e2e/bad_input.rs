@@ -44,6 +44,12 @@ fn bad_configs_fail_with_a_precise_message_and_create_nothing() {
             "required plugin io.containerd.grpc.v1.versoin is not registered (did you mean \"io.containerd.grpc.v1.version\"?)",
         ),
         (
+            "bad --log-level over a level the file sets",
+            "version = 3\n[debug]\nlevel = \"info\"\n",
+            &["--log-level", "lou"],
+            "--log-level \"lou\" is not a log level: use trace, debug, info, warn, error",
+        ),
+        (
             "bad version",
             "version = 9\n",
             &[],
