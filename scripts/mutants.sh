@@ -70,6 +70,7 @@ run_group() {
   for file in "${files[@]}"; do
     args+=(--file "$file")
   done
+  mkdir -p "target/mutants/$group"
   echo "==> $group: ${files[*]}" >&2
   # Exit codes: 0 all caught, 2 some missed, 3 some timed out; keep going either way.
   cargo mutants "${list[@]}" "${args[@]}" || true
