@@ -50,11 +50,16 @@ fn starts_serves_and_stops_cleanly_on_sigterm() {
 #[test]
 fn sigint_stops_it_too() {
     let mut daemon = start(Start::default());
-    let pid = daemon.pid();
-    plinth_tests::signal(pid, "INT");
-    let status = daemon.stop(Duration::from_secs(15));
-    assert!(status.success() || status.code().is_none(), "{status}");
-    assert!(!daemon.socket().exists());
+    plinth_tests::signal(daemon.pid(), "INT");
+    // SIGINT alone: nothing else is sent, so a daemon that ignores it fails here.
+    let status = daemon.wait_for_exit("SIGINT", Duration::from_secs(15));
+    assert!(status.success(), "{status}; log:\n{}", daemon.log());
+    assert!(!daemon.socket().exists(), "socket removed at exit");
+    assert!(
+        daemon.log().contains("signal=\"SIGINT\""),
+        "{}",
+        daemon.log()
+    );
 }
 
 #[test]
@@ -303,7 +308,16 @@ fn read_through_a_stop(size: usize) {
     let mut first = vec![0u8; 1 << 16];
     stdout.read_exact(&mut first).unwrap();
     plinth_tests::signal(daemon.pid(), "TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    // In the drain: the daemon took the signal and its socket refuses new connections.
+    daemon.wait_for_log_line(
+        "stopping: no new connections, finishing calls in flight",
+        Duration::from_secs(15),
+    );
+    plinth_tests::wait_for(
+        "the stopping daemon's socket to refuse connections",
+        Duration::from_secs(15),
+        || std::os::unix::net::UnixStream::connect(daemon.socket()).err(),
+    );
     let mut rest = Vec::new();
     stdout.read_to_end(&mut rest).unwrap();
     let status = reader.wait().unwrap();
