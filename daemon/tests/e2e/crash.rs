@@ -118,7 +118,11 @@ fn sigkill_during_concurrent_ingests_never_loses_or_corrupts_data() {
     let inputs: BTreeMap<String, (PathBuf, String)> = (0..ROUNDS * CLIENTS)
         .map(|i| {
             let path = daemon.dir().join(format!("input-{i}.bin"));
-            random_file(&path, ((i as usize % 6) + 3) * CHUNK + 4096 * i as usize, 100 + i);
+            random_file(
+                &path,
+                ((i as usize % 6) + 3) * CHUNK + 4096 * i as usize,
+                100 + i,
+            );
             let digest = sha256_file(&path);
             (format!("ref-{i}"), (path, digest))
         })
