@@ -114,15 +114,12 @@ fn start_client(
 #[test]
 fn sigkill_during_concurrent_ingests_never_loses_or_corrupts_data() {
     let mut daemon = start(Start::default());
-    // 3 to 8 MiB and some bytes: every input is more than two chunks.
+    // 2.25 to 3.5 MiB and some bytes: every input is more than two chunks.
     let inputs: BTreeMap<String, (PathBuf, String)> = (0..ROUNDS * CLIENTS)
         .map(|i| {
             let path = daemon.dir().join(format!("input-{i}.bin"));
-            random_file(
-                &path,
-                ((i as usize % 6) + 3) * CHUNK + 4096 * i as usize,
-                100 + i,
-            );
+            let size = 2 * CHUNK + ((i as usize % 6) + 1) * (CHUNK / 4) + 4096 * i as usize;
+            random_file(&path, size, 100 + i);
             let digest = sha256_file(&path);
             (format!("ref-{i}"), (path, digest))
         })
