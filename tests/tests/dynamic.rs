@@ -112,10 +112,30 @@ fn built() -> &'static Built {
                 ("duplicate_builtin", so(&examples, "duplicate_builtin")),
                 ("no_entry", so(&examples, "no_entry")),
                 ("linkme_fingerprint", so(&examples, "bench_plugin")),
-            ],
+            ]
+            .into_iter()
+            .chain(HAND_MADE.iter().map(|name| (*name, so(&examples, name))))
+            .collect(),
         }
     })
 }
+
+/// The bad libraries with a hand-made entry symbol (`examples/hand_made/`), one per refusal
+/// of the header or the handover.
+const HAND_MADE: &[&str] = &[
+    "null_header",
+    "misaligned_header",
+    "bad_magic",
+    "abi_version",
+    "unreadable_fingerprint",
+    "fingerprint_rustc",
+    "fingerprint_target",
+    "fingerprint_plinth_core",
+    "fingerprint_panic",
+    "fingerprint_debug_assertions",
+    "handover_unknown_code",
+    "handover_null_registrations",
+];
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -360,6 +380,89 @@ fn bad_libraries_fail_alone_and_plinthd_keeps_serving() {
                 "plinth-core backend: expected `inventory`, found `linkme`",
                 "plinth-core identity: expected `TypeId(",
             ],
+        ),
+        (
+            "the entry returns no header",
+            Setup::Library("null_header"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["entry symbol returned no header (it failed inside the library)"],
+        ),
+        (
+            "a misaligned header",
+            Setup::Library("misaligned_header"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["handing over its registrations failed: the header pointer is misaligned"],
+        ),
+        (
+            "bad magic",
+            Setup::Library("bad_magic"),
+            ("io.plinth.dynamic.v1", "case"),
+            &[r#"bad magic in the plugin header: expected "PLINTHDL", found "NOTPLINT""#],
+        ),
+        (
+            "another ABI version",
+            Setup::Library("abi_version"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["plugin ABI version mismatch: expected 1, found 2"],
+        ),
+        (
+            "a fingerprint that is not UTF-8",
+            Setup::Library("unreadable_fingerprint"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["unreadable build fingerprint: not UTF-8: invalid utf-8 sequence"],
+        ),
+        (
+            "fingerprint mismatch: rustc",
+            Setup::Library("fingerprint_rustc"),
+            ("io.plinth.dynamic.v1", "case"),
+            &[
+                "build fingerprint mismatch",
+                "as this plinthd): rustc: expected `rustc 1.",
+                "found `rustc 0.0.0 (hand-made)`\n",
+            ],
+        ),
+        (
+            "fingerprint mismatch: target",
+            Setup::Library("fingerprint_target"),
+            ("io.plinth.dynamic.v1", "case"),
+            &[
+                "as this plinthd): target: expected `",
+                "found `hand-made-target`\n",
+            ],
+        ),
+        (
+            "fingerprint mismatch: plinth-core version",
+            Setup::Library("fingerprint_plinth_core"),
+            ("io.plinth.dynamic.v1", "case"),
+            &[concat!(
+                "as this plinthd): plinth-core: expected `",
+                env!("CARGO_PKG_VERSION"),
+                "`, found `0.0.0-hand-made`\n"
+            )],
+        ),
+        (
+            "fingerprint mismatch: panic strategy",
+            Setup::Library("fingerprint_panic"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["as this plinthd): panic: expected `unwind`, found `abort`\n"],
+        ),
+        (
+            "fingerprint mismatch: debug assertions",
+            Setup::Library("fingerprint_debug_assertions"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["as this plinthd): debug-assertions: expected `on`, found `hand-made`\n"],
+        ),
+        (
+            "handover returns an unknown code",
+            Setup::Library("handover_unknown_code"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["handing over its registrations failed: unknown return code 7"],
+        ),
+        (
+            "handover reports registrations at a null address",
+            Setup::Library("handover_null_registrations"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["handing over its registrations failed: null or misaligned registrations"],
         ),
         (
             "panic while handing over registrations",
