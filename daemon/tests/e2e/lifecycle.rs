@@ -45,6 +45,14 @@ fn starts_serves_and_stops_cleanly_on_sigterm() {
         "{}",
         daemon.log()
     );
+    // The log after stop holds every line, up to the daemon's last.
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .last()
+            .is_some_and(|l| l.ends_with("INFO stopped")),
+        "{log}"
+    );
 }
 
 #[test]
