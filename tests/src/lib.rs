@@ -668,3 +668,51 @@ impl Drop for Containerd {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in daemon (a shell script taking plinthd's arguments) whose last line of
+    /// standard error comes from a child that writes it after the script itself exited:
+    /// only a harness that waits for the end of the pipe has it.
+    fn fake_daemon(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join("fake-plinthd");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// Writes `late line` 200 ms after the script has gone on (and exited).
+    const LATE: &str = "(sleep 0.2; echo late line >&2) &";
+
+    #[test]
+    fn the_log_of_a_start_that_failed_has_every_line() {
+        let scripts = tempfile::tempdir().unwrap();
+        let program = fake_daemon(
+            scripts.path(),
+            &format!("echo early line >&2\n{LATE}\nexit 3"),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (log, status) = start_program_in(&program, dir, Start::default()).unwrap_err();
+        assert_eq!(status.and_then(|s| s.code()), Some(3));
+        assert_eq!(log, "early line\nlate line\n");
+    }
+
+    #[test]
+    fn the_log_after_stop_has_every_line() {
+        let scripts = tempfile::tempdir().unwrap();
+        let program = fake_daemon(
+            scripts.path(),
+            &format!(
+                "trap '{LATE} exit 0' TERM\necho plinthd listening on fake >&2\n\
+                 while :; do sleep 1 & wait; done"
+            ),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut daemon = start_program_in(&program, dir, Start::default()).unwrap();
+        assert!(daemon.stop(Duration::from_secs(10)).success());
+        assert_eq!(daemon.log(), "plinthd listening on fake\nlate line\n");
+    }
+}
