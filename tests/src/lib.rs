@@ -707,7 +707,7 @@ mod tests {
             scripts.path(),
             &format!(
                 "trap '{LATE} exit 0' TERM\necho plinthd listening on fake >&2\n\
-                 while :; do sleep 1 & wait; done"
+                 while :; do sleep 1 2>/dev/null & wait; done"
             ),
         );
         let dir = tempfile::tempdir().unwrap();
