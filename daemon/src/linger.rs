@@ -254,7 +254,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    // On the runtime's paused clock, which moves only when every task waits: the 100 ms and
+    // the 400 ms are compared as timer deadlines, so no scheduling delay can cross them.
+    #[tokio::test(start_paused = true)]
     async fn a_client_that_never_closes_is_let_go_after_the_linger_time() {
         let connections = Connections::new(Duration::from_millis(400));
         let _client = dropped_after_reply(&connections).await;

@@ -9,7 +9,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// How long a daemon may take to start serving.
@@ -193,13 +193,80 @@ pub fn random_file(path: &Path, size: usize, seed: u64) {
     file.flush().expect("flushing the file");
 }
 
+/// How long the harness waits, after a daemon exited, for the last lines of its standard
+/// error (the pipe closes when the process and anything it started are gone).
+pub const LOG_END_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A daemon's standard error as read so far, and whether the pipe is at its end; the reader
+/// thread notifies on every line and at the end.
+#[derive(Debug, Default)]
+struct Log {
+    state: Mutex<LogState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    text: String,
+    ended: bool,
+}
+
+impl Log {
+    fn push_line(&self, line: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.text.push_str(line);
+        state.text.push('\n');
+        self.changed.notify_all();
+    }
+
+    fn end(&self) {
+        self.state.lock().unwrap().ended = true;
+        self.changed.notify_all();
+    }
+
+    fn text(&self) -> String {
+        self.state.lock().unwrap().text.clone()
+    }
+
+    /// Waits until `done` holds for the state, or `timeout`; whether it held.
+    fn wait_until(&self, timeout: Duration, done: impl Fn(&LogState) -> bool) -> bool {
+        let state = self.state.lock().unwrap();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, timeout, |state| !done(state))
+            .unwrap();
+        done(&state)
+    }
+
+    /// Waits for the end of the pipe (at most `timeout`); the whole text.
+    fn wait_for_end(&self, timeout: Duration) -> String {
+        self.wait_until(timeout, |state| state.ended);
+        self.text()
+    }
+}
+
+/// Reads `stderr` line by line into `log` on its own thread; `ready` gets a message when the
+/// daemon says it listens; `log` is marked ended at the end of the pipe.
+fn read_log(stderr: impl std::io::Read + Send + 'static, log: Arc<Log>, ready: mpsc::Sender<()>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("plinthd listening on ") {
+                let _ = ready.send(());
+            }
+            log.push_line(&line);
+        }
+        log.end();
+    });
+}
+
 /// A plinthd process on its own temporary directories.
 #[derive(Debug)]
 pub struct Daemon {
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
     socket: PathBuf,
-    log: Arc<Mutex<String>>,
+    log: Arc<Log>,
 }
 
 impl Daemon {
@@ -237,9 +304,33 @@ impl Daemon {
         self.dir().join("state")
     }
 
-    /// Everything it wrote to standard error so far.
+    /// Everything it wrote to standard error so far; after [`Daemon::stop`] or
+    /// [`Daemon::wait_for_exit`], everything it wrote.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.text()
+    }
+
+    /// Waits until its log has a line containing `text` (at most `timeout`); that line.
+    ///
+    /// # Panics
+    /// When no such line comes in time, or the log ends without one; the message holds the
+    /// log.
+    pub fn wait_for_log_line(&self, text: &str, timeout: Duration) -> String {
+        let line = |state: &LogState| {
+            state
+                .text
+                .lines()
+                .find(|line| line.contains(text))
+                .map(str::to_string)
+        };
+        self.log
+            .wait_until(timeout, |state| state.ended || line(state).is_some());
+        line(&self.log.state.lock().unwrap()).unwrap_or_else(|| {
+            panic!(
+                "no log line containing {text:?} within {timeout:?}; log:\n{}",
+                self.log()
+            )
+        })
     }
 
     /// Its process id.
@@ -280,23 +371,35 @@ impl Daemon {
         run(&binary("plinthctl"), &all)
     }
 
-    /// Sends SIGTERM and waits for the exit (at most `timeout`).
+    /// Sends SIGTERM and waits for the exit (at most `timeout`) and for the end of its log.
     ///
     /// # Panics
     /// When it does not exit in time (it is then killed).
     pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        signal(self.pid(), "TERM");
+        self.wait_for_exit("SIGTERM", timeout)
+    }
+
+    /// Waits for the exit (at most `timeout`) without sending anything, then for the end of
+    /// its log, so that [`Daemon::log`] holds every line. `after` says what should have made
+    /// it exit, for the message.
+    ///
+    /// # Panics
+    /// When it does not exit in time (it is then killed).
+    pub fn wait_for_exit(&mut self, after: &str, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("daemon is running");
-        signal(child.id(), "TERM");
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("waiting for plinthd") {
+                self.log.wait_for_end(LOG_END_TIMEOUT);
                 return status;
             }
             if started.elapsed() > timeout {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!(
-                    "plinthd did not exit within {timeout:?} of SIGTERM; log:\n{}",
-                    self.log()
+                    "plinthd did not exit within {timeout:?} of {after}; log:\n{}",
+                    self.log.wait_for_end(LOG_END_TIMEOUT)
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -389,38 +492,34 @@ pub fn start_program_in(
         .stderr(Stdio::piped());
     let mut child = command.spawn().expect("starting plinthd");
     let stderr = child.stderr.take().expect("stderr pipe");
-    let log = Arc::new(Mutex::new(String::new()));
+    let log = Arc::new(Log::default());
     let (ready_tx, ready_rx) = mpsc::channel();
-    let log_writer = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.starts_with("plinthd listening on ") {
-                let _ = ready_tx.send(());
-            }
-            let mut log = log_writer.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
+    read_log(stderr, log.clone(), ready_tx);
     let started = Instant::now();
     loop {
-        if ready_rx.recv_timeout(Duration::from_millis(20)).is_ok() {
-            return Ok(Daemon {
-                child: Some(child),
-                dir: Some(dir),
-                socket,
-                log,
-            });
+        match ready_rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(()) => {
+                return Ok(Daemon {
+                    child: Some(child),
+                    dir: Some(dir),
+                    socket,
+                    log,
+                });
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // The pipe ended: the daemon is exiting; poll for its status below.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         if let Some(status) = child.try_wait().expect("waiting for plinthd") {
-            // Let the reader thread take the last lines.
-            std::thread::sleep(Duration::from_millis(100));
-            return Err((log.lock().unwrap().clone(), Some(status)));
+            // Every line it wrote, up to the end of the pipe.
+            return Err((log.wait_for_end(LOG_END_TIMEOUT), Some(status)));
         }
         if started.elapsed() > START_TIMEOUT {
             let _ = child.kill();
-            return Err((log.lock().unwrap().clone(), None));
+            let _ = child.wait();
+            return Err((log.wait_for_end(LOG_END_TIMEOUT), None));
         }
     }
 }
@@ -567,5 +666,53 @@ impl Drop for Containerd {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in daemon (a shell script taking plinthd's arguments) whose last line of
+    /// standard error comes from a child that writes it after the script itself exited:
+    /// only a harness that waits for the end of the pipe has it.
+    fn fake_daemon(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join("fake-plinthd");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// Writes `late line` 200 ms after the script has gone on (and exited).
+    const LATE: &str = "(sleep 0.2; echo late line >&2) &";
+
+    #[test]
+    fn the_log_of_a_start_that_failed_has_every_line() {
+        let scripts = tempfile::tempdir().unwrap();
+        let program = fake_daemon(
+            scripts.path(),
+            &format!("echo early line >&2\n{LATE}\nexit 3"),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (log, status) = start_program_in(&program, dir, Start::default()).unwrap_err();
+        assert_eq!(status.and_then(|s| s.code()), Some(3));
+        assert_eq!(log, "early line\nlate line\n");
+    }
+
+    #[test]
+    fn the_log_after_stop_has_every_line() {
+        let scripts = tempfile::tempdir().unwrap();
+        let program = fake_daemon(
+            scripts.path(),
+            &format!(
+                "trap '{LATE} exit 0' TERM\necho plinthd listening on fake >&2\n\
+                 while :; do sleep 1 2>/dev/null & wait; done"
+            ),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut daemon = start_program_in(&program, dir, Start::default()).unwrap();
+        assert!(daemon.stop(Duration::from_secs(10)).success());
+        assert_eq!(daemon.log(), "plinthd listening on fake\nlate line\n");
     }
 }

@@ -112,10 +112,30 @@ fn built() -> &'static Built {
                 ("duplicate_builtin", so(&examples, "duplicate_builtin")),
                 ("no_entry", so(&examples, "no_entry")),
                 ("linkme_fingerprint", so(&examples, "bench_plugin")),
-            ],
+            ]
+            .into_iter()
+            .chain(HAND_MADE.iter().map(|name| (*name, so(&examples, name))))
+            .collect(),
         }
     })
 }
+
+/// The bad libraries with a hand-made entry symbol (`examples/hand_made/`), one per refusal
+/// of the header or the handover.
+const HAND_MADE: &[&str] = &[
+    "null_header",
+    "misaligned_header",
+    "bad_magic",
+    "abi_version",
+    "unreadable_fingerprint",
+    "fingerprint_rustc",
+    "fingerprint_target",
+    "fingerprint_plinth_core",
+    "fingerprint_panic",
+    "fingerprint_debug_assertions",
+    "handover_unknown_code",
+    "handover_null_registrations",
+];
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -362,6 +382,89 @@ fn bad_libraries_fail_alone_and_plinthd_keeps_serving() {
             ],
         ),
         (
+            "the entry returns no header",
+            Setup::Library("null_header"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["entry symbol returned no header (it failed inside the library)"],
+        ),
+        (
+            "a misaligned header",
+            Setup::Library("misaligned_header"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["handing over its registrations failed: the header pointer is misaligned"],
+        ),
+        (
+            "bad magic",
+            Setup::Library("bad_magic"),
+            ("io.plinth.dynamic.v1", "case"),
+            &[r#"bad magic in the plugin header: expected "PLINTHDL", found "NOTPLINT""#],
+        ),
+        (
+            "another ABI version",
+            Setup::Library("abi_version"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["plugin ABI version mismatch: expected 1, found 2"],
+        ),
+        (
+            "a fingerprint that is not UTF-8",
+            Setup::Library("unreadable_fingerprint"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["unreadable build fingerprint: not UTF-8: invalid utf-8 sequence"],
+        ),
+        (
+            "fingerprint mismatch: rustc",
+            Setup::Library("fingerprint_rustc"),
+            ("io.plinth.dynamic.v1", "case"),
+            &[
+                "build fingerprint mismatch",
+                "as this plinthd): rustc: expected `rustc 1.",
+                "found `rustc 0.0.0 (hand-made)`\n",
+            ],
+        ),
+        (
+            "fingerprint mismatch: target",
+            Setup::Library("fingerprint_target"),
+            ("io.plinth.dynamic.v1", "case"),
+            &[
+                "as this plinthd): target: expected `",
+                "found `hand-made-target`\n",
+            ],
+        ),
+        (
+            "fingerprint mismatch: plinth-core version",
+            Setup::Library("fingerprint_plinth_core"),
+            ("io.plinth.dynamic.v1", "case"),
+            &[concat!(
+                "as this plinthd): plinth-core: expected `",
+                env!("CARGO_PKG_VERSION"),
+                "`, found `0.0.0-hand-made`\n"
+            )],
+        ),
+        (
+            "fingerprint mismatch: panic strategy",
+            Setup::Library("fingerprint_panic"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["as this plinthd): panic: expected `unwind`, found `abort`\n"],
+        ),
+        (
+            "fingerprint mismatch: debug assertions",
+            Setup::Library("fingerprint_debug_assertions"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["as this plinthd): debug-assertions: expected `on`, found `hand-made`\n"],
+        ),
+        (
+            "handover returns an unknown code",
+            Setup::Library("handover_unknown_code"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["handing over its registrations failed: unknown return code 7"],
+        ),
+        (
+            "handover reports registrations at a null address",
+            Setup::Library("handover_null_registrations"),
+            ("io.plinth.dynamic.v1", "case"),
+            &["handing over its registrations failed: null or misaligned registrations"],
+        ),
+        (
             "panic while handing over registrations",
             Setup::Library("panic_in_registration"),
             ("io.plinth.dynamic.v1", "case"),
@@ -481,13 +584,15 @@ fn bad_libraries_fail_alone_and_plinthd_keeps_serving() {
 fn all_libraries_together_each_report_alone() {
     let (dir, plugins) = daemon_dir();
     install(built().library("hello"), &plugins, "a-hello");
-    for name in [
+    let failing = [
         "panic_in_registration",
-        "panic_in_init",
         "duplicate_builtin",
         "no_entry",
         "linkme_fingerprint",
-    ] {
+    ]
+    .into_iter()
+    .chain(HAND_MADE.iter().copied());
+    for name in failing.clone().chain(["panic_in_init"]) {
         install(built().library(name), &plugins, name);
     }
     std::fs::write(plugins.join("README"), "not a library").unwrap();
@@ -503,12 +608,7 @@ fn all_libraries_together_each_report_alone() {
     assert_eq!(status("io.plinth.example.v1", "hello"), "ok");
     assert_eq!(status("io.containerd.content.v1", "content"), "ok");
     assert_eq!(status("io.plinth.example.v1", "panics-in-init"), "error");
-    for name in [
-        "panic_in_registration",
-        "duplicate_builtin",
-        "no_entry",
-        "linkme_fingerprint",
-    ] {
+    for name in failing {
         let id = file_name(name);
         let id = id.trim_end_matches(&format!(".{}", std::env::consts::DLL_EXTENSION));
         assert_eq!(status("io.plinth.dynamic.v1", id), "error", "{name}");

@@ -1,26 +1,39 @@
 //! Crash consistency: plinthd is killed with SIGKILL in the middle of many concurrent
 //! ingests, again and again; after each restart every committed blob verifies, every record
 //! has its blob, no half-written blob is visible, and open ingests resume.
+//!
+//! The kill must land while uploads are in flight, whatever the machine's speed: in each
+//! round most clients get only a prefix of their input (their standard input is then held
+//! open), and the kill comes once the daemon reports bytes received for each of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
-use plinth_tests::{Start, binary, random_file, sha256_file, start, start_in};
+use plinth_tests::{Daemon, Start, binary, random_file, sha256_file, start, start_in};
 
 const ROUNDS: u64 = 6;
 const CLIENTS: u64 = 6;
+/// plinthctl's chunk: it sends a chunk once it has read the next one, so a client must be
+/// given more than two for the daemon to receive anything before the end of the input.
+const CHUNK: usize = 1 << 20;
 
 fn blobs_dir(root: &Path) -> PathBuf {
     root.join("io.containerd.content.v1.content/blobs/sha256")
 }
 
 /// Every file under the blob directory hashes to its name: no blob is half-visible.
-fn check_blob_files(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(blobs_dir(root)) else {
-        return;
-    };
+///
+/// # Panics
+/// When the directory is missing (the content store creates it at start) or a file is not
+/// what its name says. Returns the digests of the blob files.
+fn check_blob_files(root: &Path) -> BTreeSet<String> {
+    let dir = blobs_dir(root);
+    let entries =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
+    let mut blobs = BTreeSet::new();
     for entry in entries {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
@@ -30,16 +43,83 @@ fn check_blob_files(root: &Path) {
             "blob file {} is not what its name says",
             path.display()
         );
+        blobs.insert(format!("sha256:{name}"));
+    }
+    blobs
+}
+
+/// The active ingests as (ref, whether bytes were received), from `plinthctl content active`
+/// (`REF  SIZE  AGE`, SIZE as `0 B` or `1.0 MiB/5.0 MiB`).
+fn active(daemon: &Daemon) -> BTreeMap<String, bool> {
+    let listing = daemon.plinthctl(&["content", "active"]);
+    listing
+        .ok()
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert!(fields.len() >= 2, "unexpected line {line:?}");
+            (fields[0].to_string(), fields[1] != "0")
+        })
+        .collect()
+}
+
+/// An ingest client of one round, with its standard input still open when it was given only
+/// a prefix.
+struct Client {
+    reference: String,
+    child: Child,
+    held: Option<ChildStdin>,
+}
+
+/// Starts `plinthctl content ingest` of `path` and feeds it `prefix` bytes of the file (all of
+/// it when `prefix` is `None`, then closes its input).
+fn start_client(
+    daemon: &Daemon,
+    reference: &str,
+    path: &Path,
+    digest: &str,
+    prefix: Option<usize>,
+) -> Client {
+    let mut child = Command::new(binary("plinthctl"))
+        .args([
+            "--address",
+            &daemon.address(),
+            "content",
+            "ingest",
+            "--progress",
+            "never",
+            "--expected-digest",
+            digest,
+            reference,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    let n = prefix.unwrap_or(bytes.len());
+    stdin
+        .write_all(&bytes[..n])
+        .unwrap_or_else(|e| panic!("feeding {reference}: {e}"));
+    Client {
+        reference: reference.to_string(),
+        child,
+        held: prefix.map(|_| stdin),
     }
 }
 
 #[test]
 fn sigkill_during_concurrent_ingests_never_loses_or_corrupts_data() {
     let mut daemon = start(Start::default());
+    // 2.25 to 3.5 MiB and some bytes: every input is more than two chunks.
     let inputs: BTreeMap<String, (PathBuf, String)> = (0..ROUNDS * CLIENTS)
         .map(|i| {
             let path = daemon.dir().join(format!("input-{i}.bin"));
-            random_file(&path, ((i as usize % 7) + 1) << 20, 100 + i);
+            let size = 2 * CHUNK + ((i as usize % 6) + 1) * (CHUNK / 4) + 4096 * i as usize;
+            random_file(&path, size, 100 + i);
             let digest = sha256_file(&path);
             (format!("ref-{i}"), (path, digest))
         })
@@ -50,54 +130,77 @@ fn sigkill_during_concurrent_ingests_never_loses_or_corrupts_data() {
         for client in 0..CLIENTS {
             let reference = refs[(round * CLIENTS + client) as usize];
             let (path, digest) = &inputs[reference];
-            let child = Command::new(binary("plinthctl"))
-                .args([
-                    "--address",
-                    &daemon.address(),
-                    "content",
-                    "ingest",
-                    "--progress",
-                    "never",
-                    "--expected-digest",
-                    digest,
-                    reference,
-                ])
-                .stdin(std::fs::File::open(path).unwrap())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            clients.push(child);
+            // Two of six send everything (and may finish or not); the others send a prefix
+            // that ends from early to late in the input as the rounds go.
+            let size = std::fs::metadata(path).unwrap().len() as usize;
+            let prefix = ((client + round) % 3 != 0).then(|| {
+                let past_two_chunks = size - 2 * CHUNK - 1;
+                2 * CHUNK + 1 + past_two_chunks * round as usize / ROUNDS as usize
+            });
+            clients.push(start_client(&daemon, reference, path, digest, prefix));
         }
-        // Kill at a different moment each round: from early in the uploads to near the end.
-        std::thread::sleep(Duration::from_millis(40 + round * 70));
+        let held: BTreeSet<String> = clients
+            .iter()
+            .filter(|c| c.held.is_some())
+            .map(|c| c.reference.clone())
+            .collect();
+        assert_eq!(held.len(), 4, "round {round}: clients held mid-upload");
+        // Kill once the daemon has bytes of every held upload: they are in flight.
+        plinth_tests::wait_for(
+            "bytes of every held upload to reach the daemon",
+            Duration::from_secs(30),
+            || {
+                let active = active(&daemon);
+                held.iter()
+                    .all(|r| active.get(r) == Some(&true))
+                    .then_some(())
+            },
+        );
         let dir = daemon.into_dir();
-        for mut child in clients {
-            let _ = child.kill();
-            let _ = child.wait();
+        for mut client in clients {
+            drop(client.held.take());
+            let _ = client.child.kill();
+            let _ = client.child.wait();
         }
         let restarted = start_in(dir, Start::default())
             .unwrap_or_else(|(log, _)| panic!("restart {round} failed:\n{log}"));
         daemon = restarted;
-        check_blob_files(&daemon.root());
-        // Every record has its blob, and the blob verifies.
+        let blobs = check_blob_files(&daemon.root());
+        // Every record has its blob, and the blob verifies. (A blob without a record is
+        // allowed: the kill can fall between the store's commit and the record's.)
         let listed = daemon.ctr(&["content", "ls", "-q"]);
-        for digest in listed.ok().lines() {
+        let listed: Vec<String> = listed.ok().lines().map(str::to_string).collect();
+        for digest in &listed {
+            assert!(
+                blobs.contains(digest),
+                "round {round}: record {digest} has no blob file"
+            );
             let copy = daemon.dir().join("check.bin");
             daemon
                 .ctr_files(&["content", "get", digest], None, Some(&copy))
                 .ok();
             assert_eq!(
-                sha256_file(&copy),
+                &sha256_file(&copy),
                 digest,
                 "round {round}: record {digest} does not match its blob"
             );
         }
+        // The work was interrupted: no held upload committed, each is still open.
+        let open = active(&daemon);
+        for reference in &held {
+            let digest = &inputs[reference].1;
+            assert!(
+                !listed.contains(digest),
+                "round {round}: {reference} committed from a prefix"
+            );
+            assert!(
+                open.contains_key(reference),
+                "round {round}: interrupted ingest {reference} is not open after the restart: {open:?}"
+            );
+        }
         // Open ingests resume (the client restarts or continues them) and commit correctly.
-        let active = daemon.plinthctl(&["content", "active"]);
-        for line in active.ok().lines().skip(1) {
-            let reference = line.split_whitespace().next().unwrap().to_string();
-            let (path, digest) = &inputs[&reference];
+        for reference in open.keys() {
+            let (path, digest) = &inputs[reference];
             let resumed = daemon.plinthctl_files(
                 &[
                     "content",
@@ -106,15 +209,15 @@ fn sigkill_during_concurrent_ingests_never_loses_or_corrupts_data() {
                     "never",
                     "--expected-digest",
                     digest,
-                    &reference,
+                    reference,
                 ],
                 Some(path),
                 None,
             );
-            assert!(
-                resumed.status.success() || resumed.stdout.contains("already exists"),
-                "round {round}: resuming {reference}: {}",
-                resumed.stderr
+            assert_eq!(
+                resumed.ok(),
+                format!("{digest}\n"),
+                "round {round}: resuming {reference}"
             );
         }
         assert_eq!(
@@ -146,5 +249,5 @@ fn sigkill_during_concurrent_ingests_never_loses_or_corrupts_data() {
     }
     let listed = daemon.ctr(&["content", "ls", "-q"]);
     assert_eq!(listed.ok().lines().count(), inputs.len());
-    check_blob_files(&daemon.root());
+    assert_eq!(check_blob_files(&daemon.root()).len(), inputs.len());
 }

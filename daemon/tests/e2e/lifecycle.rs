@@ -45,16 +45,29 @@ fn starts_serves_and_stops_cleanly_on_sigterm() {
         "{}",
         daemon.log()
     );
+    // The log after stop holds every line, up to the daemon's last.
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .last()
+            .is_some_and(|l| l.ends_with("INFO stopped")),
+        "{log}"
+    );
 }
 
 #[test]
 fn sigint_stops_it_too() {
     let mut daemon = start(Start::default());
-    let pid = daemon.pid();
-    plinth_tests::signal(pid, "INT");
-    let status = daemon.stop(Duration::from_secs(15));
-    assert!(status.success() || status.code().is_none(), "{status}");
-    assert!(!daemon.socket().exists());
+    plinth_tests::signal(daemon.pid(), "INT");
+    // SIGINT alone: nothing else is sent, so a daemon that ignores it fails here.
+    let status = daemon.wait_for_exit("SIGINT", Duration::from_secs(15));
+    assert!(status.success(), "{status}; log:\n{}", daemon.log());
+    assert!(!daemon.socket().exists(), "socket removed at exit");
+    assert!(
+        daemon.log().contains("signal=\"SIGINT\""),
+        "{}",
+        daemon.log()
+    );
 }
 
 #[test]
@@ -303,7 +316,12 @@ fn read_through_a_stop(size: usize) {
     let mut first = vec![0u8; 1 << 16];
     stdout.read_exact(&mut first).unwrap();
     plinth_tests::signal(daemon.pid(), "TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    // In the drain: the daemon took the signal and stops (its socket stays bound, so a
+    // refused connection is not what shows it; its log line is).
+    daemon.wait_for_log_line(
+        "stopping: no new connections, finishing calls in flight",
+        Duration::from_secs(15),
+    );
     let mut rest = Vec::new();
     stdout.read_to_end(&mut rest).unwrap();
     let status = reader.wait().unwrap();

@@ -108,15 +108,60 @@ fn a_wrong_expected_digest_is_refused_and_nothing_is_committed() {
     let wrong = format!("sha256:{}", "0".repeat(64));
     let output = ingest(&daemon, "default", "wrong", &input, &wrong);
     assert!(!output.status.success());
-    assert!(
-        output.stderr.contains("unexpected commit digest") || output.stderr.contains("digest"),
-        "{}",
-        output.stderr
+    // The digest of what was sent and the one expected, both named.
+    let sent = sha256_file(&input);
+    assert_eq!(
+        output.stderr,
+        format!(
+            "ctr: failed commit on ref \"wrong\": commit failed: unexpected commit digest \
+             {sent}, expected {wrong}: failed precondition\n"
+        )
     );
     assert_eq!(daemon.ctr(&["content", "ls", "-q"]).ok(), "");
     let bad = daemon.ctr(&["content", "get", "sha256:../../etc/passwd"]);
     assert!(!bad.status.success());
     assert!(bad.stderr.contains("invalid"), "{}", bad.stderr);
+}
+
+/// A Write call that opens `reference` for a blob of `total` bytes with digest `expected`
+/// and commits it at offset 0 without sending a byte; the server's answer to the commit.
+fn commit_without_bytes(
+    daemon: &Daemon,
+    namespace: &str,
+    reference: &str,
+    total: i64,
+    expected: &str,
+) -> Result<String, String> {
+    use plinth_api::containerd::services::content::v1::content_client::ContentClient;
+    use plinth_api::containerd::services::content::v1::{WriteAction, WriteContentRequest};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = plinthd::client::Client::connect(&daemon.address(), namespace)
+            .await
+            .unwrap();
+        let mut api = ContentClient::new(client.channel());
+        let stat_and_commit =
+            [WriteAction::Stat, WriteAction::Commit].map(|action| WriteContentRequest {
+                action: action as i32,
+                r#ref: reference.to_string(),
+                total,
+                expected: expected.to_string(),
+                offset: 0,
+                ..WriteContentRequest::default()
+            });
+        let request = client.request(tokio_stream::iter(stat_and_commit)).unwrap();
+        let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+        let mut replies = api.write(request).await.map_err(status)?.into_inner();
+        let mut last = String::new();
+        while let Some(reply) = replies.message().await.map_err(status)? {
+            last = format!("{:?} {}", reply.action(), reply.digest);
+        }
+        Ok(last)
+    })
 }
 
 #[test]
@@ -129,6 +174,10 @@ fn isolated_namespaces_cannot_see_each_others_blobs() {
     let input = daemon.dir().join("input.bin");
     random_file(&input, 3 << 20, 3);
     let digest = sha256_file(&input);
+    let empty_digest = format!(
+        "sha256:{}",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
     ingest(&daemon, "team-a", "blob", &input, &digest).ok();
     assert_eq!(
         daemon
@@ -149,7 +198,61 @@ fn isolated_namespaces_cannot_see_each_others_blobs() {
         Some(&copy),
     );
     assert!(!denied.status.success(), "team-b read team-a's blob");
-    // team-b must upload the bytes itself; then it has the blob too.
+    // Knowing the digest (and size) of team-a's blob is not enough: team-b must upload the
+    // bytes. A commit that sends none — with or without the size — records nothing.
+    let size = 3i64 << 20;
+    // (total announced, the server's refusal of the commit)
+    let cases: &[(i64, String)] = &[
+        (
+            size,
+            format!("FailedPrecondition: unexpected commit size 0, expected {size}"),
+        ),
+        (
+            0,
+            format!(
+                "FailedPrecondition: unexpected commit digest {empty_digest}, expected {digest}"
+            ),
+        ),
+    ];
+    for (total, refusal) in cases {
+        let reference = format!("no-bytes-{total}");
+        assert_eq!(
+            commit_without_bytes(&daemon, "team-b", &reference, *total, &digest),
+            Err(refusal.clone()),
+            "a commit of no bytes with total {total}"
+        );
+    }
+    // The same through ctr, with an empty standard input.
+    let empty = daemon.dir().join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let refused = ingest(&daemon, "team-b", "empty", &empty, &digest);
+    assert_eq!(
+        refused.stderr,
+        format!(
+            "ctr: failed commit on ref \"empty\": commit failed: unexpected commit digest \
+             {empty_digest}, expected {digest}: failed precondition\n"
+        )
+    );
+    // Half the bytes: refused as well.
+    let half = daemon.dir().join("half.bin");
+    std::fs::write(&half, &std::fs::read(&input).unwrap()[..3 << 19]).unwrap();
+    let half_digest = sha256_file(&half);
+    let refused = ingest(&daemon, "team-b", "half", &half, &digest);
+    assert_eq!(
+        refused.stderr,
+        format!(
+            "ctr: failed commit on ref \"half\": commit failed: unexpected commit digest \
+             {half_digest}, expected {digest}: failed precondition\n"
+        )
+    );
+    assert_eq!(
+        daemon
+            .ctr(&["--namespace", "team-b", "content", "ls", "-q"])
+            .ok(),
+        "",
+        "team-b recorded the blob without uploading it"
+    );
+    // Every byte: then team-b has the blob too.
     ingest(&daemon, "team-b", "blob", &input, &digest).ok();
     daemon
         .ctr_files(
