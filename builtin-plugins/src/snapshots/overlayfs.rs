@@ -601,7 +601,11 @@ mod tests {
     fn an_overlay_capable_dir_is_not_on_overlay() {
         let dir = OverlayCapableDir::new();
         let fs_type = filesystem_type(dir.path());
-        assert!(fs_type.is_some(), "no filesystem found for {}", dir.path().display());
+        assert!(
+            fs_type.is_some(),
+            "no filesystem found for {}",
+            dir.path().display()
+        );
         assert_ne!(fs_type.as_deref(), Some("overlay"));
     }
 

@@ -2100,7 +2100,13 @@ async fn usage_steps(snapshotter: &dyn Snapshotter, work: &Path) -> Outcome {
     let (child, block) =
         write_for_usage(snapshotter, work, "child", "c", "more", CHILD_BYTES, None).await?;
     let child_usage = snapshotter.usage(&child).await.context("usage")?;
-    let own = check_usage("child without its parent", child_usage, CHILD_BYTES as i64, 2, block);
+    let own = check_usage(
+        "child without its parent",
+        child_usage,
+        CHILD_BYTES as i64,
+        2,
+        block,
+    );
     let with_parent = check_usage(
         "child with its parent",
         child_usage,
