@@ -1592,3 +1592,45 @@ pub async fn update_rules(store: Arc<dyn ContentStore>) {
         "created at is stable"
     );
 }
+
+#[cfg(all(test, feature = "content-local"))]
+mod tests {
+    use super::*;
+    use crate::content::local::LocalStore;
+
+    fn passes(_: Arc<dyn ContentStore>) -> CaseFuture {
+        Box::pin(async {})
+    }
+
+    fn fails(_: Arc<dyn ContentStore>) -> CaseFuture {
+        Box::pin(async { panic!("this case is broken") })
+    }
+
+    async fn make(root: PathBuf) -> Result<Arc<dyn ContentStore>, Error> {
+        Ok(Arc::new(LocalStore::open(&root)?) as Arc<dyn ContentStore>)
+    }
+
+    /// The regression: `run` stopped at the first failing case and hid the others.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_case_runs_and_every_failure_is_reported() {
+        let cases: &[(&str, Case)] = &[("first", fails), ("second", passes), ("third", fails)];
+        let failures = run_cases(cases, &make).await;
+        let expected = [
+            ("first".to_string(), "this case is broken".to_string()),
+            ("third".to_string(), "this case is broken".to_string()),
+        ];
+        assert_eq!(failures, expected);
+        let report = failure_report(&failures);
+        assert!(
+            report.starts_with(&format!(
+                "content suite: 2 of {} cases failed: first, third\n",
+                CASES.len()
+            )),
+            "{report}"
+        );
+        assert!(
+            report.contains("- case third failed: this case is broken"),
+            "{report}"
+        );
+    }
+}

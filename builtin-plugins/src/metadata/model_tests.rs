@@ -234,7 +234,12 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
                     Some(_) if snaps.contains_key(&name) => Some(Category::AlreadyExists),
                     Some(_) => None,
                 };
-                check_outcome(&context, &format!("commit {key} as {name}"), &result, predicted);
+                check_outcome(
+                    &context,
+                    &format!("commit {key} as {name}"),
+                    &result,
+                    predicted,
+                );
                 if predicted.is_none() {
                     let s = snaps.remove(&key).expect("the model has the key");
                     snaps.insert(
