@@ -868,9 +868,11 @@ async fn stat_active_steps(snapshotter: &dyn Snapshotter, work: &Path) -> Outcom
 
 /// Writes `foo` into the mounted snapshot `preparing` and checks its stat.
 async fn write_foo_and_stat_active(snapshotter: &dyn Snapshotter, preparing: &str) -> Outcome {
-    let foo = Path::new(preparing).join("foo");
-    fs::write(&foo, b"foo\n").context("writing foo through the mount")?;
-    fs::set_permissions(&foo, fs::Permissions::from_mode(0o777)).context("chmod foo")?;
+    apply(
+        Path::new(preparing),
+        &[create_file("/foo", b"foo\n", 0o777)],
+    )
+    .context("writing foo through the mount")?;
     let si = snapshotter.stat(preparing).await.context("stat")?;
     ensure!(si.name == preparing, "name {:?}", si.name);
     ensure!(si.kind == Kind::Active, "kind {:?}", si.kind);
