@@ -52,6 +52,8 @@ cases![
     resume_truncate,
     resume_discard,
     resume_copy,
+    resume_copy_seeker,
+    resume_copy_reader_at,
     small_blob,
     labels,
     commit_error_state,
@@ -75,18 +77,52 @@ cases![
 ];
 
 /// Runs every case of [`CASES`], each on a fresh store that `make` creates in a fresh
-/// temporary directory (passed as its argument).
+/// temporary directory (passed as its argument). A failing case does not stop the others:
+/// every case runs, and the failures are reported together at the end.
 ///
 /// # Panics
-/// When a case fails, or `make` does, with the case's name and the message.
+/// When any case fails, or `make` does for it, listing every failed case with its name and
+/// message.
 pub async fn run<F, Fut>(make: F)
 where
     F: Fn(PathBuf) -> Fut,
     Fut: Future<Output = Result<Arc<dyn ContentStore>, Error>>,
 {
-    for (name, case) in CASES {
-        run_case(name, *case, &make).await;
+    let failures = run_cases(CASES, &make).await;
+    if !failures.is_empty() {
+        panic!("{}", failure_report(&failures));
     }
+}
+
+/// Runs each case of `cases` on a fresh store, as [`run`] does; returns the failures, by
+/// case name, in the order the cases ran.
+pub async fn run_cases<F, Fut>(cases: &[(&str, Case)], make: &F) -> Vec<(String, String)>
+where
+    F: Fn(PathBuf) -> Fut,
+    Fut: Future<Output = Result<Arc<dyn ContentStore>, Error>>,
+{
+    let mut failures = Vec::new();
+    for (name, case) in cases {
+        if let Err(message) = try_case(*case, make).await {
+            failures.push((name.to_string(), message));
+        }
+    }
+    failures
+}
+
+/// What [`run`] panics with: how many cases failed of how many, then each one.
+fn failure_report(failures: &[(String, String)]) -> String {
+    let names: Vec<&str> = failures.iter().map(|(name, _)| name.as_str()).collect();
+    let mut report = format!(
+        "content suite: {} of {} cases failed: {}",
+        failures.len(),
+        CASES.len(),
+        names.join(", ")
+    );
+    for (name, message) in failures {
+        report.push_str(&format!("\n- case {name} failed: {message}"));
+    }
+    report
 }
 
 /// Runs one case on a fresh store, as [`run`] does.
@@ -99,17 +135,26 @@ where
     F: Fn(PathBuf) -> Fut,
     Fut: Future<Output = Result<Arc<dyn ContentStore>, Error>>,
 {
+    if let Err(message) = try_case(case, make).await {
+        panic!("content suite case {name} failed: {message}");
+    }
+}
+
+/// Runs one case on a fresh store; its panic (or `make`'s error) becomes the message.
+async fn try_case<F, Fut>(case: Case, make: &F) -> Result<(), String>
+where
+    F: Fn(PathBuf) -> Fut,
+    Fut: Future<Output = Result<Arc<dyn ContentStore>, Error>>,
+{
     let dir = tempfile::Builder::new()
         .prefix("plinth-content-suite-")
         .tempdir()
-        .unwrap_or_else(|e| {
-            panic!("content suite case {name}: creating a temporary directory: {e}")
-        });
+        .map_err(|e| format!("creating a temporary directory: {e}"))?;
     let store = make(dir.path().to_path_buf())
         .await
-        .unwrap_or_else(|e| panic!("content suite case {name}: making the store: {e:?}"));
-    if let Err(error) = tokio::spawn(case(store)).await {
-        let message = if error.is_panic() {
+        .map_err(|e| format!("making the store: {e:?}"))?;
+    tokio::spawn(case(store)).await.map_err(|error| {
+        if error.is_panic() {
             let payload = error.into_panic();
             payload
                 .downcast_ref::<String>()
@@ -118,9 +163,8 @@ where
                 .unwrap_or_else(|| "(panic without a message)".to_string())
         } else {
             error.to_string()
-        };
-        panic!("content suite case {name} failed: {message}");
-    }
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -470,16 +514,196 @@ pub async fn resume(store: Arc<dyn ContentStore>) {
 }
 
 /// How a resumed ingest is finished (containerd's `resumeTruncate`, `resumeDiscard`,
-/// `resumeCopy`).
-#[derive(Debug, Clone, Copy)]
+/// `resumeCopy`, `resumeCopySeeker`, `resumeCopyReaderAt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Finish {
-    /// Truncate to 0 and write everything again.
+    /// Truncate to 0 and write everything again, in 1 KiB pieces.
     Truncate,
-    /// Write the rest, from the offset written before.
+    /// Write the rest, from the offset written before, in 1 KiB pieces.
     Discard,
-    /// containerd's `content.Copy`: ask the writer's status for the offset, skip that much
-    /// of the source, write the rest in 1 KiB pieces, commit with size and digest.
-    Copy,
+    /// containerd's `content.Copy` from the whole blob, given `Source` as reader.
+    Copy(Source),
+}
+
+/// What the reader handed to containerd's `content.Copy` can do besides reading; it decides
+/// how `Copy` resumes at the writer's offset (containerd's `seekReader`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A plain `io.Reader`: `Copy` reads and discards up to the offset.
+    Reader,
+    /// An `io.ReadSeeker`: `Copy` seeks to the offset.
+    Seeker,
+    /// An `io.Reader` and `io.ReaderAt`: `Copy` reads a section from the offset when there is
+    /// something left to read, and otherwise reads and discards as from a plain reader.
+    ReaderAt,
+}
+
+/// One access `content.Copy` made to its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Access {
+    /// A read at the current position: (position, bytes returned).
+    Read(usize, usize),
+    /// A seek to an absolute position.
+    Seek(usize),
+    /// A positioned read: (position, bytes returned).
+    ReadAt(usize, usize),
+}
+
+/// The blob as a reader with the abilities of `source`, recording each access.
+struct RecordedSource<'a> {
+    bytes: &'a [u8],
+    source: Source,
+    position: usize,
+    accesses: Vec<Access>,
+}
+
+impl RecordedSource<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> usize {
+        let n = buffer.len().min(self.bytes.len() - self.position);
+        buffer[..n].copy_from_slice(&self.bytes[self.position..self.position + n]);
+        self.accesses.push(Access::Read(self.position, n));
+        self.position += n;
+        n
+    }
+
+    /// `None` unless the source is a seeker.
+    fn seek(&mut self, to: usize) -> Option<usize> {
+        (self.source == Source::Seeker).then(|| {
+            self.accesses.push(Access::Seek(to));
+            self.position = to;
+            to
+        })
+    }
+
+    /// `None` unless the source is a reader-at. Does not move the position.
+    fn read_at(&mut self, buffer: &mut [u8], at: usize) -> Option<usize> {
+        (self.source == Source::ReaderAt).then(|| {
+            let n = buffer.len().min(self.bytes.len().saturating_sub(at));
+            buffer[..n].copy_from_slice(&self.bytes[at..at + n]);
+            self.accesses.push(Access::ReadAt(at, n));
+            n
+        })
+    }
+}
+
+/// containerd's copy buffer (its pool hands out 1 MiB buffers, filled before each write).
+const COPY_BUFFER: usize = 1 << 20;
+
+/// containerd's `content.Copy` (without its retry on a reset): resume at the writer's offset
+/// from `source` (seek, section from the offset, or discard up to it), copy the rest in full
+/// buffers, check that enough was read, commit with size and digest; content that already
+/// exists is success.
+async fn content_copy(
+    writer: &mut dyn ContentWriter,
+    source: &mut RecordedSource<'_>,
+    size: i64,
+    expected: &Digest,
+) -> Result<(), String> {
+    let offset = writer
+        .status()
+        .await
+        .map_err(|e| format!("status: {e:?}"))?
+        .offset;
+    let offset_bytes = usize::try_from(offset).map_err(|e| format!("offset {offset}: {e}"))?;
+    let size_bytes = usize::try_from(size).map_err(|e| format!("size {size}: {e}"))?;
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    // Where positioned reads go next, when resuming through a section of a reader-at.
+    let mut section: Option<usize> = None;
+    if offset > 0 {
+        if source.seek(offset_bytes).is_some() {
+        } else if source.source == Source::ReaderAt && size_bytes > offset_bytes {
+            section = Some(offset_bytes);
+        } else {
+            let mut discarded = 0;
+            while discarded < offset_bytes {
+                let want = (offset_bytes - discarded).min(buffer.len());
+                let n = source.read(&mut buffer[..want]);
+                if n == 0 {
+                    break;
+                }
+                discarded += n;
+            }
+            if discarded != offset_bytes {
+                return Err("unable to discard to offset".to_string());
+            }
+        }
+    }
+    let mut copied = 0usize;
+    let mut at_end = false;
+    while !at_end {
+        // io.ReadAtLeast: fill the buffer, or stop at the end (a read that returns nothing).
+        let mut filled = 0;
+        while filled < buffer.len() {
+            let n = match section.as_mut() {
+                Some(at) => {
+                    // The section ends at offset + size (past the blob: its end is first).
+                    let end = offset_bytes + size_bytes;
+                    let want = (buffer.len() - filled).min(end - *at);
+                    let n = source
+                        .read_at(&mut buffer[filled..filled + want], *at)
+                        .unwrap_or(0);
+                    *at += n;
+                    n
+                }
+                None => source.read(&mut buffer[filled..]),
+            };
+            if n == 0 {
+                at_end = true;
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        writer
+            .write(&buffer[..filled])
+            .await
+            .map_err(|e| format!("failed to copy: {e:?}"))?;
+        copied += filled;
+    }
+    if size != 0 && copied < size_bytes - offset_bytes {
+        return Err(format!(
+            "short read: expected {} bytes but got {copied}",
+            size_bytes - offset_bytes
+        ));
+    }
+    match writer
+        .commit(size, Some(expected.clone()), Labels::new())
+        .await
+    {
+        Err(error) if error.category != Category::AlreadyExists => {
+            Err(format!("failed commit: {error:?}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The accesses `content.Copy` makes to a `source` over `size` bytes when the writer is at
+/// `offset` (all reads fit one buffer here): how each kind of reader resumes.
+fn expected_accesses(source: Source, offset: usize, size: usize) -> Vec<Access> {
+    // A read loop ends with the read that returns nothing.
+    let reads_from = |at: usize| {
+        let mut reads = vec![Access::Read(at, size - at)];
+        if at < size {
+            reads.push(Access::Read(size, 0));
+        }
+        reads
+    };
+    let (mut accesses, then) = match source {
+        _ if offset == 0 => (vec![], reads_from(0)),
+        Source::Seeker => (vec![Access::Seek(offset)], reads_from(offset)),
+        Source::ReaderAt if size > offset => (
+            vec![],
+            vec![
+                Access::ReadAt(offset, size - offset),
+                Access::ReadAt(size, 0),
+            ],
+        ),
+        Source::Reader | Source::ReaderAt => (vec![Access::Read(0, offset)], reads_from(offset)),
+    };
+    accesses.extend(then);
+    accesses
 }
 
 /// containerd `checkResume`: for sizes 500, 5000, 50000 and 0–100 % written before a close,
@@ -505,22 +729,37 @@ async fn check_resume(store: &dyn ContentStore, finish: Finish) {
             );
             let before = SystemTime::now();
             match finish {
-                Finish::Truncate => {
-                    writer.truncate(0).await.expect("truncate");
-                    write_chunks(&mut *writer, &bytes, 1024).await;
+                Finish::Truncate | Finish::Discard => {
+                    if finish == Finish::Truncate {
+                        writer.truncate(0).await.expect("truncate");
+                        write_chunks(&mut *writer, &bytes, 1024).await;
+                    } else {
+                        write_chunks(&mut *writer, &bytes[written..], 1024).await;
+                    }
+                    let committed = writer
+                        .commit(size_of(&bytes), Some(digest.clone()), Labels::new())
+                        .await
+                        .unwrap_or_else(|e| panic!("commit of {reference} ({finish:?}): {e:?}"));
+                    assert_eq!(committed, digest);
                 }
-                Finish::Discard => write_chunks(&mut *writer, &bytes[written..], 1024).await,
-                Finish::Copy => {
-                    let skip = usize::try_from(offset).expect("offset fits usize");
-                    write_chunks(&mut *writer, &bytes[skip..], 1024).await;
+                Finish::Copy(source) => {
+                    let mut recorded = RecordedSource {
+                        bytes: &bytes,
+                        source,
+                        position: 0,
+                        accesses: Vec::new(),
+                    };
+                    content_copy(&mut *writer, &mut recorded, size_of(&bytes), &digest)
+                        .await
+                        .unwrap_or_else(|e| panic!("copy to {reference} ({finish:?}): {e}"));
+                    assert_eq!(
+                        recorded.accesses,
+                        expected_accesses(source, written, size),
+                        "how content.Copy from a {source:?} resumed {reference} at {written}"
+                    );
                 }
             }
-            let committed = writer
-                .commit(size_of(&bytes), Some(digest.clone()), Labels::new())
-                .await
-                .unwrap_or_else(|e| panic!("commit of {reference} ({finish:?}): {e:?}"));
             let after = SystemTime::now();
-            assert_eq!(committed, digest);
             writer.close().await.expect("close");
             check_info(
                 store,
@@ -545,10 +784,21 @@ pub async fn resume_discard(store: Arc<dyn ContentStore>) {
     check_resume(&*store, Finish::Discard).await;
 }
 
-/// containerd `ResumeCopy`, `ResumeCopySeeker` and `ResumeCopyReaderAt` (the three differ
-/// only in the Go reader interface `content.Copy` is given; here the source is a slice).
+/// containerd `ResumeCopy`: `content.Copy` from a plain reader, which discards up to the
+/// offset.
 pub async fn resume_copy(store: Arc<dyn ContentStore>) {
-    check_resume(&*store, Finish::Copy).await;
+    check_resume(&*store, Finish::Copy(Source::Reader)).await;
+}
+
+/// containerd `ResumeCopySeeker`: `content.Copy` from a reader that seeks to the offset.
+pub async fn resume_copy_seeker(store: Arc<dyn ContentStore>) {
+    check_resume(&*store, Finish::Copy(Source::Seeker)).await;
+}
+
+/// containerd `ResumeCopyReaderAt`: `content.Copy` from a reader-at, read as a section from
+/// the offset.
+pub async fn resume_copy_reader_at(store: Arc<dyn ContentStore>) {
+    check_resume(&*store, Finish::Copy(Source::ReaderAt)).await;
 }
 
 /// containerd `SmallBlob`: reading more than a small blob holds returns the blob.
@@ -739,16 +989,20 @@ pub async fn empty_blob(store: Arc<dyn ContentStore>) {
 }
 
 /// A second writer on a held ref waits about a second, then gets Unavailable; the holder
-/// is not disturbed.
+/// is not disturbed. (A loaded machine only lengthens the wait, so its lower bound is
+/// exact; the upper bound only says that it gives up, with room for any scheduling delay.)
 pub async fn locked_ref_is_unavailable_after_a_second(store: Arc<dyn ContentStore>) {
     let mut first = open(&*store, "held", 0, None).await;
     first.write(b"first").await.expect("write");
     let start = Instant::now();
-    let result = store.writer("held", 0, None).await.map(|_| ());
+    let result = tokio::time::timeout(Duration::from_secs(60), store.writer("held", 0, None))
+        .await
+        .expect("the second writer never gave up on the held ref")
+        .map(|_| ());
     let waited = start.elapsed();
     assert_category(result, Category::Unavailable, "second writer");
     assert!(
-        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        waited >= Duration::from_millis(800),
         "second writer gave up after {waited:?}, expected about a second"
     );
     first
@@ -760,32 +1014,46 @@ pub async fn locked_ref_is_unavailable_after_a_second(store: Arc<dyn ContentStor
 }
 
 /// A second writer that waits gets the ref when the first closes within the wait, and
-/// resumes where it stopped.
+/// resumes where it stopped. The first closes as soon as the second is waiting; an attempt
+/// whose close itself took most of the wait (a loaded machine) proves nothing and is made
+/// again, on a new ref.
 pub async fn locked_ref_is_handed_over_when_closed_in_time(store: Arc<dyn ContentStore>) {
-    let mut first = open(&*store, "handover", 0, None).await;
-    first.write(b"0123").await.expect("write");
-    let closer = async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        first.close().await.expect("close first");
-    };
-    let (second, ()) = tokio::join!(store.writer("handover", 0, None), closer);
-    let second = second.expect("second writer gets the ref once the first closes");
-    assert_eq!(second.status().await.expect("status").offset, 4);
-    assert_eq!(second.digest(), Digest::of(b"0123"));
-    second.close().await.expect("close second");
+    const ATTEMPTS: usize = 5;
+    for attempt in 0..ATTEMPTS {
+        let reference = format!("handover-{attempt}");
+        let mut first = open(&*store, &reference, 0, None).await;
+        first.write(b"0123").await.expect("write");
+        let started = Instant::now();
+        // join! polls the second writer first: it finds the ref held and waits; then the
+        // first closes.
+        let closer = async move {
+            first.close().await.expect("close first");
+            started.elapsed()
+        };
+        let (second, closed_after) = tokio::join!(store.writer(&reference, 0, None), closer);
+        match second {
+            Ok(second) => {
+                assert_eq!(second.status().await.expect("status").offset, 4);
+                assert_eq!(second.digest(), Digest::of(b"0123"));
+                second.close().await.expect("close second");
+                return;
+            }
+            Err(_) if closed_after >= Duration::from_millis(800) => continue,
+            Err(error) => panic!(
+                "second writer did not get the ref closed {closed_after:?} into its wait: {error:?}"
+            ),
+        }
+    }
+    panic!("in {ATTEMPTS} attempts, closing a writer never took less than 800 ms");
 }
 
-/// Dropping a writer without close releases its ref; the ingest stays.
+/// Dropping a writer without close releases its ref; the ingest stays. (Were the ref still
+/// held, the new writer would wait and get Unavailable.)
 pub async fn dropped_writer_releases_its_ref(store: Arc<dyn ContentStore>) {
     let mut writer = open(&*store, "dropped", 0, None).await;
     writer.write(b"abc").await.expect("write");
     drop(writer);
-    let start = Instant::now();
     let writer = open(&*store, "dropped", 0, None).await;
-    assert!(
-        start.elapsed() < Duration::from_millis(800),
-        "ref was still held after drop"
-    );
     assert_eq!(writer.status().await.expect("status").offset, 3);
     writer.close().await.expect("close");
 }
@@ -1323,4 +1591,46 @@ pub async fn update_rules(store: Arc<dyn ContentStore>) {
         info.created_at,
         "created at is stable"
     );
+}
+
+#[cfg(all(test, feature = "content-local"))]
+mod tests {
+    use super::*;
+    use crate::content::local::LocalStore;
+
+    fn passes(_: Arc<dyn ContentStore>) -> CaseFuture {
+        Box::pin(async {})
+    }
+
+    fn fails(_: Arc<dyn ContentStore>) -> CaseFuture {
+        Box::pin(async { panic!("this case is broken") })
+    }
+
+    async fn make(root: PathBuf) -> Result<Arc<dyn ContentStore>, Error> {
+        Ok(Arc::new(LocalStore::open(&root)?) as Arc<dyn ContentStore>)
+    }
+
+    /// The regression: `run` stopped at the first failing case and hid the others.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_case_runs_and_every_failure_is_reported() {
+        let cases: &[(&str, Case)] = &[("first", fails), ("second", passes), ("third", fails)];
+        let failures = run_cases(cases, &make).await;
+        let expected = [
+            ("first".to_string(), "this case is broken".to_string()),
+            ("third".to_string(), "this case is broken".to_string()),
+        ];
+        assert_eq!(failures, expected);
+        let report = failure_report(&failures);
+        assert!(
+            report.starts_with(&format!(
+                "content suite: 2 of {} cases failed: first, third\n",
+                CASES.len()
+            )),
+            "{report}"
+        );
+        assert!(
+            report.contains("- case third failed: this case is broken"),
+            "{report}"
+        );
+    }
 }

@@ -45,8 +45,32 @@ struct ModelSnapshot {
     parent: String,
 }
 
-fn category<T>(result: &Result<T, crate::Error>) -> Option<Category> {
-    result.as_ref().err().map(|e| e.category)
+/// Checks that `result` is what the model predicted: success (`None`) or an error of the
+/// predicted category.
+#[track_caller]
+fn check_outcome<T: std::fmt::Debug, E: std::borrow::Borrow<crate::Error> + std::fmt::Debug>(
+    context: &str,
+    what: &str,
+    result: &Result<T, E>,
+    predicted: Option<Category>,
+) {
+    assert_eq!(
+        result.as_ref().err().map(|e| e.borrow().category),
+        predicted,
+        "{context}: {what}: the model predicted {}, got {result:?}",
+        predicted.map_or("success".to_string(), |c| format!("{c:?}"))
+    );
+}
+
+/// What a namespace's snapshot `key` is, for the model: the category an operation that needs
+/// `parent` committed gets, if any.
+fn parent_problem(snaps: &BTreeMap<String, ModelSnapshot>, parent: &str) -> Option<Category> {
+    match snaps.get(parent) {
+        _ if parent.is_empty() => None,
+        None => Some(Category::NotFound),
+        Some(s) if s.kind != Kind::Committed => Some(Category::FailedPrecondition),
+        Some(_) => None,
+    }
 }
 
 async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
@@ -79,63 +103,45 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
         let context = format!("seed {seed} step {step} ns {ns}");
         match rng.below(9) {
             0 | 1 => {
-                // Ingest with the expected digest.
+                // Ingest with the expected digest: a namespace that has the blob, or (shared)
+                // any namespace having it, makes it AlreadyExists, and then the namespace
+                // has it.
                 let reference = format!("ref-{b}");
-                match store.writer(&reference, 0, Some(digest.clone())).await {
-                    Ok(mut writer) => {
-                        assert!(
-                            !have.contains_key(&b),
-                            "{context}: writer opened for a blob the namespace has"
-                        );
-                        writer.write(&bytes).await.unwrap();
-                        let committed = writer
-                            .commit(
-                                i64::try_from(bytes.len()).unwrap(),
-                                Some(digest.clone()),
-                                Labels::new(),
-                            )
-                            .await;
-                        writer.close().await.unwrap();
-                        committed.unwrap_or_else(|e| panic!("{context}: commit: {e}"));
-                        have.insert(b, Labels::new());
-                    }
-                    Err(e) => {
-                        assert_eq!(e.category, Category::AlreadyExists, "{context}: {e}");
-                        let elsewhere = model_content
-                            .iter()
-                            .any(|(n, m)| *n != ns && m.contains_key(&b));
-                        let have = model_content.entry(ns).or_default();
-                        let expected =
-                            have.contains_key(&b) || (policy == SharingPolicy::Shared && elsewhere);
-                        assert!(
-                            expected,
-                            "{context}: already exists for a blob it should upload"
-                        );
-                        have.entry(b).or_default();
-                    }
+                let elsewhere = model_content
+                    .iter()
+                    .any(|(n, m)| *n != ns && m.contains_key(&b));
+                let have = model_content.entry(ns).or_default();
+                let predicted = (have.contains_key(&b)
+                    || (policy == SharingPolicy::Shared && elsewhere))
+                    .then_some(Category::AlreadyExists);
+                let result = store.writer(&reference, 0, Some(digest.clone())).await;
+                check_outcome(&context, "writer", &result.as_ref().map(|_| ()), predicted);
+                if let Ok(mut writer) = result {
+                    writer.write(&bytes).await.unwrap();
+                    let committed = writer
+                        .commit(
+                            i64::try_from(bytes.len()).unwrap(),
+                            Some(digest.clone()),
+                            Labels::new(),
+                        )
+                        .await;
+                    writer.close().await.unwrap();
+                    committed.unwrap_or_else(|e| panic!("{context}: commit: {e}"));
                 }
+                have.entry(b).or_default();
             }
             2 => {
                 let result = store.delete(&digest).await;
-                match have.remove(&b) {
-                    Some(_) => result.unwrap_or_else(|e| panic!("{context}: delete: {e}")),
-                    None => assert_eq!(category(&result), Some(Category::NotFound), "{context}"),
-                }
+                let predicted = (!have.contains_key(&b)).then_some(Category::NotFound);
+                check_outcome(&context, "delete", &result, predicted);
+                have.remove(&b);
             }
             3 => {
                 let result = store.read_at(&digest, 0, bytes.len()).await;
-                if have.contains_key(&b) {
-                    assert_eq!(
-                        result.unwrap_or_else(|e| panic!("{context}: read: {e}")),
-                        bytes,
-                        "{context}"
-                    );
-                } else {
-                    assert_eq!(
-                        category(&result),
-                        Some(Category::NotFound),
-                        "{context}: read of a blob not in the namespace"
-                    );
+                let predicted = (!have.contains_key(&b)).then_some(Category::NotFound);
+                check_outcome(&context, "read", &result.as_ref().map(Vec::len), predicted);
+                if let Ok(read) = result {
+                    assert_eq!(read, bytes, "{context}: read");
                 }
             }
             4 => {
@@ -145,20 +151,30 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
                 } else {
                     format!("v{}", rng.below(10))
                 };
-                let Ok(mut info) = store.info(&digest).await else {
-                    assert!(!have.contains_key(&b), "{context}: info missing");
-                    continue;
-                };
+                let predicted = (!have.contains_key(&b)).then_some(Category::NotFound);
+                let info = store.info(&digest).await;
+                check_outcome(&context, "info", &info, predicted);
+                let mut info = info.unwrap_or_else(|_| crate::content::Info {
+                    digest: digest.clone(),
+                    size: i64::try_from(bytes.len()).unwrap(),
+                    created_at: std::time::SystemTime::UNIX_EPOCH,
+                    updated_at: std::time::SystemTime::UNIX_EPOCH,
+                    labels: Labels::new(),
+                });
+                if let Some(labels) = have.get(&b) {
+                    assert_eq!(&info.labels, labels, "{context}: labels from info");
+                }
                 info.labels = Labels::from([(key.clone(), value.clone())]);
-                store
-                    .update(info, &[format!("labels.{key}")])
-                    .await
-                    .unwrap();
-                let labels = have.get_mut(&b).expect("model has the blob");
-                if value.is_empty() {
-                    labels.remove(&key);
-                } else {
-                    labels.insert(key, value);
+                let result = store.update(info, &[format!("labels.{key}")]).await;
+                check_outcome(&context, "update", &result, predicted);
+                if let Some(labels) = have.get_mut(&b) {
+                    if value.is_empty() {
+                        labels.remove(&key);
+                    } else {
+                        labels.insert(key, value);
+                    }
+                    let updated = result.unwrap().labels;
+                    assert_eq!(&updated, labels, "{context}: labels from update");
                 }
             }
             5 => {
@@ -168,67 +184,71 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
                     .filter(|(_, s)| s.kind == Kind::Committed)
                     .map(|(k, _)| k.clone())
                     .collect();
-                let parent = if committed.is_empty() || rng.below(2) == 0 {
-                    String::new()
-                } else {
-                    committed[rng.below(committed.len())].clone()
+                let uncommitted: Vec<String> = snaps
+                    .iter()
+                    .filter(|(_, s)| s.kind != Kind::Committed)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                // Mostly none or a committed parent; sometimes a missing or uncommitted one.
+                let parent = match rng.below(8) {
+                    0 => "missing".to_string(),
+                    1 if !uncommitted.is_empty() => {
+                        uncommitted[rng.below(uncommitted.len())].clone()
+                    }
+                    2..=4 if !committed.is_empty() => committed[rng.below(committed.len())].clone(),
+                    _ => String::new(),
                 };
                 let view = rng.below(4) == 0 && !parent.is_empty();
+                let predicted = if snaps.contains_key(&key) {
+                    Some(Category::AlreadyExists)
+                } else {
+                    parent_problem(snaps, &parent)
+                };
                 let result = if view {
                     snapshotter.view(&key, &parent, Labels::new()).await
                 } else {
                     snapshotter.prepare(&key, &parent, Labels::new()).await
                 };
-                match snaps.entry(key) {
-                    std::collections::btree_map::Entry::Occupied(_) => {
-                        assert_eq!(
-                            category(&result),
-                            Some(Category::AlreadyExists),
-                            "{context}"
-                        );
-                    }
-                    std::collections::btree_map::Entry::Vacant(slot) => {
-                        result.unwrap_or_else(|e| {
-                            panic!("{context}: prepare {} on {parent:?}: {e}", slot.key())
-                        });
-                        slot.insert(ModelSnapshot {
+                let what = format!(
+                    "{} {key} on {parent:?}",
+                    if view { "view" } else { "prepare" }
+                );
+                check_outcome(&context, &what, &result, predicted);
+                if predicted.is_none() {
+                    snaps.insert(
+                        key,
+                        ModelSnapshot {
                             kind: if view { Kind::View } else { Kind::Active },
                             parent,
-                        });
-                    }
+                        },
+                    );
                 }
             }
             6 => {
                 let key = KEYS[rng.below(KEYS.len())].to_string();
                 let name = format!("c-{}", KEYS[rng.below(KEYS.len())]);
                 let result = snapshotter.commit(&name, &key, Labels::new()).await;
-                match snaps.get(&key).cloned() {
-                    None => assert_eq!(category(&result), Some(Category::NotFound), "{context}"),
-                    Some(s) if s.kind != Kind::Active => {
-                        assert_eq!(
-                            category(&result),
-                            Some(Category::FailedPrecondition),
-                            "{context}"
-                        );
-                    }
-                    Some(_) if snaps.contains_key(&name) => {
-                        assert_eq!(
-                            category(&result),
-                            Some(Category::AlreadyExists),
-                            "{context}"
-                        );
-                    }
-                    Some(s) => {
-                        result.unwrap_or_else(|e| panic!("{context}: commit {key} as {name}: {e}"));
-                        snaps.remove(&key);
-                        snaps.insert(
-                            name,
-                            ModelSnapshot {
-                                kind: Kind::Committed,
-                                parent: s.parent,
-                            },
-                        );
-                    }
+                let predicted = match snaps.get(&key) {
+                    None => Some(Category::NotFound),
+                    Some(s) if s.kind != Kind::Active => Some(Category::FailedPrecondition),
+                    Some(_) if snaps.contains_key(&name) => Some(Category::AlreadyExists),
+                    Some(_) => None,
+                };
+                check_outcome(
+                    &context,
+                    &format!("commit {key} as {name}"),
+                    &result,
+                    predicted,
+                );
+                if predicted.is_none() {
+                    let s = snaps.remove(&key).expect("the model has the key");
+                    snaps.insert(
+                        name,
+                        ModelSnapshot {
+                            kind: Kind::Committed,
+                            parent: s.parent,
+                        },
+                    );
                 }
             }
             7 => {
@@ -239,21 +259,42 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
                     all[rng.below(all.len())].clone()
                 };
                 let result = snapshotter.remove(&key).await;
-                let has_children = snaps.values().any(|s| s.parent == key);
-                if !snaps.contains_key(&key) {
-                    assert_eq!(category(&result), Some(Category::NotFound), "{context}");
-                } else if has_children {
-                    assert_eq!(
-                        category(&result),
-                        Some(Category::FailedPrecondition),
-                        "{context}"
-                    );
+                let predicted = if !snaps.contains_key(&key) {
+                    Some(Category::NotFound)
+                } else if snaps.values().any(|s| s.parent == key) {
+                    Some(Category::FailedPrecondition)
                 } else {
-                    result.unwrap_or_else(|e| panic!("{context}: remove {key}: {e}"));
+                    None
+                };
+                check_outcome(&context, &format!("remove {key}"), &result, predicted);
+                if predicted.is_none() {
                     snaps.remove(&key);
                 }
             }
-            _ => {}
+            _ => {
+                // Stat: what the model says, or NotFound.
+                let key = if rng.below(4) == 0 || snaps.is_empty() {
+                    "missing".to_string()
+                } else {
+                    let all: Vec<&String> = snaps.keys().collect();
+                    all[rng.below(all.len())].clone()
+                };
+                let result = snapshotter.stat(&key).await;
+                let expected = snaps.get(&key);
+                check_outcome(
+                    &context,
+                    &format!("stat {key}"),
+                    &result,
+                    expected.is_none().then_some(Category::NotFound),
+                );
+                if let (Ok(info), Some(expected)) = (result, expected) {
+                    assert_eq!(
+                        (&info.kind, &info.parent),
+                        (&expected.kind, &expected.parent),
+                        "{context}: stat {key}"
+                    );
+                }
+            }
         }
         // After every step, the whole visible state matches the model.
         for ns in NAMESPACES {
@@ -317,18 +358,53 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metadata_matches_the_model_under_the_shared_policy() {
-    for seed in [1, 2, 3] {
-        run(seed, SharingPolicy::Shared, 150).await;
+/// The seeds to run: `PLINTH_MODEL_SEEDS` of them (default [`DEFAULT_SEEDS`], sized for
+/// CI), from `PLINTH_MODEL_SEED` or else from the clock, so that each run tries new ones.
+/// A failure names its seed and how to run it again.
+const DEFAULT_SEEDS: u64 = 8;
+const STEPS: usize = 150;
+
+fn seeds() -> Vec<u64> {
+    let from_env = |name: &str| {
+        std::env::var(name).ok().map(|value| {
+            value
+                .parse::<u64>()
+                .unwrap_or_else(|e| panic!("{name}={value:?}: {e}"))
+        })
+    };
+    let count = from_env("PLINTH_MODEL_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let first = from_env("PLINTH_MODEL_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos()))
+    });
+    (0..count).map(|i| first.wrapping_add(i)).collect()
+}
+
+async fn run_seeds(policy: SharingPolicy) {
+    for seed in seeds() {
+        if let Err(error) = tokio::spawn(run(seed, policy, STEPS)).await {
+            let message = error.into_panic();
+            let message = message
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| message.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_default();
+            panic!(
+                "{policy:?} policy, seed {seed} failed (run it alone with PLINTH_MODEL_SEED={seed} PLINTH_MODEL_SEEDS=1): {message}"
+            );
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_matches_the_model_under_the_shared_policy() {
+    run_seeds(SharingPolicy::Shared).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_matches_the_model_under_the_isolated_policy() {
-    for seed in [4, 5, 6] {
-        run(seed, SharingPolicy::Isolated, 150).await;
-    }
+    run_seeds(SharingPolicy::Isolated).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -532,6 +532,83 @@ mod tests {
     /// Held by a test to keep support-check cleanups from running until it lets go.
     pub(super) static CLEANUP_GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    /// A temporary directory on a filesystem that can hold overlay's upper directories: the
+    /// system's temporary directory, or, where that is itself on overlay (usual in a
+    /// container), a tmpfs mounted on the directory for the test's lifetime. Never a silent
+    /// way out: where neither works, making one panics with the reason.
+    struct OverlayCapableDir {
+        path: PathBuf,
+        tmpfs: bool,
+        // Last: removed once the tmpfs is unmounted.
+        _dir: tempfile::TempDir,
+    }
+
+    impl OverlayCapableDir {
+        fn new() -> OverlayCapableDir {
+            let dir = tempfile::Builder::new()
+                .prefix("overlay-test-")
+                .tempdir()
+                .unwrap();
+            let path = fs::canonicalize(dir.path()).unwrap();
+            let on_overlay = filesystem_type(&path).as_deref() == Some("overlay");
+            if on_overlay {
+                rustix::mount::mount(
+                    "tmpfs",
+                    &path,
+                    "tmpfs",
+                    rustix::mount::MountFlags::empty(),
+                    c"mode=0700",
+                )
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{} is on overlay, which cannot hold an upper directory, and mounting a tmpfs there failed ({e}): run this test as root",
+                        path.display()
+                    )
+                });
+            }
+            OverlayCapableDir {
+                path,
+                tmpfs: on_overlay,
+                _dir: dir,
+            }
+        }
+
+        fn path(&self) -> &Path {
+            &self.path
+        }
+
+        /// Panics with the reason unless overlay can be mounted under this directory.
+        fn require_overlay(&self) {
+            if let Err(reason) = check_support(&self.path.join("probe")) {
+                panic!(
+                    "this test needs overlay to work under {} (as root): {reason}",
+                    self.path.display()
+                );
+            }
+        }
+    }
+
+    impl Drop for OverlayCapableDir {
+        fn drop(&mut self) {
+            if self.tmpfs {
+                // Detached: a support check's cleanup may still be unmounting under it.
+                let _ = rustix::mount::unmount(&self.path, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+    }
+
+    #[test]
+    fn an_overlay_capable_dir_is_not_on_overlay() {
+        let dir = OverlayCapableDir::new();
+        let fs_type = filesystem_type(dir.path());
+        assert!(
+            fs_type.is_some(),
+            "no filesystem found for {}",
+            dir.path().display()
+        );
+        assert_ne!(fs_type.as_deref(), Some("overlay"));
+    }
+
     /// Whether something is mounted on `path` (from /proc/self/mountinfo).
     fn is_mount_point(path: &Path) -> bool {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -546,8 +623,8 @@ mod tests {
     /// return only once the mount is gone, however slow the cleanup is (held here by a gate).
     #[test]
     fn finishing_the_cleanups_waits_until_the_check_mount_is_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = fs::canonicalize(dir.path()).unwrap();
+        let dir = OverlayCapableDir::new();
+        let root = dir.path().join("root");
         let gate = CLEANUP_GATE.lock().unwrap();
         if let Err(reason) = check_support(&root) {
             panic!(
@@ -591,25 +668,14 @@ mod tests {
         Ok(Arc::new(OverlaySnapshotter::open(&root)?) as Arc<dyn Snapshotter>)
     }
 
-    /// The suite where overlay works; elsewhere, that init reports the skip and its reason.
+    /// The suite, in a directory where overlay works (the test fails where there is none:
+    /// overlay missing from the kernel, or not root). Where overlay cannot work, init
+    /// reports a skip: [`a_root_on_overlay_is_refused_and_init_skips`] checks that.
     #[tokio::test(flavor = "multi_thread")]
-    async fn conformance_suite_or_reported_skip() {
-        let probe = tempfile::tempdir().unwrap();
-        match check_support(probe.path()) {
-            Ok(()) => testsuite::run(make).await,
-            Err(reason) => {
-                #[allow(clippy::print_stderr)] // The reason the suite did not run, for the log.
-                {
-                    eprintln!("overlay is not supported here, checking the skip instead: {reason}");
-                }
-                match open_checked(probe.path()) {
-                    Err(InitError::Skip(skip)) => {
-                        assert_eq!(skip, format!("overlay is not supported here: {reason}"));
-                    }
-                    other => panic!("expected a skip, got {other:?}"),
-                }
-            }
-        }
+    async fn conformance_suite() {
+        let dir = OverlayCapableDir::new();
+        dir.require_overlay();
+        testsuite::run_in(dir.path(), make).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -706,32 +772,39 @@ mod tests {
     }
 
     /// containerd refuses a root whose filesystem cannot hold an upper directory; an overlay
-    /// mount is such a filesystem.
+    /// mount is such a filesystem, and init reports the plugin as skipped, with the reason.
     #[test]
-    fn a_root_on_overlay_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        if let Err(reason) = check_support(&dir.path().join("plain")) {
-            // Without overlay there is no overlay root to refuse; the suite test checks the
-            // skip in that case.
-            assert!(!reason.is_empty());
-            return;
-        }
+    fn a_root_on_overlay_is_refused_and_init_skips() {
+        let dir = OverlayCapableDir::new();
+        dir.require_overlay();
+        let dir = dir.path();
         for name in ["lower", "upper", "work", "merged"] {
-            fs::create_dir(dir.path().join(name)).unwrap();
+            fs::create_dir(dir.join(name)).unwrap();
         }
         let options = format!(
             "lowerdir={},upperdir={},workdir={}",
-            dir.path().join("lower").display(),
-            dir.path().join("upper").display(),
-            dir.path().join("work").display()
+            dir.join("lower").display(),
+            dir.join("upper").display(),
+            dir.join("work").display()
         );
         run(Command::new(tool("mount"))
             .args(["-t", "overlay", "-o", &options, "overlay"])
-            .arg(dir.path().join("merged")))
+            .arg(dir.join("merged")))
         .unwrap();
-        let reason = check_support(&dir.path().join("merged/root"));
-        unmount(&dir.path().join("merged")).unwrap();
+        let reason = check_support(&dir.join("merged/root"));
+        let skip = open_checked(&dir.join("merged/root2")).map(|_| ());
+        unmount(&dir.join("merged")).unwrap();
         let reason = reason.unwrap_err();
         assert!(reason.contains("is on an overlay filesystem"), "{reason}");
+        match skip {
+            Err(InitError::Skip(skip)) => assert_eq!(
+                skip,
+                format!(
+                    "overlay is not supported here: {}",
+                    reason.replace("merged/root ", "merged/root2 ")
+                )
+            ),
+            other => panic!("expected a skip, got {other:?}"),
+        }
     }
 }

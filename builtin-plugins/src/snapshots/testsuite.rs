@@ -31,6 +31,10 @@
 //! | Rename | [`rename`] (a directory rename may fail with `EXDEV`, as on overlay without `redirect_dir`) |
 //! | 128LayersMount | [`layers_128_mount`] |
 //! | — | [`errors`], [`timestamps`], [`usage`], [`cleanup`]: the error categories, times, disk usage and cleanup the trait documents |
+//!
+//! Like containerd's suite, [`run`] clears the process umask while it runs (see
+//! [`UmaskCleared`]), so that a snapshotter that leaves a mode to the umask (a root created
+//! without its `chmod 0755`) shows as 0777 instead of passing as 0755 under the usual 022.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -98,6 +102,48 @@ fn key_in(work: &Path, name: &str) -> String {
     work.join(name).display().to_string()
 }
 
+/// The process umask cleared to 0 while a value of this type lives, as containerd's suite
+/// does around each case. The umask belongs to the whole process, and `cargo test` runs tests
+/// as threads of one process: the first guard clears it and the last one dropped restores
+/// it, so suites that overlap in time all run with 0 (a guard per suite that restored on its
+/// own would hand a suite still running the old umask again). Tests of the same process that
+/// overlap a suite see 0 too; none of this crate's depends on the umask.
+#[derive(Debug)]
+pub struct UmaskCleared(());
+
+/// How many [`UmaskCleared`] live, and the umask to restore when the last goes.
+static UMASK_GUARDS: std::sync::Mutex<(usize, u32)> = std::sync::Mutex::new((0, 0));
+
+impl UmaskCleared {
+    /// Clears the umask (if no other guard already has) until the guard is dropped.
+    pub fn acquire() -> UmaskCleared {
+        let mut guards = UMASK_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+        if guards.0 == 0 {
+            guards.1 = rustix::process::umask(rustix::fs::Mode::empty()).bits();
+        }
+        guards.0 += 1;
+        UmaskCleared(())
+    }
+
+    /// The process umask now (read by setting it and back, under the guards' lock).
+    pub fn current() -> u32 {
+        let _guards = UMASK_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+        let mask = rustix::process::umask(rustix::fs::Mode::empty());
+        rustix::process::umask(mask);
+        mask.bits()
+    }
+}
+
+impl Drop for UmaskCleared {
+    fn drop(&mut self) {
+        let mut guards = UMASK_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+        guards.0 -= 1;
+        if guards.0 == 0 {
+            rustix::process::umask(rustix::fs::Mode::from_bits_retain(guards.1));
+        }
+    }
+}
+
 /// Runs every case, each on a fresh snapshotter that `make` builds on a fresh root
 /// directory. `make` must keep the snapshotter's state under that root (the [`reopen`] case
 /// builds a second one on the same root).
@@ -109,10 +155,24 @@ where
     F: Fn(PathBuf) -> Fut,
     Fut: Future<Output = Result<Arc<dyn Snapshotter>, Error>>,
 {
+    run_in(&std::env::temp_dir(), make).await;
+}
+
+/// [`run`], with each case's temporary directory made under `base` (for a snapshotter that
+/// needs a filesystem the system's temporary directory may not be, as overlay does).
+///
+/// # Panics
+/// When a case fails or `make` does, naming the case.
+pub async fn run_in<F, Fut>(base: &Path, make: F)
+where
+    F: Fn(PathBuf) -> Fut,
+    Fut: Future<Output = Result<Arc<dyn Snapshotter>, Error>>,
+{
+    let _umask = UmaskCleared::acquire();
     macro_rules! cases {
         ($($case:ident),* $(,)?) => {
             $(
-                let fixture = Fixture::new(&make, stringify!($case)).await;
+                let fixture = Fixture::new(base, &make, stringify!($case)).await;
                 $case(fixture.snapshotter.as_ref(), &fixture.work).await;
                 drop(fixture);
             )*
@@ -149,7 +209,7 @@ where
         root,
         work,
         _dir,
-    } = Fixture::new(&make, "reopen").await;
+    } = Fixture::new(base, &make, "reopen").await;
     reopen(snapshotter, &make, &root, &work).await;
 }
 
@@ -163,7 +223,7 @@ struct Fixture {
 }
 
 impl Fixture {
-    async fn new<F, Fut>(make: &F, case: &str) -> Fixture
+    async fn new<F, Fut>(base: &Path, make: &F, case: &str) -> Fixture
     where
         F: Fn(PathBuf) -> Fut,
         Fut: Future<Output = Result<Arc<dyn Snapshotter>, Error>>,
@@ -173,7 +233,7 @@ impl Fixture {
         };
         let dir = tempfile::Builder::new()
             .prefix("snapshot-suite-")
-            .tempdir()
+            .tempdir_in(base)
             .unwrap_or_else(|e| fail(format!("creating a temporary directory: {e}")));
         let root = dir.path().join("root");
         let work = dir.path().join("work");
@@ -799,10 +859,21 @@ case!(
 );
 
 async fn stat_active_steps(snapshotter: &dyn Snapshotter, work: &Path) -> Outcome {
+    // As containerd's suite: write through the mount and stat while it is mounted.
     let (preparing, mounted) = prepare_mounted(snapshotter, work, "preparing", "").await?;
+    let result = write_foo_and_stat_active(snapshotter, &preparing).await;
     mounted.unmount()?;
-    fs::write(Path::new(&preparing).join("foo"), b"foo\n").context("writing")?;
-    let si = snapshotter.stat(&preparing).await.context("stat")?;
+    result
+}
+
+/// Writes `foo` into the mounted snapshot `preparing` and checks its stat.
+async fn write_foo_and_stat_active(snapshotter: &dyn Snapshotter, preparing: &str) -> Outcome {
+    apply(
+        Path::new(preparing),
+        &[create_file("/foo", b"foo\n", 0o777)],
+    )
+    .context("writing foo through the mount")?;
+    let si = snapshotter.stat(preparing).await.context("stat")?;
     ensure!(si.name == preparing, "name {:?}", si.name);
     ensure!(si.kind == Kind::Active, "kind {:?}", si.kind);
     ensure!(si.parent.is_empty(), "parent {:?}", si.parent);
@@ -816,19 +887,37 @@ case!(
 );
 
 async fn stat_committed_steps(snapshotter: &dyn Snapshotter, work: &Path) -> Outcome {
+    // As containerd's suite: write through the mount and commit while it is mounted.
     let (preparing, mounted) = prepare_mounted(snapshotter, work, "preparing", "").await?;
-    mounted.unmount()?;
-    fs::write(Path::new(&preparing).join("foo"), b"foo\n").context("writing")?;
     let committed = key_in(work, "committed");
-    snapshotter
-        .commit(&committed, &preparing, gc_labels())
-        .await
-        .context("commit")?;
+    let result = write_foo_and_commit(snapshotter, &preparing, &committed).await;
+    mounted.unmount()?;
+    result?;
     let si = snapshotter.stat(&committed).await.context("stat")?;
     ensure!(si.name == committed, "name {:?}", si.name);
     ensure!(si.kind == Kind::Committed, "kind {:?}", si.kind);
     ensure!(si.parent.is_empty(), "parent {:?}", si.parent);
-    Ok(())
+    // What was written through the mount is what was committed.
+    let expected = fresh_dir(work, "expected")?;
+    apply(&expected, &[create_file("/foo", b"foo\n", 0o777)])?;
+    check_snapshot(snapshotter, work, &committed, &expected).await
+}
+
+/// Writes `foo` into the mounted snapshot `preparing` and commits it as `committed`.
+async fn write_foo_and_commit(
+    snapshotter: &dyn Snapshotter,
+    preparing: &str,
+    committed: &str,
+) -> Outcome {
+    apply(
+        Path::new(preparing),
+        &[create_file("/foo", b"foo\n", 0o777)],
+    )
+    .context("writing foo through the mount")?;
+    snapshotter
+        .commit(committed, preparing, gc_labels())
+        .await
+        .context("commit")
 }
 
 case!(
@@ -1539,6 +1628,8 @@ case!(
 );
 
 async fn root_permission_steps(snapshotter: &dyn Snapshotter, work: &Path) -> Outcome {
+    // Under the usual umask 022 a root made without its chmod would pass as 0755 too.
+    let _umask = UmaskCleared::acquire();
     let (preparing, mounted) = prepare_mounted(snapshotter, work, "preparing", "").await?;
     let mode = fs::metadata(&preparing).map(|m| m.mode() & 0o777);
     mounted.unmount()?;
@@ -1922,29 +2013,83 @@ async fn timestamps_steps(snapshotter: &dyn Snapshotter, _work: &Path) -> Outcom
 }
 
 case!(
-    /// Usage of an active snapshot counts what was written through its mount; a committed
-    /// snapshot keeps the usage it had at commit.
+    /// Usage counts what was written through the mount, in whole blocks (containerd's
+    /// `fs.DiskUsage`: 512-byte blocks of each inode once, and every inode with the root); a
+    /// committed snapshot keeps the usage it had at commit; a child counts what was written in
+    /// it, with its parent's files (a copy, as native) or without them (a layer, as overlay).
     usage,
     usage_steps
 );
 
-async fn usage_steps(snapshotter: &dyn Snapshotter, work: &Path) -> Outcome {
-    let (preparing, mounted) = prepare_mounted(snapshotter, work, "preparing", "").await?;
-    let written = fs::write(Path::new(&preparing).join("data"), vec![7u8; 65536])
-        .and_then(|()| fs::create_dir(Path::new(&preparing).join("dir")));
+/// Bytes that no filesystem compresses or deduplicates (xorshift64*).
+fn incompressible(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut bytes = Vec::with_capacity(size + 8);
+    while bytes.len() < size {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        bytes.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    bytes.truncate(size);
+    bytes
+}
+
+/// Writes `file` (`size` bytes) and, if given, an empty directory `dir` through the mount of
+/// `key`; returns the block size of the filesystem under the mount.
+async fn write_for_usage(
+    snapshotter: &dyn Snapshotter,
+    work: &Path,
+    key: &str,
+    parent: &str,
+    file: &str,
+    size: usize,
+    dir: Option<&str>,
+) -> Result<(String, u64), String> {
+    let (key, mounted) = prepare_mounted(snapshotter, work, key, parent).await?;
+    let target = Path::new(&key);
+    let written = fs::write(target.join(file), incompressible(size, size as u64))
+        .and_then(|()| dir.map_or(Ok(()), |dir| fs::create_dir(target.join(dir))))
+        .and_then(|()| fs::metadata(target.join(file)))
+        .map(|meta| meta.blksize());
     mounted.unmount()?;
-    written.context("writing through the mount")?;
+    let block = written.context(format!("writing {file} through the mount of {key}"))?;
+    Ok((key, block))
+}
+
+/// `usage` has exactly `inodes` inodes and between `bytes` and `bytes` plus one block per
+/// inode (each inode's last block is partly used; a directory takes up to a block).
+fn check_usage(what: &str, usage: super::Usage, bytes: i64, inodes: i64, block: u64) -> Outcome {
+    let most = bytes + inodes * i64::try_from(block).unwrap_or(i64::MAX / 2);
+    ensure!(
+        usage.inodes == inodes,
+        "{what}: usage counts {} inodes, expected {inodes}: {usage:?}",
+        usage.inodes
+    );
+    ensure!(
+        usage.size >= bytes && usage.size <= most,
+        "{what}: usage size {} is not between the {bytes} bytes written and {most} (one {block}-byte block more per inode): {usage:?}",
+        usage.size
+    );
+    Ok(())
+}
+
+async fn usage_steps(snapshotter: &dyn Snapshotter, work: &Path) -> Outcome {
+    const PARENT_BYTES: usize = 65536;
+    const CHILD_BYTES: usize = 12345;
+    let (preparing, block) = write_for_usage(
+        snapshotter,
+        work,
+        "preparing",
+        "",
+        "data",
+        PARENT_BYTES,
+        Some("dir"),
+    )
+    .await?;
     let active = snapshotter.usage(&preparing).await.context("usage")?;
-    ensure!(
-        active.size >= 65536,
-        "usage size {} < the 65536 bytes written",
-        active.size
-    );
-    ensure!(
-        active.inodes >= 3,
-        "usage inodes {} < 3 (root, file, directory)",
-        active.inodes
-    );
+    // The root, the file, the directory.
+    check_usage("active", active, PARENT_BYTES as i64, 3, block)?;
     snapshotter
         .commit("c", &preparing, gc_labels())
         .await
@@ -1954,12 +2099,28 @@ async fn usage_steps(snapshotter: &dyn Snapshotter, work: &Path) -> Outcome {
         committed == active,
         "committed usage {committed:?} != active usage {active:?}"
     );
-    let (child, mounted) = prepare_mounted(snapshotter, work, "child", "c").await?;
-    mounted.unmount()?;
+    let (child, block) =
+        write_for_usage(snapshotter, work, "child", "c", "more", CHILD_BYTES, None).await?;
     let child_usage = snapshotter.usage(&child).await.context("usage")?;
+    let own = check_usage(
+        "child without its parent",
+        child_usage,
+        CHILD_BYTES as i64,
+        2,
+        block,
+    );
+    let with_parent = check_usage(
+        "child with its parent",
+        child_usage,
+        (PARENT_BYTES + CHILD_BYTES) as i64,
+        4,
+        block,
+    );
     ensure!(
-        child_usage.size >= 0 && child_usage.inodes >= 1,
-        "child usage {child_usage:?}"
+        own.is_ok() || with_parent.is_ok(),
+        "{}; or {}",
+        own.unwrap_err(),
+        with_parent.unwrap_err()
     );
     Ok(())
 }

@@ -17,6 +17,42 @@ fn record(event: String) {
     EVENTS.lock().unwrap().push(event);
 }
 
+/// A count that tests and init functions wait on, instead of sleeping for long enough.
+struct Gate {
+    count: Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate {
+    const fn new() -> Gate {
+        Gate {
+            count: Mutex::new(0),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn advance(&self) {
+        *self.count.lock().unwrap() += 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits until the count reaches `n`; false if a minute passes first (a test that would
+    /// otherwise hang fails instead).
+    fn wait_for(&self, n: usize) -> bool {
+        let count = self.count.lock().unwrap();
+        let (count, _) = self
+            .changed
+            .wait_timeout_while(count, Duration::from_secs(60), |count| *count < n)
+            .unwrap();
+        *count >= n
+    }
+}
+
+/// Opened by the test that starts a `block…` plugin, once start-up has returned without it.
+static BLOCKED_INIT: Gate = Gate::new();
+/// Advanced by each watchdog warning about `wd.watch-w`, which waits for three.
+static WATCHDOG_WARNINGS: Gate = Gate::new();
+
 fn events_with(tag: &str) -> Vec<String> {
     EVENTS
         .lock()
@@ -29,8 +65,9 @@ fn events_with(tag: &str) -> Vec<String> {
 
 /// One init function for every test plugin; the id says what it does:
 /// `ok…` returns `Arc<String>` holding its URI (and records its close), `skip…` skips,
-/// `fail…` fails, `panic…` panics, `sleep…` sleeps two seconds, `needs…` asks for the single
-/// instance of each type it requires and fails with that lookup's error.
+/// `fail…` fails, `panic…` panics, `sleep…` sleeps two seconds, `block…` waits for
+/// [`BLOCKED_INIT`] to open, `watch…` for three watchdog warnings, `needs…` asks for the
+/// single instance of each type it requires and fails with that lookup's error.
 fn behave(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let id = ctx.registration().id();
     let uri = ctx.uri().to_string();
@@ -45,6 +82,12 @@ fn behave(ctx: &mut InitContext) -> Result<Instance, InitError> {
     }
     if id.starts_with("sleep") {
         std::thread::sleep(Duration::from_secs(2));
+    }
+    if id.starts_with("block") && !BLOCKED_INIT.wait_for(1) {
+        return Err(InitError::msg("the test never let the blocked init go"));
+    }
+    if id.starts_with("watch") && !WATCHDOG_WARNINGS.wait_for(3) {
+        return Err(InitError::msg("no three watchdog warnings within a minute"));
     }
     if id.starts_with("needs") {
         for required in ctx.registration().required_types() {
@@ -306,24 +349,27 @@ fn panic_in_init_becomes_a_failure_and_startup_goes_on() {
 
 #[test]
 fn init_timeout_fails_the_plugin_without_hanging_startup() {
-    let started = std::time::Instant::now();
     let options = InitOptions {
-        timeouts: [("slow.sleep-a".to_string(), Duration::from_millis(100))].into(),
+        timeouts: [("slow.block-a".to_string(), Duration::from_millis(100))].into(),
         ..InitOptions::default()
     };
     // fast comes after slow (it requires its type), so it runs on a new init thread while
-    // slow's is still asleep.
-    let set = run(
-        vec![reg("slow", "sleep-a", &[]), reg("fast", "ok-b", &["slow"])],
-        options,
-    )
-    .unwrap();
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "took {:?}",
-        started.elapsed()
-    );
-    let status = set.get("slow.sleep-a").unwrap().status().to_string();
+    // slow's is still blocked. Start-up must return while slow's init has not: it stays
+    // blocked until the test has seen start-up end.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let set = run(
+            vec![reg("slow", "block-a", &[]), reg("fast", "ok-b", &["slow"])],
+            options,
+        );
+        let _ = done_tx.send(set);
+    });
+    let set = done_rx.recv_timeout(Duration::from_secs(60));
+    BLOCKED_INIT.advance();
+    let set = set
+        .expect("start-up waited for an init past its time-out")
+        .unwrap();
+    let status = set.get("slow.block-a").unwrap().status().to_string();
     assert_eq!(
         status,
         "failed: init did not finish within 100ms; raise or remove its time-out under [timeouts]"
@@ -534,8 +580,12 @@ fn watchdog_logs_a_plugin_still_initialising() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tracing::field::{Field, Visit};
 
-    /// Counts warnings that say a plugin is still initialising.
-    struct Count(Arc<AtomicUsize>);
+    /// Counts warnings that say a plugin is still initialising, with when each came.
+    struct Count(
+        Arc<AtomicUsize>,
+        Arc<Mutex<Vec<Duration>>>,
+        std::time::Instant,
+    );
     struct Message(String);
     impl Visit for Message {
         fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
@@ -555,25 +605,38 @@ fn watchdog_logs_a_plugin_still_initialising() {
         fn event(&self, event: &tracing::Event<'_>) {
             let mut message = Message(String::new());
             event.record(&mut message);
-            if message.0.contains("still initialising") && message.0.contains("wd.sleep-w") {
+            if message.0.contains("still initialising") && message.0.contains("wd.watch-w") {
+                self.1.lock().unwrap().push(self.2.elapsed());
                 self.0.fetch_add(1, Ordering::SeqCst);
+                WATCHDOG_WARNINGS.advance();
             }
         }
         fn enter(&self, _: &tracing::span::Id) {}
         fn exit(&self, _: &tracing::span::Id) {}
     }
     let count = Arc::new(AtomicUsize::new(0));
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let period = Duration::from_millis(300);
     let options = InitOptions {
-        watchdog: Duration::from_millis(300),
+        watchdog: period,
         ..InitOptions::default()
     };
-    let set = tracing::subscriber::with_default(Count(count.clone()), || {
-        run(vec![reg("wd", "sleep-w", &[])], options).unwrap()
+    // The plugin initialises until the watchdog has warned three times about it.
+    let subscriber = Count(count.clone(), times.clone(), std::time::Instant::now());
+    let set = tracing::subscriber::with_default(subscriber, || {
+        run(vec![reg("wd", "watch-w", &[])], options).unwrap()
     });
-    assert!(set.get("wd.sleep-w").unwrap().status().is_ok());
-    let warnings = count.load(Ordering::SeqCst);
-    assert!(
-        (3..=7).contains(&warnings),
-        "{warnings} watchdog warnings in 2 s at 300 ms"
-    );
+    assert!(set.get("wd.watch-w").unwrap().status().is_ok());
+    assert!(count.load(Ordering::SeqCst) >= 3);
+    // A loaded machine only delays a warning: the n-th comes n periods after the start at
+    // the earliest, never sooner (the watchdog does not warn faster than its period).
+    let times = times.lock().unwrap().clone();
+    for (n, time) in times.iter().enumerate() {
+        let earliest = period * u32::try_from(n + 1).unwrap();
+        assert!(
+            *time >= earliest,
+            "warning {} came {time:?} after the start, before {earliest:?}: {times:?}",
+            n + 1
+        );
+    }
 }
