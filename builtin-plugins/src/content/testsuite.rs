@@ -174,21 +174,24 @@ static CONTENT_SEED: AtomicU64 = AtomicU64::new(1);
 
 /// `size` pseudo-random bytes, different on each call (as containerd's `createContent`).
 fn create_content(size: usize) -> (Vec<u8>, Digest) {
-    let mut state = CONTENT_SEED
-        .fetch_add(1, Ordering::Relaxed)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        | 1;
+    let bytes = pseudo_random_bytes(size, CONTENT_SEED.fetch_add(1, Ordering::Relaxed));
+    let digest = Digest::of(&bytes);
+    (bytes, digest)
+}
+
+/// `size` bytes from xorshift64* seeded with `seed`: the same for the same seed, and what no
+/// filesystem compresses or deduplicates. The snapshot suite uses them too.
+pub(crate) fn pseudo_random_bytes(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut bytes = Vec::with_capacity(size + 8);
     while bytes.len() < size {
-        // xorshift64*
         state ^= state >> 12;
         state ^= state << 25;
         state ^= state >> 27;
         bytes.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
     }
     bytes.truncate(size);
-    let digest = Digest::of(&bytes);
-    (bytes, digest)
+    bytes
 }
 
 fn labels_of(pairs: &[(&str, &str)]) -> Labels {

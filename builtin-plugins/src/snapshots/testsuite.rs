@@ -2021,20 +2021,6 @@ case!(
     usage_steps
 );
 
-/// Bytes that no filesystem compresses or deduplicates (xorshift64*).
-fn incompressible(size: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut bytes = Vec::with_capacity(size + 8);
-    while bytes.len() < size {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        bytes.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    bytes.truncate(size);
-    bytes
-}
-
 /// Writes `file` (`size` bytes) and, if given, an empty directory `dir` through the mount of
 /// `key`; returns the block size of the filesystem under the mount.
 async fn write_for_usage(
@@ -2048,7 +2034,7 @@ async fn write_for_usage(
 ) -> Result<(String, u64), String> {
     let (key, mounted) = prepare_mounted(snapshotter, work, key, parent).await?;
     let target = Path::new(&key);
-    let written = fs::write(target.join(file), incompressible(size, size as u64))
+    let written = fs::write(target.join(file), crate::content::testsuite::pseudo_random_bytes(size, size as u64))
         .and_then(|()| dir.map_or(Ok(()), |dir| fs::create_dir(target.join(dir))))
         .and_then(|()| fs::metadata(target.join(file)))
         .map(|meta| meta.blksize());
