@@ -1,6 +1,8 @@
 //! The daemon proper: initialise plugins, serve every gRPC plugin on a unix socket, stop
 //! gracefully on SIGTERM or SIGINT.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -171,11 +173,20 @@ pub fn serve(prepared: Prepared) -> anyhow::Result<()> {
     let socket = socket_path(&prepared.config.config.grpc.address);
     claim_socket(&socket)?;
     let config = &prepared.config.config;
-    let leftovers = Leftovers::record(&[
-        config.root.clone(),
-        config.state.clone(),
-        socket.parent().map(Path::to_path_buf).unwrap_or_default(),
-    ]);
+    // What a start creates directly in the root and the state: one directory per plugin
+    // and the root's lock (the socket is removed by its own guard).
+    let mut names: BTreeSet<OsString> = prepared
+        .registry
+        .entries()
+        .iter()
+        .map(|entry| OsString::from(entry.uri()))
+        .collect();
+    names.insert(OsString::from(ROOT_LOCK));
+    let leftovers = Leftovers::record(
+        &[config.root.clone(), config.state.clone()],
+        &names,
+        socket.parent(),
+    );
     // Another daemon holding the root refuses this start here, before anything is touched
     // (and nothing of its is ever removed below). Declared before the runtime, so dropped
     // after it.
@@ -198,63 +209,68 @@ pub fn serve(prepared: Prepared) -> anyhow::Result<()> {
     result
 }
 
-/// What a start found in the directories it may create things in, so that a refused start
-/// can remove exactly what it created: a directory that did not exist goes whole, one that
-/// existed loses only the entries it did not hold.
+/// What a refused start may take back, recorded before it creates anything: in the root and
+/// the state, the entries it creates there (plugin directories, the lock) that were not
+/// there before; then every directory the start created on the way to them (and to the
+/// socket), if it is empty. Nothing else is ever removed, so neither a shared parent such as
+/// `/run` nor a file someone else put beside ours loses anything.
 struct Leftovers {
-    dirs: Vec<(
-        PathBuf,
-        Option<std::collections::BTreeSet<std::ffi::OsString>>,
-    )>,
+    /// Root and state, each with the names (of `names`) it held before.
+    dirs: Vec<(PathBuf, BTreeSet<OsString>)>,
+    /// What a start creates in them.
+    names: BTreeSet<OsString>,
+    /// Directories that did not exist, deepest first.
+    created: Vec<PathBuf>,
 }
 
 impl Leftovers {
-    fn record(dirs: &[PathBuf]) -> Leftovers {
-        let mut recorded: Vec<(PathBuf, Option<_>)> = Vec::new();
-        for dir in dirs {
-            if dir.as_os_str().is_empty() || recorded.iter().any(|(d, _)| d == dir) {
-                continue;
-            }
-            // The first ancestor that exists: everything below it is this start's.
-            let mut created = dir.clone();
-            while let Some(parent) = created.parent() {
-                if parent.exists() {
-                    break;
+    fn record(
+        dirs: &[PathBuf],
+        names: &BTreeSet<OsString>,
+        socket_dir: Option<&Path>,
+    ) -> Leftovers {
+        let mut created: Vec<PathBuf> = Vec::new();
+        for dir in dirs.iter().map(PathBuf::as_path).chain(socket_dir) {
+            for missing in dir
+                .ancestors()
+                .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            {
+                if !created.iter().any(|c| c == missing) {
+                    created.push(missing.to_path_buf());
                 }
-                created = parent.to_path_buf();
             }
-            let entries = std::fs::read_dir(dir).ok().map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .map(|entry| entry.file_name())
-                    .collect()
-            });
-            let top = if entries.is_some() {
-                dir.clone()
-            } else {
-                created
-            };
-            recorded.push((top, entries));
         }
-        Leftovers { dirs: recorded }
+        // Deepest first, so that each is empty by the time it is removed.
+        created.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        let dirs = dirs
+            .iter()
+            .map(|dir| {
+                let before = names
+                    .iter()
+                    .filter(|name| std::fs::symlink_metadata(dir.join(name)).is_ok())
+                    .cloned()
+                    .collect();
+                (dir.clone(), before)
+            })
+            .collect();
+        Leftovers {
+            dirs,
+            names: names.clone(),
+            created,
+        }
     }
 
     fn remove(&self) {
         for (dir, before) in &self.dirs {
-            let outcome = match before {
-                None => remove_tree(dir),
-                Some(before) => match std::fs::read_dir(dir) {
-                    Ok(entries) => entries
-                        .filter_map(Result::ok)
-                        .filter(|entry| !before.contains(&entry.file_name()))
-                        .try_for_each(|entry| remove_tree(&entry.path())),
-                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(e),
-                },
-            };
-            if let Err(error) = outcome {
-                tracing::warn!(path = %dir.display(), %error, "removing what the refused start created");
+            for name in self.names.difference(before) {
+                if let Err(error) = remove_tree(&dir.join(name)) {
+                    tracing::warn!(path = %dir.join(name).display(), %error, "removing what the refused start created");
+                }
             }
+        }
+        for dir in &self.created {
+            // Not empty: something that is not ours is in it; leave it.
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }
@@ -531,5 +547,78 @@ mod proxy_targets {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(dir: &Path) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(next) = stack.pop() {
+            for entry in std::fs::read_dir(&next).unwrap().flatten() {
+                let path = entry.path();
+                out.push(path.strip_prefix(dir).unwrap().display().to_string());
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A refused start takes back what it created and nothing else: not what was there
+    /// before, not what another process put beside it meanwhile (a shared socket directory,
+    /// a file in a directory the start created).
+    #[test]
+    fn a_refused_start_takes_back_only_what_it_created() {
+        let base = tempfile::tempdir().unwrap();
+        let base = base.path();
+        let (root, state, shared) = (
+            base.join("root"),
+            base.join("run/state"),
+            base.join("shared"),
+        );
+        std::fs::create_dir_all(root.join("io.plinth.test.v1.kept")).unwrap();
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::write(root.join("mine-before"), "").unwrap();
+        let names: BTreeSet<OsString> =
+            ["io.plinth.test.v1.kept", "io.plinth.test.v1.new", ROOT_LOCK]
+                .into_iter()
+                .map(OsString::from)
+                .collect();
+        let leftovers = Leftovers::record(
+            &[root.clone(), state.clone()],
+            &names,
+            Some(&base.join("sock/dir")),
+        );
+
+        // The start creates its things; someone else adds theirs meanwhile.
+        for dir in [&root, &state] {
+            std::fs::create_dir_all(dir.join("io.plinth.test.v1.new/deep")).unwrap();
+        }
+        std::fs::write(root.join(ROOT_LOCK), "1").unwrap();
+        std::fs::create_dir_all(base.join("sock/dir")).unwrap();
+        std::fs::write(root.join("theirs"), "").unwrap();
+        std::fs::write(shared.join("theirs"), "").unwrap();
+        std::fs::write(base.join("run/theirs"), "").unwrap();
+
+        leftovers.remove();
+        assert_eq!(
+            tree(base),
+            [
+                "root",
+                "root/io.plinth.test.v1.kept",
+                "root/mine-before",
+                "root/theirs",
+                "run",
+                "run/theirs",
+                "shared",
+                "shared/theirs",
+            ]
+        );
     }
 }

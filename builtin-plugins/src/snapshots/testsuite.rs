@@ -2034,10 +2034,13 @@ async fn write_for_usage(
 ) -> Result<(String, u64), String> {
     let (key, mounted) = prepare_mounted(snapshotter, work, key, parent).await?;
     let target = Path::new(&key);
-    let written = fs::write(target.join(file), crate::content::testsuite::pseudo_random_bytes(size, size as u64))
-        .and_then(|()| dir.map_or(Ok(()), |dir| fs::create_dir(target.join(dir))))
-        .and_then(|()| fs::metadata(target.join(file)))
-        .map(|meta| meta.blksize());
+    let written = fs::write(
+        target.join(file),
+        crate::content::testsuite::pseudo_random_bytes(size, size as u64),
+    )
+    .and_then(|()| dir.map_or(Ok(()), |dir| fs::create_dir(target.join(dir))))
+    .and_then(|()| fs::metadata(target.join(file)))
+    .map(|meta| meta.blksize());
     mounted.unmount()?;
     let block = written.context(format!("writing {file} through the mount of {key}"))?;
     Ok((key, block))
