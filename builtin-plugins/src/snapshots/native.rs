@@ -369,24 +369,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn state_survives_reopen_and_cleanup_removes_only_orphans() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let snapshotter = NativeSnapshotter::open(dir.path()).unwrap();
-            snapshotter.prepare("a", "", Labels::new()).await.unwrap();
-            snapshotter.commit("c", "a", Labels::new()).await.unwrap();
-            snapshotter.prepare("b", "c", Labels::new()).await.unwrap();
-        }
-        // What a crash in the middle of a prepare or remove leaves behind.
-        fs::create_dir(dir.path().join("snapshots/new-9")).unwrap();
-        fs::create_dir(dir.path().join("snapshots/77")).unwrap();
-        let snapshotter = NativeSnapshotter::open(dir.path()).unwrap();
-        snapshotter.cleanup().await.unwrap();
-        let mut left: Vec<String> = fs::read_dir(dir.path().join("snapshots"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["1", "2"]);
-        assert_eq!(snapshotter.stat("b").await.unwrap().parent, "c");
+        super::super::storage::check_cleanup_removes_only_orphans(|root| {
+            NativeSnapshotter::open(root).unwrap()
+        })
+        .await;
     }
 }

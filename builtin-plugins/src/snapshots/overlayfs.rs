@@ -679,6 +679,14 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn state_survives_reopen_and_cleanup_removes_only_orphans() {
+        super::super::storage::check_cleanup_removes_only_orphans(|root| {
+            OverlaySnapshotter::open(root).unwrap()
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn mounts_are_containerd_overlays() {
         let dir = tempfile::tempdir().unwrap();
         let snapshotter = OverlaySnapshotter::open(dir.path()).unwrap();

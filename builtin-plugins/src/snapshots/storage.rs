@@ -719,6 +719,34 @@ where
     .await
 }
 
+/// For each snapshotter's tests: its state survives reopening, and `cleanup` removes what a
+/// crash in the middle of a prepare or a remove leaves (a `new-<n>` directory, a numbered one
+/// without a record) and nothing else.
+#[cfg(test)]
+pub(super) async fn check_cleanup_removes_only_orphans<S: super::Snapshotter>(
+    open: impl Fn(&Path) -> S,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let none = Labels::new;
+    {
+        let snapshotter = open(dir.path());
+        snapshotter.prepare("a", "", none()).await.unwrap();
+        snapshotter.commit("c", "a", none()).await.unwrap();
+        snapshotter.prepare("b", "c", none()).await.unwrap();
+    }
+    std::fs::create_dir(dir.path().join("snapshots/new-9")).unwrap();
+    std::fs::create_dir(dir.path().join("snapshots/77")).unwrap();
+    let snapshotter = open(dir.path());
+    snapshotter.cleanup().await.unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["1", "2"]);
+    assert_eq!(snapshotter.stat("b").await.unwrap().parent, "c");
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
