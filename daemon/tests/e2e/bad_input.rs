@@ -86,17 +86,7 @@ fn bad_configs_fail_with_a_precise_message_and_create_nothing() {
 #[test]
 fn a_required_plugin_that_fails_stops_startup_naming_it() {
     let config = "version = 3\ndisabled_plugins = [\"io.containerd.metadata.v1.redb\"]\nrequired_plugins = [\"io.containerd.grpc.v1.namespaces\"]\n";
-    let dir = tempfile::tempdir().unwrap();
-    let Err((log, status)) = start_in(
-        dir,
-        Start {
-            config: config.into(),
-            ..Start::default()
-        },
-    ) else {
-        panic!("plinthd started");
-    };
-    assert!(status.is_some_and(|s| !s.success()));
+    let log = refused_start(config);
     assert!(
         log.contains("required plugin io.containerd.grpc.v1.namespaces failed: requires io.containerd.metadata.v1"),
         "{log}"
@@ -131,6 +121,17 @@ fn a_missing_config_file_is_named_with_its_os_error_once() {
 #[test]
 fn a_value_the_plugin_does_not_allow_stops_startup_before_any_plugin_runs() {
     let config = "version = 3\n[plugins.\"io.containerd.metadata.v1.redb\"]\ncontent_sharing_policy = \"sometimes\"\n";
+    let log = refused_start(config);
+    assert!(
+        log.contains("config.toml:3:26: plugin io.containerd.metadata.v1.redb: content_sharing_policy: unknown variant `sometimes`, expected `shared` or `isolated`"),
+        "{log}"
+    );
+    // Refused while loading the config, not by the plugin's init.
+    assert!(!log.contains("plugin failed"), "{log}");
+}
+
+/// Starts plinthd with `config`, which must refuse to start; its log.
+fn refused_start(config: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let Err((log, status)) = start_in(
         dir,
@@ -141,11 +142,6 @@ fn a_value_the_plugin_does_not_allow_stops_startup_before_any_plugin_runs() {
     ) else {
         panic!("plinthd started");
     };
-    assert!(status.is_some_and(|s| !s.success()));
-    assert!(
-        log.contains("config.toml:3:26: plugin io.containerd.metadata.v1.redb: content_sharing_policy: unknown variant `sometimes`, expected `shared` or `isolated`"),
-        "{log}"
-    );
-    // Refused while loading the config, not by the plugin's init.
-    assert!(!log.contains("plugin failed"), "{log}");
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}:\n{log}");
+    log
 }
