@@ -755,6 +755,29 @@ mod tests {
 
     use super::*;
 
+    /// `remove_path` takes away a file, a tree, or a symlink (never what it points to), and a
+    /// path that is already gone is fine.
+    #[test]
+    fn remove_path_removes_files_trees_and_links_but_never_follows_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let target = base.join("target");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("kept"), "").unwrap();
+        std::fs::write(base.join("file"), "x").unwrap();
+        std::fs::create_dir_all(base.join("tree/a/b")).unwrap();
+        std::fs::write(base.join("tree/a/b/f"), "").unwrap();
+        std::os::unix::fs::symlink(&target, base.join("link")).unwrap();
+        for name in ["file", "tree", "link", "missing"] {
+            remove_path(&base.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                std::fs::symlink_metadata(base.join(name)).is_err(),
+                "{name} is still there"
+            );
+        }
+        assert!(target.join("kept").exists(), "a link was followed");
+    }
+
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
             .iter()
