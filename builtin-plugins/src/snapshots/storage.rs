@@ -733,17 +733,28 @@ pub(super) async fn check_cleanup_removes_only_orphans<S: super::Snapshotter>(
         snapshotter.prepare("a", "", none()).await.unwrap();
         snapshotter.commit("c", "a", none()).await.unwrap();
         snapshotter.prepare("b", "c", none()).await.unwrap();
+        snapshotter.prepare("d", "c", none()).await.unwrap();
+        // A removal takes its directory with it at once, not at the next cleanup.
+        snapshotter.remove("d").await.unwrap();
     }
+    let left = || {
+        let mut left: Vec<String> = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        left
+    };
+    assert_eq!(
+        left(),
+        ["1", "2"],
+        "the removed snapshot's directory is left"
+    );
     std::fs::create_dir(dir.path().join("snapshots/new-9")).unwrap();
     std::fs::create_dir(dir.path().join("snapshots/77")).unwrap();
     let snapshotter = open(dir.path());
     snapshotter.cleanup().await.unwrap();
-    let mut left: Vec<String> = std::fs::read_dir(dir.path().join("snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
-    assert_eq!(left, ["1", "2"]);
+    assert_eq!(left(), ["1", "2"]);
     assert_eq!(snapshotter.stat("b").await.unwrap().parent, "c");
 }
 
@@ -776,6 +787,12 @@ mod tests {
             );
         }
         assert!(target.join("kept").exists(), "a link was followed");
+        // Only a path that is already gone is fine: any other failure is the caller's.
+        std::fs::write(base.join("plain"), "").unwrap();
+        assert_eq!(
+            remove_path(&base.join("plain/under")).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::NotADirectory)
+        );
     }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
