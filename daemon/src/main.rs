@@ -98,7 +98,6 @@ fn run(options: &Options) -> anyhow::Result<()> {
     // name the file and line; logging then never starts, as nothing runs.
     let prepared = plinthd::setup::prepare_then(options, |config| {
         let _ = plinthd::logging::init(&config.debug.level, &config.debug.format);
-        Ok(())
     })?;
     plinthd::server::serve(prepared)
 }

@@ -169,28 +169,17 @@ pub fn left_out_plugins(registry: &Registry) -> Vec<(String, String)> {
 }
 
 /// Loads the config named by the options (or the default file if it exists, or the embedded
-/// defaults), applies the command-line overrides, adds the registrations the config brings
-/// (proxies, plugin libraries) and checks the config against them all.
+/// defaults), applies the command-line overrides, runs `before_plugins` on the result (the
+/// daemon starts logging there, so that the plugin loader's lines are not lost), adds the
+/// registrations the config brings (proxies, plugin libraries) and checks the config against
+/// them all.
 ///
 /// # Errors
 /// Any config error, with file, line and column.
 pub fn load_config(
     options: &Options,
     link_time: &Registry,
-) -> anyhow::Result<(Registry, ResolvedConfig)> {
-    load_config_then(options, link_time, |_| Ok(()))
-}
-
-/// As [`load_config`], running `before_plugins` on the merged config (command-line
-/// overrides applied) before plugin libraries are loaded from `plugin_dir`: the daemon starts
-/// logging there, so that the loader's lines are not lost.
-///
-/// # Errors
-/// As [`load_config`], and what `before_plugins` returns.
-pub fn load_config_then(
-    options: &Options,
-    link_time: &Registry,
-    before_plugins: impl FnOnce(&plinth_core::config::Config) -> anyhow::Result<()>,
+    before_plugins: impl FnOnce(&plinth_core::config::Config),
 ) -> anyhow::Result<(Registry, ResolvedConfig)> {
     let registry = link_time;
     let defaults = Defaults::for_current_user();
@@ -224,7 +213,7 @@ pub fn load_config_then(
         }
         config.debug.level = level.clone();
     }
-    before_plugins(loaded.config())?;
+    before_plugins(loaded.config());
     let full = full_registry(registry, extra_sources(loaded.config())?)?;
     let resolved = loaded
         .with_left_out(left_out_plugins(&full))
@@ -245,18 +234,18 @@ pub fn load_config_then(
 /// # Errors
 /// As [`registry`] and [`load_config`], and dependency cycles.
 pub fn prepare(options: &Options) -> anyhow::Result<Prepared> {
-    prepare_then(options, |_| Ok(()))
+    prepare_then(options, |_| {})
 }
 
-/// As [`prepare`], with `before_plugins` run as [`load_config_then`] runs it.
+/// As [`prepare`], with `before_plugins` run as [`load_config`] runs it.
 ///
 /// # Errors
-/// As [`prepare`], and what `before_plugins` returns.
+/// As [`prepare`].
 pub fn prepare_then(
     options: &Options,
-    before_plugins: impl FnOnce(&plinth_core::config::Config) -> anyhow::Result<()>,
+    before_plugins: impl FnOnce(&plinth_core::config::Config),
 ) -> anyhow::Result<Prepared> {
-    let (registry, config) = load_config_then(options, &registry()?, before_plugins)?;
+    let (registry, config) = load_config(options, &registry()?, before_plugins)?;
     let registrations: Vec<Registration> = registry.registrations().copied().collect();
     let graph =
         PluginGraph::build(&registrations, &config.disable_filter()).context("ordering plugins")?;

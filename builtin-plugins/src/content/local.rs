@@ -1338,6 +1338,14 @@ mod tests {
         for (time, text) in cases {
             assert_eq!(format_time(*time), *text);
         }
+        // Times beyond what RFC 3339 can write (about 31 700 years away) clamp to the nearest
+        // year it can, on the right side of the epoch.
+        let far = Duration::from_secs(1_000_000_000_000);
+        for (time, year) in [(UNIX_EPOCH + far, "9999-"), (UNIX_EPOCH - far, "-009999-")] {
+            let text = format_time(time);
+            assert!(text.starts_with(year), "{text}");
+            assert!(parse_time(&text).is_some(), "{text} does not read back");
+        }
         let written_before = format!(
             "{SIDECAR_HEADER}\ncreated 2026-11-30T01:42:27.123456789Z\n\
              updated 2026-11-30T01:42:28.000000001Z\nlabel 3 3\nappweb\n"

@@ -414,17 +414,17 @@ async fn ingest(
             }
         }
     });
-    // The digest of what was read, so that a blob the store already has can be named even
-    // when no digest was expected.
-    let mut hasher = Sha256::new();
-    let exists = async |mut hasher: Sha256,
+    // The digest of what was read, so that a blob the store already has can be named when no
+    // digest was expected (with one, nothing is hashed here: the store checks it).
+    let mut hasher = expected.is_empty().then(Sha256::new);
+    let exists = async |hasher: Option<Sha256>,
                         pending: Option<Vec<u8>>,
                         chunks: &mut tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>|
            -> anyhow::Result<String> {
         bar.finish_and_clear();
-        if !expected.is_empty() {
+        let Some(mut hasher) = hasher else {
             return Ok(format!("{expected} already exists\n"));
-        }
+        };
         hasher.update(pending.unwrap_or_default());
         while let Some(chunk) = chunks.recv().await {
             hasher.update(chunk.context("reading the input")?);
@@ -472,7 +472,9 @@ async fn ingest(
             None
         };
         let last = next.as_ref().is_none_or(Vec::is_empty);
-        hasher.update(&chunk);
+        if let Some(hasher) = hasher.as_mut() {
+            hasher.update(&chunk);
+        }
         let n = chunk.len();
         let message = WriteContentRequest {
             action: if last {
