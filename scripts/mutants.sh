@@ -7,6 +7,9 @@
 #
 # Usage: ./scripts/mutants.sh [GROUP...]   groups: content metadata snapshots loader (default: all)
 #        ./scripts/mutants.sh --list [GROUP...]   only list the mutants
+#        ./scripts/mutants.sh [GROUP...] -- [CARGO-MUTANTS ARGS...]
+#          e.g. `-- --in-place` to mutate this tree and reuse its warm target dir (then do
+#          not edit or commit here while it runs: use a git worktree of its own)
 #
 # Not run in CI: on two cores a full run takes hours. Run it before resolving an issue that
 # touches these files, and record the survivors per file in TESTING.md. Results land in
@@ -25,7 +28,17 @@ if [ "${1:-}" = "--list" ]; then
   list=(--list)
   shift
 fi
-groups=("$@")
+groups=()
+extra=()
+while [ $# -gt 0 ]; do
+  if [ "$1" = "--" ]; then
+    shift
+    extra=("$@")
+    break
+  fi
+  groups+=("$1")
+  shift
+done
 [ ${#groups[@]} -gt 0 ] || groups=(content metadata snapshots loader)
 
 # Each group: the crate whose tests judge the mutants, the features those tests need, the
@@ -80,7 +93,7 @@ run_group() {
   local test_args=()
   [ -z "$filter" ] || test_args=(-- -- "$filter")
   # Exit codes: 0 all caught, 2 some missed, 3 some timed out; keep going either way.
-  cargo mutants "${list[@]}" "${args[@]}" "${test_args[@]}" || true
+  cargo mutants "${list[@]}" "${args[@]}" "${extra[@]}" "${test_args[@]}" || true
 }
 
 for group in "${groups[@]}"; do
