@@ -564,26 +564,44 @@ impl Snapshotter for NamespacedSnapshotter {
         })
         .await?;
         // Backend snapshots no record refers to (a crash between the backend call and the
-        // record) are removed, children before parents.
-        loop {
-            let orphans: Vec<Info> = backend
-                .walk(&[])
-                .await?
+        // record) are removed, children before parents, in an order planned from one walk: a
+        // backend that says it removed a snapshot but still lists it is an error, not a
+        // reason to walk again forever.
+        let mut orphans: Vec<Info> = backend
+            .walk(&[])
+            .await?
+            .into_iter()
+            .filter(|i| !referenced.contains(&i.name))
+            .collect();
+        let mut removed = BTreeSet::new();
+        while !orphans.is_empty() {
+            let parents: BTreeSet<String> = orphans.iter().map(|i| i.parent.clone()).collect();
+            let (leaves, rest): (Vec<Info>, Vec<Info>) = orphans
                 .into_iter()
-                .filter(|i| !referenced.contains(&i.name))
-                .collect();
-            let parents: BTreeSet<&str> = orphans.iter().map(|i| i.parent.as_str()).collect();
-            let leaves: Vec<&Info> = orphans
-                .iter()
-                .filter(|i| !parents.contains(i.name.as_str()))
-                .collect();
+                .partition(|i| !parents.contains(&i.name));
             if leaves.is_empty() {
+                // Only a cycle of parents leaves no leaf; a walk never reports one.
                 break;
             }
             for leaf in leaves {
                 tracing::info!(snapshotter = %self.name, key = %leaf.name, "removing a snapshot no namespace refers to");
                 backend.remove(&leaf.name).await?;
+                removed.insert(leaf.name);
             }
+            orphans = rest;
+        }
+        if !removed.is_empty()
+            && let Some(left) = backend
+                .walk(&[])
+                .await?
+                .into_iter()
+                .find(|i| removed.contains(&i.name))
+        {
+            return Err(Error::internal(format!(
+                "snapshotter `{}` still lists snapshot `{}` after removing it without error; \
+                 its remove is broken: check its logs and its root directory",
+                self.name, left.name
+            )));
         }
         backend.cleanup().await
     }

@@ -75,6 +75,12 @@ impl<T, E: Display> Context<T> for Result<T, E> {
     }
 }
 
+/// How long one case may take before it fails as hung, naming itself; far above what the
+/// slowest case (128 layers mounted) takes on a loaded two-core machine, and below
+/// `scripts/mutants.sh`'s time-out, so that a mutant that makes a call hang is reported by
+/// the case it hangs in.
+const CASE_TIME_LIMIT: Duration = Duration::from_secs(150);
+
 fn outcome(case: &str, result: Outcome) {
     if let Err(message) = result {
         panic!("snapshotter testsuite case `{case}` failed: {message}");
@@ -173,7 +179,16 @@ where
         ($($case:ident),* $(,)?) => {
             $(
                 let fixture = Fixture::new(base, &make, stringify!($case)).await;
-                $case(fixture.snapshotter.as_ref(), &fixture.work).await;
+                let steps = $case(fixture.snapshotter.as_ref(), &fixture.work);
+                if tokio::time::timeout(CASE_TIME_LIMIT, steps).await.is_err() {
+                    outcome(
+                        stringify!($case),
+                        Err(format!(
+                            "it did not finish in {} s: a call never returned (or looped)",
+                            CASE_TIME_LIMIT.as_secs()
+                        )),
+                    );
+                }
                 drop(fixture);
             )*
         };
