@@ -1384,6 +1384,114 @@ mod tests {
         }
     }
 
+    async fn resumed(store: &Arc<dyn ContentStore>, reference: &str, total: i64) -> (i64, i64) {
+        let writer = store.writer(reference, total, None).await.unwrap();
+        let status = writer.status().await.unwrap();
+        writer.close().await.unwrap();
+        (status.offset, status.total)
+    }
+
+    /// Resuming an ingest: the same total or none continues it; another total starts it
+    /// over; a total given only now is recorded, on disk too.
+    #[tokio::test]
+    async fn a_resumed_ingest_continues_or_starts_over_by_its_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut writer = store.writer("sized", 10, None).await.unwrap();
+        writer.write(b"abc").await.unwrap();
+        writer.close().await.unwrap();
+        assert_eq!(resumed(&store, "sized", 10).await, (3, 10), "same total");
+        assert_eq!(resumed(&store, "sized", 0).await, (3, 10), "no total");
+        assert_eq!(resumed(&store, "sized", 20).await, (0, 20), "another total");
+
+        let mut writer = store.writer("late", 0, None).await.unwrap();
+        writer.write(b"ab").await.unwrap();
+        writer.close().await.unwrap();
+        assert_eq!(resumed(&store, "late", 7).await, (2, 7), "total given late");
+        let reopened = open(dir.path());
+        let status = reopened.status("late").await.unwrap();
+        assert_eq!((status.offset, status.total), (2, 7), "recorded on disk");
+    }
+
+    fn assert_internal_naming(error: &Error, path: &Path) {
+        assert_eq!(error.category, Category::Internal, "{error}");
+        assert!(
+            error.message.contains(&path.display().to_string()),
+            "{error} does not name {}",
+            path.display()
+        );
+    }
+
+    /// A blob or an ingest that cannot be read or removed for a reason other than its
+    /// absence is an internal error naming the path, never NotFound: a client told NotFound
+    /// takes the blob for gone and writes it again, or forgets it.
+    #[tokio::test]
+    async fn unreadable_content_is_an_error_naming_the_path_not_a_missing_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut writer = store.writer("blob", 0, None).await.unwrap();
+        writer.write(b"blob").await.unwrap();
+        let digest = writer.commit(0, None, Labels::new()).await.unwrap();
+        let blob = dir.path().join("blobs/sha256").join(digest.hex());
+
+        // A link to itself cannot be opened (ELOOP).
+        fs::remove_file(&blob).unwrap();
+        std::os::unix::fs::symlink(&blob, &blob).unwrap();
+        let error = store.read_at(&digest, 0, 4).await.unwrap_err();
+        assert_internal_naming(&error, &blob);
+        // A directory cannot be unlinked (EISDIR).
+        fs::remove_file(&blob).unwrap();
+        fs::create_dir(&blob).unwrap();
+        let error = store.delete(&digest).await.unwrap_err();
+        assert_internal_naming(&error, &blob);
+        assert!(blob.is_dir(), "left as it was");
+
+        let mut writer = store.writer("ingest", 0, None).await.unwrap();
+        writer.write(b"x").await.unwrap();
+        writer.close().await.unwrap();
+        let ingest = dir.path().join("ingest").join(Digest::of(b"ingest").hex());
+        let data = ingest.join(DATA_FILE);
+        fs::remove_file(&data).unwrap();
+        std::os::unix::fs::symlink(&data, &data).unwrap();
+        let error = store.status("ingest").await.unwrap_err();
+        assert_internal_naming(&error, &data);
+        let reference = ingest.join(REF_FILE);
+        fs::remove_file(&reference).unwrap();
+        fs::create_dir(&reference).unwrap();
+        let error = store.status("ingest").await.unwrap_err();
+        assert_internal_naming(&error, &reference);
+    }
+
+    /// An ingest directory without its data (a commit between moving the data and removing
+    /// the directory) is no ingest: NotFound, and left out of the list.
+    #[tokio::test]
+    async fn an_ingest_whose_data_is_gone_is_no_ingest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for reference in ["kept", "half-committed"] {
+            let mut writer = store.writer(reference, 0, None).await.unwrap();
+            writer.write(b"x").await.unwrap();
+            writer.close().await.unwrap();
+        }
+        let ingest = dir.path().join("ingest");
+        fs::remove_file(
+            ingest
+                .join(Digest::of(b"half-committed").hex())
+                .join(DATA_FILE),
+        )
+        .unwrap();
+        let error = store.status("half-committed").await.unwrap_err();
+        assert_eq!(error.category, Category::NotFound, "{error}");
+        let listed: Vec<String> = store
+            .list_statuses(&[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|status| status.reference)
+            .collect();
+        assert_eq!(listed, vec!["kept"]);
+    }
+
     #[tokio::test]
     async fn refs_never_become_paths() {
         let dir = tempfile::tempdir().unwrap();
