@@ -1294,8 +1294,8 @@ pub async fn read_at_ranges(store: Arc<dyn ContentStore>) {
     );
 }
 
-/// Walk filters over `digest`, `size` and `labels.<key>`; any filter of the list may
-/// match; results are sorted by digest.
+/// Walk filters over `digest`, `size` and `labels.<key>` (any other field matches nothing);
+/// any filter of the list may match; results are sorted by digest.
 pub async fn walk_filters(store: Arc<dyn ContentStore>) {
     let specs: [(&str, usize, Labels); 3] = [
         (
@@ -1341,6 +1341,9 @@ pub async fn walk_filters(store: Arc<dyn ContentStore>) {
         (vec!["size==30"], Some(vec![c])),
         (vec![by_digest_a.as_str()], Some(vec![a])),
         (vec!["labels.nothing==x"], Some(vec![])),
+        // A field blobs do not have matches nothing, whatever its value.
+        (vec!["unknown==20"], Some(vec![])),
+        (vec!["unknown"], Some(vec![])),
         (vec!["labels.kind=layer"], None),
         (vec!["labels.kind~=("], None),
     ];
