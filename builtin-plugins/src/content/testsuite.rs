@@ -1344,6 +1344,7 @@ pub async fn walk_filters(store: Arc<dyn ContentStore>) {
         // A field blobs do not have matches nothing, whatever its value.
         (vec!["unknown==20"], Some(vec![])),
         (vec!["unknown"], Some(vec![])),
+        (vec!["unknown.kind==layer"], Some(vec![])),
         (vec!["labels.kind=layer"], None),
         (vec!["labels.kind~=("], None),
     ];
