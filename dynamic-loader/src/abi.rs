@@ -213,3 +213,18 @@ fn panic_text(panic: &(dyn Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(non-string panic payload)".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_text_reads_both_string_payloads() {
+        let text: Box<dyn Any + Send> = Box::new("a &str payload");
+        assert_eq!(panic_text(text.as_ref()), "a &str payload");
+        let owned: Box<dyn Any + Send> = Box::new(String::from("a String payload"));
+        assert_eq!(panic_text(owned.as_ref()), "a String payload");
+        let other: Box<dyn Any + Send> = Box::new(7u8);
+        assert_eq!(panic_text(other.as_ref()), "(non-string panic payload)");
+    }
+}

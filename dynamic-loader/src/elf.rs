@@ -202,4 +202,90 @@ mod tests {
             }
         }
     }
+
+    /// A 64-bit little-endian ELF shared-object header whose `phnum` program headers of
+    /// `phentsize` bytes follow it.
+    fn header(phnum: u16, phentsize: u16) -> Vec<u8> {
+        let mut header = vec![0u8; 64];
+        header[..4].copy_from_slice(b"\x7fELF");
+        header[4] = 2; // 64-bit
+        header[5] = 1; // little-endian
+        header[6] = 1; // version
+        header[16..18].copy_from_slice(&ET_DYN.to_le_bytes());
+        header[32..40].copy_from_slice(&64u64.to_le_bytes());
+        header[54..56].copy_from_slice(&phentsize.to_le_bytes());
+        header[56..58].copy_from_slice(&phnum.to_le_bytes());
+        header
+    }
+
+    /// A 64-bit program header: its type, file offset and size in the file.
+    fn segment(kind: u32, offset: u64, size: u64) -> Vec<u8> {
+        let mut entry = vec![0u8; 56];
+        entry[..4].copy_from_slice(&kind.to_le_bytes());
+        entry[8..16].copy_from_slice(&offset.to_le_bytes());
+        entry[32..40].copy_from_slice(&size.to_le_bytes());
+        entry
+    }
+
+    /// Made-up headers at each boundary of each check: a file that ends exactly where its
+    /// last segment does passes, one byte short does not; only loadable segments count.
+    #[cfg(all(target_pointer_width = "64", target_endian = "little"))]
+    #[test]
+    fn every_bound_of_the_header_checks() {
+        const PT_DYNAMIC: u32 = 2;
+        let exact = [
+            header(2, 56),
+            segment(PT_LOAD, 0, 176),
+            // Not loadable: its offset and size are never checked.
+            segment(PT_DYNAMIC, 0, 1 << 40),
+        ]
+        .concat();
+        let mut past = exact.clone();
+        past[64 + 32..64 + 40].copy_from_slice(&177u64.to_le_bytes());
+        let tmp = tempfile::tempdir().unwrap();
+        // (name, contents, expected error fragment or "" for ok)
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("exactly as long as its segments", exact.clone(), ""),
+            (
+                "a segment one byte past the end",
+                past,
+                "loadable segment 0 needs bytes up to 177, the file has 176",
+            ),
+            (
+                "16 bytes",
+                exact[..16].to_vec(),
+                "shorter than an ELF header",
+            ),
+            (
+                "40 bytes",
+                exact[..40].to_vec(),
+                "shorter than an ELF header",
+            ),
+            ("no program headers", header(0, 56), "implausible"),
+            ("4097 program headers", header(4097, 56), "implausible"),
+            (
+                "entries too small",
+                [header(1, 55), vec![0; 55]].concat(),
+                "implausible",
+            ),
+            (
+                "4096 program headers, not in the file",
+                header(4096, 56),
+                "program headers end past the file's 64 bytes",
+            ),
+            (
+                "program headers one byte short",
+                exact[..64 + 112 - 1].to_vec(),
+                "program headers end past the file's 175 bytes",
+            ),
+        ];
+        for (name, contents, expected) in cases {
+            let path = tmp.path().join(name);
+            std::fs::write(&path, contents).unwrap();
+            match check(&path) {
+                Ok(()) => assert_eq!(expected, "", "{name} passed"),
+                Err(e) => assert!(!expected.is_empty() && e.contains(expected), "{name}: {e}"),
+            }
+        }
+    }
 }

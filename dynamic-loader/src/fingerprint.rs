@@ -182,6 +182,24 @@ mod tests {
     }
 
     #[test]
+    fn fields_are_the_parsed_lines_in_order() {
+        let parsed = Fingerprint::parse("rustc: 1.95\n\ngarbage\ntarget: x86_64: gnu\n");
+        let fields: Vec<(&str, &str)> = parsed
+            .fields()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("rustc", "1.95"),
+                ("garbage", ""),
+                ("target", "x86_64: gnu")
+            ]
+        );
+    }
+
+    #[test]
     fn mismatches_name_field_expected_and_found() {
         let host = Fingerprint::parse("rustc: 1.95\ntarget: x86_64\n");
         // (library text, expected mismatch lines)

@@ -398,6 +398,58 @@ mod tests {
         Err(InitError::msg("other"))
     }
 
+    /// `read_str` copies exactly the bytes it is pointed at, and refuses a null pointer, a
+    /// length over the bound (the bound itself passes) and bytes that are not UTF-8.
+    #[test]
+    fn read_str_copies_what_it_may_and_refuses_the_rest() {
+        let raw = |bytes: &'static [u8]| RawStr {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        };
+        assert_eq!(
+            read_str(raw(b"fingerprint"), 64),
+            Ok("fingerprint".to_string())
+        );
+        assert_eq!(read_str(raw(b"12345678"), 8), Ok("12345678".to_string()));
+        assert_eq!(
+            read_str(raw(b"123456789"), 8),
+            Err("9 bytes, more than the 8 allowed".to_string())
+        );
+        assert_eq!(
+            read_str(
+                RawStr {
+                    ptr: std::ptr::null(),
+                    len: 3
+                },
+                8
+            ),
+            Err("null pointer".to_string())
+        );
+        assert_eq!(
+            read_str(
+                RawStr {
+                    ptr: std::ptr::null(),
+                    len: 0
+                },
+                8
+            ),
+            Ok(String::new())
+        );
+        let error = read_str(raw(b"\xff\xfe"), 8).unwrap_err();
+        assert!(error.starts_with("not UTF-8"), "{error}");
+    }
+
+    /// The bound on a fingerprint is far above any real one and well below a runaway length.
+    #[test]
+    fn fingerprint_bound_fits_a_real_fingerprint() {
+        let text = Fingerprint::current().to_text();
+        assert!(
+            text.len() * 8 < MAX_FINGERPRINT_LEN,
+            "{} bytes: raise MAX_FINGERPRINT_LEN",
+            text.len()
+        );
+    }
+
     #[test]
     fn admit_table() {
         let host = [Registration::new("io.t.v1", "builtin", init).requires(&["io.x.v1"])];

@@ -139,7 +139,7 @@ fn effective_uid() -> u32 {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 
     fn chmod(path: &Path, mode: u32) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -172,6 +172,71 @@ mod tests {
                     "{dir_mode:o}/{file_mode:o}: {e}"
                 ),
             }
+        }
+    }
+
+    /// The directory check alone: it returns the resolved path, and names the directory
+    /// (not a library) in what it refuses.
+    #[test]
+    fn the_directory_is_checked_by_itself() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("plugins");
+        std::fs::create_dir(&dir).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        chmod(&dir, 0o755);
+        let resolved = std::fs::canonicalize(&dir).unwrap();
+        assert_eq!(check_dir(&link).unwrap(), resolved);
+        chmod(&dir, 0o775);
+        let error = check_dir(&dir).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!(
+                "directory {} is writable by group (mode 0775)",
+                resolved.display()
+            )),
+            "{error}"
+        );
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let error = check_dir(&file).unwrap_err().to_string();
+        assert!(error.contains("not a directory"), "{error}");
+    }
+
+    /// A library owned by a user other than root and the one running the host is refused;
+    /// root's and the host user's own are not. Needs root (to give files away), as the suite
+    /// does everywhere it checks ownership.
+    #[test]
+    fn only_root_and_the_host_user_may_own_a_library() {
+        assert_eq!(
+            effective_uid(),
+            std::fs::metadata("/proc/self").unwrap().uid(),
+            "effective_uid is not this process's"
+        );
+        assert_eq!(
+            effective_uid(),
+            0,
+            "run the tests as root: this one gives files away to other users"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("plugins");
+        std::fs::create_dir(&dir).unwrap();
+        chmod(&dir, 0o755);
+        let dir = check_dir(&dir).unwrap();
+        let lib = dir.join("x-linux-x86_64.so");
+        std::fs::write(&lib, b"").unwrap();
+        chmod(&lib, 0o644);
+        assert!(check_library(&lib, &dir).is_ok(), "owned by root");
+        for uid in [1, 4242] {
+            std::os::unix::fs::chown(&lib, Some(uid), None).unwrap();
+            let error = check_library(&lib, &dir).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!(
+                    "library {} is owned by uid {uid}, which is neither root nor the user \
+                     running plinthd (uid 0)",
+                    lib.display()
+                )),
+                "{error}"
+            );
         }
     }
 
