@@ -1492,6 +1492,31 @@ mod tests {
         assert_eq!(listed, vec!["kept"]);
     }
 
+    /// Closing a writer records when the ingest was last written, so that a reopened store
+    /// reports the same time even when the data file's mtime says otherwise.
+    #[tokio::test]
+    async fn close_records_the_ingests_last_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut writer = store.writer("timed", 0, None).await.unwrap();
+        writer.write(b"abc").await.unwrap();
+        let before = writer.status().await.unwrap().updated_at;
+        writer.close().await.unwrap();
+        let data = dir
+            .path()
+            .join("ingest")
+            .join(Digest::of(b"timed").hex())
+            .join(DATA_FILE);
+        File::options()
+            .write(true)
+            .open(&data)
+            .unwrap()
+            .set_modified(UNIX_EPOCH + Duration::from_secs(1000))
+            .unwrap();
+        let reopened = open(dir.path());
+        assert_eq!(reopened.status("timed").await.unwrap().updated_at, before);
+    }
+
     #[tokio::test]
     async fn refs_never_become_paths() {
         let dir = tempfile::tempdir().unwrap();

@@ -421,3 +421,45 @@ async fn namespaced_content_passes_the_content_conformance_suite() {
     })
     .await;
 }
+
+/// Deleting a blob passes on what the store says: a blob the store no longer has is gone
+/// either way (the delete succeeds and the record goes); a store that cannot delete it for
+/// another reason is an error naming the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_passes_on_the_stores_failures_but_not_its_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(LocalStore::open(&dir.path().join("content")).unwrap());
+    let metadata = Arc::new(
+        Metadata::open_with(
+            &dir.path().join("meta.db"),
+            Some(Arc::clone(&local) as Arc<dyn ContentStore>),
+            BTreeMap::new(),
+            SharingPolicy::Shared,
+        )
+        .unwrap(),
+    );
+    let ns = metadata.content("a").unwrap();
+    let mut digests = Vec::new();
+    for data in [&b"gone from the store"[..], b"stuck in the store"] {
+        let mut writer = ns.writer("w", 0, None).await.unwrap();
+        writer.write(data).await.unwrap();
+        digests.push(writer.commit(0, None, Labels::new()).await.unwrap());
+        writer.close().await.unwrap();
+    }
+    let (gone, stuck) = (&digests[0], &digests[1]);
+
+    local.delete(gone).await.unwrap();
+    ns.delete(gone).await.unwrap();
+    let error = ns.info(gone).await.unwrap_err();
+    assert_eq!(error.category, Category::NotFound, "{error}");
+
+    let blob = dir.path().join("content/blobs/sha256").join(stuck.hex());
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::create_dir(&blob).unwrap();
+    let error = ns.delete(stuck).await.unwrap_err();
+    assert_eq!(error.category, Category::Internal, "{error}");
+    assert!(
+        error.message.contains(&blob.display().to_string()),
+        "{error}"
+    );
+}
