@@ -94,6 +94,14 @@ run_group() {
   [ -z "$filter" ] || test_args=(-- -- "$filter")
   # Exit codes: 0 all caught, 2 some missed, 3 some timed out; keep going either way.
   cargo mutants "${list[@]}" "${args[@]}" "${extra[@]}" "${test_args[@]}" || true
+  if [ "$group" = loader ] && [ ${#list[@]} -eq 0 ]; then
+    # Loading a real library (the entry, the header, the handover) is tested end to end:
+    # `tests/tests/dynamic.rs` builds plinthd with the loader and one library per refusal.
+    # It judges only the survivors of the unit tests (--iterate), as it takes ~15 s a mutant.
+    echo "==> loader, survivors of its unit tests: judged by tests/tests/dynamic.rs" >&2
+    cargo mutants "${args[@]}" "${extra[@]}" --iterate --timeout 900 \
+      --cargo-test-arg=-p --cargo-test-arg=plinth-tests --cargo-test-arg=--test=dynamic || true
+  fi
 }
 
 for group in "${groups[@]}"; do
