@@ -99,7 +99,7 @@ run_group() {
     # `tests/tests/dynamic.rs` builds plinthd with the loader and one library per refusal.
     # It judges only the survivors of the unit tests (--iterate), as it takes ~15 s a mutant.
     echo "==> loader, survivors of its unit tests: judged by tests/tests/dynamic.rs" >&2
-    cargo mutants "${args[@]}" "${extra[@]}" --iterate --timeout 900 \
+    cargo mutants "${args[@]}" "${extra[@]}" --iterate \
       --cargo-test-arg=-p --cargo-test-arg=plinth-tests --cargo-test-arg=--test=dynamic || true
   fi
 }
