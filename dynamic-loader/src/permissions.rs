@@ -136,7 +136,8 @@ fn effective_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
