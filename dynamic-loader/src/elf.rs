@@ -201,6 +201,9 @@ mod tests {
                 Err(e) => assert!(!expected.is_empty() && e.contains(expected), "{name}: {e}"),
             }
         }
+        // A directory opens, but reading it fails (EISDIR): an error, not a retry for ever.
+        let error = check(tmp.path()).unwrap_err();
+        assert!(error.starts_with("cannot be read: "), "{error}");
     }
 
     /// A 64-bit little-endian ELF shared-object header whose `phnum` program headers of

@@ -534,6 +534,11 @@ mod tests {
         let report = load_dir(Path::new("plugins"), &[]);
         let entries = report.registrations();
         assert_eq!(entries.len(), 1);
+        assert_eq!(
+            entries[0].0,
+            Path::new("plugins"),
+            "the entry names the directory"
+        );
         assert_eq!(entries[0].1.uri(), "io.plinth.dynamic.v1.plugin_dir");
     }
 

@@ -463,3 +463,52 @@ async fn delete_passes_on_the_stores_failures_but_not_its_not_found() {
         "{error}"
     );
 }
+
+/// Under the shared policy a writer that names a blob the store already has, with its size
+/// or no size, records it in the namespace without an upload (AlreadyExists); with another
+/// size it is an upload like any other, which the commit verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_blob_is_recorded_without_upload_only_when_its_size_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn ContentStore> =
+        Arc::new(LocalStore::open(&dir.path().join("content")).unwrap());
+    let metadata = Arc::new(
+        Metadata::open_with(
+            &dir.path().join("meta.db"),
+            Some(local),
+            BTreeMap::new(),
+            SharingPolicy::Shared,
+        )
+        .unwrap(),
+    );
+    let blob = b"shared between namespaces";
+    let size = blob.len() as i64;
+    let a = Arc::clone(&metadata).content("a").unwrap();
+    let mut writer = a.writer("w", 0, None).await.unwrap();
+    writer.write(blob).await.unwrap();
+    let digest = writer.commit(0, None, Labels::new()).await.unwrap();
+    writer.close().await.unwrap();
+
+    for (namespace, total) in [("b", size), ("c", 0)] {
+        let ns = Arc::clone(&metadata).content(namespace).unwrap();
+        let error = match ns.writer("w", total, Some(digest.clone())).await {
+            Ok(_) => panic!("{namespace}: a writer for a blob the store has, total {total}"),
+            Err(error) => error,
+        };
+        assert_eq!(
+            error.category,
+            Category::AlreadyExists,
+            "{namespace}: {error}"
+        );
+        assert_eq!(ns.info(&digest).await.unwrap().size, size, "{namespace}");
+    }
+    let d = Arc::clone(&metadata).content("d").unwrap();
+    let writer = d.writer("w", size + 1, Some(digest.clone())).await.unwrap();
+    writer.close().await.unwrap();
+    let error = d.info(&digest).await.unwrap_err();
+    assert_eq!(
+        error.category,
+        Category::NotFound,
+        "not recorded in d: {error}"
+    );
+}
