@@ -65,6 +65,7 @@ pub mod graph;
 pub mod init;
 pub mod registration;
 pub mod registry;
+pub mod reload;
 pub mod types;
 
 pub use crate::error::{Category, CycleError, RegistrationError, StartupError};

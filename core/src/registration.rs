@@ -57,6 +57,12 @@ impl fmt::Debug for Init {
 /// A decoded plugin config, type-erased. [`InitContext::config`] turns it back into `T`.
 pub type AnyConfig = Arc<dyn Any + Send + Sync>;
 
+/// A plugin's hook for taking a new config in place, without a restart (a log level, a
+/// threshold): called on a live reload with the running instance and the newly decoded
+/// config (the plugin's config type, as `ctx.config()` gives it to init). An error refuses
+/// the whole reload, which then changes nothing.
+pub type ReconfigureFn = fn(&Instance, &AnyConfig) -> Result<(), crate::init::BoxError>;
+
 /// Why a plugin's config section could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeFailure {
@@ -330,6 +336,7 @@ pub struct Registration {
     config: Option<ConfigSpec>,
     init: Init,
     migrate: Option<MigrateFn>,
+    reconfigure: Option<ReconfigureFn>,
 }
 
 impl Registration {
@@ -342,6 +349,7 @@ impl Registration {
             config: None,
             init: Init::Fn(init),
             migrate: None,
+            reconfigure: None,
         }
     }
 
@@ -358,6 +366,7 @@ impl Registration {
             config: None,
             init: Init::Shared(init),
             migrate: None,
+            reconfigure: None,
         }
     }
 
@@ -394,6 +403,18 @@ impl Registration {
     pub const fn migrate(mut self, migrate: MigrateFn) -> Self {
         self.migrate = Some(migrate);
         self
+    }
+
+    /// Lets a live reload hand this plugin a changed config section in place instead of
+    /// restarting it (and every plugin that requires it).
+    pub const fn reconfigure(mut self, hook: ReconfigureFn) -> Self {
+        self.reconfigure = Some(hook);
+        self
+    }
+
+    /// The in-place reconfigure hook, if any.
+    pub const fn reconfigure_hook(&self) -> Option<ReconfigureFn> {
+        self.reconfigure
     }
 
     /// The plugin type, e.g. `io.containerd.content.v1`.

@@ -221,6 +221,7 @@ fn same_plugin(a: &Registration, b: &Registration) -> bool {
         && a.required_types() == b.required_types()
         && a.config_spec().map(|s| s.type_name()) == b.config_spec().map(|s| s.type_name())
         && a.migration().is_some() == b.migration().is_some()
+        && a.reconfigure_hook().is_some() == b.reconfigure_hook().is_some()
 }
 
 /// Opens one library (already permission-checked) and takes its registrations, checking

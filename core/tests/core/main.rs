@@ -10,3 +10,4 @@ mod graph;
 mod graph_props;
 mod init;
 mod registry;
+mod reload;
