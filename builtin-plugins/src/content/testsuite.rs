@@ -74,6 +74,7 @@ cases![
     delete_then_info,
     abort_rules,
     update_rules,
+    write_owned_writes_like_write,
 ];
 
 /// Runs every case of [`CASES`], each on a fresh store that `make` creates in a fresh
@@ -463,6 +464,34 @@ pub async fn commit_exists(store: Arc<dyn ContentStore>) {
         );
         writer.close().await.expect("close");
     }
+}
+
+/// Ours: `write_owned` (what the gRPC server hands its buffers to) writes exactly what
+/// `write` does, mixed in one ingest.
+pub async fn write_owned_writes_like_write(store: Arc<dyn ContentStore>) {
+    let (bytes, digest) = create_content(3000);
+    let mut writer = open(&*store, "owned", size_of(&bytes), Some(digest.clone())).await;
+    writer
+        .write_owned(bytes[..1000].to_vec())
+        .await
+        .expect("write_owned");
+    writer.write(&bytes[1000..2000]).await.expect("write");
+    writer
+        .write_owned(bytes[2000..].to_vec())
+        .await
+        .expect("write_owned");
+    assert_eq!(writer.status().await.expect("status").offset, 3000);
+    let committed = writer
+        .commit(size_of(&bytes), None, Labels::new())
+        .await
+        .expect("commit");
+    assert_eq!(committed, digest);
+    writer.close().await.expect("close");
+    let read = store
+        .read_at(&digest, 0, bytes.len())
+        .await
+        .expect("read_at");
+    assert!(read == bytes, "the blob reads back as written");
 }
 
 /// containerd `Resume`: close half way, reopen, the status is as before; finish.

@@ -200,6 +200,7 @@ where
         transitivity,
         prepare_view_failing,
         update,
+        labels_stay_with_their_snapshot,
         remove,
         walk,
         layer_file_update,
@@ -1189,6 +1190,49 @@ async fn update_steps(snapshotter: &dyn Snapshotter, _work: &Path) -> Outcome {
             Category::InvalidArgument,
             &format!("({name}) update of the parent field path"),
         )?;
+    }
+    Ok(())
+}
+
+case!(
+    /// Each snapshot has exactly its own labels, in stat and in walk, whatever its
+    /// neighbours (by key) carry. Ours, not containerd's.
+    labels_stay_with_their_snapshot,
+    labels_stay_with_their_snapshot_steps
+);
+
+async fn labels_stay_with_their_snapshot_steps(
+    snapshotter: &dyn Snapshotter,
+    _work: &Path,
+) -> Outcome {
+    let mut expected = BTreeMap::new();
+    for (key, own) in [("a", Some("first")), ("b", Some("second")), ("c", None)] {
+        let mut labels = gc_labels();
+        if let Some(value) = own {
+            labels.insert("which".into(), value.into());
+        }
+        snapshotter
+            .prepare(key, "", labels.clone())
+            .await
+            .context(format!("prepare {key}"))?;
+        expected.insert(key.to_string(), labels);
+    }
+    for (key, labels) in &expected {
+        let info = snapshotter.stat(key).await.context(format!("stat {key}"))?;
+        ensure!(
+            &info.labels == labels,
+            "stat {key}: labels {:?}, expected {labels:?}",
+            info.labels
+        );
+    }
+    for info in snapshotter.walk(&[]).await.context("walk")? {
+        let labels = &expected[&info.name];
+        ensure!(
+            &info.labels == labels,
+            "walk, {}: labels {:?}, expected {labels:?}",
+            info.name,
+            info.labels
+        );
     }
     Ok(())
 }
