@@ -276,6 +276,26 @@ fn plans_from_the_table() {
                         case.name
                     ));
                 }
+                // The accessors agree with the text.
+                let listed: Vec<String> = plan
+                    .steps()
+                    .iter()
+                    .map(ToString::to_string)
+                    .chain(plan.notes().iter().map(|note| format!("note: {note}")))
+                    .collect();
+                let unchanged = lines.first() == Some(&"nothing changes");
+                let wanted: Vec<&str> = lines
+                    .iter()
+                    .copied()
+                    .filter(|line| *line != "nothing changes")
+                    .collect();
+                if listed != wanted || plan.is_empty() != unchanged {
+                    failures.push(format!(
+                        "{}: steps and notes {listed:#?}, empty {}",
+                        case.name,
+                        plan.is_empty()
+                    ));
+                }
             }
             (Err(error), Err(fragments)) => {
                 let text = error.to_string();
