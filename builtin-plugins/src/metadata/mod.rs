@@ -518,8 +518,10 @@ mod snapshot_suite {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
+    use plinth_core::Category;
+
     use super::{Metadata, SharingPolicy};
-    use crate::namespaces::NamespacedStores;
+    use crate::namespaces::{Labels, NamespacedStores};
     use crate::snapshots::Snapshotter;
     use crate::snapshots::native::NativeSnapshotter;
 
@@ -537,5 +539,93 @@ mod snapshot_suite {
             metadata.snapshotter("suite", "native")
         })
         .await;
+    }
+
+    /// The backend name of the record `key` (`<namespace>/<n>/<key>`).
+    async fn backend_name(backend: &dyn Snapshotter, key: &str) -> String {
+        let suffix = format!("/{key}");
+        backend
+            .walk(&[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|info| info.name)
+            .find(|name| name.ends_with(&suffix))
+            .unwrap_or_else(|| panic!("no backend snapshot for {key}"))
+    }
+
+    /// Remove refuses only for a child in the same namespace and snapshotter, naming it;
+    /// a snapshot the backend lost is removed from the records; a backend that refuses keeps
+    /// the record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remove_looks_for_children_in_its_own_snapshotter_and_heeds_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let one: Arc<dyn Snapshotter> =
+            Arc::new(NativeSnapshotter::open(&dir.path().join("one")).unwrap());
+        let two: Arc<dyn Snapshotter> =
+            Arc::new(NativeSnapshotter::open(&dir.path().join("two")).unwrap());
+        let metadata = Arc::new(
+            Metadata::open_with(
+                &dir.path().join("meta.db"),
+                None,
+                BTreeMap::from([
+                    ("one".to_string(), Arc::clone(&one)),
+                    ("two".to_string(), Arc::clone(&two)),
+                ]),
+                SharingPolicy::Shared,
+            )
+            .unwrap(),
+        );
+        let in_one = Arc::clone(&metadata).snapshotter("a", "one").unwrap();
+        let in_two = Arc::clone(&metadata).snapshotter("a", "two").unwrap();
+        for snapshotter in [&in_one, &in_two] {
+            snapshotter
+                .prepare("p-active", "", Labels::new())
+                .await
+                .unwrap();
+            snapshotter
+                .commit("p", "p-active", Labels::new())
+                .await
+                .unwrap();
+        }
+        in_two.prepare("child", "p", Labels::new()).await.unwrap();
+        in_one
+            .remove("p")
+            .await
+            .expect("a child in another snapshotter is not a child");
+        let error = in_two.remove("p").await.unwrap_err();
+        assert_eq!(error.category, Category::FailedPrecondition, "{error}");
+        assert!(
+            error.message.contains("snapshot \"child\" is its child"),
+            "{error}"
+        );
+
+        in_one.prepare("lost", "", Labels::new()).await.unwrap();
+        one.remove(&backend_name(one.as_ref(), "lost").await)
+            .await
+            .unwrap();
+        in_one
+            .remove("lost")
+            .await
+            .expect("the backend lost it: the record goes");
+        let error = in_one.stat("lost").await.unwrap_err();
+        assert_eq!(error.category, Category::NotFound, "{error}");
+
+        in_one
+            .prepare("held-active", "", Labels::new())
+            .await
+            .unwrap();
+        in_one
+            .commit("held", "held-active", Labels::new())
+            .await
+            .unwrap();
+        let held = backend_name(one.as_ref(), "held").await;
+        one.prepare("orphan", &held, Labels::new()).await.unwrap();
+        let error = in_one.remove("held").await.unwrap_err();
+        assert_eq!(error.category, Category::FailedPrecondition, "{error}");
+        in_one
+            .stat("held")
+            .await
+            .expect("the backend refused: the record stays");
     }
 }
