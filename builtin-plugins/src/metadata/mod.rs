@@ -628,4 +628,59 @@ mod snapshot_suite {
             .await
             .expect("the backend refused: the record stays");
     }
+
+    /// Cleanup removes backend snapshots no record refers to (a crash between the backend
+    /// call and the record), children first, and keeps every one a record refers to.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cleanup_removes_only_what_no_record_refers_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let native: Arc<dyn Snapshotter> =
+            Arc::new(NativeSnapshotter::open(&dir.path().join("native")).unwrap());
+        let metadata = Arc::new(
+            Metadata::open_with(
+                &dir.path().join("meta.db"),
+                None,
+                BTreeMap::from([("native".to_string(), Arc::clone(&native))]),
+                SharingPolicy::Shared,
+            )
+            .unwrap(),
+        );
+        let namespaced = Arc::clone(&metadata).snapshotter("a", "native").unwrap();
+        namespaced
+            .prepare("base-active", "", Labels::new())
+            .await
+            .unwrap();
+        namespaced
+            .commit("base", "base-active", Labels::new())
+            .await
+            .unwrap();
+        namespaced
+            .prepare("live", "base", Labels::new())
+            .await
+            .unwrap();
+        let kept = native.walk(&[]).await.unwrap().len();
+        native
+            .prepare("orphan-parent-active", "", Labels::new())
+            .await
+            .unwrap();
+        native
+            .commit("orphan-parent", "orphan-parent-active", Labels::new())
+            .await
+            .unwrap();
+        native
+            .prepare("orphan-child", "orphan-parent", Labels::new())
+            .await
+            .unwrap();
+        namespaced.cleanup().await.unwrap();
+        let left: Vec<String> = native
+            .walk(&[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|info| info.name)
+            .collect();
+        assert_eq!(left.len(), kept, "{left:?}");
+        assert!(left.iter().all(|name| name.starts_with("a/")), "{left:?}");
+        namespaced.stat("live").await.unwrap();
+    }
 }

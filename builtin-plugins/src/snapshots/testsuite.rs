@@ -1355,6 +1355,9 @@ async fn walk_steps(snapshotter: &dyn Snapshotter, _work: &Path) -> Outcome {
         ),
         (&["p-wl", "a-wl", "v-wl", "a-np-wl"], &["labels.l"]),
         (&["a-wl", "a-np-wl"], &["labels.l==2"]),
+        // Ours: a field snapshots do not have matches nothing, nested or not.
+        (&[], &["unknown==p"]),
+        (&[], &["unknown.l==2"]),
     ];
     for (i, (matches, filters)) in cases.iter().enumerate() {
         let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
