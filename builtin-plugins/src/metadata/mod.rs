@@ -521,9 +521,10 @@ mod snapshot_suite {
     use plinth_core::Category;
 
     use super::{Metadata, SharingPolicy};
+    use crate::error::Error;
     use crate::namespaces::{Labels, NamespacedStores};
-    use crate::snapshots::Snapshotter;
     use crate::snapshots::native::NativeSnapshotter;
+    use crate::snapshots::{Info, Mount, Snapshotter, Usage};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn namespaced_snapshotter_passes_the_snapshot_conformance_suite() {
@@ -682,5 +683,80 @@ mod snapshot_suite {
         assert_eq!(left.len(), kept, "{left:?}");
         assert!(left.iter().all(|name| name.starts_with("a/")), "{left:?}");
         namespaced.stat("live").await.unwrap();
+    }
+
+    /// A backend whose `remove` says it removed without removing anything.
+    struct Forgetful(Arc<dyn Snapshotter>);
+
+    #[tonic::async_trait]
+    impl Snapshotter for Forgetful {
+        async fn stat(&self, key: &str) -> Result<Info, Error> {
+            self.0.stat(key).await
+        }
+        async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info, Error> {
+            self.0.update(info, fieldpaths).await
+        }
+        async fn usage(&self, key: &str) -> Result<Usage, Error> {
+            self.0.usage(key).await
+        }
+        async fn mounts(&self, key: &str) -> Result<Vec<Mount>, Error> {
+            self.0.mounts(key).await
+        }
+        async fn prepare(
+            &self,
+            key: &str,
+            parent: &str,
+            labels: Labels,
+        ) -> Result<Vec<Mount>, Error> {
+            self.0.prepare(key, parent, labels).await
+        }
+        async fn view(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>, Error> {
+            self.0.view(key, parent, labels).await
+        }
+        async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<(), Error> {
+            self.0.commit(name, key, labels).await
+        }
+        async fn remove(&self, _key: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn walk(&self, filters: &[String]) -> Result<Vec<Info>, Error> {
+            self.0.walk(filters).await
+        }
+        async fn cleanup(&self) -> Result<(), Error> {
+            self.0.cleanup().await
+        }
+    }
+
+    /// Cleanup over a backend that says it removed an orphan but still lists it ends with
+    /// an error naming the snapshotter and the key, instead of walking again for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cleanup_names_a_backend_that_keeps_what_it_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let native: Arc<dyn Snapshotter> =
+            Arc::new(NativeSnapshotter::open(&dir.path().join("native")).unwrap());
+        let forgetful: Arc<dyn Snapshotter> = Arc::new(Forgetful(Arc::clone(&native)));
+        let metadata = Arc::new(
+            Metadata::open_with(
+                &dir.path().join("meta.db"),
+                None,
+                BTreeMap::from([("forgetful".to_string(), forgetful)]),
+                SharingPolicy::Shared,
+            )
+            .unwrap(),
+        );
+        let namespaced = Arc::clone(&metadata).snapshotter("a", "forgetful").unwrap();
+        namespaced
+            .cleanup()
+            .await
+            .expect("nothing to remove: nothing to check");
+        native.prepare("orphan", "", Labels::new()).await.unwrap();
+        let error = namespaced.cleanup().await.unwrap_err();
+        assert_eq!(error.category, Category::Internal, "{error}");
+        assert!(
+            error.message.contains(
+                "snapshotter `forgetful` still lists snapshot `orphan` after removing it"
+            ),
+            "{error}"
+        );
     }
 }
