@@ -759,4 +759,47 @@ mod snapshot_suite {
             "{error}"
         );
     }
+
+    /// The same key in two snapshotters and two namespaces: each record has exactly its own
+    /// labels (a scan of one record's labels must stop at the next record, even when only
+    /// the snapshotter or the namespace differs).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn labels_never_leak_between_namespaces_or_snapshotters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backends = BTreeMap::new();
+        for name in ["one", "two"] {
+            let native: Arc<dyn Snapshotter> =
+                Arc::new(NativeSnapshotter::open(&dir.path().join(name)).unwrap());
+            backends.insert(name.to_string(), native);
+        }
+        let metadata = Arc::new(
+            Metadata::open_with(
+                &dir.path().join("meta.db"),
+                None,
+                backends,
+                SharingPolicy::Shared,
+            )
+            .unwrap(),
+        );
+        let places = [("a", "one"), ("a", "two"), ("b", "one")];
+        for (namespace, snapshotter) in places {
+            let labels = Labels::from([("x".to_string(), format!("{namespace}-{snapshotter}"))]);
+            Arc::clone(&metadata)
+                .snapshotter(namespace, snapshotter)
+                .unwrap()
+                .prepare("k", "", labels)
+                .await
+                .unwrap();
+        }
+        for (namespace, snapshotter) in places {
+            let info = Arc::clone(&metadata)
+                .snapshotter(namespace, snapshotter)
+                .unwrap()
+                .stat("k")
+                .await
+                .unwrap();
+            let expected = Labels::from([("x".to_string(), format!("{namespace}-{snapshotter}"))]);
+            assert_eq!(info.labels, expected, "{namespace}/{snapshotter}");
+        }
+    }
 }
