@@ -398,6 +398,12 @@ mod tests {
     fn other_init(_: &mut InitContext) -> Result<Instance, InitError> {
         Err(InitError::msg("other"))
     }
+    fn take_in_place(
+        _: &Instance,
+        _: &plinth_core::registration::AnyConfig,
+    ) -> Result<(), plinth_core::init::BoxError> {
+        Ok(())
+    }
 
     /// `read_str` copies exactly the bytes it is pointed at, and refuses a null pointer, a
     /// length over the bound (the bound itself passes) and bytes that are not UTF-8.
@@ -475,6 +481,15 @@ mod tests {
                     Registration::new("io.t.v1", "mine", init),
                 ],
                 Ok((vec!["io.t.v1.mine"], vec!["io.t.v1.builtin"])),
+            ),
+            (
+                // The host's plugin, but taking its config in place: another plugin.
+                vec![
+                    Registration::new("io.t.v1", "builtin", other_init)
+                        .requires(&["io.x.v1"])
+                        .reconfigure(take_in_place),
+                ],
+                Err("plugin io.t.v1.builtin is already registered by this binary (link time)"),
             ),
             (
                 // Same URI, another plugin: a clash.
