@@ -177,6 +177,19 @@ mod tests {
             .map(std::path::PathBuf::from)
     }
 
+    /// Writes each case's contents to a file under `dir` and checks it: `expected` is a
+    /// fragment of the error, or "" for a file that passes.
+    fn check_each(dir: &std::path::Path, cases: Vec<(&str, Vec<u8>, &str)>) {
+        for (name, contents, expected) in cases {
+            let path = dir.join(name);
+            std::fs::write(&path, contents).unwrap();
+            match check(&path) {
+                Ok(()) => assert_eq!(expected, "", "{name} passed"),
+                Err(e) => assert!(!expected.is_empty() && e.contains(expected), "{name}: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn truncations_and_garbage_are_refused() {
         let Some(real) = some_shared_object() else {
@@ -193,14 +206,7 @@ mod tests {
             ("empty", Vec::new(), "not an ELF file"),
             ("text", b"hello, world".repeat(100), "not an ELF file"),
         ];
-        for (name, contents, expected) in cases {
-            let path = tmp.path().join(name);
-            std::fs::write(&path, contents).unwrap();
-            match check(&path) {
-                Ok(()) => assert_eq!(expected, "", "{name} passed"),
-                Err(e) => assert!(!expected.is_empty() && e.contains(expected), "{name}: {e}"),
-            }
-        }
+        check_each(tmp.path(), cases);
         // A directory opens, but reading it fails (EISDIR): an error, not a retry for ever
         // (bounded here, so that a retrying check fails this test instead of hanging it).
         let (sender, receiver) = std::sync::mpsc::channel();
@@ -289,13 +295,6 @@ mod tests {
                 "program headers end past the file's 175 bytes",
             ),
         ];
-        for (name, contents, expected) in cases {
-            let path = tmp.path().join(name);
-            std::fs::write(&path, contents).unwrap();
-            match check(&path) {
-                Ok(()) => assert_eq!(expected, "", "{name} passed"),
-                Err(e) => assert!(!expected.is_empty() && e.contains(expected), "{name}: {e}"),
-            }
-        }
+        check_each(tmp.path(), cases);
     }
 }
