@@ -8,7 +8,7 @@ use super::error::BoxError;
 use super::instance::{Instance, Plugin, Status};
 use super::worker::panic_text;
 
-/// A lookup from an [`InitContext`] or a [`Set`] found nothing usable.
+/// A lookup from an [`InitContext`](super::InitContext) or a [`Set`] found nothing usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LookupError {
