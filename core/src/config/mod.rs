@@ -233,6 +233,20 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// An import without glob characters names a file that is not there (containerd
+    /// refuses it too; a pattern may match nothing).
+    #[error(
+        "{location}: import {pattern:?} names {}, which is not a file: fix the path, or remove the import (only a pattern with *, ? or [ may match nothing)",
+        path.display()
+    )]
+    ImportMissing {
+        /// Where the import is written.
+        location: Location,
+        /// The import as written.
+        pattern: String,
+        /// The file it names, resolved against the importing file's directory.
+        path: PathBuf,
+    },
     /// A time-out is not a duration.
     #[error("{location}: timeouts.{key:?} = {value:?} is not a duration: {message}")]
     Duration {
@@ -589,7 +603,8 @@ fn file_start(path: &Path) -> Location {
     LineIndex::new(path, "").file_location()
 }
 
-/// The files an import pattern names, relative to the importing file, sorted.
+/// The files an import names, relative to the importing file, sorted: a pattern with glob
+/// characters may match nothing; a plain path must name a file.
 fn expand_import(
     from: &Path,
     pattern: &str,
@@ -602,6 +617,16 @@ fn expand_import(
         base.join(pattern)
     };
     let text = full.to_string_lossy().into_owned();
+    if !pattern.contains(['*', '?', '[']) {
+        if !full.is_file() {
+            return Err(ConfigError::ImportMissing {
+                location: location.clone(),
+                pattern: pattern.to_string(),
+                path: full,
+            });
+        }
+        return Ok(vec![full]);
+    }
     let paths = glob::glob(&text).map_err(|e| ConfigError::Import {
         location: location.clone(),
         pattern: pattern.to_string(),

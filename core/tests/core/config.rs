@@ -286,6 +286,18 @@ fn errors_name_file_line_column_and_plugin() {
             "DIR/c.toml:2:12: import \"[\" is not a valid glob:",
         ),
         (
+            "import of a file that is not there",
+            "version = 3\nimports = [\"conf.d/missing.toml\"]\n",
+            false,
+            "DIR/c.toml:2:12: import \"conf.d/missing.toml\" names DIR/conf.d/missing.toml, which is not a file: fix the path, or remove the import (only a pattern with *, ? or [ may match nothing)",
+        ),
+        (
+            "import of a directory",
+            "version = 3\nimports = [\".\"]\n",
+            false,
+            "DIR/c.toml:2:12: import \".\" names DIR/., which is not a file:",
+        ),
+        (
             "migration refused",
             "version = 2\n[plugins.\"io.test.store.v1.local\"]\nrefuse = true\n",
             false,
@@ -1018,4 +1030,17 @@ fn a_bad_value_set_outside_the_file_has_no_place_in_it() {
         error.to_string(),
         "config: debug.level: \"verbose\" is not a log level: use \"trace\", \"debug\", \"info\", \"warn\" or \"error\""
     );
+}
+
+/// containerd's rule: a pattern with glob characters may match nothing; a plain path must
+/// name a file (the refusal is in the table of errors above).
+#[test]
+fn an_import_pattern_may_match_nothing() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "c.toml",
+        "version = 3\nimports = [\"conf.d/*.toml\", \"none-?.toml\", \"x[0-9].toml\"]\n",
+    );
+    let resolved = resolve(&path, true).expect("patterns that match nothing are fine");
+    assert_eq!(resolved.files.len(), 1, "{:?}", resolved.files);
 }
