@@ -46,6 +46,8 @@
 //! - [`graph`]: ordering ([`PluginGraph`]) with containerd's semantics, cycles, DOT.
 //! - [`config`]: TOML config versions 1–3, imports, typed plugin sections, strict mode.
 //! - [`init`]: [`InitContext`], [`Instance`], the plugin [`Set`] and [`init_plugins`].
+//! - [`reload`]: the plan of a live reconfiguration: what a new config would reconfigure,
+//!   restart, start and stop, and why.
 //! - [`types`]: plugin type constants.
 //!
 //! # Feature flags
