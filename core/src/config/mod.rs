@@ -616,7 +616,6 @@ fn expand_import(
     } else {
         base.join(pattern)
     };
-    let text = full.to_string_lossy().into_owned();
     if !pattern.contains(['*', '?', '[']) {
         if !full.is_file() {
             return Err(ConfigError::ImportMissing {
@@ -627,6 +626,7 @@ fn expand_import(
         }
         return Ok(vec![full]);
     }
+    let text = full.to_string_lossy().into_owned();
     let paths = glob::glob(&text).map_err(|e| ConfigError::Import {
         location: location.clone(),
         pattern: pattern.to_string(),
