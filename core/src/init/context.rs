@@ -55,6 +55,9 @@ pub struct InitContext {
     pub(super) grpc_address: String,
     pub(super) meta: Meta,
     pub(super) set: Set,
+    /// The set the host serves from: `set` at start-up; during a reload, the live set, while
+    /// `set` is the next generation being built.
+    pub(super) live: Set,
     pub(super) visible: usize,
     pub(super) extensions: Arc<Extensions>,
 }
@@ -156,9 +159,10 @@ impl InitContext {
     }
 
     /// The whole plugin set, live: plugins that finish init after this one appear in it as
-    /// they do (introspection uses this to list every plugin).
+    /// they do, and a reload's next generation replaces its contents when it is applied
+    /// (introspection uses this to list every plugin).
     pub fn plugin_set(&self) -> Set {
-        self.set.clone()
+        self.live.clone()
     }
 
     /// Every plugin initialised before this one, whatever its outcome, in init order.

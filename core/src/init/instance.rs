@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::error::BoxError;
 use super::set::LookupError;
@@ -15,10 +15,25 @@ use crate::registry::Source;
 
 pub(super) type CloseFn = Box<dyn FnOnce() -> Result<(), BoxError> + Send>;
 
+/// One typed view of an instance: the boxed `Arc<T>`, its type name, and how to read the
+/// `Arc`'s strong count and the address of the value it points to (`T` is erased).
+pub(super) struct View {
+    value: Box<dyn Any + Send + Sync>,
+    name: &'static str,
+    holders: fn(&(dyn Any + Send + Sync)) -> (usize, usize),
+}
+
+/// The strong count of the `Arc<T>` in `view` and the address of its value.
+fn holders_of<T: ?Sized + Send + Sync + 'static>(view: &(dyn Any + Send + Sync)) -> (usize, usize) {
+    view.downcast_ref::<Arc<T>>().map_or((0, 0), |arc| {
+        (Arc::strong_count(arc), Arc::as_ptr(arc).cast::<()>() as usize)
+    })
+}
+
 /// What a plugin's init produces: one value, seen through one or more typed views
 /// (`Arc<dyn Trait>` or `Arc<Concrete>`), and an optional close hook.
 pub struct Instance {
-    pub(super) views: Vec<(Box<dyn Any + Send + Sync>, &'static str)>,
+    pub(super) views: Vec<View>,
     pub(super) close: Mutex<Option<CloseFn>>,
 }
 
@@ -38,8 +53,11 @@ impl Instance {
 
     /// Adds another view of the same value, e.g. `Arc<dyn Closer>` beside `Arc<dyn Store>`.
     pub fn with<T: ?Sized + Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
-        self.views
-            .push((Box::new(value), std::any::type_name::<Arc<T>>()));
+        self.views.push(View {
+            value: Box::new(value),
+            name: std::any::type_name::<Arc<T>>(),
+            holders: holders_of::<T>,
+        });
         self
     }
 
@@ -53,12 +71,29 @@ impl Instance {
     pub fn get<T: ?Sized + Send + Sync + 'static>(&self) -> Option<Arc<T>> {
         self.views
             .iter()
-            .find_map(|(view, _)| view.downcast_ref::<Arc<T>>().cloned())
+            .find_map(|view| view.value.downcast_ref::<Arc<T>>().cloned())
     }
 
     /// The type names of the views, for error messages.
     pub fn view_names(&self) -> Vec<&'static str> {
-        self.views.iter().map(|(_, name)| *name).collect()
+        self.views.iter().map(|view| view.name).collect()
+    }
+
+    /// Whether anything besides the instance itself holds its value: the value of its first
+    /// view, counted over every view of the same value. After a reload replaced the plugin,
+    /// what still holds it is a call in flight (or a dependent not yet closed); an instance
+    /// with no views is never in use.
+    pub fn in_use(&self) -> bool {
+        let Some(first) = self.views.first() else {
+            return false;
+        };
+        let (count, address) = (first.holders)(first.value.as_ref());
+        let own = self
+            .views
+            .iter()
+            .filter(|view| (view.holders)(view.value.as_ref()).1 == address)
+            .count();
+        count > own
     }
 
     pub(super) fn take_close(&self) -> Option<CloseFn> {
@@ -157,10 +192,11 @@ pub struct Plugin {
     pub(super) source: Source,
     pub(super) uri: String,
     pub(super) status: Status,
-    pub(super) instance: Option<Instance>,
+    pub(super) instance: Option<Arc<Instance>>,
     pub(super) meta: Meta,
     pub(super) config: Option<AnyConfig>,
     pub(super) init_time: Duration,
+    pub(super) started_at: SystemTime,
 }
 
 impl Plugin {
@@ -209,6 +245,11 @@ impl Plugin {
         self.init_time
     }
 
+    /// When its init began: at start-up, or at the reload that last restarted or started it.
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
     /// The instance as `Arc<T>`.
     ///
     /// # Errors
@@ -234,7 +275,7 @@ impl Plugin {
                 });
             }
         }
-        let instance = self.instance.as_ref();
+        let instance = self.instance.as_deref();
         instance
             .and_then(Instance::get::<T>)
             .ok_or_else(|| LookupError::TypeMismatch {

@@ -15,17 +15,18 @@ pub use context::{Extensions, InitContext};
 pub use error::{BoxError, InitError};
 pub use instance::{Failure, Instance, Meta, Plugin, Status};
 pub use set::{LookupError, Set};
+pub(crate) use set::close_plugin;
 
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error as StdError;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{StartupError, hint};
 use crate::graph::PluginGraph;
 use crate::registration::AnyConfig;
-use crate::registry::Registry;
+use crate::registry::{Registry, Source};
 use worker::InitWorker;
 
 /// Settings of one init run.
@@ -134,61 +135,167 @@ pub fn init_plugins(
     check_required(registry, graph, &options.required)?;
     let entries = registry.entries();
     let uris: Vec<String> = entries.iter().map(|e| e.uri()).collect();
-    let required: BTreeSet<&str> = options.required.iter().map(String::as_str).collect();
+    let required: BTreeSet<String> = options.required.iter().cloned().collect();
 
     let set = Set::default();
     for &index in graph.disabled() {
         tracing::info!(uri = %uris[index], "plugin disabled");
-        set.push(Plugin {
-            registration: entries[index].registration,
-            source: entries[index].source.clone(),
-            uri: uris[index].clone(),
+        set.push(Plugin::disabled(
+            entries[index].registration,
+            entries[index].source.clone(),
+        ));
+    }
+    let mut initialiser = Initialiser::new(options);
+    for &index in graph.order() {
+        let entry = &entries[index];
+        let uri = &uris[index];
+        let plugin = initialiser.init(entry.registration, &entry.source, &set, &set);
+        let outcome = (!plugin.status.is_ok()).then(|| plugin.status.to_string());
+        set.push(plugin);
+        if let Some(outcome) = outcome.filter(|_| required.contains(uri)) {
+            for (uri, error) in set.close() {
+                tracing::warn!(uri = %uri, %error, "closing plugin failed");
+            }
+            return Err(StartupError::RequiredNotOk {
+                uri: uri.clone(),
+                outcome,
+            });
+        }
+    }
+    Ok(set)
+}
+
+impl Plugin {
+    /// The record of a plugin the config disables.
+    pub(crate) fn disabled(registration: crate::Registration, source: Source) -> Plugin {
+        Plugin {
+            registration,
+            source,
+            uri: registration.uri(),
             status: Status::Disabled,
             instance: None,
             meta: Meta::default(),
             config: None,
             init_time: Duration::ZERO,
-        });
+            started_at: SystemTime::now(),
+        }
     }
-    let extensions = Arc::new(options.extensions);
-    let mut worker = InitWorker::default();
-    for &index in graph.order() {
-        let entry = &entries[index];
-        let uri = &uris[index];
-        let registration = entry.registration;
-        let config = match (options.configs.get(uri), registration.config_spec()) {
+
+    /// The same plugin, instance and all, with another config (a reload's reconfigure step).
+    pub(crate) fn with_config(&self, config: Option<AnyConfig>) -> Plugin {
+        Plugin {
+            registration: self.registration,
+            source: self.source.clone(),
+            uri: self.uri.clone(),
+            status: self.status.clone(),
+            instance: self.instance.clone(),
+            meta: self.meta.clone(),
+            config,
+            init_time: self.init_time,
+            started_at: self.started_at,
+        }
+    }
+
+    /// The instance, shared (for a reload that must tell what it carried over).
+    pub(crate) fn shared_instance(&self) -> Option<&Arc<Instance>> {
+        self.instance.as_ref()
+    }
+}
+
+/// Runs inits: what the inits of one start-up (or one reload) share, and the thread they
+/// run on.
+pub(crate) struct Initialiser {
+    worker: InitWorker,
+    root: PathBuf,
+    state: PathBuf,
+    grpc_address: String,
+    configs: HashMap<String, AnyConfig>,
+    watchdog: Duration,
+    timeouts: HashMap<String, Duration>,
+    default_timeout: Option<Duration>,
+    extensions: Arc<Extensions>,
+}
+
+impl Initialiser {
+    pub(crate) fn new(options: InitOptions) -> Initialiser {
+        Initialiser {
+            worker: InitWorker::default(),
+            root: options.root,
+            state: options.state,
+            grpc_address: options.grpc_address,
+            configs: options.configs,
+            watchdog: options.watchdog,
+            timeouts: options.timeouts,
+            default_timeout: options.default_timeout,
+            extensions: Arc::new(options.extensions),
+        }
+    }
+
+    /// The decoded config for `registration`: the given one, else its defaults (`None` for
+    /// a plugin without a config type).
+    pub(crate) fn config_for(
+        &self,
+        registration: &crate::Registration,
+    ) -> Result<Option<AnyConfig>, BoxError> {
+        match (
+            self.configs.get(&registration.uri()),
+            registration.config_spec(),
+        ) {
             (Some(config), _) => Ok(Some(config.clone())),
             (None, Some(spec)) => spec
                 .decode(toml::Table::new())
                 .map(|d| Some(d.value))
-                .map_err(|e| DefaultConfig(e.message)),
+                .map_err(|e| DefaultConfig(e.message).into()),
             (None, None) => Ok(None),
-        };
+        }
+    }
+
+    /// The config given for `uri` (none when it runs on its defaults).
+    pub(crate) fn given(&self, uri: &str) -> Option<AnyConfig> {
+        self.configs.get(uri).cloned()
+    }
+
+    /// The defaults of `registration`'s config type, decoded (`None` without one, or when
+    /// they do not decode).
+    pub(crate) fn defaults_for(&self, registration: &crate::Registration) -> Option<AnyConfig> {
+        let spec = registration.config_spec()?;
+        spec.decode(toml::Table::new()).ok().map(|d| d.value)
+    }
+
+    /// Initialises one plugin, whose lookups see what `set` holds so far; `live` is the set
+    /// it is shown as the whole set (see [`InitContext::plugin_set`]).
+    pub(crate) fn init(
+        &mut self,
+        registration: crate::Registration,
+        source: &Source,
+        set: &Set,
+        live: &Set,
+    ) -> Plugin {
+        let uri = registration.uri();
+        let config = self.config_for(&registration);
         let ctx = InitContext {
             registration,
             uri: uri.clone(),
             config: config.as_ref().ok().cloned().flatten(),
-            root: options.root.join(uri),
-            state: options.state.join(uri),
-            grpc_address: options.grpc_address.clone(),
+            root: self.root.join(&uri),
+            state: self.state.join(&uri),
+            grpc_address: self.grpc_address.clone(),
             meta: Meta::default(),
             set: set.clone(),
+            live: live.clone(),
             visible: set.len(),
-            extensions: extensions.clone(),
+            extensions: self.extensions.clone(),
         };
-        let timeout = options
-            .timeouts
-            .get(uri)
-            .copied()
-            .or(options.default_timeout);
+        let timeout = self.timeouts.get(&uri).copied().or(self.default_timeout);
+        let started_at = SystemTime::now();
         let started = Instant::now();
         let (result, meta) = match config {
-            Err(error) => (Err(InitError::from(error)), Meta::default()),
-            Ok(_) => worker.run(ctx, options.watchdog, timeout),
+            Err(error) => (Err(InitError::Failed(error)), Meta::default()),
+            Ok(_) => self.worker.run(ctx, self.watchdog, timeout),
         };
         let init_time = started.elapsed();
         let (status, instance) = match result {
-            Ok(instance) => (Status::Ok, Some(instance)),
+            Ok(instance) => (Status::Ok, Some(Arc::new(instance))),
             Err(InitError::Skip(reason)) => (Status::Skipped(reason), None),
             Err(InitError::Failed(error)) => {
                 let caused_by = culprit_of(error.as_ref());
@@ -209,28 +316,18 @@ pub fn init_plugins(
             }
             Status::Disabled => {}
         }
-        let outcome = (!status.is_ok()).then(|| status.to_string());
-        set.push(Plugin {
+        Plugin {
             registration,
-            source: entry.source.clone(),
-            uri: uri.clone(),
+            source: source.clone(),
+            config: self.configs.get(&uri).cloned(),
+            uri,
             status,
             instance,
             meta,
-            config: options.configs.get(uri).cloned(),
             init_time,
-        });
-        if let Some(outcome) = outcome.filter(|_| required.contains(uri.as_str())) {
-            for (uri, error) in set.close() {
-                tracing::warn!(uri = %uri, %error, "closing plugin failed");
-            }
-            return Err(StartupError::RequiredNotOk {
-                uri: uri.clone(),
-                outcome,
-            });
+            started_at,
         }
     }
-    Ok(set)
 }
 
 /// The plugin whose failure made a lookup fail, found anywhere in the error chain.

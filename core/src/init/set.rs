@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::SystemTime;
 
 use super::error::BoxError;
 use super::instance::{Instance, Plugin, Status};
@@ -94,10 +95,25 @@ impl LookupError {
     }
 }
 
-#[derive(Debug, Default)]
-pub(super) struct SetInner {
-    pub(super) plugins: Vec<Arc<Plugin>>,
+#[derive(Debug)]
+pub(crate) struct SetInner {
+    pub(crate) plugins: Vec<Arc<Plugin>>,
     pub(super) by_type: HashMap<&'static str, Vec<usize>>,
+    /// 1 at start-up, one more with each applied reload.
+    pub(super) generation: u64,
+    /// When this generation was applied.
+    pub(super) applied_at: SystemTime,
+}
+
+impl Default for SetInner {
+    fn default() -> Self {
+        SetInner {
+            plugins: Vec::new(),
+            by_type: HashMap::new(),
+            generation: 1,
+            applied_at: SystemTime::now(),
+        }
+    }
 }
 
 /// The plugins of a process, in init order, with their outcomes. Cheap to clone (shared).
@@ -112,6 +128,12 @@ impl Set {
     }
 
     pub(super) fn push(&self, plugin: Plugin) {
+        self.push_shared(Arc::new(plugin));
+    }
+
+    /// Adds a plugin record that another set holds too (a reload carries a running plugin
+    /// over into the next generation).
+    pub(crate) fn push_shared(&self, plugin: Arc<Plugin>) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         let index = inner.plugins.len();
         inner
@@ -119,7 +141,40 @@ impl Set {
             .entry(plugin.plugin_type())
             .or_default()
             .push(index);
-        inner.plugins.push(Arc::new(plugin));
+        inner.plugins.push(plugin);
+    }
+
+    /// An empty set for the generation after this one (a reload builds it beside the live
+    /// set, then [`Set::replace`]s the live set's contents with it).
+    pub(crate) fn next_generation(&self) -> Set {
+        let next = Set::default();
+        next.inner
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation = self.generation() + 1;
+        next
+    }
+
+    /// Puts `next`'s plugins and generation in this set (every holder of this set sees them
+    /// at once) and returns what it held; `next` is left empty.
+    pub(crate) fn replace(&self, next: &Set) -> SetInner {
+        let mut taken = std::mem::take(&mut *next.inner.write().unwrap_or_else(PoisonError::into_inner));
+        taken.applied_at = SystemTime::now();
+        std::mem::replace(
+            &mut *self.inner.write().unwrap_or_else(PoisonError::into_inner),
+            taken,
+        )
+    }
+
+    /// The config generation the set holds: 1 from start-up, one more with each applied
+    /// reload.
+    pub fn generation(&self) -> u64 {
+        self.read().generation
+    }
+
+    /// When the set's generation was applied (start-up, or the reload that made it).
+    pub fn applied_at(&self) -> SystemTime {
+        self.read().applied_at
     }
 
     /// Every plugin: the disabled ones first, then the others in init order.
@@ -254,24 +309,7 @@ impl Set {
         let mut failures = Vec::new();
         // Last first, one at a time: a close hook still finds the plugins before its own.
         while let Some(plugin) = self.pop() {
-            if let Some(close) = plugin.instance.as_ref().and_then(Instance::take_close) {
-                tracing::debug!(uri = plugin.uri(), "closing plugin");
-                match catch_unwind(AssertUnwindSafe(close)) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => failures.push((plugin.uri.clone(), error)),
-                    Err(panic) => failures.push((
-                        plugin.uri.clone(),
-                        format!("close panicked: {}", panic_text(&panic)).into(),
-                    )),
-                }
-            }
-            let uri = plugin.uri.clone();
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(plugin))) {
-                failures.push((
-                    uri,
-                    format!("dropping the instance panicked: {}", panic_text(&panic)).into(),
-                ));
-            }
+            failures.extend(close_plugin(plugin));
         }
         failures
     }
@@ -286,6 +324,32 @@ impl Set {
         }
         Some(plugin)
     }
+}
+
+/// Runs a plugin's close hook (if it has one and it has not run) and lets go of the plugin,
+/// so that an instance nothing else holds is dropped right there; panics in either become
+/// failures.
+pub(crate) fn close_plugin(plugin: Arc<Plugin>) -> Vec<(String, BoxError)> {
+    let mut failures = Vec::new();
+    if let Some(close) = plugin.instance.as_deref().and_then(Instance::take_close) {
+        tracing::debug!(uri = plugin.uri(), "closing plugin");
+        match catch_unwind(AssertUnwindSafe(close)) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => failures.push((plugin.uri.clone(), error)),
+            Err(panic) => failures.push((
+                plugin.uri.clone(),
+                format!("close panicked: {}", panic_text(&panic)).into(),
+            )),
+        }
+    }
+    let uri = plugin.uri.clone();
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(plugin))) {
+        failures.push((
+            uri,
+            format!("dropping the instance panicked: {}", panic_text(&panic)).into(),
+        ));
+    }
+    failures
 }
 
 pub(super) fn none_ok(plugin_type: &str, of_type: &[Arc<Plugin>]) -> LookupError {

@@ -39,6 +39,10 @@ use crate::graph::{DisableFilter, PluginGraph};
 use crate::registration::{REQUIRES_ALL, Registration};
 use crate::registry::{Registry, Source};
 
+mod apply;
+
+pub use apply::{ApplyError, Closed, Retired, Staged, StepFailure, stage};
+
 /// One generation of a host's plugins: the registry it was built from and its config (as
 /// loaded and resolved).
 #[derive(Debug, Clone, Copy)]
@@ -103,11 +107,25 @@ impl fmt::Display for Step {
 
 /// What a reload would do: its steps in the order they are applied (stops first, last
 /// started first; then the rest in the new init order), and notes on what it leaves alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Two plans are equal when their steps and notes are.
+#[derive(Debug, Clone, Default)]
 pub struct Plan {
     steps: Vec<Step>,
     notes: Vec<String>,
+    /// The next generation's registrations (with what libraries that disappeared had
+    /// loaded), and its disabled plugins and init order as indices into them.
+    next: Vec<(Registration, Source)>,
+    next_disabled: Vec<usize>,
+    next_order: Vec<usize>,
 }
+
+impl PartialEq for Plan {
+    fn eq(&self, other: &Plan) -> bool {
+        self.steps == other.steps && self.notes == other.notes
+    }
+}
+
+impl Eq for Plan {}
 
 impl Plan {
     /// The steps, in the order they are applied.
@@ -343,7 +361,13 @@ pub fn plan(running: &Generation<'_>, next: &Generation<'_>) -> Result<Plan, Pla
             reasons,
         });
     }
-    Ok(Plan { steps, notes })
+    Ok(Plan {
+        steps,
+        notes,
+        next_disabled: next_graph.disabled().to_vec(),
+        next_order: next_graph.order().to_vec(),
+        next: next_entries,
+    })
 }
 
 fn filter(config: &Config) -> DisableFilter {
