@@ -26,7 +26,10 @@ pub(super) struct View {
 /// The strong count of the `Arc<T>` in `view` and the address of its value.
 fn holders_of<T: ?Sized + Send + Sync + 'static>(view: &(dyn Any + Send + Sync)) -> (usize, usize) {
     view.downcast_ref::<Arc<T>>().map_or((0, 0), |arc| {
-        (Arc::strong_count(arc), Arc::as_ptr(arc).cast::<()>() as usize)
+        (
+            Arc::strong_count(arc),
+            Arc::as_ptr(arc).cast::<()>() as usize,
+        )
     })
 }
 
@@ -35,6 +38,9 @@ fn holders_of<T: ?Sized + Send + Sync + 'static>(view: &(dyn Any + Send + Sync))
 pub struct Instance {
     pub(super) views: Vec<View>,
     pub(super) close: Mutex<Option<CloseFn>>,
+    /// How many held the first view's value when init returned (its views, its close hook,
+    /// anything the plugin started): more than that later means it is in use.
+    pub(super) baseline: std::sync::OnceLock<usize>,
 }
 
 impl Instance {
@@ -48,6 +54,7 @@ impl Instance {
         Instance {
             views: Vec::new(),
             close: Mutex::new(None),
+            baseline: std::sync::OnceLock::new(),
         }
     }
 
@@ -79,21 +86,43 @@ impl Instance {
         self.views.iter().map(|view| view.name).collect()
     }
 
-    /// Whether anything besides the instance itself holds its value: the value of its first
-    /// view, counted over every view of the same value. After a reload replaced the plugin,
-    /// what still holds it is a call in flight (or a dependent not yet closed); an instance
-    /// with no views is never in use.
+    /// Whether anything holds the instance's value beyond what held it when its init
+    /// returned (its own views, its close hook, tasks it started then): a dependent that
+    /// looked it up, or a call in flight. After a reload replaced the plugin, what still
+    /// holds it is a call that has not finished (or a retired dependent not yet closed). Only
+    /// the value of the first view is counted; an instance with no views is never in use.
     pub fn in_use(&self) -> bool {
         let Some(first) = self.views.first() else {
             return false;
         };
-        let (count, address) = (first.holders)(first.value.as_ref());
-        let own = self
-            .views
+        let (count, _) = (first.holders)(first.value.as_ref());
+        count
+            > self
+                .baseline
+                .get()
+                .copied()
+                .unwrap_or_else(|| self.own_holders())
+    }
+
+    /// How many of the instance's own views hold its first view's value.
+    fn own_holders(&self) -> usize {
+        let Some(first) = self.views.first() else {
+            return 0;
+        };
+        let (_, address) = (first.holders)(first.value.as_ref());
+        self.views
             .iter()
             .filter(|view| (view.holders)(view.value.as_ref()).1 == address)
-            .count();
-        count > own
+            .count()
+    }
+
+    /// Records how many hold the value now, as what the plugin itself holds (once, when its
+    /// init returned).
+    pub(super) fn mark_baseline(&self) {
+        if let Some(first) = self.views.first() {
+            let (count, _) = (first.holders)(first.value.as_ref());
+            let _ = self.baseline.set(count.max(self.own_holders()));
+        }
     }
 
     pub(super) fn take_close(&self) -> Option<CloseFn> {

@@ -14,8 +14,8 @@ mod worker;
 pub use context::{Extensions, InitContext};
 pub use error::{BoxError, InitError};
 pub use instance::{Failure, Instance, Meta, Plugin, Status};
-pub use set::{LookupError, Set};
 pub(crate) use set::close_plugin;
+pub use set::{LookupError, Set};
 
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error as StdError;
@@ -295,7 +295,10 @@ impl Initialiser {
         };
         let init_time = started.elapsed();
         let (status, instance) = match result {
-            Ok(instance) => (Status::Ok, Some(Arc::new(instance))),
+            Ok(instance) => {
+                instance.mark_baseline();
+                (Status::Ok, Some(Arc::new(instance)))
+            }
             Err(InitError::Skip(reason)) => (Status::Skipped(reason), None),
             Err(InitError::Failed(error)) => {
                 let caused_by = culprit_of(error.as_ref());

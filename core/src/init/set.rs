@@ -158,7 +158,8 @@ impl Set {
     /// Puts `next`'s plugins and generation in this set (every holder of this set sees them
     /// at once) and returns what it held; `next` is left empty.
     pub(crate) fn replace(&self, next: &Set) -> SetInner {
-        let mut taken = std::mem::take(&mut *next.inner.write().unwrap_or_else(PoisonError::into_inner));
+        let mut taken =
+            std::mem::take(&mut *next.inner.write().unwrap_or_else(PoisonError::into_inner));
         taken.applied_at = SystemTime::now();
         std::mem::replace(
             &mut *self.inner.write().unwrap_or_else(PoisonError::into_inner),

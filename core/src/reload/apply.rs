@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Action, Plan};
-use crate::init::{BoxError, Initialiser, InitOptions, Plugin, Set, Status, close_plugin};
+use crate::init::{BoxError, InitOptions, Initialiser, Plugin, Set, Status, close_plugin};
 use crate::registration::AnyConfig;
 
 /// One step of a plan that could not be carried out.
@@ -190,9 +190,9 @@ pub fn stage(live: &Set, plan: &Plan, options: InitOptions) -> Result<Staged, Ap
                     Status::Skipped(reason) if was_ok => Some(format!(
                         "the replacement skipped itself ({reason}) where the running instance is ok"
                     )),
-                    status if !status.is_ok() && required.contains(&uri) => Some(format!(
-                        "it is in required_plugins and ended {status}"
-                    )),
+                    status if !status.is_ok() && required.contains(&uri) => {
+                        Some(format!("it is in required_plugins and ended {status}"))
+                    }
                     _ => None,
                 };
                 if let Some(cause) = cause {
@@ -285,7 +285,10 @@ impl Staged {
                     .is_some_and(|i| !kept.contains(&Arc::as_ptr(i)))
             })
             .collect();
-        tracing::info!(generation = self.live.generation(), "config generation applied");
+        tracing::info!(
+            generation = self.live.generation(),
+            "config generation applied"
+        );
         Retired { plugins }
     }
 }
@@ -317,7 +320,11 @@ impl Retired {
                 false
             });
             if held {
-                tracing::warn!(uri, ?drain, "still in use after the drain time-out; closing it anyway");
+                tracing::warn!(
+                    uri,
+                    ?drain,
+                    "still in use after the drain time-out; closing it anyway"
+                );
                 closed.still_in_use.push(uri.clone());
             }
             closed.failures.extend(close_plugin(plugin));

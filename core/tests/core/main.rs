@@ -11,3 +11,4 @@ mod graph_props;
 mod init;
 mod registry;
 mod reload;
+mod reload_apply;
