@@ -16,6 +16,7 @@ const PROTO_FILES: &[&str] = &[
     "services/namespaces/v1/namespace.proto",
     "services/snapshots/v1/snapshots.proto",
     "services/version/v1/version.proto",
+    "plinth/services/config/v1/config.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

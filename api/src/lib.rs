@@ -16,6 +16,7 @@
 //! | `containerd.services.content.v1` | [`containerd::services::content::v1`] |
 //! | `containerd.services.snapshots.v1` | [`containerd::services::snapshots::v1`] |
 //! | `containerd.types` | [`containerd::types`] |
+//! | `plinth.services.config.v1` (plinthd's own: live reloads) | [`plinth::services::config::v1`] |
 //! | `google.rpc` | [`google::rpc`] |
 //! | `google.protobuf` | [`prost_types`] (also as [`google::protobuf`]; `Empty` is `()`) |
 //!
@@ -96,6 +97,20 @@ pub mod containerd {
             /// Version 1 (`containerd.services.snapshots.v1`).
             pub mod v1 {
                 include_generated!("containerd.services.snapshots.v1");
+            }
+        }
+    }
+}
+
+/// Plinth's own services, beyond containerd's API (`plinth.*`).
+pub mod plinth {
+    /// Plinth's services (`plinth.services.*`).
+    pub mod services {
+        /// The config service (`plinth.services.config`): live reloads.
+        pub mod config {
+            /// Version 1 (`plinth.services.config.v1`).
+            pub mod v1 {
+                include_generated!("plinth.services.config.v1");
             }
         }
     }

@@ -46,6 +46,10 @@ pub fn plugin_info(plugin: &Plugin) -> PluginInfo {
     if let Some(live) = &live {
         exports.extend(live.exports());
     }
+    if !matches!(plugin.status(), Status::Disabled) {
+        // When its init ran: at start-up, or at the reload that last restarted it.
+        exports.insert("init_started".to_string(), rfc3339(plugin.started_at()));
+    }
     let live_error = live.and_then(|l| l.unavailable()).map(|reason| RpcStatus {
         code: UNAVAILABLE,
         message: reason,
@@ -85,6 +89,14 @@ pub fn plugin_info(plugin: &Plugin) -> PluginInfo {
     }
 }
 
+/// A time as RFC 3339, in UTC.
+fn rfc3339(time: std::time::SystemTime) -> String {
+    jiff::Timestamp::try_from(time).map_or_else(|_| "unknown".to_string(), |t| t.to_string())
+}
+
+/// The URI of this plugin, whose own entry also shows the config generation.
+const OWN_URI: &str = "io.containerd.grpc.v1.introspection";
+
 /// `os/arch[/variant]` as a platform message.
 fn parse_platform(text: &str) -> Platform {
     let mut parts = text.splitn(3, '/');
@@ -104,6 +116,23 @@ impl Service {
             .into_iter()
             .filter(|p| !matches!(p.status(), Status::Disabled))
             .collect()
+    }
+
+    /// [`plugin_info`], with the config generation on this plugin's own entry (plinthd's
+    /// live reloads count generations: 1 from start-up, one more with each applied reload).
+    fn info(&self, plugin: &Plugin) -> PluginInfo {
+        let mut info = plugin_info(plugin);
+        if plugin.uri() == OWN_URI {
+            info.exports.insert(
+                "config_generation".to_string(),
+                self.plugins.generation().to_string(),
+            );
+            info.exports.insert(
+                "config_applied".to_string(),
+                rfc3339(self.plugins.applied_at()),
+            );
+        }
+        info
     }
 
     fn uuid(&self) -> Result<String, Error> {
@@ -187,7 +216,7 @@ impl Introspection for Service {
                     _ => None,
                 })
             })
-            .map(|p| plugin_info(p))
+            .map(|p| self.info(p))
             .collect();
         Ok(tonic::Response::new(PluginsResponse { plugins }))
     }
@@ -220,7 +249,7 @@ impl Introspection for Service {
             .find(|p| p.uri() == uri)
             .ok_or_else(|| Error::not_found(format!("plugin {uri} not found")))?;
         Ok(tonic::Response::new(PluginInfoResponse {
-            plugin: Some(plugin_info(&plugin)),
+            plugin: Some(self.info(&plugin)),
             extra: None,
         }))
     }

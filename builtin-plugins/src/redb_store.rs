@@ -11,6 +11,11 @@
 //! as the plugin's live status within milliseconds, not at the first call. Init itself
 //! refuses a file another process holds.
 //!
+//! One file is one database in a process: a plugin restarted by a live reload opens the file
+//! its running instance has open (the replacement is built before the old one is closed), so
+//! [`Db::open`] hands out the same database while any holder of it is alive, with one lock
+//! ([`Db::serial`]) for the changes that must not interleave between the two instances.
+//!
 //! A failed open is not remembered as final: the next use tries again (a full disk or a
 //! holder that went away can recover), and the live status shows the last failure until an
 //! open succeeds.
@@ -86,6 +91,9 @@ fn open_versioned(
     Ok(db)
 }
 
+/// The databases this process has open (or will open at first use), by path.
+static OPEN: Mutex<BTreeMap<PathBuf, std::sync::Weak<Inner>>> = Mutex::new(BTreeMap::new());
+
 /// A redb database: open, being opened, or to be created by its first use (see the module
 /// docs).
 pub(crate) struct Db {
@@ -99,6 +107,8 @@ pub(crate) struct Db {
 
 struct Inner {
     path: PathBuf,
+    /// Held across changes that touch more than the database (see [`Db::serial`]).
+    serial: tokio::sync::Mutex<()>,
     schema_version: u64,
     create_tables: fn(&WriteTransaction) -> Result<(), Error>,
     ready: OnceLock<Database>,
@@ -125,24 +135,45 @@ impl Db {
     ///
     /// # Errors
     /// The file exists but cannot be read, or another process holds it.
+    /// A file this process has open already (by a plugin instance a reload is replacing) is
+    /// shared, not opened again.
     pub(crate) fn open(
         path: &Path,
         schema_version: u64,
         create_tables: fn(&WriteTransaction) -> Result<(), Error>,
     ) -> Result<Db, Error> {
+        let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|_, inner| inner.strong_count() > 0);
+        if let Some(inner) = open.get(path).and_then(std::sync::Weak::upgrade) {
+            return Ok(Db {
+                inner,
+                existed: true,
+                opening: Mutex::new(None),
+            });
+        }
         let existed = check_not_held(path)?;
+        let inner = Arc::new(Inner {
+            path: path.to_path_buf(),
+            serial: tokio::sync::Mutex::new(()),
+            schema_version,
+            create_tables,
+            ready: OnceLock::new(),
+            opening: Mutex::new(()),
+            last_error: Mutex::new(None),
+        });
+        open.insert(path.to_path_buf(), Arc::downgrade(&inner));
         Ok(Db {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                schema_version,
-                create_tables,
-                ready: OnceLock::new(),
-                opening: Mutex::new(()),
-                last_error: Mutex::new(None),
-            }),
+            inner,
             existed,
             opening: Mutex::new(None),
         })
+    }
+
+    /// The lock a plugin holds across a change that touches its backend and its records, so
+    /// that two instances over the same file (the running one and its replacement, while a
+    /// reload drains calls) never interleave such changes.
+    pub(crate) fn serial(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.serial
     }
 
     /// Starts opening a file that existed at init on a thread of its own, once; does nothing
@@ -351,6 +382,16 @@ mod tests {
         let path = dir.path().join("x.db");
         let first = Db::open(&path, 2, tables).unwrap();
         write(&first, "k", 1);
+        // Another process's hold, as redb takes it: an exclusive flock on the file.
+        let other = std::fs::File::open(&path).unwrap();
+        let held_first = {
+            let shared = Db::open(&path, 2, tables).expect("this process's own: shared");
+            assert_eq!(read(&shared, "k"), Some(1));
+            drop(first);
+            shared
+        };
+        drop(held_first);
+        rustix::fs::flock(&other, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
         let held = Db::open(&path, 2, tables).unwrap_err();
         assert_eq!(held.category, plinth_core::Category::Unavailable, "{held}");
         assert_eq!(
@@ -360,7 +401,7 @@ mod tests {
                 path.display()
             )
         );
-        drop(first);
+        drop(other);
         let older = Db::open(&path, 1, tables).expect("not held any more");
         assert!(opened_early(&older));
         let expected = format!(

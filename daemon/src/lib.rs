@@ -11,6 +11,7 @@ pub mod logging;
 pub mod namespace_check;
 pub mod notify;
 pub mod paths;
+pub mod reload;
 pub mod server;
 pub mod setup;
 

@@ -1,4 +1,5 @@
-//! Readiness for systemd: `READY=1` on `$NOTIFY_SOCKET`, when it is set.
+//! Readiness for systemd: `READY=1` on `$NOTIFY_SOCKET`, when it is set, and `RELOADING=1`
+//! around a live reload.
 
 use std::os::unix::net::UnixDatagram;
 
@@ -20,4 +21,16 @@ pub fn notify(state: &str) -> std::io::Result<bool> {
         socket.send_to(state.as_bytes(), &path)?;
     }
     Ok(true)
+}
+
+/// Tells systemd that a reload began (`RELOADING=1`, with the `MONOTONIC_USEC` that
+/// `Type=notify-reload` requires); `READY=1` ends it.
+///
+/// # Errors
+/// As [`notify`].
+pub fn reloading() -> std::io::Result<bool> {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let micros = u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000
+        + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000;
+    notify(&format!("RELOADING=1\nMONOTONIC_USEC={micros}"))
 }

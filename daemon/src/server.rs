@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use plinth_builtin_plugins::grpc::{GrpcService, MessageLimits};
 use plinth_builtin_plugins::live::AfterStart;
-use plinth_core::{InitOptions, Status, init_plugins, types};
+use plinth_core::init_plugins;
 use tokio::net::UnixListener;
 
 use crate::linger::Connections;
@@ -295,34 +294,18 @@ fn remove_tree(path: &Path) -> std::io::Result<()> {
 /// # Errors
 /// The socket is taken, a required plugin failed, or the server could not start.
 async fn run(prepared: Prepared, serving: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
-    let Prepared {
-        registry,
-        config,
-        graph,
-        ..
-    } = prepared;
-    for diagnostic in &config.diagnostics {
+    for diagnostic in &prepared.config.diagnostics {
         tracing::warn!("config: {diagnostic}");
     }
+    let config = &prepared.config;
     // `serve` refused a live socket before anything was created; `bind` checks again.
     let socket = socket_path(&config.config.grpc.address);
     for dir in [&config.config.root, &config.config.state] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let (timeouts, default_timeout) = config.init_timeouts();
-    let mut extensions = plinth_core::init::Extensions::new();
-    extensions.insert(tokio::runtime::Handle::current());
-    let options = InitOptions {
-        root: config.config.root.clone(),
-        state: config.config.state.clone(),
-        grpc_address: socket.display().to_string(),
-        required: config.config.required_plugins.clone(),
-        configs: config.plugin_configs.clone(),
-        watchdog: config.init_watchdog(),
-        timeouts,
-        default_timeout,
-        extensions,
-    };
+    let options = crate::reload::init_options(config, &socket.display().to_string());
+    let limits = crate::reload::limits(config);
+    let (registry, graph) = (prepared.registry.clone(), prepared.graph.clone());
     let plugins = tokio::task::spawn_blocking(move || init_plugins(&registry, &graph, options))
         .await
         .context("plugin init thread")??;
@@ -341,34 +324,27 @@ async fn run(prepared: Prepared, serving: &std::sync::atomic::AtomicBool) -> any
         "plugins initialised"
     );
 
-    let limits = MessageLimits {
-        max_recv: usize::try_from(config.config.grpc.max_recv_message_size).unwrap_or(usize::MAX),
-        max_send: usize::try_from(config.config.grpc.max_send_message_size).unwrap_or(usize::MAX),
-    };
-    let mut routes = tonic::service::RoutesBuilder::default();
-    let mut served = Vec::new();
-    for plugin in plugins.plugins() {
-        if plugin.plugin_type() != types::GRPC || !matches!(plugin.status(), Status::Ok) {
-            continue;
-        }
-        match plugin.instance::<dyn GrpcService>() {
-            Ok(service) => {
-                service.register(&mut routes, limits);
-                served.push(plugin.id());
-            }
-            Err(e) => tracing::warn!(uri = plugin.uri(), error = %e, "not a gRPC service"),
-        }
-    }
+    let (uid, gid) = (
+        prepared.config.config.grpc.uid,
+        prepared.config.config.grpc.gid,
+    );
+    let table = crate::reload::RouteTable::new(tonic::service::Routes::default());
+    let reloader = crate::reload::Reloader::new(
+        prepared,
+        socket.display().to_string(),
+        plugins.clone(),
+        table.clone(),
+        DRAIN_TIMEOUT,
+    );
+    let (routes, served) = crate::reload::build_routes(&plugins, limits, Some(&reloader));
+    table.swap(routes);
     let signals = StopSignals::register()?;
-    let listener = bind(&socket, config.config.grpc.uid, config.config.grpc.gid)?;
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let listener = bind(&socket, uid, gid)?;
     let _guard = SocketGuard(socket.clone());
     #[cfg(feature = "proxy")]
-    let proxy_targets = proxy_targets::start(
-        &plugins,
-        config.config.grpc.uid,
-        config.config.grpc.gid,
-        limits,
-    )?;
+    let proxy_targets = proxy_targets::start(&plugins, uid, gid, limits)?;
     serving.store(true, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(services = ?served, "serving gRPC");
     let program = crate::program_name();
@@ -383,6 +359,8 @@ async fn run(prepared: Prepared, serving: &std::sync::atomic::AtomicBool) -> any
             work.after_start();
         }
     }
+    // SIGHUP reloads the config (and never stops the daemon), from now until it stops.
+    let reloads = tokio::spawn(reloader.clone().on_sighup(hangup));
 
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<&'static str>();
     let shutdown = async move {
@@ -404,7 +382,7 @@ async fn run(prepared: Prepared, serving: &std::sync::atomic::AtomicBool) -> any
     let connections = Connections::new(DRAIN_TIMEOUT);
     let server = tonic::transport::Server::builder()
         .layer(crate::namespace_check::NamespaceCheckLayer)
-        .add_routes(routes.routes())
+        .add_routes(table.routes())
         .serve_with_incoming_shutdown(connections.incoming(listener), shutdown);
     // Boxed rather than pinned on the stack, so that it can be dropped before the plugins
     // close: its routes hold the services, which hold the stores.
@@ -428,6 +406,11 @@ async fn run(prepared: Prepared, serving: &std::sync::atomic::AtomicBool) -> any
     #[cfg(feature = "proxy")]
     proxy_targets.wait().await;
     drop(server);
+    // The routes hold the services (and the config service the reloader, which holds the
+    // routes): let go of them all, so that the plugins' instances are dropped as they close.
+    reloads.abort();
+    table.swap(tonic::service::Routes::default());
+    drop(reloader);
     let closing = Arc::new(plugins);
     for (uri, error) in tokio::task::spawn_blocking(move || closing.close())
         .await

@@ -35,6 +35,8 @@ pub struct Options {
 /// Everything resolved before anything is started.
 #[derive(Debug)]
 pub struct Prepared {
+    /// The command-line options it was prepared from (a reload prepares again from them).
+    pub options: Options,
     /// All registrations.
     pub registry: Registry,
     /// The config, checked against the registry.
@@ -250,6 +252,7 @@ pub fn prepare_then(
     let graph =
         PluginGraph::build(&registrations, &config.disable_filter()).context("ordering plugins")?;
     Ok(Prepared {
+        options: options.clone(),
         registry,
         config,
         registrations,

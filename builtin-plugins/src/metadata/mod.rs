@@ -70,8 +70,6 @@ pub struct Metadata {
     content: Option<Arc<dyn ContentStore>>,
     snapshotters: BTreeMap<String, Arc<dyn Snapshotter>>,
     policy: SharingPolicy,
-    /// Snapshot changes touch the backend and the records; one at a time keeps them in step.
-    snapshot_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Metadata {
@@ -87,6 +85,15 @@ impl std::fmt::Debug for Metadata {
 }
 
 use crate::redb_store::{Db, storage, with_db_views};
+
+impl Metadata {
+    /// Held across every snapshot change: it touches the backend and the records, and one at
+    /// a time keeps them in step (across the running instance and its replacement too, as
+    /// they share the database and so this lock; see `redb_store`).
+    fn snapshot_lock(&self) -> &tokio::sync::Mutex<()> {
+        self.db.serial()
+    }
+}
 
 fn now_nanos() -> u64 {
     to_nanos(SystemTime::now())
@@ -145,7 +152,6 @@ impl Metadata {
             content,
             snapshotters,
             policy,
-            snapshot_lock: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -312,7 +312,7 @@ impl NamespacedSnapshotter {
         kind: Kind,
     ) -> Result<Vec<Mount>, Error> {
         let backend = self.backend()?;
-        let _guard = self.metadata.snapshot_lock.lock().await;
+        let _guard = self.metadata.snapshot_lock().lock().await;
         let (backend_key, backend_parent) = self.reserve(key, parent, kind, &labels).await?;
         let result = match kind {
             Kind::View => {
@@ -343,7 +343,7 @@ impl Snapshotter for NamespacedSnapshotter {
 
     async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info, Error> {
         validate_key("key", &info.name)?;
-        let _guard = self.metadata.snapshot_lock.lock().await;
+        let _guard = self.metadata.snapshot_lock().lock().await;
         let (mut record, mut labels) = self.record(&info.name).await?;
         apply_label_paths(&mut labels, &info.labels, fieldpaths)?;
         record.updated = now_nanos();
@@ -396,7 +396,7 @@ impl Snapshotter for NamespacedSnapshotter {
             validate_label(k, v)?;
         }
         let backend = self.backend()?;
-        let _guard = self.metadata.snapshot_lock.lock().await;
+        let _guard = self.metadata.snapshot_lock().lock().await;
         let (record, _) = self.record(key).await?;
         if record.kind != Kind::Active {
             return Err(Error::failed_precondition(format!(
@@ -457,7 +457,7 @@ impl Snapshotter for NamespacedSnapshotter {
     async fn remove(&self, key: &str) -> Result<(), Error> {
         validate_key("key", key)?;
         let backend = self.backend()?;
-        let _guard = self.metadata.snapshot_lock.lock().await;
+        let _guard = self.metadata.snapshot_lock().lock().await;
         let (record, _) = self.record(key).await?;
         let (metadata, ns, sn, k) = (
             self.metadata.clone(),
@@ -548,7 +548,7 @@ impl Snapshotter for NamespacedSnapshotter {
 
     async fn cleanup(&self) -> Result<(), Error> {
         let backend = self.backend()?;
-        let _guard = self.metadata.snapshot_lock.lock().await;
+        let _guard = self.metadata.snapshot_lock().lock().await;
         let (metadata, sn) = (self.metadata.clone(), self.name.clone());
         let referenced: BTreeSet<String> = blocking(move || {
             let txn = metadata.db.begin_read()?;

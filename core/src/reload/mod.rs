@@ -139,6 +139,11 @@ impl Plan {
         &self.notes
     }
 
+    /// Adds a note (a host's own, e.g. a setting it applies only at the next start).
+    pub fn add_note(&mut self, note: String) {
+        self.notes.push(note);
+    }
+
     /// Whether the reload changes nothing.
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()

@@ -18,10 +18,12 @@ use plinthd::client::{Client, error_text, status_error};
 use plinthd::commands::table;
 use plinthd::paths::Defaults;
 
+mod config;
 mod content;
 mod snapshots;
 
-/// Plinth's client for a running plinthd: plugins, version, namespaces, content, snapshots.
+/// Plinth's client for a running plinthd: plugins, version, namespaces, content, snapshots,
+/// config reloads.
 #[derive(Debug, Parser)]
 #[command(
     name = "plinthctl",
@@ -52,6 +54,9 @@ enum Command {
     Plugins(PluginsCommand),
     /// Client and server versions
     Version,
+    /// The daemon's config: live reloads
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Namespaces
     #[command(subcommand, alias = "ns")]
     Namespaces(NamespacesCommand),
@@ -204,6 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             ))
         }
         Command::Namespaces(command) => namespaces(&client, command).await,
+        Command::Config(command) => config::run(&client, command).await,
         Command::Content(command) => content::run(&client, command).await,
         Command::Snapshots {
             snapshotter,
