@@ -256,7 +256,8 @@ impl Reloader {
             return Ok(outcome(plan, false));
         }
         let _ = crate::notify::reloading();
-        tracing::info!(plan = %plan, "reloading");
+        let steps: Vec<String> = plan.steps().iter().map(ToString::to_string).collect();
+        tracing::info!(plan = %steps.join("; "), "reloading");
         let live = self.live.clone();
         let staging_plan = plan.clone();
         let init = init_options(&next.config, &self.grpc_address);

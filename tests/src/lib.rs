@@ -434,6 +434,21 @@ pub struct Start {
     pub args: Vec<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Give root, state and socket in the config file (see [`paths_config`]) rather than
+    /// as command-line flags, so that a test can change them there (flags would override
+    /// whatever the file says).
+    pub paths_in_config: bool,
+}
+
+/// The top-level config lines that put a daemon in `dir` as [`start`] puts it there with
+/// flags: `root`, `state` and `grpc.address`.
+pub fn paths_config(dir: &Path) -> String {
+    format!(
+        "root = {:?}\nstate = {:?}\ngrpc.address = {:?}\n",
+        dir.join("root").display().to_string(),
+        dir.join("state").display().to_string(),
+        dir.join("plinthd.sock").display().to_string()
+    )
 }
 
 /// Starts plinthd in a fresh temporary directory and waits until it serves.
@@ -469,22 +484,26 @@ pub fn start_program_in(
 ) -> Result<Daemon, (String, Option<ExitStatus>)> {
     let socket = dir.path().join("plinthd.sock");
     let config = dir.path().join("config.toml");
-    let text = if options.config.is_empty() {
+    let mut text = if options.config.is_empty() {
         "version = 3\n".to_string()
     } else {
         options.config
     };
-    std::fs::write(&config, text).expect("writing config");
     let mut command = Command::new(program);
+    command.arg("--config").arg(&config);
+    if options.paths_in_config {
+        text = format!("{}{text}", paths_config(dir.path()));
+    } else {
+        command
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .arg("--address")
+            .arg(&socket);
+    }
+    std::fs::write(&config, text).expect("writing config");
     command
-        .arg("--config")
-        .arg(&config)
-        .arg("--root")
-        .arg(dir.path().join("root"))
-        .arg("--state")
-        .arg(dir.path().join("state"))
-        .arg("--address")
-        .arg(&socket)
         .args(&options.args)
         .envs(options.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())

@@ -44,12 +44,40 @@ use crate::error::Error;
 use crate::namespaces::Labels;
 use crate::redb_store::with_db_views;
 
+/// The plugin's config section, `[plugins."io.containerd.snapshotter.v1.overlayfs"]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct OverlayConfig {
+    /// Options added to every overlay mount after the detected ones (containerd's key of
+    /// the same name), e.g. `["volatile"]`. A live reload changes them in place: mounts
+    /// returned from then on carry the new ones.
+    pub mount_options: Vec<String>,
+}
+
+impl OverlayConfig {
+    /// Refuses the options the snapshotter sets itself for each mount.
+    fn check(&self) -> Result<(), String> {
+        for option in &self.mount_options {
+            let key = option.split('=').next().unwrap_or_default();
+            if option.is_empty() || matches!(key, "lowerdir" | "upperdir" | "workdir") {
+                return Err(format!(
+                    "mount_options: {option:?} is not an option this snapshotter can add to its mounts \
+                     (lowerdir, upperdir and workdir are set for each mount): remove it"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The overlayfs snapshotter.
 #[derive(Debug, Clone)]
 pub struct OverlaySnapshotter {
     store: Arc<MetaStore>,
     root: PathBuf,
-    options: Arc<Vec<String>>,
+    /// The detected options, then the configured ones; replaced whole by a reconfigure.
+    options: Arc<std::sync::RwLock<Arc<Vec<String>>>>,
+    detected: Arc<Vec<String>>,
 }
 
 impl OverlaySnapshotter {
@@ -68,11 +96,36 @@ impl OverlaySnapshotter {
         if Path::new("/sys/module/overlay/parameters/index").exists() {
             options.push("index=off".to_string());
         }
+        let options = Arc::new(options);
         Ok(OverlaySnapshotter {
             store: Arc::new(store),
             root: root.to_path_buf(),
-            options: Arc::new(options),
+            options: Arc::new(std::sync::RwLock::new(options.clone())),
+            detected: options,
         })
+    }
+
+    /// Adds `configured` after the detected options of every mount from now on.
+    ///
+    /// # Errors
+    /// An option the snapshotter sets itself (lowerdir, upperdir, workdir) or an empty one.
+    pub fn configure(&self, config: &OverlayConfig) -> Result<(), String> {
+        config.check()?;
+        let mut all = self.detected.as_ref().clone();
+        all.extend(config.mount_options.iter().cloned());
+        *self
+            .options
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(all);
+        Ok(())
+    }
+
+    /// The options added to every overlay mount now.
+    fn current_options(&self) -> Arc<Vec<String>> {
+        self.options
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The root directory.
@@ -80,9 +133,9 @@ impl OverlaySnapshotter {
         &self.root
     }
 
-    /// The options added to every overlay mount (`index=off`, `userxattr`, as detected).
+    /// The options added to every overlay mount as detected (`index=off`, `userxattr`).
     pub fn default_options(&self) -> &[String] {
-        &self.options
+        &self.detected
     }
 
     fn upper(store: &MetaStore, id: u64) -> String {
@@ -134,7 +187,7 @@ impl OverlaySnapshotter {
         labels: Labels,
     ) -> Result<Vec<Mount>, Error> {
         let store = Arc::clone(&self.store);
-        let options = Arc::clone(&self.options);
+        let options = self.current_options();
         let (key, parent) = (key.to_string(), parent.to_string());
         blocking(move || {
             let snapshot = store.create(kind, &key, &parent, &labels, |snapshot| {
@@ -458,7 +511,7 @@ impl Snapshotter for OverlaySnapshotter {
 
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>, Error> {
         let store = Arc::clone(&self.store);
-        let options = Arc::clone(&self.options);
+        let options = self.current_options();
         let key = key.to_string();
         blocking(move || {
             let snapshot = store.snapshot(&key)?;
@@ -512,8 +565,11 @@ fn open_checked(root: &Path) -> Result<OverlaySnapshotter, InitError> {
 }
 
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
+    let config = ctx.config::<OverlayConfig>()?;
+    config.check().map_err(InitError::msg)?;
     let root = ctx.root().to_path_buf();
     let snapshotter = Arc::new(open_checked(&root)?);
+    snapshotter.configure(&config).map_err(InitError::msg)?;
     let meta = ctx.meta_mut();
     meta.platforms.push(super::storage::default_platform());
     meta.exports
@@ -522,7 +578,26 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     Ok(with_db_views(instance, snapshotter.store.db()).with(snapshotter))
 }
 
-register!(Registration::new(types::SNAPSHOTTER, "overlayfs", init));
+/// Takes new `mount_options` in place (a live reload): mounts returned from then on carry
+/// them; the snapshots and their data are untouched.
+fn reconfigure(
+    instance: &Instance,
+    config: &plinth_core::registration::AnyConfig,
+) -> Result<(), plinth_core::init::BoxError> {
+    let config = config
+        .downcast_ref::<OverlayConfig>()
+        .ok_or("the overlayfs snapshotter was given another plugin's config")?;
+    let snapshotter = instance
+        .get::<OverlaySnapshotter>()
+        .ok_or("the instance is not the overlayfs snapshotter")?;
+    snapshotter.configure(config).map_err(Into::into)
+}
+
+register!(
+    Registration::new(types::SNAPSHOTTER, "overlayfs", init)
+        .config::<OverlayConfig>()
+        .reconfigure(reconfigure)
+);
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@ mod lifecycle;
 mod plinthctl;
 mod proxy;
 mod refusals;
+mod reload;
 mod storage;
 
 /// The harness finds the binaries next to the test executable; cargo rebuilds exactly those
