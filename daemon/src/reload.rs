@@ -323,8 +323,13 @@ impl Reloader {
     pub async fn on_sighup(self: Arc<Self>, mut hangup: tokio::signal::unix::Signal) {
         while hangup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the config");
-            if let Err(error) = self.reload(false).await {
-                tracing::error!(%error, "reload failed");
+            match self.reload(false).await {
+                Ok(outcome) if !outcome.applied => {
+                    let notes = outcome.plan.notes().join("; ");
+                    tracing::info!(generation = outcome.generation, %notes, "config reload: nothing to apply");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "reload failed"),
             }
         }
     }

@@ -697,3 +697,63 @@ fn config_default_names_the_plugin_dir() {
     let root = root.trim_matches('"');
     assert_eq!(table[0], format!("plugin_dir = \"{root}/plugins\""));
 }
+
+/// A library put in the plugin directory of a running daemon is loaded by a reload (SIGHUP),
+/// while `ctr` keeps calling; one that disappears stays loaded, and the reload says so.
+#[test]
+fn a_library_added_while_running_is_loaded_by_a_reload_under_load() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let (dir, plugins) = daemon_dir();
+    let daemon = start(dir, &plugins, "");
+    let listed = |daemon: &Daemon| {
+        plugin_rows(daemon)
+            .into_iter()
+            .any(|(t, id, status)| t == "io.plinth.example.v1" && id == "hello" && status == "ok")
+    };
+    assert!(!listed(&daemon));
+    let done = AtomicBool::new(false);
+    let calls = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                for args in [&["version"][..], &["plugins", "ls"][..]] {
+                    let out = daemon.ctr(args);
+                    if !out.status.success() {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{args:?}: {}", out.stderr));
+                    }
+                    calls.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        let library = install(built().library("hello"), &plugins, "hello");
+        plinth_tests::signal(daemon.pid(), "HUP");
+        let line =
+            daemon.wait_for_log_line("config reloaded generation=2", Duration::from_secs(60));
+        assert!(line.contains("steps=1"), "{line}");
+        assert!(listed(&daemon), "{}", daemon.log());
+        std::fs::remove_file(&library).unwrap();
+        plinth_tests::signal(daemon.pid(), "HUP");
+        let line = daemon.wait_for_log_line("nothing to apply", Duration::from_secs(60));
+        assert!(
+            line.contains("stays loaded (libraries are never unloaded)"),
+            "{line}"
+        );
+        assert!(listed(&daemon));
+        let seen = calls.load(Ordering::SeqCst);
+        plinth_tests::wait_for(
+            "more calls after the reloads",
+            Duration::from_secs(60),
+            || (calls.load(Ordering::SeqCst) >= seen + 4).then_some(()),
+        );
+        done.store(true, Ordering::SeqCst);
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{failures:?}\n{}", daemon.log());
+    stop(daemon);
+}
