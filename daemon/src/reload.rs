@@ -170,6 +170,8 @@ pub struct Reloader {
     table: RouteTable,
     drain: Duration,
     running: tokio::sync::Mutex<Running>,
+    /// Reloads finished, whatever their outcome.
+    finished: std::sync::atomic::AtomicU64,
     /// Itself, for the routes it rebuilds (which serve the config service too).
     this: std::sync::Weak<Reloader>,
 }
@@ -202,6 +204,7 @@ impl Reloader {
                 registry: prepared.registry,
                 config: prepared.config,
             }),
+            finished: std::sync::atomic::AtomicU64::new(0),
             this: this.clone(),
         })
     }
@@ -212,8 +215,16 @@ impl Reloader {
     /// The new config does not load, the plan is refused, or a step failed; the running
     /// plugins are then exactly as they were.
     pub async fn reload(&self, dry_run: bool) -> Result<Outcome, ReloadError> {
+        /// Counts the reload as finished however it ends.
+        struct Finished<'a>(&'a std::sync::atomic::AtomicU64);
+        impl Drop for Finished<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
         let started = Instant::now();
         let mut running = self.running.lock().await;
+        let _finished = Finished(&self.finished);
         let options = self.options.clone();
         let next = tokio::task::spawn_blocking(move || {
             let prepared = crate::setup::prepare(&options)?;
@@ -375,6 +386,7 @@ impl ConfigApi for Reloader {
         Ok(tonic::Response::new(GenerationResponse {
             generation: self.live.generation(),
             applied_at: Some(prost_types::Timestamp::from(self.live.applied_at())),
+            reloads: self.finished.load(std::sync::atomic::Ordering::SeqCst),
         }))
     }
 }
