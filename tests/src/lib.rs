@@ -6,6 +6,8 @@
 //! `cargo test --workspace` builds them. `ctr` comes from Debian's `containerd` package; tests
 //! that need it fail (never skip) when it is missing.
 
+pub mod load;
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
