@@ -18,6 +18,7 @@ use plinth_api::plinth::services::config::v1::{
 use plinth_builtin_plugins::grpc::{GrpcService, MessageLimits};
 use plinth_builtin_plugins::live::AfterStart;
 use plinth_core::config::ResolvedConfig;
+use plinth_core::registry::Source;
 use plinth_core::reload::{Generation, Plan, plan, stage};
 use plinth_core::{InitOptions, Registry, Set, Status, types};
 use tonic::service::Routes;
@@ -131,6 +132,29 @@ struct Running {
     config: ResolvedConfig,
 }
 
+/// `next`, with the plugins of libraries that are gone from the plugin directory: they stay
+/// loaded and running (libraries are never unloaded), so the next reload plans with them.
+fn keep_loaded(running: &Registry, next: Registry) -> Registry {
+    let gone: Vec<&plinth_core::registry::Entry> = running
+        .entries()
+        .iter()
+        .filter(|e| matches!(e.source, Source::Dynamic { .. }) && next.get(&e.uri()).is_none())
+        .collect();
+    if gone.is_empty() {
+        return next;
+    }
+    let mut builder = Registry::builder();
+    for entry in next.entries().iter().chain(gone) {
+        builder = match &entry.source {
+            Source::Static => builder.add_static(entry.registration),
+            Source::Dynamic { library } => builder.add_dynamic(library.clone(), entry.registration),
+            Source::Proxy { name } => builder.add_proxy(name.clone(), entry.registration),
+        };
+    }
+    // Both were valid registries with these plugins apart; together they cannot clash.
+    builder.build().unwrap_or(next)
+}
+
 /// The result of one reload.
 #[derive(Debug)]
 pub struct Outcome {
@@ -162,6 +186,11 @@ pub enum ReloadError {
     Failed(#[from] plinth_core::reload::ApplyError),
 }
 
+/// What the host does after each applied reload, with the live set and the new message
+/// limits, beyond swapping the main routes (plinthd: serve its proxy targets' new services).
+pub type AfterCommit =
+    Box<dyn Fn(&Set, MessageLimits) -> anyhow::Result<()> + Send + Sync + 'static>;
+
 /// Carries out reloads of one daemon, one at a time.
 pub struct Reloader {
     options: Options,
@@ -170,6 +199,7 @@ pub struct Reloader {
     table: RouteTable,
     drain: Duration,
     running: tokio::sync::Mutex<Running>,
+    after_commit: std::sync::OnceLock<AfterCommit>,
     /// Reloads finished, whatever their outcome.
     finished: std::sync::atomic::AtomicU64,
     /// Itself, for the routes it rebuilds (which serve the config service too).
@@ -205,8 +235,14 @@ impl Reloader {
                 config: prepared.config,
             }),
             finished: std::sync::atomic::AtomicU64::new(0),
+            after_commit: std::sync::OnceLock::new(),
             this: this.clone(),
         })
+    }
+
+    /// Sets the work done after each applied reload (once; a second hook is ignored).
+    pub fn after_commit(&self, hook: AfterCommit) {
+        let _ = self.after_commit.set(hook);
     }
 
     /// Reads the config again, plans, and (unless `dry_run`) applies the plan.
@@ -261,7 +297,7 @@ impl Reloader {
         if plan.is_empty() {
             // Nothing to apply; what changed (comments, timeouts) is the config from now on.
             *running = Running {
-                registry: next.registry,
+                registry: keep_loaded(&running.registry, next.registry),
                 config: next.config,
             };
             return Ok(outcome(plan, false));
@@ -295,6 +331,12 @@ impl Reloader {
             self.this.upgrade().as_ref(),
         );
         self.table.swap(routes);
+        if let Some(hook) = self.after_commit.get()
+            && let Err(error) = hook(&self.live, limits(&next.config))
+        {
+            // The new generation serves; only this part of it could not be started.
+            tracing::error!(error = %format!("{error:#}"), "after applying the reload");
+        }
         let serving_after = started.elapsed();
         let _ = crate::notify::notify("READY=1");
         for plugin in &built {
@@ -310,7 +352,7 @@ impl Reloader {
             tracing::warn!(uri, %error, "closing a replaced plugin failed");
         }
         *running = Running {
-            registry: next.registry,
+            registry: keep_loaded(&running.registry, next.registry),
             config: next.config,
         };
         let outcome = Outcome {
@@ -354,6 +396,7 @@ impl ConfigApi for Reloader {
     ) -> Result<tonic::Response<ReloadResponse>, tonic::Status> {
         let outcome = Reloader::reload(self, request.get_ref().dry_run)
             .await
+            .inspect_err(|error| tracing::warn!(%error, "reload (config service) changed nothing"))
             .map_err(|error| match &error {
                 ReloadError::Config(_) => tonic::Status::invalid_argument(error.to_string()),
                 _ => tonic::Status::failed_precondition(error.to_string()),

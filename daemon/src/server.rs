@@ -359,6 +359,14 @@ async fn run(prepared: Prepared, serving: &std::sync::atomic::AtomicBool) -> any
             work.after_start();
         }
     }
+    // A reload that restarts a proxy target swaps its services behind its socket too.
+    #[cfg(feature = "proxy")]
+    {
+        let targets = proxy_targets.clone();
+        reloader.after_commit(Box::new(move |plugins, limits| {
+            targets.refresh(plugins, limits)
+        }));
+    }
     // SIGHUP reloads the config (and never stops the daemon), from now until it stops.
     let reloads = tokio::spawn(reloader.clone().on_sighup(hangup));
 
@@ -427,10 +435,15 @@ async fn run(prepared: Prepared, serving: &std::sync::atomic::AtomicBool) -> any
 /// [`ProxyTarget`](plinth_builtin_plugins::proxy::target::ProxyTarget) view gets its own
 /// socket (claimed, mode and owner as the main one, removed at exit) on which its raw
 /// services are served — without the namespace check, as namespaces are ignored there —
-/// until the daemon stops.
+/// until the daemon stops. Each socket dispatches through a [`RouteTable`], so that a reload
+/// that restarts a target (or what it serves) swaps its services behind the live socket;
+/// a target the reload adds gets its socket then, and one it removes serves nothing more
+/// (its socket stays until the daemon stops).
 #[cfg(feature = "proxy")]
 mod proxy_targets {
-    use std::sync::Arc;
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::sync::{Arc, Mutex, PoisonError};
 
     use anyhow::Context as _;
     use plinth_builtin_plugins::grpc::MessageLimits;
@@ -441,12 +454,21 @@ mod proxy_targets {
 
     use super::{DRAIN_TIMEOUT, SocketGuard, bind};
     use crate::linger::Connections;
+    use crate::reload::RouteTable;
 
     /// The proxy-target servers of a daemon.
     pub(super) struct Served {
         stop: Arc<watch::Sender<bool>>,
+        uid: u32,
+        gid: u32,
+        servers: Mutex<Servers>,
+    }
+
+    #[derive(Default)]
+    struct Servers {
         tasks: Vec<(String, JoinHandle<Result<(), tonic::transport::Error>>)>,
-        _guards: Vec<SocketGuard>,
+        tables: BTreeMap<PathBuf, RouteTable>,
+        guards: Vec<SocketGuard>,
     }
 
     /// Tells the servers to stop.
@@ -458,51 +480,21 @@ mod proxy_targets {
         }
     }
 
-    /// Binds and serves every proxy target.
+    /// Binds and serves every proxy target of `plugins`.
     pub(super) fn start(
         plugins: &Set,
         uid: u32,
         gid: u32,
         limits: MessageLimits,
-    ) -> anyhow::Result<Served> {
+    ) -> anyhow::Result<Arc<Served>> {
         let (stop, _) = watch::channel(false);
-        let stop = Arc::new(stop);
-        let mut served = Served {
-            stop: stop.clone(),
-            tasks: Vec::new(),
-            _guards: Vec::new(),
-        };
-        for plugin in plugins.plugins() {
-            if plugin.plugin_type() != types::INTERNAL || !matches!(plugin.status(), Status::Ok) {
-                continue;
-            }
-            let Ok(target) = plugin.instance::<dyn ProxyTarget>() else {
-                continue;
-            };
-            let address = target.address().to_path_buf();
-            let listener = bind(&address, uid, gid)
-                .with_context(|| format!("serving {} as a proxy target", plugin.uri()))?;
-            served._guards.push(SocketGuard(address.clone()));
-            let mut routes = tonic::service::RoutesBuilder::default();
-            target.add_routes(&mut routes, limits);
-            let mut stopped = stop.subscribe();
-            let connections = Connections::new(DRAIN_TIMEOUT);
-            let server = tonic::transport::Server::builder()
-                .add_routes(routes.routes())
-                .serve_with_incoming_shutdown(connections.incoming(listener), async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                });
-            let server = async move {
-                let result = server.await;
-                connections.closed().await;
-                result
-            };
-            tracing::info!(uri = plugin.uri(), socket = %address.display(), "serving content store and snapshotters raw (proxy target)");
-            eprintln!("plinthd serving proxy target on {}", address.display());
-            served
-                .tasks
-                .push((plugin.uri().to_string(), tokio::spawn(server)));
-        }
+        let served = Arc::new(Served {
+            stop: Arc::new(stop),
+            uid,
+            gid,
+            servers: Mutex::new(Servers::default()),
+        });
+        served.refresh(plugins, limits)?;
         Ok(served)
     }
 
@@ -511,11 +503,76 @@ mod proxy_targets {
             Stopper(self.stop.clone())
         }
 
+        /// Serves the proxy targets `plugins` holds now: a socket already served gets the
+        /// target's services swapped in, a new one is bound, and one no target names any
+        /// more serves nothing (Unimplemented).
+        ///
+        /// # Errors
+        /// A new target's socket cannot be bound.
+        pub(super) fn refresh(&self, plugins: &Set, limits: MessageLimits) -> anyhow::Result<()> {
+            let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut named = Vec::new();
+            for plugin in plugins.plugins() {
+                if plugin.plugin_type() != types::INTERNAL || !matches!(plugin.status(), Status::Ok)
+                {
+                    continue;
+                }
+                let Ok(target) = plugin.instance::<dyn ProxyTarget>() else {
+                    continue;
+                };
+                let address = target.address().to_path_buf();
+                let mut routes = tonic::service::RoutesBuilder::default();
+                target.add_routes(&mut routes, limits);
+                named.push(address.clone());
+                if let Some(table) = servers.tables.get(&address) {
+                    tracing::debug!(uri = plugin.uri(), socket = %address.display(), "proxy target's services swapped");
+                    table.swap(routes.routes());
+                    continue;
+                }
+                let listener = bind(&address, self.uid, self.gid)
+                    .with_context(|| format!("serving {} as a proxy target", plugin.uri()))?;
+                servers.guards.push(SocketGuard(address.clone()));
+                let table = RouteTable::new(routes.routes());
+                let mut stopped = self.stop.subscribe();
+                let connections = Connections::new(DRAIN_TIMEOUT);
+                let server = tonic::transport::Server::builder()
+                    .add_routes(table.routes())
+                    .serve_with_incoming_shutdown(connections.incoming(listener), async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    });
+                let server = async move {
+                    let result = server.await;
+                    connections.closed().await;
+                    result
+                };
+                tracing::info!(uri = plugin.uri(), socket = %address.display(), "serving content store and snapshotters raw (proxy target)");
+                eprintln!("plinthd serving proxy target on {}", address.display());
+                servers.tables.insert(address, table);
+                servers
+                    .tasks
+                    .push((plugin.uri().to_string(), tokio::spawn(server)));
+            }
+            for (address, table) in &servers.tables {
+                if !named.contains(address) {
+                    table.swap(tonic::service::Routes::default());
+                    tracing::info!(socket = %address.display(), "no proxy target serves here any more; the socket stays until the daemon stops");
+                }
+            }
+            Ok(())
+        }
+
         /// Stops the servers (if not yet told to) and waits for them, at most the drain
-        /// time-out each.
-        pub(super) async fn wait(self) {
+        /// time-out each; then lets go of the services they served.
+        pub(super) async fn wait(&self) {
             let _ = self.stop.send(true);
-            for (uri, mut task) in self.tasks {
+            let tasks = std::mem::take(
+                &mut self
+                    .servers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .tasks,
+            );
+            for (uri, mut task) in tasks {
                 match tokio::time::timeout(DRAIN_TIMEOUT, &mut task).await {
                     Ok(Ok(Ok(()))) => {}
                     Ok(Ok(Err(error))) => tracing::warn!(uri, %error, "proxy target server"),
@@ -528,6 +585,10 @@ mod proxy_targets {
                         );
                     }
                 }
+            }
+            let servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+            for table in servers.tables.values() {
+                table.swap(tonic::service::Routes::default());
             }
         }
     }

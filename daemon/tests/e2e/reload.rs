@@ -388,3 +388,69 @@ fn a_broken_config_changes_nothing_and_says_why_under_load() {
     let status = daemon.stop(TIMEOUT);
     assert!(status.success(), "{status}:\n{}", daemon.log());
 }
+
+/// `ctr snapshots mounts` on the proxy-target socket for a new snapshot over a committed
+/// parent, made through `snapshotter`: `overlay` from overlayfs, `bind` from native.
+fn raw_mount_type(socket: &Path, snapshotter: &str, tag: &str) -> String {
+    let ctr = |args: &[&str]| {
+        let mut all = vec![
+            "--address",
+            socket.to_str().unwrap(),
+            "snapshots",
+            "--snapshotter",
+            snapshotter,
+        ];
+        all.extend_from_slice(args);
+        plinth_tests::run(&plinth_tests::ctr(), &all)
+            .ok()
+            .to_string()
+    };
+    ctr(&["prepare", &format!("{tag}-base-active")]);
+    ctr(&[
+        "commit",
+        &format!("{tag}-base"),
+        &format!("{tag}-base-active"),
+    ]);
+    ctr(&["prepare", &format!("{tag}-child"), &format!("{tag}-base")]);
+    let mounts = ctr(&["mounts", "/mnt", &format!("{tag}-child")]);
+    mounts
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_restarted_proxy_target_serves_its_new_instances_on_the_same_socket() {
+    let sockets = socket_dir();
+    let target_socket = sockets.path().join("target.sock");
+    let section = format!(
+        "[plugins.\"io.containerd.internal.v1.proxy-target\"]\naddress = {:?}\ndefault_snapshotter = \"native\"\n",
+        target_socket.display().to_string()
+    );
+    let daemon = start(Start {
+        config: format!(
+            "version = 3\ndisabled_plugins = [\"io.containerd.snapshotter.v1.overlayfs\"]\n{section}"
+        ),
+        ..Start::default()
+    });
+    // overlayfs is off: the target maps the name to its default, native.
+    assert_eq!(
+        raw_mount_type(&target_socket, "overlayfs", "before"),
+        "bind"
+    );
+    Load::around(&daemon, "native", |_| {
+        write_config(&daemon, &format!("version = 3\n{section}"));
+        let applied = reload(&daemon, &[]);
+        assert!(
+            applied.contains("restart io.containerd.internal.v1.proxy-target: requires io.containerd.snapshotter.v1")
+                && !applied.contains("warning"),
+            "{applied}"
+        );
+    });
+    // The same socket, the new target: overlayfs is served.
+    assert_eq!(
+        raw_mount_type(&target_socket, "overlayfs", "after"),
+        "overlay"
+    );
+}
