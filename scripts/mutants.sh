@@ -5,7 +5,7 @@
 # changed on purpose) must make some test fail; a mutant that survives is either killed by a
 # new test or explained, one line each, in TESTING.md.
 #
-# Usage: ./scripts/mutants.sh [GROUP...]   groups: content metadata snapshots loader (default: all)
+# Usage: ./scripts/mutants.sh [GROUP...]   groups: content metadata snapshots loader reload (default: all)
 #        ./scripts/mutants.sh --list [GROUP...]   only list the mutants
 #        ./scripts/mutants.sh [GROUP...] -- [CARGO-MUTANTS ARGS...]
 #          e.g. `-- --in-place` to mutate this tree and reuse its warm target dir (then do
@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
   groups+=("$1")
   shift
 done
-[ ${#groups[@]} -gt 0 ] || groups=(content metadata snapshots loader)
+[ ${#groups[@]} -gt 0 ] || groups=(content metadata snapshots loader reload)
 
 # Each group: the crate whose tests judge the mutants, the features those tests need, the
 # files mutated, and which functions in them (a regex over cargo-mutants' mutant names).
@@ -75,8 +75,17 @@ run_group() {
       files=(dynamic-loader/src/loader.rs dynamic-loader/src/elf.rs dynamic-loader/src/permissions.rs dynamic-loader/src/fingerprint.rs dynamic-loader/src/abi.rs)
       re='.'
       ;;
+    reload)
+      # Live reloads in the plugin model: the planner, applying a plan, and how an instance
+      # tells that something still holds it.
+      package=plinth-core
+      features=
+      files=(core/src/reload/mod.rs core/src/reload/apply.rs core/src/init/instance.rs)
+      filter='reload'
+      re='.'
+      ;;
     *)
-      echo "unknown group $group (content, metadata, snapshots, loader)" >&2
+      echo "unknown group $group (content, metadata, snapshots, loader, reload)" >&2
       exit 2
       ;;
   esac
