@@ -200,6 +200,8 @@ pub struct Reloader {
     drain: Duration,
     running: tokio::sync::Mutex<Running>,
     after_commit: std::sync::OnceLock<AfterCommit>,
+    /// Set once the daemon stops: no reload starts after it.
+    stopping: std::sync::atomic::AtomicBool,
     /// Reloads finished, whatever their outcome.
     finished: std::sync::atomic::AtomicU64,
     /// Itself, for the routes it rebuilds (which serve the config service too).
@@ -236,8 +238,17 @@ impl Reloader {
             }),
             finished: std::sync::atomic::AtomicU64::new(0),
             after_commit: std::sync::OnceLock::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             this: this.clone(),
         })
+    }
+
+    /// Refuses reloads from now on and waits for the one under way, if any, to finish (its
+    /// retired instances closed): the daemon is stopping.
+    pub async fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _running = self.running.lock().await;
     }
 
     /// Sets the work done after each applied reload (once; a second hook is ignored).
@@ -261,6 +272,11 @@ impl Reloader {
         let started = Instant::now();
         let mut running = self.running.lock().await;
         let _finished = Finished(&self.finished);
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ReloadError::Config(anyhow::anyhow!(
+                "the daemon is stopping; start it again to apply the config"
+            )));
+        }
         let options = self.options.clone();
         let next = tokio::task::spawn_blocking(move || {
             let prepared = crate::setup::prepare(&options)?;

@@ -416,6 +416,7 @@ async fn run(prepared: Prepared, serving: &std::sync::atomic::AtomicBool) -> any
     drop(server);
     // The routes hold the services (and the config service the reloader, which holds the
     // routes): let go of them all, so that the plugins' instances are dropped as they close.
+    reloader.stop().await;
     reloads.abort();
     table.swap(tonic::service::Routes::default());
     drop(reloader);

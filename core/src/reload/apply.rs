@@ -293,6 +293,18 @@ impl Staged {
     }
 }
 
+/// Retired instances that were never closed (a host that dropped them, a panic) are closed
+/// here, at once, so that their close hooks still run.
+impl Drop for Retired {
+    fn drop(&mut self) {
+        for plugin in std::mem::take(&mut self.plugins).into_iter().rev() {
+            for (uri, error) in close_plugin(plugin) {
+                tracing::warn!(uri, %error, "closing a retired plugin failed");
+            }
+        }
+    }
+}
+
 impl Retired {
     /// The plugins whose old instances are retired, in their init order.
     pub fn uris(&self) -> Vec<&str> {
@@ -303,10 +315,10 @@ impl Retired {
     /// itself holds it (see [`Instance::in_use`](crate::Instance::in_use)): the calls that
     /// hold it have finished, and so have the retired dependents closed before it. `drain`
     /// bounds the whole wait; what is still held then is closed anyway, and named.
-    pub fn close(self, drain: Duration) -> Closed {
+    pub fn close(mut self, drain: Duration) -> Closed {
         let deadline = Instant::now() + drain;
         let mut closed = Closed::default();
-        for plugin in self.plugins.into_iter().rev() {
+        for plugin in std::mem::take(&mut self.plugins).into_iter().rev() {
             let uri = plugin.uri().to_string();
             let held = plugin.shared_instance().is_some_and(|instance| {
                 let mut pause = Duration::from_micros(100);

@@ -421,3 +421,24 @@ fn a_disabled_plugin_stops_and_its_dependents_restart_without_it() {
     assert_eq!(live.generation(), 3);
     let _ = retired.close(Duration::from_secs(60));
 }
+
+#[test]
+fn retired_instances_dropped_unclosed_are_closed_all_the_same() {
+    let registry = registry();
+    let (live, running, journal) = start(&registry, RUNNING);
+    let next = config(&RUNNING.replacen("value = 1", "value = 2", 1));
+    let plan = plan_for(&registry, &running, &next);
+    let retired = stage(&live, &plan, options(&registry, &next, &journal))
+        .unwrap()
+        .commit();
+    assert!(journal.lines().is_empty());
+    drop(retired);
+    assert_eq!(
+        journal.lines(),
+        [
+            format!("close {ALL} 0"),
+            format!("close {API} 0"),
+            format!("close {STORE} 1")
+        ]
+    );
+}
