@@ -219,7 +219,7 @@ fn a_crash_leaves_a_socket_the_next_start_replaces() {
 }
 
 #[test]
-fn readiness_is_sent_to_systemd() {
+fn readiness_and_reloads_are_sent_to_systemd() {
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify.sock");
     let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
@@ -232,6 +232,26 @@ fn readiness_is_sent_to_systemd() {
     };
     let mut daemon = start_in(dir, options).unwrap_or_else(|(log, _)| panic!("{log}"));
     let mut buffer = [0u8; 64];
+    let n = listener.recv(&mut buffer).unwrap();
+    assert_eq!(&buffer[..n], b"READY=1");
+    // A reload that applies something is framed by RELOADING=1 (with the monotonic time
+    // Type=notify-reload asks for) and READY=1.
+    std::fs::write(
+        daemon.dir().join("config.toml"),
+        "version = 3\ndisabled_plugins = [\"io.containerd.grpc.v1.version\"]\n",
+    )
+    .unwrap();
+    daemon.plinthctl(&["config", "reload"]).ok();
+    let n = listener.recv(&mut buffer).unwrap();
+    let text = String::from_utf8_lossy(&buffer[..n]).to_string();
+    let (first, monotonic) = text.split_once('\n').unwrap_or((&text, ""));
+    assert_eq!(first, "RELOADING=1", "{text}");
+    assert!(
+        monotonic
+            .strip_prefix("MONOTONIC_USEC=")
+            .is_some_and(|us| us.parse::<u64>().is_ok_and(|us| us > 0)),
+        "{text}"
+    );
     let n = listener.recv(&mut buffer).unwrap();
     assert_eq!(&buffer[..n], b"READY=1");
     daemon.stop(Duration::from_secs(15));
