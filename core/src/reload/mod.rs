@@ -107,7 +107,6 @@ impl fmt::Display for Step {
 
 /// What a reload would do: its steps in the order they are applied (stops first, last
 /// started first; then the rest in the new init order), and notes on what it leaves alone.
-/// Two plans are equal when their steps and notes are.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     steps: Vec<Step>,
@@ -118,14 +117,6 @@ pub struct Plan {
     next_disabled: Vec<usize>,
     next_order: Vec<usize>,
 }
-
-impl PartialEq for Plan {
-    fn eq(&self, other: &Plan) -> bool {
-        self.steps == other.steps && self.notes == other.notes
-    }
-}
-
-impl Eq for Plan {}
 
 impl Plan {
     /// The steps, in the order they are applied.

@@ -442,3 +442,17 @@ fn retired_instances_dropped_unclosed_are_closed_all_the_same() {
         ]
     );
 }
+
+#[test]
+fn a_host_note_is_part_of_the_plan_and_its_text() {
+    let registry = registry();
+    let (_, running, _) = start(&registry, RUNNING);
+    let mut plan = plan_for(&registry, &running, &running);
+    assert!(plan.is_empty());
+    plan.add_note("[debug] takes effect at the next start".to_string());
+    assert_eq!(plan.notes(), ["[debug] takes effect at the next start"]);
+    assert_eq!(
+        plan.to_string(),
+        "nothing changes\nnote: [debug] takes effect at the next start\n"
+    );
+}
