@@ -456,3 +456,29 @@ fn a_host_note_is_part_of_the_plan_and_its_text() {
         "nothing changes\nnote: [debug] takes effect at the next start\n"
     );
 }
+
+#[test]
+fn an_instance_is_in_use_while_something_beyond_its_own_views_holds_its_value() {
+    let value = Arc::new(Cell {
+        value: AtomicU32::new(0),
+        below: None,
+    });
+    // Two views of the value, one of another value.
+    let instance = Instance::new(value.clone())
+        .with(value.clone() as Arc<dyn std::any::Any + Send + Sync>)
+        .with(Arc::new(String::from("other")));
+    assert_eq!(instance.view_names().len(), 3);
+    assert!(
+        instance.view_names()[0].contains("Cell"),
+        "{:?}",
+        instance.view_names()
+    );
+    assert!(instance.in_use(), "the test holds the value");
+    drop(value);
+    assert!(!instance.in_use(), "only its own views hold it");
+    let held = instance.get::<Cell>().unwrap();
+    assert!(instance.in_use());
+    drop(held);
+    assert!(!instance.in_use());
+    assert!(!Instance::none().in_use(), "no views: never in use");
+}
