@@ -184,6 +184,7 @@ fn a_restart_replaces_the_plugin_and_its_dependents_and_keeps_the_rest() {
     let staged = stage(&live, &plan, options(&registry, &next, &journal)).unwrap();
     let built: Vec<&str> = staged.built().iter().map(|p| p.uri()).collect();
     assert_eq!(built, [STORE, API, ALL]);
+    assert_eq!(staged.generation(), 2);
     // Nothing is live before the commit.
     assert_eq!((live.generation(), value(&live, STORE)), (1, 1));
     let retired = staged.commit();
@@ -262,7 +263,12 @@ fn an_old_instance_is_closed_only_after_its_last_holder_lets_go() {
     let retired = stage(&live, &plan, options(&registry, &next3, &journal))
         .unwrap()
         .commit();
+    let waited = std::time::Instant::now();
     let closed = retired.close(Duration::from_millis(20));
+    assert!(
+        waited.elapsed() >= Duration::from_millis(20),
+        "it waited the drain time"
+    );
     assert_eq!(closed.still_in_use, [STORE]);
     assert!(journal.lines().contains(&format!("close {STORE} 3")));
     drop(stuck);
@@ -328,14 +334,16 @@ fn reconfigure_hooks_change_in_place_and_are_put_back_when_the_reload_is_refused
     assert_eq!(config.downcast_ref::<Knob>().unwrap().value, 5);
     assert!(retired.close(Duration::from_secs(1)).closed.is_empty());
 
-    // Both hooks run in order; the second refuses, so the first gets value 5 back.
-    let refused = config_with(&next, &[(LOG, "value = 9"), (AUDIT, "fail = true")]);
+    // Both hooks run in init order (audit, then log); log refuses, so audit gets its
+    // running value (1) back after it took 9.
+    let refused = config_with(&next, &[(AUDIT, "value = 9"), (LOG, "fail = true")]);
     let plan = plan_for(&registry, &next, &refused);
     let error = stage(&live, &plan, options(&registry, &refused, &journal)).unwrap_err();
     assert_eq!(error.failures.len(), 1);
-    assert_eq!(error.failures[0].uri, AUDIT);
+    assert_eq!(error.failures[0].uri, LOG);
     assert!(error.failures[0].cause.contains("refuses in place"));
-    assert_eq!((live.generation(), value(&live, LOG)), (2, 5));
+    assert_eq!(live.generation(), 2);
+    assert_eq!((value(&live, AUDIT), value(&live, LOG)), (1, 5));
     assert!(journal.lines().is_empty());
 }
 
@@ -481,4 +489,25 @@ fn an_instance_is_in_use_while_something_beyond_its_own_views_holds_its_value() 
     drop(held);
     assert!(!instance.in_use());
     assert!(!Instance::none().in_use(), "no views: never in use");
+}
+
+#[test]
+fn a_plugin_with_a_hook_that_failed_at_start_is_initialised_again_not_reconfigured() {
+    let registry = registry();
+    let (live, running, journal) = start(
+        &registry,
+        &format!("{RUNNING}[plugins.\"io.t.level.v1.audit\"]\nfail = true\n")
+            .replace("[plugins.\"io.t.level.v1.audit\"]\nvalue = 1\n", ""),
+    );
+    assert!(matches!(
+        live.get(AUDIT).unwrap().status(),
+        Status::Failed(_)
+    ));
+    let next = config_with(&running, &[(AUDIT, "value = 3")]);
+    let plan = plan_for(&registry, &running, &next);
+    let retired = stage(&live, &plan, options(&registry, &next, &journal))
+        .unwrap()
+        .commit();
+    assert_eq!(value(&live, AUDIT), 3);
+    let _ = retired.close(Duration::from_secs(60));
 }
