@@ -279,6 +279,46 @@ async fn start_load(
         .collect()
 }
 
+/// Restarts the daemon `restarts` times under the load `tasks` drive (SIGTERM, wait for the
+/// exit, `start` again, until it serves on `socket`), then stops the load and the daemon and
+/// prints the daemon's row: time to serving again, and the failed calls during each restart.
+async fn restart_row(
+    name: &str,
+    restarts: usize,
+    bench: Arc<Bench>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    mut child: Child,
+    socket: &Path,
+    start: impl Fn() -> Child,
+) {
+    let (mut took, mut failed) = (Vec::new(), Vec::new());
+    for _ in 0..restarts {
+        let sent = Instant::now();
+        signal(&child, rustix::process::Signal::TERM);
+        child.wait().unwrap();
+        child = start();
+        let _ = serving(socket).await;
+        let done = Instant::now();
+        // Calls that failed while it was down land in the record just after.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        took.push(done - sent);
+        failed.push(bench.during(sent, done).1);
+    }
+    bench.stop.store(true, Ordering::SeqCst);
+    for task in tasks {
+        let _ = task.await;
+    }
+    signal(&child, rustix::process::Signal::TERM);
+    child.wait().unwrap();
+    failed.sort_unstable();
+    out!(
+        "| {name} | {restarts} | {} | {} | {} |",
+        ms(median(&mut took)),
+        ms(*took.iter().max().unwrap()),
+        failed[restarts / 2]
+    );
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; nothing else is read from the command line.
@@ -301,7 +341,7 @@ async fn main() {
     let socket = dir.join("d.sock");
     let config = dir.join("config.toml");
     std::fs::write(&config, "version = 3\n").unwrap();
-    let mut child = start_plinthd(&plinthd, &dir);
+    let child = start_plinthd(&plinthd, &dir);
     let client = serving(&socket).await;
     let bench = Arc::new(Bench {
         epoch: Instant::now(),
@@ -400,31 +440,10 @@ async fn main() {
     );
     out!("|---|---:|---:|---:|---:|");
     let restarts = reps.min(5);
-    let mut plinthd_restart = (Vec::new(), Vec::new());
-    for _ in 0..restarts {
-        let sent = Instant::now();
-        signal(&child, rustix::process::Signal::TERM);
-        child.wait().unwrap();
-        child = start_plinthd(&plinthd, &dir);
-        let _ = serving(&socket).await;
-        let done = Instant::now();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        plinthd_restart.0.push(done - sent);
-        plinthd_restart.1.push(bench.during(sent, done).1);
-    }
-    bench.stop.store(true, Ordering::SeqCst);
-    for task in tasks {
-        let _ = task.await;
-    }
-    signal(&child, rustix::process::Signal::TERM);
-    child.wait().unwrap();
-    plinthd_restart.1.sort_unstable();
-    out!(
-        "| plinthd | {restarts} | {} | {} | {} |",
-        ms(median(&mut plinthd_restart.0)),
-        ms(*plinthd_restart.0.iter().max().unwrap()),
-        plinthd_restart.1[restarts / 2]
-    );
+    restart_row("plinthd", restarts, bench, tasks, child, &socket, || {
+        start_plinthd(&plinthd, &dir)
+    })
+    .await;
 
     if !containerd.exists() {
         out!(
@@ -436,7 +455,7 @@ async fn main() {
     let dir = work.path().join("containerd");
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("d.sock");
-    let mut child = start_containerd(&containerd, &dir);
+    let child = start_containerd(&containerd, &dir);
     let client = serving(&socket).await;
     let bench = Arc::new(Bench {
         epoch: Instant::now(),
@@ -445,29 +464,8 @@ async fn main() {
     });
     let tasks = start_load(&bench, &client, &socket).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut restart = (Vec::new(), Vec::new());
-    for _ in 0..restarts {
-        let sent = Instant::now();
-        signal(&child, rustix::process::Signal::TERM);
-        child.wait().unwrap();
-        child = start_containerd(&containerd, &dir);
-        let _ = serving(&socket).await;
-        let done = Instant::now();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        restart.0.push(done - sent);
-        restart.1.push(bench.during(sent, done).1);
-    }
-    bench.stop.store(true, Ordering::SeqCst);
-    for task in tasks {
-        let _ = task.await;
-    }
-    signal(&child, rustix::process::Signal::TERM);
-    child.wait().unwrap();
-    restart.1.sort_unstable();
-    out!(
-        "| containerd | {restarts} | {} | {} | {} |",
-        ms(median(&mut restart.0)),
-        ms(*restart.0.iter().max().unwrap()),
-        restart.1[restarts / 2]
-    );
+    restart_row("containerd", restarts, bench, tasks, child, &socket, || {
+        start_containerd(&containerd, &dir)
+    })
+    .await;
 }

@@ -153,6 +153,22 @@ fn plan_for(registry: &Registry, running: &Config, next: &Config) -> Plan {
     .unwrap()
 }
 
+/// Applies the running config with the store's value set to 2: the store, the API over it
+/// and the `"*"` requirer restart. The new config, and what the reload retired.
+fn restart_store(
+    registry: &Registry,
+    live: &Set,
+    running: &Config,
+    journal: &Arc<Journal>,
+) -> (Config, plinth_core::reload::Retired) {
+    let next = config(&RUNNING.replacen("value = 1", "value = 2", 1));
+    let plan = plan_for(registry, running, &next);
+    let retired = stage(live, &plan, options(registry, &next, journal))
+        .unwrap()
+        .commit();
+    (next, retired)
+}
+
 fn value(set: &Set, uri: &str) -> u32 {
     let (plugin_type, id) = uri.rsplit_once('.').unwrap();
     let cell = set.get_by_id::<Cell>(plugin_type, id).unwrap();
@@ -221,11 +237,7 @@ fn a_restart_replaces_the_plugin_and_its_dependents_and_keeps_the_rest() {
 fn an_old_instance_is_closed_only_after_its_last_holder_lets_go() {
     let registry = registry();
     let (live, running, journal) = start(&registry, RUNNING);
-    let next = config(&RUNNING.replacen("value = 1", "value = 2", 1));
-    let plan = plan_for(&registry, &running, &next);
-    let retired = stage(&live, &plan, options(&registry, &next, &journal))
-        .unwrap()
-        .commit();
+    let (next, retired) = restart_store(&registry, &live, &running, &journal);
 
     let _ = retired.close(Duration::from_secs(60));
 
@@ -434,11 +446,7 @@ fn a_disabled_plugin_stops_and_its_dependents_restart_without_it() {
 fn retired_instances_dropped_unclosed_are_closed_all_the_same() {
     let registry = registry();
     let (live, running, journal) = start(&registry, RUNNING);
-    let next = config(&RUNNING.replacen("value = 1", "value = 2", 1));
-    let plan = plan_for(&registry, &running, &next);
-    let retired = stage(&live, &plan, options(&registry, &next, &journal))
-        .unwrap()
-        .commit();
+    let (_, retired) = restart_store(&registry, &live, &running, &journal);
     assert!(journal.lines().is_empty());
     drop(retired);
     assert_eq!(
