@@ -179,21 +179,33 @@ async fn load(bench: Arc<Bench>, socket: PathBuf, kind: usize, blob: String) {
     }
 }
 
-fn start_plinthd(program: &Path, dir: &Path) -> Child {
+/// Starts `program` with `args` and root and state in `dir`, its log in `dir/log`.
+fn spawn(program: &Path, dir: &Path, args: &[&std::ffi::OsStr]) -> Child {
     Command::new(program)
-        .arg("-c")
-        .arg(dir.join("config.toml"))
+        .args(args)
         .arg("--root")
         .arg(dir.join("root"))
         .arg("--state")
         .arg(dir.join("state"))
-        .arg("--address")
-        .arg(dir.join("d.sock"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("log")).unwrap())
         .spawn()
-        .expect("starting plinthd")
+        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()))
+}
+
+fn start_plinthd(program: &Path, dir: &Path) -> Child {
+    let (config, socket) = (dir.join("config.toml"), dir.join("d.sock"));
+    spawn(
+        program,
+        dir,
+        &[
+            "-c".as_ref(),
+            config.as_os_str(),
+            "--address".as_ref(),
+            socket.as_os_str(),
+        ],
+    )
 }
 
 fn start_containerd(program: &Path, dir: &Path) -> Child {
@@ -209,18 +221,7 @@ fn start_containerd(program: &Path, dir: &Path) -> Child {
         ),
     )
     .unwrap();
-    Command::new(program)
-        .arg("--config")
-        .arg(&config)
-        .arg("--root")
-        .arg(dir.join("root"))
-        .arg("--state")
-        .arg(dir.join("state"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("log")).unwrap())
-        .spawn()
-        .expect("starting containerd")
+    spawn(program, dir, &["--config".as_ref(), config.as_os_str()])
 }
 
 /// Waits until the daemon answers a Version call; the client.
