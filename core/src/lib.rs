@@ -46,8 +46,9 @@
 //! - [`graph`]: ordering ([`PluginGraph`]) with containerd's semantics, cycles, DOT.
 //! - [`config`]: TOML config versions 1–3, imports, typed plugin sections, strict mode.
 //! - [`init`]: [`InitContext`], [`Instance`], the plugin [`Set`] and [`init_plugins`].
-//! - [`reload`]: the plan of a live reconfiguration: what a new config would reconfigure,
-//!   restart, start and stop, and why.
+//! - [`reload`]: live reconfiguration: the plan (what a new config would reconfigure,
+//!   restart, start and stop, and why) and applying it all or nothing ([`reload::stage`],
+//!   then commit, then the old instances closed once no call holds them).
 //! - [`types`]: plugin type constants.
 //!
 //! # Feature flags

@@ -1,5 +1,5 @@
-//! Planning a live reconfiguration: what a new config would change in a running set of
-//! plugins, before anything is changed.
+//! Live reconfiguration: planning what a new config would change in a running set of
+//! plugins, before anything is changed, and applying the plan (see [`stage`]).
 //!
 //! [`plan`] compares the running generation (its registry and config) with the next one
 //! and says, for each plugin, whether it keeps running untouched, takes its new config in
