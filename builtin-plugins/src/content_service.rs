@@ -13,6 +13,7 @@ use plinth_api::containerd::services::content::v1::{
 };
 #[cfg(feature = "content-service")]
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
+use sha2::{Digest as _, Sha256};
 use tokio_stream::Stream;
 
 use crate::content::{ContentStore, ContentWriter};
@@ -23,6 +24,20 @@ use crate::namespaces::{self, NamespacedStores};
 
 /// Bytes per `Read` reply.
 const READ_CHUNK: usize = 1 << 20;
+
+/// The error for a blob whose bytes hash to `actual`, not to its digest.
+fn corrupt_blob(digest: &crate::content::Digest, actual: &str) -> Error {
+    Error::data_loss(format!(
+        "blob {digest} is corrupt: its bytes hash to {actual}; remove it (ctr content rm {digest}) and fetch it again"
+    ))
+}
+
+/// The error for a blob whose file ended at `offset`, before its recorded size `size`.
+fn short_blob(digest: &crate::content::Digest, offset: i64, size: i64) -> Error {
+    Error::data_loss(format!(
+        "blob {digest} is corrupt: its file ends after {offset} of its {size} bytes; remove it (ctr content rm {digest}) and fetch it again"
+    ))
+}
 /// Infos per `List` reply.
 const LIST_BATCH: usize = 100;
 
@@ -139,8 +154,16 @@ impl Content for Service {
             (request.offset + request.size).min(info.size)
         };
         let (sender, stream) = channel_stream();
+        // A read of the whole blob is verified: its last chunk is sent only once every byte
+        // hashed to the digest, so a client never receives a corrupt blob whole (it gets
+        // DataLoss instead). A partial read cannot be checked and is served as stored.
+        let mut verify = (request.offset == 0 && end == info.size).then(Sha256::new);
         tokio::spawn(async move {
             let mut offset = request.offset;
+            let mut held: Option<ReadContentResponse> = None;
+            let send = async |message: Result<ReadContentResponse, tonic::Status>| {
+                sender.send(message).await.is_ok()
+            };
             while offset < end {
                 let length = usize::try_from(end - offset)
                     .unwrap_or(READ_CHUNK)
@@ -150,21 +173,36 @@ impl Content for Service {
                     .await
                 {
                     Ok(data) if !data.is_empty() => data,
-                    Ok(_) => break,
+                    Ok(_) => {
+                        let _ = send(Err(short_blob(&digest, offset, end).into())).await;
+                        return;
+                    }
                     Err(e) => {
-                        let _ = sender.send(Err(e.into())).await;
+                        let _ = send(Err(e.into())).await;
                         return;
                     }
                 };
+                if let Some(hasher) = verify.as_mut() {
+                    hasher.update(&data);
+                }
                 let n = i64::try_from(data.len()).unwrap_or(0);
-                if sender
-                    .send(Ok(ReadContentResponse { offset, data }))
-                    .await
-                    .is_err()
+                if let Some(previous) = held.take()
+                    && !send(Ok(previous)).await
                 {
                     return;
                 }
+                held = Some(ReadContentResponse { offset, data });
                 offset += n;
+            }
+            if let Some(hasher) = verify {
+                let actual = format!("sha256:{:x}", hasher.finalize());
+                if actual != digest.as_str() {
+                    let _ = send(Err(corrupt_blob(&digest, &actual).into())).await;
+                    return;
+                }
+            }
+            if let Some(last) = held {
+                let _ = send(Ok(last)).await;
             }
         });
         Ok(tonic::Response::new(stream))

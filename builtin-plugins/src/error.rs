@@ -47,6 +47,11 @@ impl Error {
         Error::new(Category::Unavailable, message)
     }
 
+    /// Stored data is lost or corrupt.
+    pub fn data_loss(message: impl Into<String>) -> Self {
+        Error::new(Category::DataLoss, message)
+    }
+
     /// Anything else.
     pub fn internal(message: impl Into<String>) -> Self {
         Error::new(Category::Internal, message)
@@ -61,6 +66,7 @@ pub fn code_of(category: Category) -> tonic::Code {
         Category::AlreadyExists => tonic::Code::AlreadyExists,
         Category::FailedPrecondition => tonic::Code::FailedPrecondition,
         Category::Unavailable => tonic::Code::Unavailable,
+        Category::DataLoss => tonic::Code::DataLoss,
         _ => tonic::Code::Internal,
     }
 }

@@ -18,6 +18,9 @@ pub enum Category {
     FailedPrecondition,
     /// A dependency is down or busy; retry later (gRPC `Unavailable`).
     Unavailable,
+    /// Stored data is lost or corrupt, e.g. a blob whose bytes no longer match its digest
+    /// (gRPC `DataLoss`).
+    DataLoss,
     /// Anything else (gRPC `Internal`).
     Internal,
 }

@@ -198,6 +198,7 @@ fn category_of(code: tonic::Code) -> Category {
         tonic::Code::AlreadyExists => Category::AlreadyExists,
         tonic::Code::FailedPrecondition | tonic::Code::Aborted => Category::FailedPrecondition,
         tonic::Code::Unavailable => Category::Unavailable,
+        tonic::Code::DataLoss => Category::DataLoss,
         _ => Category::Internal,
     }
 }
