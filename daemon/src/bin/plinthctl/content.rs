@@ -568,6 +568,35 @@ async fn ingest(
     Ok(format!("{digest}\n"))
 }
 
+/// Reads the blob `digest` whole and checks its bytes against the digest here too (a daemon
+/// that does not verify, such as containerd, is caught as well); its size.
+async fn verify_blob(
+    client: &Client,
+    api: &mut ContentClient<tonic::transport::Channel>,
+    digest: &str,
+) -> anyhow::Result<u64> {
+    let mut stream = api
+        .read(client.request(ReadContentRequest {
+            digest: digest.to_string(),
+            offset: 0,
+            size: 0,
+        })?)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        size += u64::try_from(chunk.data.len()).unwrap_or(u64::MAX);
+        hasher.update(&chunk.data);
+    }
+    let actual = format!("sha256:{:x}", hasher.finalize());
+    if actual != digest {
+        bail!("its {size} bytes hash to {actual}");
+    }
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,33 +626,4 @@ mod tests {
             );
         }
     }
-}
-
-/// Reads the blob `digest` whole and checks its bytes against the digest here too (a daemon
-/// that does not verify, such as containerd, is caught as well); its size.
-async fn verify_blob(
-    client: &Client,
-    api: &mut ContentClient<tonic::transport::Channel>,
-    digest: &str,
-) -> anyhow::Result<u64> {
-    let mut stream = api
-        .read(client.request(ReadContentRequest {
-            digest: digest.to_string(),
-            offset: 0,
-            size: 0,
-        })?)
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    while let Some(chunk) = stream.message().await.map_err(status_error)? {
-        size += u64::try_from(chunk.data.len()).unwrap_or(u64::MAX);
-        hasher.update(&chunk.data);
-    }
-    let actual = format!("sha256:{:x}", hasher.finalize());
-    if actual != digest {
-        bail!("its {size} bytes hash to {actual}");
-    }
-    Ok(size)
 }
