@@ -12,8 +12,10 @@ use plinth_api::containerd::services::content::v1::{
     WriteContentRequest, WriteContentResponse,
 };
 #[cfg(feature = "content-service")]
+use plinth_core::registration::{ConfigViolation, ValidateConfig};
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
 use sha2::{Digest as _, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_stream::Stream;
 
 use crate::content::{ContentStore, ContentWriter};
@@ -50,6 +52,53 @@ struct Service {
     /// Serving raw (plinthd as a proxy target): the namespace header is ignored and the
     /// stores are asked with an empty namespace.
     raw: bool,
+    /// `write_idle_timeout` in milliseconds (0: none); a reload changes it in place.
+    idle_ms: Arc<AtomicU64>,
+}
+
+/// The plugin's config section, `[plugins."io.containerd.grpc.v1.content"]` (plinthd's own
+/// key; containerd's content service has none).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub(crate) struct ContentServiceConfig {
+    /// How long a Write stream may stay silent (no message from its client) before the
+    /// daemon ends it with DeadlineExceeded: its ref's lock is released and what was written
+    /// is kept, so the same ref resumes it. A Go-style duration; `"0"` waits for ever. A
+    /// live reload changes it in place.
+    pub(crate) write_idle_timeout: String,
+}
+
+/// The idle time-out of a Write stream when none is configured.
+const DEFAULT_WRITE_IDLE_TIMEOUT: &str = "10m";
+
+impl Default for ContentServiceConfig {
+    fn default() -> Self {
+        ContentServiceConfig {
+            write_idle_timeout: DEFAULT_WRITE_IDLE_TIMEOUT.to_string(),
+        }
+    }
+}
+
+impl ContentServiceConfig {
+    /// The time-out in milliseconds, 0 for none.
+    fn idle_ms(&self) -> Result<u64, String> {
+        let limit = plinth_core::config::parse_duration(&self.write_idle_timeout)?;
+        Ok(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+impl ValidateConfig for ContentServiceConfig {
+    fn validate(&self) -> Result<(), ConfigViolation> {
+        self.idle_ms()
+            .map(|_| ())
+            .map_err(|message| ConfigViolation::new("write_idle_timeout", message))
+    }
+}
+
+/// The time-out of a raw server's Write streams (the proxy target has no config section).
+fn default_idle_ms() -> Arc<AtomicU64> {
+    let ms = ContentServiceConfig::default().idle_ms().unwrap_or(0);
+    Arc::new(AtomicU64::new(ms))
 }
 
 impl Service {
@@ -67,7 +116,11 @@ impl Service {
 /// its `containerd-namespace` header, reaches `stores.content("")`. For serving a store raw.
 #[cfg(feature = "proxy")]
 pub(crate) fn raw_server(stores: Arc<dyn NamespacedStores>) -> ContentServer<impl Content> {
-    ContentServer::new(Service { stores, raw: true })
+    ContentServer::new(Service {
+        stores,
+        raw: true,
+        idle_ms: default_idle_ms(),
+    })
 }
 
 /// Sends items through a channel-backed stream.
@@ -234,7 +287,10 @@ impl Content for Service {
         request: tonic::Request<tonic::Streaming<WriteContentRequest>>,
     ) -> Reply<Self::WriteStream> {
         let store = self.store(&request)?;
-        let mut incoming = request.into_inner();
+        let mut incoming = Incoming {
+            stream: request.into_inner(),
+            idle_ms: self.idle_ms.load(Ordering::Relaxed),
+        };
         let (sender, stream) = channel_stream();
         tokio::spawn(async move {
             if let Err(status) = write_session(store, &mut incoming, &sender).await {
@@ -254,16 +310,44 @@ impl Content for Service {
     }
 }
 
+/// A Write stream's messages, each awaited at most the idle time-out.
+struct Incoming {
+    stream: tonic::Streaming<WriteContentRequest>,
+    /// 0: no time-out.
+    idle_ms: u64,
+}
+
+impl Incoming {
+    /// The next message; DeadlineExceeded when the client stays silent past the time-out.
+    async fn message(
+        &mut self,
+        reference: &str,
+    ) -> Result<Option<WriteContentRequest>, tonic::Status> {
+        if self.idle_ms == 0 {
+            return self.stream.message().await;
+        }
+        let limit = std::time::Duration::from_millis(self.idle_ms);
+        match tokio::time::timeout(limit, self.stream.message()).await {
+            Ok(next) => next,
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "write of {reference:?}: no message for {limit:?} (write_idle_timeout of \
+                 [plugins.\"io.containerd.grpc.v1.content\"]); what was written is kept: \
+                 write again with the same ref to resume"
+            ))),
+        }
+    }
+}
+
 /// One Write stream, as containerd's service runs it: the first message names the ref and
 /// takes the lock; each message may stat, write at the current offset (offset 0 on a
 /// non-empty ingest truncates it) or commit; every reply carries offset, total, times and the
 /// digest so far. The lock is released when the stream ends, whatever happened.
 async fn write_session(
     store: Arc<dyn ContentStore>,
-    incoming: &mut tonic::Streaming<WriteContentRequest>,
+    incoming: &mut Incoming,
     sender: &tokio::sync::mpsc::Sender<Result<WriteContentResponse, tonic::Status>>,
 ) -> Result<(), tonic::Status> {
-    let Some(mut request) = incoming.message().await? else {
+    let Some(mut request) = incoming.message("").await? else {
         return Ok(());
     };
     if request.r#ref.is_empty() {
@@ -339,7 +423,7 @@ async fn write_session(
             if sender.send(Ok(reply)).await.is_err() {
                 return Ok(());
             }
-            match incoming.message().await? {
+            match incoming.message(&reference).await? {
                 Some(next) => request = next,
                 None => return Ok(()),
             }
@@ -365,11 +449,37 @@ impl GrpcService for Service {
 
 #[cfg(feature = "content-service")]
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
+    let config = ctx.config::<ContentServiceConfig>()?;
     let stores: Arc<dyn NamespacedStores> = ctx.get_single(types::METADATA)?;
-    Ok(Instance::new(
-        Arc::new(Service { stores, raw: false }) as Arc<dyn GrpcService>
-    ))
+    let idle_ms = Arc::new(AtomicU64::new(config.idle_ms().map_err(InitError::msg)?));
+    let service = Arc::new(Service {
+        stores,
+        raw: false,
+        idle_ms: idle_ms.clone(),
+    });
+    Ok(Instance::new(service as Arc<dyn GrpcService>).with(idle_ms))
+}
+
+/// Takes a new `write_idle_timeout` in place: Write streams opened from then on get it.
+#[cfg(feature = "content-service")]
+fn reconfigure(
+    instance: &Instance,
+    config: &plinth_core::registration::AnyConfig,
+) -> Result<(), plinth_core::init::BoxError> {
+    let config = config
+        .downcast_ref::<ContentServiceConfig>()
+        .ok_or("the content service was given another plugin's config")?;
+    let idle_ms = instance
+        .get::<AtomicU64>()
+        .ok_or("the instance has no idle time-out")?;
+    idle_ms.store(config.idle_ms()?, Ordering::Relaxed);
+    Ok(())
 }
 
 #[cfg(feature = "content-service")]
-register!(Registration::new(types::GRPC, "content", init).requires(&[types::METADATA]));
+register!(
+    Registration::new(types::GRPC, "content", init)
+        .requires(&[types::METADATA])
+        .validated_config::<ContentServiceConfig>()
+        .reconfigure(reconfigure)
+);

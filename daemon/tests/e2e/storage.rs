@@ -604,3 +604,114 @@ fn corrupt_blobs_are_refused_whole_and_found_by_verify() {
         none.stderr
     );
 }
+
+/// A client that opens a Write stream and goes silent holds its ref only until the idle
+/// time-out: the daemon ends the stream with DeadlineExceeded, the lock is released and what
+/// was written is kept, so the same ref resumes and commits. A reload changes the time-out
+/// in place.
+#[test]
+fn a_silent_writer_loses_its_lock_after_the_idle_timeout_and_its_ingest_is_resumed() {
+    use plinth_api::containerd::services::content::v1::content_client::ContentClient;
+    use plinth_api::containerd::services::content::v1::{
+        InfoRequest, WriteAction, WriteContentRequest,
+    };
+
+    let section = "[plugins.\"io.containerd.grpc.v1.content\"]\nwrite_idle_timeout = ";
+    let daemon = start(Start {
+        config: format!("version = 3\n{section}\"300ms\"\n"),
+        ..Start::default()
+    });
+    let input = daemon.dir().join("blob");
+    random_file(&input, 200_000, 77);
+    let bytes = std::fs::read(&input).unwrap();
+    let digest = sha256_file(&input);
+    let (first, rest) = bytes.split_at(120_000);
+    let message = |action: WriteAction, offset: usize, data: &[u8]| WriteContentRequest {
+        action: action as i32,
+        r#ref: "silent".to_string(),
+        total: bytes.len() as i64,
+        expected: digest.clone(),
+        offset: offset as i64,
+        data: data.to_vec(),
+        ..WriteContentRequest::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = plinthd::client::Client::connect(&daemon.address(), "default")
+            .await
+            .unwrap();
+        let mut api = ContentClient::new(client.channel());
+        // Write the first part, then say nothing more (the sender stays open).
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        sender
+            .send(message(WriteAction::Write, 0, first))
+            .await
+            .unwrap();
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+        let mut replies = api
+            .write(client.request(stream).unwrap())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(replies.message().await.unwrap().unwrap().offset, 120_000);
+        let ended = replies.message().await.unwrap_err();
+        assert_eq!(ended.code(), tonic::Code::DeadlineExceeded, "{ended}");
+        assert!(
+            ended
+                .message()
+                .contains("no message for 300ms (write_idle_timeout")
+                && ended.message().contains("resume"),
+            "{ended}"
+        );
+        // The same ref resumes where it stopped, and commits.
+        let resumed = vec![
+            message(WriteAction::Stat, 0, &[]),
+            message(WriteAction::Commit, first.len(), rest),
+        ];
+        let mut replies = api
+            .write(client.request(tokio_stream::iter(resumed)).unwrap())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(replies.message().await.unwrap().unwrap().offset, 120_000);
+        let committed = replies.message().await.unwrap().unwrap();
+        assert_eq!(committed.digest, digest);
+        drop(sender);
+        let info = api
+            .info(
+                client
+                    .request(InfoRequest {
+                        digest: digest.clone(),
+                    })
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(info.into_inner().info.unwrap().size, bytes.len() as i64);
+    });
+    // Reconfigured in place by a reload: the content service is not restarted.
+    std::fs::write(
+        daemon.dir().join("config.toml"),
+        format!("version = 3\n{section}\"1h\"\n"),
+    )
+    .unwrap();
+    let applied = daemon.plinthctl(&["config", "reload"]);
+    assert!(
+        applied
+            .ok()
+            .starts_with("reconfigure io.containerd.grpc.v1.content: config section changed\n"),
+        "{}",
+        applied.stdout
+    );
+    let bad = daemon.dir().join("config.toml");
+    std::fs::write(&bad, format!("version = 3\n{section}\"soon\"\n")).unwrap();
+    let refused = daemon.plinthctl(&["config", "reload"]);
+    assert!(
+        !refused.status.success() && refused.stderr.contains("write_idle_timeout"),
+        "{}",
+        refused.stderr
+    );
+}
