@@ -324,17 +324,32 @@ impl Incoming {
         reference: &str,
     ) -> Result<Option<WriteContentRequest>, tonic::Status> {
         if self.idle_ms == 0 {
-            return self.stream.message().await;
+            return self.stream.message().await.map_err(too_large);
         }
         let limit = std::time::Duration::from_millis(self.idle_ms);
         match tokio::time::timeout(limit, self.stream.message()).await {
-            Ok(next) => next,
+            Ok(next) => next.map_err(too_large),
             Err(_) => Err(tonic::Status::deadline_exceeded(format!(
                 "write of {reference:?}: no message for {limit:?} (write_idle_timeout of \
                  [plugins.\"io.containerd.grpc.v1.content\"]); what was written is kept: \
                  write again with the same ref to resume"
             ))),
         }
+    }
+}
+
+/// tonic's refusal of a message over the size limit (OutOfRange) as grpc-go's, which
+/// containerd's clients know: ResourceExhausted.
+fn too_large(status: tonic::Status) -> tonic::Status {
+    if status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+    {
+        tonic::Status::resource_exhausted(format!(
+            "{}: raise [grpc] max_recv_message_size, or send smaller messages",
+            status.message()
+        ))
+    } else {
+        status
     }
 }
 

@@ -14,6 +14,7 @@ pub mod paths;
 pub mod reload;
 pub mod server;
 pub mod setup;
+pub mod too_large;
 
 /// The name of the running program (its executable's file name), for the lines it prints:
 /// `plinthd`, or the name of a daemon built on this crate, such as `minimal-daemon`.

@@ -599,6 +599,15 @@ impl Containerd {
     /// # Panics
     /// When it exits or does not answer within [`START_TIMEOUT`]; the message holds its log.
     pub fn start(disabled_plugins: &[&str], extra: &str) -> Containerd {
+        Containerd::start_with_grpc(disabled_plugins, "", extra)
+    }
+
+    /// As [`Containerd::start`], with `grpc` (lines of keys) added to its `[grpc]` table, e.g.
+    /// `max_recv_message_size = 4096`.
+    ///
+    /// # Panics
+    /// As [`Containerd::start`].
+    pub fn start_with_grpc(disabled_plugins: &[&str], grpc: &str, extra: &str) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("ctd")
             .tempdir()
@@ -610,7 +619,7 @@ impl Containerd {
         let disabled: Vec<String> = disabled.iter().map(|p| format!("{p:?}")).collect();
         let config = format!(
             "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [{}]\n\
-             [grpc]\n  address = {:?}\n[ttrpc]\n  address = {:?}\n\
+             [grpc]\n  address = {:?}\n{grpc}\n[ttrpc]\n  address = {:?}\n\
              [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {:?}\n\
              [plugins.\"io.containerd.gc.v1.scheduler\"]\n  deletion_threshold = 1\n  schedule_delay = \"0s\"\n  startup_delay = \"0s\"\n{extra}\n",
             path("root"),

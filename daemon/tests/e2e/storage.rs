@@ -715,3 +715,50 @@ fn a_silent_writer_loses_its_lock_after_the_idle_timeout_and_its_ingest_is_resum
         refused.stderr
     );
 }
+
+/// A request over `[grpc] max_recv_message_size` is refused with ResourceExhausted, as
+/// containerd (grpc-go) refuses it — a streamed write and a unary call alike, on both
+/// daemons side by side — and the daemon goes on serving.
+#[test]
+fn a_message_over_the_size_limit_is_resource_exhausted_as_on_containerd() {
+    let plinthd = start(Start {
+        config: "version = 3\n[grpc]\nmax_recv_message_size = 4096\n".to_string(),
+        ..Start::default()
+    });
+    let containerd =
+        plinth_tests::Containerd::start_with_grpc(&[], "  max_recv_message_size = 4096", "");
+    let input = plinthd.dir().join("blob");
+    random_file(&input, 100_000, 78);
+    let label = format!("big={}", "a".repeat(6000));
+    for (name, socket) in [
+        ("plinthd", plinthd.address()),
+        ("containerd", containerd.socket().display().to_string()),
+    ] {
+        let plinthctl = |args: &[&str]| {
+            let mut all = vec!["--address", socket.as_str()];
+            all.extend_from_slice(args);
+            plinth_tests::run(&plinth_tests::binary("plinthctl"), &all)
+        };
+        let input = input.to_str().unwrap();
+        for args in [
+            &["content", "ingest", "big", input, "--progress", "never"][..],
+            &["namespaces", "create", "labelled", &label][..],
+        ] {
+            let refused = plinthctl(args);
+            // The same code; the words are each stack's own (plinthd names both sizes).
+            let words = if name == "plinthd" {
+                "the limit is: 4096 bytes"
+            } else {
+                "larger than max"
+            };
+            assert!(
+                !refused.status.success()
+                    && refused.stderr.contains(words)
+                    && refused.stderr.contains("(ResourceExhausted)"),
+                "{name} {args:?}: {}",
+                refused.stderr
+            );
+        }
+        plinthctl(&["namespaces", "create", "small"]).ok();
+    }
+}
