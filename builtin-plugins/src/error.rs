@@ -47,6 +47,11 @@ impl Error {
         Error::new(Category::Unavailable, message)
     }
 
+    /// A resource ran out (the disk is full).
+    pub fn resource_exhausted(message: impl Into<String>) -> Self {
+        Error::new(Category::ResourceExhausted, message)
+    }
+
     /// Stored data is lost or corrupt.
     pub fn data_loss(message: impl Into<String>) -> Self {
         Error::new(Category::DataLoss, message)
@@ -67,6 +72,7 @@ pub fn code_of(category: Category) -> tonic::Code {
         Category::FailedPrecondition => tonic::Code::FailedPrecondition,
         Category::Unavailable => tonic::Code::Unavailable,
         Category::DataLoss => tonic::Code::DataLoss,
+        Category::ResourceExhausted => tonic::Code::ResourceExhausted,
         _ => tonic::Code::Internal,
     }
 }

@@ -21,6 +21,8 @@ pub enum Category {
     /// Stored data is lost or corrupt, e.g. a blob whose bytes no longer match its digest
     /// (gRPC `DataLoss`).
     DataLoss,
+    /// A resource ran out, e.g. the disk is full (gRPC `ResourceExhausted`).
+    ResourceExhausted,
     /// Anything else (gRPC `Internal`).
     Internal,
 }

@@ -199,6 +199,7 @@ fn category_of(code: tonic::Code) -> Category {
         tonic::Code::FailedPrecondition | tonic::Code::Aborted => Category::FailedPrecondition,
         tonic::Code::Unavailable => Category::Unavailable,
         tonic::Code::DataLoss => Category::DataLoss,
+        tonic::Code::ResourceExhausted => Category::ResourceExhausted,
         _ => Category::Internal,
     }
 }

@@ -762,3 +762,101 @@ fn a_message_over_the_size_limit_is_resource_exhausted_as_on_containerd() {
         plinthctl(&["namespaces", "create", "small"]).ok();
     }
 }
+
+/// A size-limited tmpfs, mounted for the test and unmounted when dropped.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            mounted.success(),
+            "mounting a tmpfs failed: this test needs root (CI runs as root)"
+        );
+        SmallDisk {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+/// On a full disk an ingest fails with ResourceExhausted naming the file and what to do, no
+/// half blob is visible, what was committed before still reads, and once space is freed the
+/// same ingest succeeds.
+#[test]
+fn a_full_disk_refuses_an_ingest_cleanly_and_it_succeeds_once_space_is_freed() {
+    // The daemon's root is the small disk.
+    let home = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&home.path().join("root"), "6m");
+    let mut daemon = plinth_tests::start_in(home, Start::default())
+        .unwrap_or_else(|(log, status)| panic!("plinthd did not start ({status:?}):\n{log}"));
+    let dir = daemon.dir().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (small, big) = (dir.join("small"), dir.join("big"));
+    random_file(&small, 10_000, 80);
+    random_file(&big, 3 << 20, 81);
+    let (small_digest, big_digest) = (sha256_file(&small), sha256_file(&big));
+    ingest(&daemon, "default", "small", &small, &small_digest).ok();
+    // Leave about 1 MiB free.
+    let filler = disk.path().join("filler");
+    random_file(&filler, 4 << 20, 82);
+
+    let refused = daemon.plinthctl(&[
+        "content",
+        "ingest",
+        "big",
+        big.to_str().unwrap(),
+        "--progress",
+        "never",
+    ]);
+    assert!(
+        !refused.status.success()
+            && refused.stderr.contains("(ResourceExhausted)")
+            && refused.stderr.contains("free space on that filesystem"),
+        "{}",
+        refused.stderr
+    );
+    let listed = daemon.ctr(&["content", "ls", "-q"]);
+    assert_eq!(listed.ok().trim(), small_digest, "no half blob is visible");
+    let out = dir.join("out");
+    daemon
+        .ctr_files(&["content", "get", &small_digest], None, Some(&out))
+        .ok();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&small).unwrap());
+
+    std::fs::remove_file(&filler).unwrap();
+    daemon
+        .plinthctl(&[
+            "content",
+            "ingest",
+            "big",
+            big.to_str().unwrap(),
+            "--progress",
+            "never",
+        ])
+        .ok();
+    let verified = daemon.plinthctl(&["content", "verify", "--all"]);
+    assert!(
+        verified.ok().contains(&format!("ok {big_digest}")),
+        "{}",
+        verified.stdout
+    );
+    daemon.stop(std::time::Duration::from_secs(15));
+    drop(disk);
+}
