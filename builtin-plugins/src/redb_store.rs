@@ -53,6 +53,11 @@ fn open_versioned(
 ) -> Result<Database, Error> {
     let db = Database::create(path).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => held_by_another(path),
+        e if damaged(&e.to_string()) => Error::unavailable(format!(
+            "opening {}: {e}: the file is damaged; restore it from a backup, or move it aside \
+             to start this plugin empty (what it recorded is then lost)",
+            path.display()
+        )),
         e => Error::unavailable(format!("opening {}: {e}", path.display())),
     })?;
     let at = |e: Error| Error {
@@ -89,6 +94,14 @@ fn open_versioned(
     create_tables(&txn).map_err(at)?;
     txn.commit().map_err(storage).map_err(at)?;
     Ok(db)
+}
+
+/// Whether redb's error says the file's contents are not a database it can read.
+fn damaged(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    ["invalid data", "corrupt", "invalid database"]
+        .iter()
+        .any(|sign| error.contains(sign))
 }
 
 /// The databases this process has open (or will open at first use), by path.

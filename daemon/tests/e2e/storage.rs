@@ -860,3 +860,51 @@ fn a_full_disk_refuses_an_ingest_cleanly_and_it_succeeds_once_space_is_freed() {
     daemon.stop(std::time::Duration::from_secs(15));
     drop(disk);
 }
+
+/// A damaged database file fails its own plugin with an error naming the file and what to
+/// do, and every call that needs it says so; the plugins that do not need it keep serving.
+#[test]
+fn a_damaged_database_fails_its_plugin_and_the_rest_keep_serving() {
+    let mut daemon = start(Start::default());
+    daemon
+        .ctr(&["snapshots", "--snapshotter", "native", "prepare", "a"])
+        .ok();
+    daemon.stop(std::time::Duration::from_secs(15));
+    let home = daemon.into_dir();
+    let file = home
+        .path()
+        .join("root/io.containerd.snapshotter.v1.native/metadata.db");
+    let mut bytes = std::fs::read(&file).unwrap();
+    for byte in bytes.iter_mut().step_by(7) {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(&file, bytes).unwrap();
+    let daemon = plinth_tests::start_in(home, Start::default())
+        .unwrap_or_else(|(log, status)| panic!("plinthd did not start ({status:?}):\n{log}"));
+    // (Listing reads the metadata plugin's records; a new snapshot needs the backend.)
+    let native = daemon.ctr(&["snapshots", "--snapshotter", "native", "prepare", "c"]);
+    let expected = format!("opening {}", file.display());
+    assert!(
+        !native.status.success()
+            && native.stderr.contains(&expected)
+            && native
+                .stderr
+                .contains("the file is damaged; restore it from a backup"),
+        "{}",
+        native.stderr
+    );
+    let detail = daemon.plinthctl(&["plugins", "ls", "-d", "id==native"]);
+    assert!(
+        detail.ok().contains("database unusable") && detail.stdout.contains(&expected),
+        "{}",
+        detail.stdout
+    );
+    // What does not need that file serves as before.
+    daemon
+        .ctr(&["snapshots", "--snapshotter", "overlayfs", "prepare", "b"])
+        .ok();
+    daemon.ctr(&["version"]).ok();
+    let input = daemon.dir().join("blob");
+    random_file(&input, 1000, 90);
+    ingest(&daemon, "default", "blob", &input, &sha256_file(&input)).ok();
+}
