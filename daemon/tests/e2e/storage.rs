@@ -908,3 +908,91 @@ fn a_damaged_database_fails_its_plugin_and_the_rest_keep_serving() {
     random_file(&input, 1000, 90);
     ingest(&daemon, "default", "blob", &input, &sha256_file(&input)).ok();
 }
+
+/// The daemon's open file descriptors.
+fn open_fds(daemon: &Daemon) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .unwrap()
+        .count()
+}
+
+/// A client that disconnects in the middle of a Write stream leaks nothing: the ref's lock
+/// is released at once (the next writer of the ref is not kept waiting), what was written
+/// is kept for a resume, and the daemon's file descriptors come back to what they were.
+#[test]
+fn a_client_gone_mid_write_leaks_no_lock_and_no_file() {
+    use plinth_api::containerd::services::content::v1::content_client::ContentClient;
+    use plinth_api::containerd::services::content::v1::{WriteAction, WriteContentRequest};
+
+    let daemon = start(Start::default());
+    let message = |action: WriteAction, data: Vec<u8>| WriteContentRequest {
+        action: action as i32,
+        r#ref: "gone".to_string(),
+        total: 1 << 20,
+        data,
+        ..WriteContentRequest::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A first ingest, so that the files a served daemon keeps open (its databases, opened
+    // at their first use) are counted in the baseline.
+    let warm = daemon.dir().join("warm");
+    random_file(&warm, 1000, 91);
+    ingest(&daemon, "default", "warm", &warm, &sha256_file(&warm)).ok();
+    let before = open_fds(&daemon);
+    runtime.block_on(async {
+        for round in 0..5 {
+            let client = plinthd::client::Client::connect(&daemon.address(), "default")
+                .await
+                .unwrap();
+            let mut api = ContentClient::new(client.channel());
+            let (sender, receiver) = tokio::sync::mpsc::channel(4);
+            sender
+                .send(message(WriteAction::Write, vec![round; 1000]))
+                .await
+                .unwrap();
+            let mut replies = api
+                .write(
+                    client
+                        .request(tokio_stream::wrappers::ReceiverStream::new(receiver))
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+                .into_inner();
+            // Round 0 wrote 1000 bytes; each later one resumed at offset 0 (a write at 0
+            // starts the ingest over), so the lock was free and the ingest was there.
+            assert_eq!(replies.message().await.unwrap().unwrap().offset, 1000);
+            // Gone without a word: the stream, the call and the connection.
+            drop((sender, replies, api, client));
+        }
+    });
+    // The connection tasks are the runtime's: dropping it closes the sockets for good.
+    drop(runtime);
+    let fds = |daemon: &Daemon| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|p| p.display().to_string())
+            .collect()
+    };
+    let came_back = std::time::Instant::now();
+    while open_fds(&daemon) > before {
+        assert!(
+            came_back.elapsed() < std::time::Duration::from_secs(30),
+            "{} file descriptors open, {before} before: {:?}",
+            open_fds(&daemon),
+            fds(&daemon)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let active = daemon.ctr(&["content", "active"]);
+    assert!(
+        active.ok().contains("gone"),
+        "the ingest is kept: {}",
+        active.stdout
+    );
+}
