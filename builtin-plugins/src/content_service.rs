@@ -11,8 +11,8 @@ use plinth_api::containerd::services::content::v1::{
     ReadContentResponse, StatusRequest, StatusResponse, UpdateRequest, UpdateResponse, WriteAction,
     WriteContentRequest, WriteContentResponse,
 };
-#[cfg(feature = "content-service")]
 use plinth_core::registration::{ConfigViolation, ValidateConfig};
+#[cfg(feature = "content-service")]
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
 use sha2::{Digest as _, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,6 +96,7 @@ impl ValidateConfig for ContentServiceConfig {
 }
 
 /// The time-out of a raw server's Write streams (the proxy target has no config section).
+#[cfg(feature = "proxy")]
 fn default_idle_ms() -> Arc<AtomicU64> {
     let ms = ContentServiceConfig::default().idle_ms().unwrap_or(0);
     Arc::new(AtomicU64::new(ms))

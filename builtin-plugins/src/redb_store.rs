@@ -121,6 +121,7 @@ pub(crate) struct Db {
 struct Inner {
     path: PathBuf,
     /// Held across changes that touch more than the database (see [`Db::serial`]).
+    #[cfg_attr(not(feature = "metadata-redb"), allow(dead_code))]
     serial: tokio::sync::Mutex<()>,
     schema_version: u64,
     create_tables: fn(&WriteTransaction) -> Result<(), Error>,
@@ -185,6 +186,8 @@ impl Db {
     /// The lock a plugin holds across a change that touches its backend and its records, so
     /// that two instances over the same file (the running one and its replacement, while a
     /// reload drains calls) never interleave such changes.
+    // Only the metadata plugin has such changes; a build without it has no caller.
+    #[cfg_attr(not(feature = "metadata-redb"), allow(dead_code))]
     pub(crate) fn serial(&self) -> &tokio::sync::Mutex<()> {
         &self.inner.serial
     }
