@@ -53,6 +53,15 @@ struct Bench {
 }
 
 impl Bench {
+    /// A record starting now.
+    fn new() -> Arc<Bench> {
+        Arc::new(Bench {
+            epoch: Instant::now(),
+            calls: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        })
+    }
+
     fn record(&self, start: Instant, ok: bool) {
         let call = Call {
             start: start - self.epoch,
@@ -344,11 +353,7 @@ async fn main() {
     std::fs::write(&config, "version = 3\n").unwrap();
     let child = start_plinthd(&plinthd, &dir);
     let client = serving(&socket).await;
-    let bench = Arc::new(Bench {
-        epoch: Instant::now(),
-        calls: Mutex::new(Vec::new()),
-        stop: AtomicBool::new(false),
-    });
+    let bench = Bench::new();
     let tasks = start_load(&bench, &client, &socket).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut config_api = ConfigClient::new(client.channel());
@@ -458,11 +463,7 @@ async fn main() {
     let socket = dir.join("d.sock");
     let child = start_containerd(&containerd, &dir);
     let client = serving(&socket).await;
-    let bench = Arc::new(Bench {
-        epoch: Instant::now(),
-        calls: Mutex::new(Vec::new()),
-        stop: AtomicBool::new(false),
-    });
+    let bench = Bench::new();
     let tasks = start_load(&bench, &client, &socket).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     restart_row("containerd", restarts, bench, tasks, child, &socket, || {

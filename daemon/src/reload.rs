@@ -341,14 +341,11 @@ impl Reloader {
         };
         let built: Vec<_> = staged.built().to_vec();
         let retired = staged.commit();
-        let (routes, _) = build_routes(
-            &self.live,
-            limits(&next.config),
-            self.this.upgrade().as_ref(),
-        );
+        let limits = limits(&next.config);
+        let (routes, _) = build_routes(&self.live, limits, self.this.upgrade().as_ref());
         self.table.swap(routes);
         if let Some(hook) = self.after_commit.get()
-            && let Err(error) = hook(&self.live, limits(&next.config))
+            && let Err(error) = hook(&self.live, limits)
         {
             // The new generation serves; only this part of it could not be started.
             tracing::error!(error = %format!("{error:#}"), "after applying the reload");

@@ -389,7 +389,7 @@ async fn run(prepared: Prepared, serving: &std::sync::atomic::AtomicBool) -> any
     };
     let connections = Connections::new(DRAIN_TIMEOUT);
     let server = tonic::transport::Server::builder()
-        .layer(crate::too_large::TooLargeLayer)
+        .layer(crate::too_large::layer())
         .layer(crate::namespace_check::NamespaceCheckLayer)
         .add_routes(table.routes())
         .serve_with_incoming_shutdown(connections.incoming(listener), shutdown);

@@ -121,7 +121,7 @@ impl Instance {
     pub(super) fn mark_baseline(&self) {
         if let Some(first) = self.views.first() {
             let (count, _) = (first.holders)(first.value.as_ref());
-            let _ = self.baseline.set(count.max(self.own_holders()));
+            let _ = self.baseline.set(count);
         }
     }
 

@@ -307,15 +307,7 @@ pub(crate) async fn run(client: &Client, command: ContentCommand) -> anyhow::Res
             Ok(table(&["DIGEST", "SIZE", "AGE", "LABELS"], &rows))
         }
         ContentCommand::Get { digest } => {
-            let mut stream = api
-                .read(client.request(ReadContentRequest {
-                    digest,
-                    offset: 0,
-                    size: 0,
-                })?)
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut stream = read_whole(client, &mut api, &digest).await?;
             let mut stdout = std::io::stdout().lock();
             while let Some(chunk) = stream.message().await.map_err(status_error)? {
                 stdout
@@ -568,14 +560,15 @@ async fn ingest(
     Ok(format!("{digest}\n"))
 }
 
-/// Reads the blob `digest` whole and checks its bytes against the digest here too (a daemon
-/// that does not verify, such as containerd, is caught as well); its size.
-async fn verify_blob(
+/// A Read of the whole blob `digest` (the daemon verifies a whole read).
+async fn read_whole(
     client: &Client,
     api: &mut ContentClient<tonic::transport::Channel>,
     digest: &str,
-) -> anyhow::Result<u64> {
-    let mut stream = api
+) -> anyhow::Result<
+    tonic::Streaming<plinth_api::containerd::services::content::v1::ReadContentResponse>,
+> {
+    Ok(api
         .read(client.request(ReadContentRequest {
             digest: digest.to_string(),
             offset: 0,
@@ -583,7 +576,17 @@ async fn verify_blob(
         })?)
         .await
         .map_err(status_error)?
-        .into_inner();
+        .into_inner())
+}
+
+/// Reads the blob `digest` whole and checks its bytes against the digest here too (a daemon
+/// that does not verify, such as containerd, is caught as well); its size.
+async fn verify_blob(
+    client: &Client,
+    api: &mut ContentClient<tonic::transport::Channel>,
+    digest: &str,
+) -> anyhow::Result<u64> {
+    let mut stream = read_whole(client, api, digest).await?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     while let Some(chunk) = stream.message().await.map_err(status_error)? {
