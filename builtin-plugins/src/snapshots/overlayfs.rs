@@ -762,6 +762,56 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn configured_mount_options_follow_the_detected_ones_and_change_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshotter = Arc::new(OverlaySnapshotter::open(dir.path()).unwrap());
+        let none = Labels::new;
+        snapshotter.prepare("a", "", none()).await.unwrap();
+        snapshotter.commit("b", "a", none()).await.unwrap();
+        snapshotter.prepare("c", "b", none()).await.unwrap();
+        let tail = |mounts: Vec<Mount>, n: usize| {
+            let options = &mounts[0].options;
+            options[options.len() - n..].to_vec()
+        };
+        let detected = snapshotter.default_options().to_vec();
+        let with = |extra: &[&str]| {
+            let mut all = detected.clone();
+            all.extend(extra.iter().map(|s| s.to_string()));
+            all
+        };
+        let n = detected.len();
+        assert_eq!(tail(snapshotter.mounts("c").await.unwrap(), n), with(&[]));
+
+        // The reconfigure hook, as a reload calls it: mounts from then on carry them.
+        let instance = Instance::new(snapshotter.clone() as Arc<dyn Snapshotter>)
+            .with(snapshotter.clone());
+        let config = |options: &[&str]| -> plinth_core::registration::AnyConfig {
+            Arc::new(OverlayConfig {
+                mount_options: options.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        reconfigure(&instance, &config(&["volatile", "redirect_dir=on"])).unwrap();
+        assert_eq!(
+            tail(snapshotter.mounts("c").await.unwrap(), n + 2),
+            with(&["volatile", "redirect_dir=on"])
+        );
+        // Options the snapshotter sets for each mount are refused, and nothing changes.
+        for bad in ["lowerdir=/x", "upperdir=/y", "workdir=/z", "workdir", ""] {
+            let error = reconfigure(&instance, &config(&["index=on", bad])).unwrap_err();
+            assert!(
+                error.to_string().contains(&format!("mount_options: {bad:?} is not an option")),
+                "{bad}: {error}"
+            );
+            assert_eq!(
+                tail(snapshotter.mounts("c").await.unwrap(), n + 2),
+                with(&["volatile", "redirect_dir=on"])
+            );
+        }
+        reconfigure(&instance, &config(&[])).unwrap();
+        assert_eq!(tail(snapshotter.mounts("c").await.unwrap(), n), with(&[]));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn mounts_are_containerd_overlays() {
         let dir = tempfile::tempdir().unwrap();
         let snapshotter = OverlaySnapshotter::open(dir.path()).unwrap();
