@@ -783,8 +783,8 @@ mod tests {
         assert_eq!(tail(snapshotter.mounts("c").await.unwrap(), n), with(&[]));
 
         // The reconfigure hook, as a reload calls it: mounts from then on carry them.
-        let instance = Instance::new(snapshotter.clone() as Arc<dyn Snapshotter>)
-            .with(snapshotter.clone());
+        let instance =
+            Instance::new(snapshotter.clone() as Arc<dyn Snapshotter>).with(snapshotter.clone());
         let config = |options: &[&str]| -> plinth_core::registration::AnyConfig {
             Arc::new(OverlayConfig {
                 mount_options: options.iter().map(|s| s.to_string()).collect(),
@@ -799,7 +799,9 @@ mod tests {
         for bad in ["lowerdir=/x", "upperdir=/y", "workdir=/z", "workdir", ""] {
             let error = reconfigure(&instance, &config(&["index=on", bad])).unwrap_err();
             assert!(
-                error.to_string().contains(&format!("mount_options: {bad:?} is not an option")),
+                error
+                    .to_string()
+                    .contains(&format!("mount_options: {bad:?} is not an option")),
                 "{bad}: {error}"
             );
             assert_eq!(

@@ -607,8 +607,8 @@ fn corrupt_blobs_are_refused_whole_and_found_by_verify() {
 
 /// A client that opens a Write stream and goes silent holds its ref only until the idle
 /// time-out: the daemon ends the stream with DeadlineExceeded, the lock is released and what
-/// was written is kept, so the same ref resumes and commits. A reload changes the time-out
-/// in place.
+/// was written is kept, so the same ref resumes and commits. The time-out is set by a
+/// reload, in place, and a value that is no duration is refused.
 #[test]
 fn a_silent_writer_loses_its_lock_after_the_idle_timeout_and_its_ingest_is_resumed() {
     use plinth_api::containerd::services::content::v1::content_client::ContentClient;
@@ -618,9 +618,24 @@ fn a_silent_writer_loses_its_lock_after_the_idle_timeout_and_its_ingest_is_resum
 
     let section = "[plugins.\"io.containerd.grpc.v1.content\"]\nwrite_idle_timeout = ";
     let daemon = start(Start {
-        config: format!("version = 3\n{section}\"300ms\"\n"),
+        config: format!("version = 3\n{section}\"1h\"\n"),
         ..Start::default()
     });
+    // Down to 300 ms by a reload, in place: the content service is not restarted, and the
+    // streams opened from then on get the new time-out.
+    std::fs::write(
+        daemon.dir().join("config.toml"),
+        format!("version = 3\n{section}\"300ms\"\n"),
+    )
+    .unwrap();
+    let applied = daemon.plinthctl(&["config", "reload"]);
+    assert!(
+        applied
+            .ok()
+            .starts_with("reconfigure io.containerd.grpc.v1.content: config section changed\n"),
+        "{}",
+        applied.stdout
+    );
     let input = daemon.dir().join("blob");
     random_file(&input, 200_000, 77);
     let bytes = std::fs::read(&input).unwrap();
@@ -657,7 +672,10 @@ fn a_silent_writer_loses_its_lock_after_the_idle_timeout_and_its_ingest_is_resum
             .unwrap()
             .into_inner();
         assert_eq!(replies.message().await.unwrap().unwrap().offset, 120_000);
-        let ended = replies.message().await.unwrap_err();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), replies.message())
+            .await
+            .expect("the silent stream was not ended within 30 s: the reloaded time-out is not in force")
+            .unwrap_err();
         assert_eq!(ended.code(), tonic::Code::DeadlineExceeded, "{ended}");
         assert!(
             ended
@@ -692,20 +710,6 @@ fn a_silent_writer_loses_its_lock_after_the_idle_timeout_and_its_ingest_is_resum
             .unwrap();
         assert_eq!(info.into_inner().info.unwrap().size, bytes.len() as i64);
     });
-    // Reconfigured in place by a reload: the content service is not restarted.
-    std::fs::write(
-        daemon.dir().join("config.toml"),
-        format!("version = 3\n{section}\"1h\"\n"),
-    )
-    .unwrap();
-    let applied = daemon.plinthctl(&["config", "reload"]);
-    assert!(
-        applied
-            .ok()
-            .starts_with("reconfigure io.containerd.grpc.v1.content: config section changed\n"),
-        "{}",
-        applied.stdout
-    );
     let bad = daemon.dir().join("config.toml");
     std::fs::write(&bad, format!("version = 3\n{section}\"soon\"\n")).unwrap();
     let refused = daemon.plinthctl(&["config", "reload"]);
