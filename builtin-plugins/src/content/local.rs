@@ -47,8 +47,6 @@ use crate::namespaces::{Labels, apply_label_paths, validate_label};
 
 /// How long a second writer waits for the holder of a ref to close it.
 const LOCK_WAIT: Duration = Duration::from_secs(1);
-/// How often a waiting writer looks again.
-const LOCK_POLL: Duration = Duration::from_millis(20);
 /// The buffer used to re-hash an ingest on resume.
 const REHASH_BUFFER: usize = 1 << 20;
 
@@ -72,6 +70,8 @@ struct Inner {
     root: PathBuf,
     /// Refs held by a writer, and since when.
     locks: Mutex<HashMap<String, Instant>>,
+    /// Woken whenever a ref lock is released, so that a waiting writer takes it at once.
+    released: tokio::sync::Notify,
     /// Serialises the steps that make blobs and sidecars appear or vanish (commit, delete,
     /// label updates), so that "exists?" and "rename" cannot interleave.
     blobs: Mutex<()>,
@@ -87,6 +87,7 @@ struct RefLock {
 impl Drop for RefLock {
     fn drop(&mut self) {
         lock_ignoring_poison(&self.inner.locks).remove(&self.reference);
+        self.inner.released.notify_waiters();
     }
 }
 
@@ -132,6 +133,7 @@ impl LocalStore {
         let inner = Inner {
             root: root.to_path_buf(),
             locks: Mutex::new(HashMap::new()),
+            released: tokio::sync::Notify::new(),
             blobs: Mutex::new(()),
         };
         for dir in [inner.blob_dir(), inner.ingest_root(), inner.sidecar_dir()] {
@@ -149,18 +151,27 @@ impl LocalStore {
         &self.inner.root
     }
 
-    /// Takes the lock on `reference`, polling for up to [`LOCK_WAIT`].
+    /// Takes the lock on `reference`, waiting up to [`LOCK_WAIT`] for its holder to let go
+    /// (woken by the release, not by polling).
     async fn acquire(&self, reference: &str) -> Result<RefLock, Error> {
-        let deadline = Instant::now() + LOCK_WAIT;
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         loop {
+            // Registered before the attempt, so that a release between the attempt and the
+            // wait is not missed.
+            let released = self.inner.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
             match self.inner.try_lock(reference) {
                 Ok(lock) => return Ok(lock),
-                Err(held_for) if Instant::now() >= deadline => {
-                    return Err(Error::unavailable(format!(
-                        "ref {reference} locked for {held_for:.1?}: another writer holds it; retry after it closes"
-                    )));
+                Err(_) => {
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        return self.inner.try_lock(reference).map_err(|held_for| {
+                            Error::unavailable(format!(
+                                "ref {reference} locked for {held_for:.1?}: another writer holds it; retry after it closes"
+                            ))
+                        });
+                    }
                 }
-                Err(_) => tokio::time::sleep(LOCK_POLL).await,
             }
         }
     }

@@ -1,0 +1,198 @@
+//! `plinth-load`: a load generator for plinthd (or containerd) through its socket.
+//!
+//! `run` starts N clients, each on a connection of its own, for a bounded time. Each works
+//! in a namespace of its own, where it knows exactly what must be there, and in one shared
+//! namespace, where the clients race each other (a NotFound after a racing delete is
+//! expected there and counted apart). Every answer is checked: a read returns the bytes
+//! written, a list holds what was committed and not deleted, a stat names the right parent.
+//! At the end it prints ops/s and latency percentiles per operation, errors by code, and the
+//! daemon's RSS, open file descriptors and threads at the start, at the peak, at the end and
+//! after the clients disconnected.
+//!
+//! `check` verifies, against a daemon restarted after a crash, what a run recorded with
+//! `--journal`: every acknowledged write is present and verifies, nothing unacknowledged is
+//! visible as committed. `table` renders `--report` files side by side in Markdown.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use plinthd::client::error_text;
+
+mod check;
+mod procstat;
+mod report;
+mod rng;
+mod run;
+mod worker;
+
+/// Load for plinthd or containerd: concurrent clients, every answer verified.
+#[derive(Debug, Parser)]
+#[command(name = "plinth-load", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run N clients for a bounded time and report throughput, latency, errors and the
+    /// daemon's resources
+    Run(RunArgs),
+    /// Verify what runs recorded with --journal against the daemon (after a restart)
+    Check {
+        /// Socket of the daemon
+        #[arg(short, long, env = "PLINTH_ADDRESS")]
+        address: String,
+        /// Journal files written by `run --journal`
+        #[arg(required = true)]
+        journals: Vec<PathBuf>,
+    },
+    /// Render --report files side by side as a Markdown table
+    Table {
+        /// Report files written by `run --report`, one column group each
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
+}
+
+/// What `run` does.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct RunArgs {
+    /// Socket of the daemon (plinthd's or containerd's)
+    #[arg(short, long, env = "PLINTH_ADDRESS")]
+    pub(crate) address: String,
+    /// Concurrent clients, each on a connection of its own
+    #[arg(short, long, default_value_t = 16)]
+    pub(crate) clients: usize,
+    /// How long the clients run: `20s`, `500ms`, `10m`
+    #[arg(short, long, default_value = "20s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
+    /// Snapshotter the snapshot operations use
+    #[arg(long, default_value = "native")]
+    pub(crate) snapshotter: String,
+    /// Prefix of the namespaces the clients create (default: `load-<pid>`)
+    #[arg(long)]
+    pub(crate) prefix: Option<String>,
+    /// Seed of the operation mix and the data (default: from the clock)
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Also open connections that are dropped in the middle of a write or a read, and check
+    /// that the ingest's lock is released and its bytes kept
+    #[arg(long)]
+    pub(crate) disconnects: bool,
+    /// The daemon's pid, for its RSS, fds and threads (default: the peer of the socket)
+    #[arg(long)]
+    pub(crate) pid: Option<u32>,
+    /// Fail when the daemon holds more fds after the clients disconnected than before they
+    /// connected, or more threads than at the end of the run
+    #[arg(long)]
+    pub(crate) check_leaks: bool,
+    /// Stop (without failing) when the daemon goes away, and leave what was written: for
+    /// crash tests, with --journal
+    #[arg(long)]
+    pub(crate) until_gone: bool,
+    /// Write what each client knows must be (and may be) there to FILE, for `check`; the
+    /// written objects are then kept
+    #[arg(long)]
+    pub(crate) journal: Option<PathBuf>,
+    /// Keep what the clients wrote (default: removed after the run, untimed)
+    #[arg(long)]
+    pub(crate) keep: bool,
+    /// Write the results as JSON to FILE (for `table`)
+    #[arg(long)]
+    pub(crate) report: Option<PathBuf>,
+    /// A name for the report's column (default: the socket)
+    #[arg(long)]
+    pub(crate) label: Option<String>,
+    /// How often to print progress to stderr
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub(crate) progress: Duration,
+}
+
+/// `20s`, `500ms`, `10m`, `1h` or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (write e.g. 20s, 500ms, 10m)"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Writes `text` to standard output (a closed pipe is not an error worth a panic).
+fn out(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("plinth-load: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Check { address, journals } => check::check(&address, &journals).await,
+            Command::Table { reports } => {
+                let mut loaded = Vec::new();
+                for path in &reports {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    loaded.push(serde_json::from_str(&text).with_context(|| {
+                        format!("{} is not a plinth-load report", path.display())
+                    })?);
+                }
+                out(&report::table(&loaded));
+                Ok(true)
+            }
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("plinth-load: {}", error_text(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("20"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

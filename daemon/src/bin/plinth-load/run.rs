@@ -1,0 +1,225 @@
+//! `plinth-load run`: the clients, the daemon's resources around them, the report.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::RunArgs;
+use crate::check::Journal;
+use crate::procstat::{self, Sample};
+use crate::report::{Report, Resources, Stats};
+use crate::worker::{Counters, Settings, Worker};
+
+/// How often the daemon's resources are read while the clients run.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// How long the daemon is given to close the connections of clients that left.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// Runs the clients; whether the run passed.
+///
+/// # Errors
+/// The daemon cannot be reached, or a file cannot be written.
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let socket = plinthd::paths::socket_path(&args.address);
+    let pid = match args.pid {
+        Some(pid) => pid,
+        None => procstat::peer_pid(&socket).await?,
+    };
+    let prefix = args
+        .prefix
+        .clone()
+        .unwrap_or_else(|| format!("load-{}", std::process::id()));
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let label = args
+        .label
+        .clone()
+        .unwrap_or_else(|| socket.display().to_string());
+    eprintln!(
+        "plinth-load: {} clients for {:.1} s against {} (pid {pid}), namespaces {prefix}-*, seed {seed}",
+        args.clients,
+        args.duration.as_secs_f64(),
+        socket.display()
+    );
+    let settings = Arc::new(Settings {
+        socket: socket.clone(),
+        snapshotter: args.snapshotter.clone(),
+        shared: format!("{prefix}-shared"),
+        disconnects: args.disconnects,
+    });
+    let counters = Arc::new(Counters::default());
+    let mut workers = Vec::with_capacity(args.clients);
+    for index in 0..args.clients {
+        let mut worker =
+            Worker::connect(index, &prefix, seed, settings.clone(), counters.clone()).await?;
+        worker.setup().await;
+        workers.push(worker);
+    }
+    if let Some(first) = workers.first_mut() {
+        first.warm_up().await;
+    }
+    counters.ops.store(0, Ordering::Relaxed);
+    counters.bad.store(0, Ordering::Relaxed);
+    let start = procstat::sample(pid)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn(watch(
+        pid,
+        start,
+        stop.clone(),
+        counters.clone(),
+        args.progress,
+    ));
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let tasks: Vec<_> = workers
+        .into_iter()
+        .map(|mut w| {
+            tokio::spawn(async move {
+                w.run_until(deadline).await;
+                w
+            })
+        })
+        .collect();
+    let mut workers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        workers.push(task.await.context("a client panicked")?);
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let peak = sampler.await.context("the sampler panicked")?;
+    let gone = workers.iter().any(|w| w.gone);
+
+    let mut stats = Stats::default();
+    for w in &mut workers {
+        stats.merge(std::mem::take(&mut w.stats));
+    }
+    if gone && !args.until_gone {
+        stats.failure("the daemon went away during the run".to_string());
+    }
+    if let Some(path) = &args.journal {
+        let journal = Journal {
+            shared: settings.shared.clone(),
+            models: workers.iter().map(|w| w.model.clone()).collect(),
+        };
+        std::fs::write(path, serde_json::to_vec_pretty(&journal)?)
+            .with_context(|| format!("writing the journal {}", path.display()))?;
+    } else if !args.keep && !gone {
+        eprintln!("plinth-load: removing what the clients wrote");
+        let tasks: Vec<_> = workers
+            .into_iter()
+            .map(|mut w| {
+                tokio::spawn(async move {
+                    w.clean_up().await;
+                    w
+                })
+            })
+            .collect();
+        workers = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            workers.push(task.await.context("a client panicked while cleaning up")?);
+        }
+        if let Some(first) = workers.first_mut() {
+            first.clean_up_shared().await;
+        }
+    }
+
+    let mut report = Report::new(label, args.clients, elapsed, stats);
+    report.gone = gone;
+    if !gone {
+        let end = procstat::sample(pid)?;
+        drop(workers);
+        let after = settle(pid, start, end, args.clients).await?;
+        let resources = Resources {
+            start,
+            peak: peak.max(end),
+            end,
+            after,
+        };
+        if args.check_leaks {
+            if end.fds > start.fds {
+                report.leaks.push(format!(
+                    "the daemon held {} fds when the clients started and {} when they stopped (having removed what they wrote)",
+                    start.fds, end.fds
+                ));
+            }
+            if after.fds + clients(args.clients) > start.fds {
+                report.leaks.push(format!(
+                    "the daemon held {} fds with the {} clients connected and {} after they left (one per connection fewer expected)",
+                    start.fds, args.clients, after.fds
+                ));
+            }
+            if after.threads > end.threads {
+                report.leaks.push(format!(
+                    "the daemon had {} threads when the clients stopped and {} after they left",
+                    end.threads, after.threads
+                ));
+            }
+        }
+        report.resources = Some(resources);
+    }
+    crate::out(&report.text());
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing the report {}", path.display()))?;
+    }
+    Ok(report.passed())
+}
+
+/// Reads the daemon's resources until `stop`, printing progress; the peak.
+async fn watch(
+    pid: u32,
+    start: Sample,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    progress: Duration,
+) -> Sample {
+    let began = Instant::now();
+    let mut peak = start;
+    let mut next_progress = began + progress;
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok(sample) = procstat::sample(pid) {
+            peak = peak.max(sample);
+        }
+        if Instant::now() >= next_progress {
+            let ops = counters.ops.load(Ordering::Relaxed);
+            let seconds = began.elapsed().as_secs_f64();
+            eprintln!(
+                "plinth-load: {seconds:.1} s: {ops} ops ({:.0}/s), {} unexpected or wrong, daemon RSS {:.1} MiB, {} fds, {} threads",
+                ops as f64 / seconds,
+                counters.bad.load(Ordering::Relaxed),
+                peak.rss_kib as f64 / 1024.0,
+                peak.fds,
+                peak.threads
+            );
+            next_progress += progress;
+        }
+        tokio::time::sleep(SAMPLE_EVERY.min(progress)).await;
+    }
+    peak
+}
+
+fn clients(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// The daemon's resources once it has closed the connections of the `n` clients that left
+/// (one fd each): read until its fds are down by that much from `start` and its threads no
+/// more than at `end`, or for [`SETTLE`] at most (a leak).
+async fn settle(pid: u32, start: Sample, end: Sample, n: usize) -> anyhow::Result<Sample> {
+    let give_up = Instant::now() + SETTLE;
+    loop {
+        let now = procstat::sample(pid)?;
+        let closed = now.fds + clients(n) <= start.fds;
+        if (closed && now.threads <= end.threads) || Instant::now() >= give_up {
+            return Ok(now);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
