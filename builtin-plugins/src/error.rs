@@ -52,6 +52,17 @@ impl Error {
         Error::new(Category::ResourceExhausted, message)
     }
 
+    /// A failed I/O call, `what` naming the call and its path: ResourceExhausted when the
+    /// filesystem or the quota is full (with what to do), internal otherwise.
+    pub fn io(what: impl std::fmt::Display, error: &std::io::Error) -> Self {
+        if out_of_space(error) {
+            return Error::resource_exhausted(format!(
+                "{what}: {error}: free space on that filesystem and try again"
+            ));
+        }
+        Error::internal(format!("{what}: {error}"))
+    }
+
     /// Stored data is lost or corrupt.
     pub fn data_loss(message: impl Into<String>) -> Self {
         Error::new(Category::DataLoss, message)
@@ -81,4 +92,12 @@ impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         tonic::Status::new(code_of(error.category), error.message)
     }
+}
+
+/// Whether `error` says the filesystem (ENOSPC) or the quota (EDQUOT) is full.
+pub(crate) fn out_of_space(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }

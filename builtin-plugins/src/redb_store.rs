@@ -13,8 +13,8 @@
 //!
 //! One file is one database in a process: a plugin restarted by a live reload opens the file
 //! its running instance has open (the replacement is built before the old one is closed), so
-//! [`Db::open`] hands out the same database while any holder of it is alive, with one lock
-//! ([`Db::serial`]) for the changes that must not interleave between the two instances.
+//! [`Db::open`] hands out the same database while any holder of it is alive, with the locks
+//! ([`Db::serial`]) for the changes that must not interleave, between the two instances too.
 //!
 //! A failed open is not remembered as final: the next use tries again (a full disk or a
 //! holder that went away can recover), and the live status shows the last failure until an
@@ -22,11 +22,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use plinth_core::Instance;
-use redb::{Database, ReadTransaction, ReadableTable as _, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadTransaction, ReadableTable as _, TableDefinition, WriteTransaction,
+};
 
 use crate::error::Error;
 use crate::live::{AfterStart, LiveStatus};
@@ -36,7 +39,23 @@ pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("me
 
 /// A redb error as ours.
 pub(crate) fn storage(error: impl std::fmt::Display) -> Error {
-    Error::internal(format!("database: {error}"))
+    storage_error("database".to_string(), &error)
+}
+
+/// A redb error of the database at `path`, naming it.
+fn storage_at(path: &Path, error: impl std::fmt::Display) -> Error {
+    storage_error(format!("database {}", path.display()), &error)
+}
+
+fn storage_error(place: String, error: &dyn std::fmt::Display) -> Error {
+    let text = error.to_string();
+    // redb keeps the I/O error only as text: ENOSPC is os error 28, EDQUOT 122.
+    if text.contains("(os error 28)") || text.contains("(os error 122)") {
+        return Error::resource_exhausted(format!(
+            "{place}: {text}: free space on that filesystem and try again"
+        ));
+    }
+    Error::internal(format!("{place}: {text}"))
 }
 
 /// Opens (or creates) the database at `path`, checks its schema version against
@@ -104,6 +123,57 @@ fn damaged(error: &str) -> bool {
         .any(|sign| error.contains(sign))
 }
 
+/// The locks for changes that touch more than a database (its records and a backend's files
+/// together): one per scope (the metadata plugin's scope is a namespace), so that changes in
+/// different scopes run side by side, and one over every scope for a change that spans them
+/// all (a snapshotter's cleanup). A scope's lock lives while someone holds or waits for it.
+#[derive(Debug, Default)]
+#[cfg_attr(not(feature = "metadata-redb"), allow(dead_code))]
+pub(crate) struct Serial {
+    /// Shared by every scoped change, exclusive for a change over all scopes. Always taken
+    /// before a scope's lock, so the two never deadlock.
+    all: tokio::sync::RwLock<()>,
+    scopes: Mutex<BTreeMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+}
+
+/// A held scope lock (see [`Serial::scope`]).
+#[cfg_attr(not(feature = "metadata-redb"), allow(dead_code))]
+pub(crate) struct ScopeGuard<'a> {
+    _scope: tokio::sync::OwnedMutexGuard<()>,
+    _all: tokio::sync::RwLockReadGuard<'a, ()>,
+}
+
+#[cfg_attr(not(feature = "metadata-redb"), allow(dead_code))]
+impl Serial {
+    /// Waits for the lock of `scope`: no other change in that scope, and no change over all
+    /// scopes, runs until the guard is dropped.
+    pub(crate) async fn scope(&self, scope: &str) -> ScopeGuard<'_> {
+        let all = self.all.read().await;
+        let lock = {
+            let mut scopes = self.scopes.lock().unwrap_or_else(PoisonError::into_inner);
+            match scopes.get(scope).and_then(std::sync::Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    // Forget the locks nobody holds any more before adding one.
+                    scopes.retain(|_, lock| lock.strong_count() > 0);
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    scopes.insert(scope.to_string(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        ScopeGuard {
+            _scope: lock.lock_owned().await,
+            _all: all,
+        }
+    }
+
+    /// Waits until no scoped change runs and holds every scope until the guard is dropped.
+    pub(crate) async fn all(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.all.write().await
+    }
+}
+
 /// The databases this process has open (or will open at first use), by path.
 static OPEN: Mutex<BTreeMap<PathBuf, std::sync::Weak<Inner>>> = Mutex::new(BTreeMap::new());
 
@@ -122,21 +192,27 @@ struct Inner {
     path: PathBuf,
     /// Held across changes that touch more than the database (see [`Db::serial`]).
     #[cfg_attr(not(feature = "metadata-redb"), allow(dead_code))]
-    serial: tokio::sync::Mutex<()>,
+    serial: Serial,
     schema_version: u64,
     create_tables: fn(&WriteTransaction) -> Result<(), Error>,
-    ready: OnceLock<Database>,
+    /// The open database, shared with the transactions that use it.
+    ready: RwLock<Option<Arc<Database>>>,
+    /// An I/O error made redb refuse further use of `ready` ("close and re-open"): the next
+    /// use opens the file again (the disk may have room by then).
+    broken: AtomicBool,
     /// Held while opening, so that one caller opens and the others wait for it.
     opening: Mutex<()>,
     /// The last open's error, until an open succeeds.
     last_error: Mutex<Option<Error>>,
+    /// The commits waiting for a sync.
+    group: Group,
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db")
             .field("path", &self.inner.path)
-            .field("open", &self.inner.ready.get().is_some())
+            .field("open", &self.inner.is_open())
             .finish()
     }
 }
@@ -168,12 +244,14 @@ impl Db {
         let existed = check_not_held(path)?;
         let inner = Arc::new(Inner {
             path: path.to_path_buf(),
-            serial: tokio::sync::Mutex::new(()),
+            serial: Serial::default(),
             schema_version,
             create_tables,
-            ready: OnceLock::new(),
+            ready: RwLock::new(None),
+            broken: AtomicBool::new(false),
             opening: Mutex::new(()),
             last_error: Mutex::new(None),
+            group: Group::default(),
         });
         open.insert(path.to_path_buf(), Arc::downgrade(&inner));
         Ok(Db {
@@ -188,14 +266,14 @@ impl Db {
     /// reload drains calls) never interleave such changes.
     // Only the metadata plugin has such changes; a build without it has no caller.
     #[cfg_attr(not(feature = "metadata-redb"), allow(dead_code))]
-    pub(crate) fn serial(&self) -> &tokio::sync::Mutex<()> {
+    pub(crate) fn serial(&self) -> &Serial {
         &self.inner.serial
     }
 
     /// Starts opening a file that existed at init on a thread of its own, once; does nothing
     /// for a missing file (creating it is left to the first use) or an open database.
     pub(crate) fn open_in_background(&self) {
-        if !self.existed || self.inner.ready.get().is_some() {
+        if !self.existed || self.inner.is_open() {
             return;
         }
         let mut opening = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
@@ -224,28 +302,238 @@ impl Db {
     /// # Errors
     /// The database could not be opened, or redb refused.
     pub(crate) fn begin_read(&self) -> Result<ReadTransaction, Error> {
-        self.inner.get()?.begin_read().map_err(storage)
+        let db = self.inner.get()?;
+        match db.begin_read() {
+            Err(e) if self.inner.reopen_after(&e, &db) => {
+                // The old database must be gone before the file opens again.
+                drop(db);
+                let db = self.inner.get()?;
+                db.begin_read().map_err(|e| self.inner.error(e))
+            }
+            other => other.map_err(|e| self.inner.error(e)),
+        }
     }
 
-    /// A write transaction (durable on commit).
+    /// A write transaction, durable when its [`Write::commit`] returns.
     ///
     /// # Errors
     /// The database could not be opened, or redb refused.
-    pub(crate) fn begin_write(&self) -> Result<WriteTransaction, Error> {
-        self.inner.get()?.begin_write().map_err(storage)
+    pub(crate) fn begin_write(&self) -> Result<Write<'_>, Error> {
+        let db = self.inner.get()?;
+        let (mut txn, db) = match db.begin_write() {
+            Ok(txn) => (txn, db),
+            Err(e) if self.inner.reopen_after(&e, &db) => {
+                // The old database must be gone before the file opens again.
+                drop(db);
+                let db = self.inner.get()?;
+                (db.begin_write().map_err(|e| self.inner.error(e))?, db)
+            }
+            Err(e) => return Err(self.inner.error(e)),
+        };
+        // Durable by the group's sync (see `Write::commit`), not by a sync of its own.
+        txn.set_durability(Durability::None);
+        Ok(Write {
+            txn,
+            db,
+            inner: &self.inner,
+        })
+    }
+}
+
+/// Group commit: transactions commit without a sync of their own, and one sync (an empty
+/// transaction committed with `Durability::Immediate`, which makes every commit before it
+/// durable) answers every transaction committed before it began. Under concurrent writers
+/// one fsync serves many commits; alone, a commit costs one fsync as before.
+#[derive(Debug, Default)]
+struct Group {
+    state: Mutex<GroupState>,
+    synced: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    /// Sequence numbers handed to commits, in commit order.
+    committed: u64,
+    /// Every commit up to this number is durable.
+    durable: u64,
+    /// A sync is under way.
+    syncing: bool,
+    /// Syncs run so far.
+    syncs: u64,
+}
+
+/// A write transaction of a [`Db`]: a redb transaction (through `Deref`) whose
+/// [`commit`](Write::commit) returns once the commit is durable.
+pub(crate) struct Write<'a> {
+    txn: WriteTransaction,
+    db: Arc<Database>,
+    inner: &'a Inner,
+}
+
+impl std::ops::Deref for Write<'_> {
+    type Target = WriteTransaction;
+
+    fn deref(&self) -> &WriteTransaction {
+        &self.txn
+    }
+}
+
+/// A commit visible to every transaction after it, not yet known durable.
+#[must_use = "a commit is durable only once `durable` returns"]
+pub(crate) struct Committed<'a> {
+    sequence: u64,
+    db: Arc<Database>,
+    inner: &'a Inner,
+}
+
+impl<'a> Write<'a> {
+    /// Commits; returns once the commit is durable (a crash after that keeps it).
+    ///
+    /// # Errors
+    /// redb refused the commit (nothing changed) or the sync (the change is visible to this
+    /// process but may be lost in a crash: treat it as not done).
+    pub(crate) fn commit(self) -> Result<(), Error> {
+        self.commit_visible()?.durable()
+    }
+
+    /// Drops the transaction's changes.
+    ///
+    /// # Errors
+    /// redb refused.
+    pub(crate) fn abort(self) -> Result<(), Error> {
+        self.txn.abort().map_err(|e| self.inner.error(e))
+    }
+
+    /// Commits for every later transaction to see; [`Committed::durable`] waits for the
+    /// sync. For a caller that undoes work of its own when the commit itself fails.
+    ///
+    /// # Errors
+    /// redb refused the commit: nothing changed.
+    pub(crate) fn commit_visible(self) -> Result<Committed<'a>, Error> {
+        // Numbered while this transaction is the database's only writer, so the numbers
+        // follow the commit order.
+        let sequence = {
+            let mut state = self.inner.group.lock();
+            state.committed += 1;
+            state.committed
+        };
+        self.txn.commit().map_err(|e| self.inner.error(e))?;
+        Ok(Committed {
+            sequence,
+            db: self.db,
+            inner: self.inner,
+        })
+    }
+}
+
+impl Committed<'_> {
+    /// Waits until the commit is durable: joins the sync under way if it covers this commit,
+    /// or runs the next one.
+    ///
+    /// # Errors
+    /// The sync failed (its error); the commit may be lost in a crash.
+    pub(crate) fn durable(self) -> Result<(), Error> {
+        let group = &self.inner.group;
+        let mut state = group.lock();
+        loop {
+            if state.durable >= self.sequence {
+                return Ok(());
+            }
+            if state.syncing {
+                state = group
+                    .synced
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            state.syncing = true;
+            // Every number handed out so far belongs to a commit that is done or holds the
+            // writer; the sync's transaction begins after it, so it covers them all.
+            let covers = state.committed;
+            drop(state);
+            let result = self
+                .db
+                .begin_write()
+                .map_err(|e| self.inner.error(e))
+                .and_then(|mut txn| {
+                    txn.set_durability(Durability::Immediate);
+                    txn.commit().map_err(|e| self.inner.error(e))
+                });
+            state = group.lock();
+            state.syncing = false;
+            state.syncs += 1;
+            if result.is_ok() {
+                state.durable = state.durable.max(covers);
+            }
+            group.synced.notify_all();
+            result?;
+        }
+    }
+}
+
+impl Group {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Inner {
+    fn current(&self) -> Option<Arc<Database>> {
+        self.ready
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn is_open(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// `error` as ours, naming the file; an I/O error marks the database for reopening
+    /// (redb refuses every later use of it).
+    fn error(&self, error: impl std::fmt::Display) -> Error {
+        let text = error.to_string();
+        if text.contains("I/O error") {
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        storage_at(&self.path, text)
+    }
+
+    /// Whether `error`, from a use of `db`, means an earlier I/O error made redb give up on
+    /// it; if so, it is marked for reopening and the caller tries once more.
+    fn reopen_after(&self, error: &dyn std::fmt::Display, db: &Arc<Database>) -> bool {
+        let previous = error.to_string().contains("Previous I/O error");
+        if previous
+            && self
+                .current()
+                .is_some_and(|current| Arc::ptr_eq(&current, db))
+        {
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        previous
+    }
+
     /// The database; opens (or creates) it if no open has succeeded yet. One caller opens,
     /// concurrent ones wait for it; a failure is returned and recorded, and the next call
     /// tries again.
-    fn get(&self) -> Result<&Database, Error> {
-        if let Some(db) = self.ready.get() {
+    fn get(&self) -> Result<Arc<Database>, Error> {
+        if !self.broken.load(Ordering::SeqCst)
+            && let Some(db) = self.current()
+        {
             return Ok(db);
         }
         let _opening = self.opening.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(db) = self.ready.get() {
+        if self.broken.swap(false, Ordering::SeqCst) {
+            // Dropped here; the file is closed once the transactions still using it end.
+            let old = self
+                .ready
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            drop(old);
+            tracing::warn!(path = %self.path.display(), "reopening the database after an I/O error");
+        }
+        if let Some(db) = self.current() {
             return Ok(db);
         }
         tracing::debug!(path = %self.path.display(), "opening database");
@@ -257,7 +545,9 @@ impl Inner {
         match opened {
             Ok(db) => {
                 *last_error = None;
-                Ok(self.ready.get_or_init(|| db))
+                let db = Arc::new(db);
+                *self.ready.write().unwrap_or_else(PoisonError::into_inner) = Some(db.clone());
+                Ok(db)
             }
             Err(error) => {
                 *last_error = Some(error.clone());
@@ -368,6 +658,54 @@ mod tests {
         table.get(key).unwrap().map(|v| v.value())
     }
 
+    /// One sync makes every commit before it durable: ten commits waiting together cost one
+    /// sync; concurrent writers all get their commits, durable across a reopen.
+    #[test]
+    fn commits_share_a_sync_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let syncs = |db: &Db| db.inner.group.lock().syncs;
+        {
+            let db = Db::open(&path, 1, tables).unwrap();
+            write(&db, "first", 1);
+            assert_eq!(syncs(&db), 1, "a commit alone is one sync");
+            let pending: Vec<Committed<'_>> = (0..10u64)
+                .map(|i| {
+                    let txn = db.begin_write().unwrap();
+                    txn.open_table(TABLE)
+                        .unwrap()
+                        .insert(format!("p{i}").as_str(), i)
+                        .unwrap();
+                    txn.commit_visible().unwrap()
+                })
+                .collect();
+            assert_eq!(read(&db, "p9"), Some(9), "visible before it is durable");
+            for committed in pending {
+                committed.durable().unwrap();
+            }
+            assert_eq!(syncs(&db), 2, "the first wait's sync covers all ten");
+            std::thread::scope(|scope| {
+                for t in 0..8u64 {
+                    let db = &db;
+                    scope.spawn(move || {
+                        for i in 0..25u64 {
+                            write(db, &format!("t{t}-{i}"), t * 100 + i);
+                        }
+                    });
+                }
+            });
+            assert!(syncs(&db) <= 2 + 200, "{}", syncs(&db));
+        }
+        let db = Db::open(&path, 1, tables).unwrap();
+        assert_eq!(read(&db, "first"), Some(1));
+        assert_eq!(read(&db, "p3"), Some(3));
+        for t in 0..8u64 {
+            for i in 0..25u64 {
+                assert_eq!(read(&db, &format!("t{t}-{i}")), Some(t * 100 + i));
+            }
+        }
+    }
+
     /// Opens in the background and waits for it; whether a thread was started.
     fn opened_early(db: &Db) -> bool {
         db.open_in_background();
@@ -388,7 +726,7 @@ mod tests {
         drop(db);
         let db = Db::open(&path, 1, tables).unwrap();
         assert!(opened_early(&db));
-        assert!(db.inner.ready.get().is_some(), "open before any use");
+        assert!(db.inner.is_open(), "open before any use");
         assert_eq!(read(&db, "k"), Some(7));
     }
 

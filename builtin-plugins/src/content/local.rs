@@ -96,10 +96,7 @@ fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn io_error(what: impl std::fmt::Display, error: &io::Error) -> Error {
-    if matches!(
-        error.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-    ) {
+    if crate::error::out_of_space(error) {
         return Error::resource_exhausted(format!(
             "{what}: {error}: free space on that filesystem and write again (an ingest keeps \
              what it had written)"

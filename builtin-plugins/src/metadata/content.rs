@@ -143,7 +143,7 @@ fn add_record(
             .map_err(storage)?;
     }
     write_labels(&txn, namespace, digest.as_str(), labels)?;
-    txn.commit().map_err(storage)
+    txn.commit()
 }
 
 #[tonic::async_trait]
@@ -190,7 +190,7 @@ impl ContentStore for NamespacedContent {
                     .map_err(storage)?;
             }
             write_labels(&txn, &namespace, digest.as_str(), &current.labels)?;
-            txn.commit().map_err(storage)?;
+            txn.commit()?;
             NamespacedContent::record(&metadata, &namespace, &digest)?
                 .ok_or_else(|| Error::not_found(format!("content digest {digest}: not found")))
         })
@@ -263,7 +263,7 @@ impl ContentStore for NamespacedContent {
                 used
             };
             write_labels(&txn, &namespace, d.as_str(), &Labels::new())?;
-            txn.commit().map_err(storage)?;
+            txn.commit()?;
             Ok(still_used)
         })
         .await?;

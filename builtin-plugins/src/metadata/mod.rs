@@ -87,11 +87,18 @@ impl std::fmt::Debug for Metadata {
 use crate::redb_store::{Db, storage, with_db_views};
 
 impl Metadata {
-    /// Held across every snapshot change: it touches the backend and the records, and one at
-    /// a time keeps them in step (across the running instance and its replacement too, as
-    /// they share the database and so this lock; see `redb_store`).
-    fn snapshot_lock(&self) -> &tokio::sync::Mutex<()> {
-        self.db.serial()
+    /// Held across every snapshot change in `namespace`: it touches the backend and the
+    /// records, and one at a time per namespace keeps them in step (a parent and its children
+    /// are always in one namespace; the running instance and its replacement share the
+    /// database and so these locks; see `redb_store`). Namespaces change side by side.
+    async fn snapshot_lock(&self, namespace: &str) -> crate::redb_store::ScopeGuard<'_> {
+        self.db.serial().scope(namespace).await
+    }
+
+    /// Held across a change that spans every namespace (a snapshotter's cleanup, which
+    /// removes what no record of any namespace refers to).
+    async fn snapshot_lock_all(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.db.serial().all().await
     }
 }
 
@@ -194,7 +201,7 @@ impl NamespaceStore for Metadata {
                     .map_err(storage)?;
             }
         }
-        txn.commit().map_err(storage)
+        txn.commit()
     }
 
     fn ensure(&self, name: &str) -> Result<(), Error> {
@@ -247,7 +254,7 @@ impl NamespaceStore for Metadata {
                 }
             }
         }
-        txn.commit().map_err(storage)
+        txn.commit()
     }
 
     fn list(&self) -> Result<Vec<(String, Labels)>, Error> {
@@ -307,7 +314,7 @@ impl NamespaceStore for Metadata {
                 labels.remove((name, key.as_str())).map_err(storage)?;
             }
         }
-        txn.commit().map_err(storage)
+        txn.commit()
     }
 }
 

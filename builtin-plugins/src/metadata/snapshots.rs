@@ -283,7 +283,7 @@ impl NamespacedSnapshotter {
                 write_labels(&txn, &ns, &sn, &key, &labels)?;
                 (backend, parent_backend)
             };
-            txn.commit().map_err(storage)?;
+            txn.commit()?;
             Ok(result)
         })
         .await
@@ -299,7 +299,7 @@ impl NamespacedSnapshotter {
         blocking(move || {
             let txn = metadata.db.begin_write()?;
             remove_record(&txn, &ns, &sn, &key)?;
-            txn.commit().map_err(storage)
+            txn.commit()
         })
         .await
     }
@@ -312,7 +312,7 @@ impl NamespacedSnapshotter {
         kind: Kind,
     ) -> Result<Vec<Mount>, Error> {
         let backend = self.backend()?;
-        let _guard = self.metadata.snapshot_lock().lock().await;
+        let _guard = self.metadata.snapshot_lock(&self.namespace).await;
         let (backend_key, backend_parent) = self.reserve(key, parent, kind, &labels).await?;
         let result = match kind {
             Kind::View => {
@@ -343,7 +343,7 @@ impl Snapshotter for NamespacedSnapshotter {
 
     async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info, Error> {
         validate_key("key", &info.name)?;
-        let _guard = self.metadata.snapshot_lock().lock().await;
+        let _guard = self.metadata.snapshot_lock(&self.namespace).await;
         let (mut record, mut labels) = self.record(&info.name).await?;
         apply_label_paths(&mut labels, &info.labels, fieldpaths)?;
         record.updated = now_nanos();
@@ -358,7 +358,7 @@ impl Snapshotter for NamespacedSnapshotter {
             let txn = metadata.db.begin_write()?;
             insert_record(&txn, &ns, &sn, &key, &r)?;
             write_labels(&txn, &ns, &sn, &key, &l)?;
-            txn.commit().map_err(storage)
+            txn.commit()
         })
         .await?;
         Ok(Self::info(&info.name, &record, labels))
@@ -396,7 +396,7 @@ impl Snapshotter for NamespacedSnapshotter {
             validate_label(k, v)?;
         }
         let backend = self.backend()?;
-        let _guard = self.metadata.snapshot_lock().lock().await;
+        let _guard = self.metadata.snapshot_lock(&self.namespace).await;
         let (record, _) = self.record(key).await?;
         if record.kind != Kind::Active {
             return Err(Error::failed_precondition(format!(
@@ -422,7 +422,7 @@ impl Snapshotter for NamespacedSnapshotter {
                 drop(table);
                 backend_key(&txn, &ns, &name_owned)?
             };
-            txn.commit().map_err(storage)?;
+            txn.commit()?;
             Ok(backend_name)
         })
         .await?;
@@ -449,7 +449,7 @@ impl Snapshotter for NamespacedSnapshotter {
             };
             insert_record(&txn, &ns, &sn, &name, &committed)?;
             write_labels(&txn, &ns, &sn, &name, &labels)?;
-            txn.commit().map_err(storage)
+            txn.commit()
         })
         .await
     }
@@ -457,7 +457,7 @@ impl Snapshotter for NamespacedSnapshotter {
     async fn remove(&self, key: &str) -> Result<(), Error> {
         validate_key("key", key)?;
         let backend = self.backend()?;
-        let _guard = self.metadata.snapshot_lock().lock().await;
+        let _guard = self.metadata.snapshot_lock(&self.namespace).await;
         let (record, _) = self.record(key).await?;
         let (metadata, ns, sn, k) = (
             self.metadata.clone(),
@@ -548,7 +548,7 @@ impl Snapshotter for NamespacedSnapshotter {
 
     async fn cleanup(&self) -> Result<(), Error> {
         let backend = self.backend()?;
-        let _guard = self.metadata.snapshot_lock().lock().await;
+        let _guard = self.metadata.snapshot_lock_all().await;
         let (metadata, sn) = (self.metadata.clone(), self.name.clone());
         let referenced: BTreeSet<String> = blocking(move || {
             let txn = metadata.db.begin_read()?;

@@ -97,7 +97,7 @@ fn build_dir(store: &MetaStore, id: u64, parent: Option<&Path>) -> Result<(), Er
     let temporary = store.snapshots_dir().join(format!("new-{id}"));
     let fail = |what: &str, path: &Path, error: io::Error| {
         remove_dir_logged(&temporary);
-        Error::internal(format!("{what} {}: {error}", path.display()))
+        Error::io(format_args!("{what} {}", path.display()), &error)
     };
     remove_path(&temporary).map_err(|e| fail("removing stale", &temporary, e))?;
     fs::create_dir(&temporary).map_err(|e| fail("creating", &temporary, e))?;
@@ -106,10 +106,14 @@ fn build_dir(store: &MetaStore, id: u64, parent: Option<&Path>) -> Result<(), Er
     if let Some(parent) = parent {
         copy_tree(parent, &temporary).map_err(|e| {
             remove_dir_logged(&temporary);
-            Error::internal(format!(
-                "copying the parent's files from {}: {e}",
-                parent.display()
-            ))
+            Error::io(
+                format_args!(
+                    "copying the parent's files from {} into {}",
+                    parent.display(),
+                    temporary.display()
+                ),
+                &e,
+            )
         })?;
     }
     let path = store.dir_of(id);

@@ -222,11 +222,14 @@ fn build_dir(store: &MetaStore, kind: Kind, snapshot: &Snapshot) -> Result<(), E
     })();
     result.map_err(|e| {
         remove_dir_logged(&temporary);
-        Error::internal(format!(
-            "creating the directories of snapshot {} in {}: {e}",
-            snapshot.id,
-            store.snapshots_dir().display()
-        ))
+        Error::io(
+            format_args!(
+                "creating the directories of snapshot {} in {}",
+                snapshot.id,
+                store.snapshots_dir().display()
+            ),
+            &e,
+        )
     })
 }
 

@@ -58,7 +58,7 @@ pub(crate) const DATABASE_FILE: &str = "metadata.db";
 use crate::redb_store::{Db, META, storage};
 
 fn io_error(what: &str, path: &Path, error: std::io::Error) -> Error {
-    Error::internal(format!("{what} {}: {error}", path.display()))
+    Error::io(format_args!("{what} {}", path.display()), &error)
 }
 
 /// An active snapshot or view as a snapshotter needs it to build mounts (containerd's
@@ -322,7 +322,7 @@ impl MetaStore {
                 .map_err(storage)?;
             record.info(&info.name)
         };
-        txn.commit().map_err(storage)?;
+        txn.commit()?;
         Ok(updated)
     }
 
@@ -447,11 +447,15 @@ impl MetaStore {
             }
         };
         materialize(&snapshot)?;
-        if let Err(error) = txn.commit() {
-            remove_dir_logged(&self.dir_of(snapshot.id));
-            return Err(storage(error));
+        match txn.commit_visible() {
+            Err(error) => {
+                remove_dir_logged(&self.dir_of(snapshot.id));
+                Err(error)
+            }
+            // Once visible the record stays: a failed sync leaves it to the next one (or to
+            // a crash, whose leftover directory `cleanup` removes).
+            Ok(committed) => committed.durable().map(|()| snapshot),
         }
-        Ok(snapshot)
     }
 
     /// The next id: one past the last handed out, skipping ids whose directory exists (left
@@ -533,7 +537,7 @@ impl MetaStore {
                     .map_err(storage)?;
             }
         }
-        txn.commit().map_err(storage)
+        txn.commit()
     }
 
     /// Removes a snapshot's record, then (after the commit) its directory.
@@ -568,7 +572,7 @@ impl MetaStore {
             table.remove(key).map_err(storage)?;
             record.id
         };
-        txn.commit().map_err(storage)?;
+        txn.commit()?;
         remove_dir_logged(&self.dir_of(id));
         Ok(())
     }

@@ -8,6 +8,7 @@ mod commands;
 mod crash;
 mod interop;
 mod lifecycle;
+mod load;
 mod plinthctl;
 mod proxy;
 mod refusals;

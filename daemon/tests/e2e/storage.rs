@@ -865,6 +865,125 @@ fn a_full_disk_refuses_an_ingest_cleanly_and_it_succeeds_once_space_is_freed() {
     drop(disk);
 }
 
+/// Fills the filesystem of `path`'s directory: writes `path` until the disk refuses.
+fn fill(path: &std::path::Path) {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = vec![0x5au8; 64 << 10];
+    loop {
+        match file.write_all(&block).and_then(|()| file.sync_data()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => return,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Snapshot writes on a full disk: a prepare that must copy its parent's files fails with
+/// ResourceExhausted naming the directory and what to do; no half snapshot is listed or left
+/// in the snapshotter's directory; what exists still stats and mounts; once space is freed,
+/// the same prepare succeeds with the parent's files.
+#[test]
+fn a_full_disk_refuses_a_snapshot_cleanly_and_it_succeeds_once_space_is_freed() {
+    let home = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&home.path().join("root"), "8m");
+    let daemon = plinth_tests::start_in(home, Start::default())
+        .unwrap_or_else(|(log, status)| panic!("plinthd did not start ({status:?}):\n{log}"));
+    let sn = |rest: &[&str]| {
+        daemon.plinthctl(&[&["snapshots", "--snapshotter", "native"], rest].concat())
+    };
+    sn(&["prepare", "base-active"]).ok();
+    let mounts = daemon.ctr(&[
+        "snapshots",
+        "--snapshotter",
+        "native",
+        "mounts",
+        "/mnt/x",
+        "base-active",
+    ]);
+    let source = mounts.ok().split_whitespace().nth(3).unwrap().to_string();
+    let payload = std::path::Path::new(&source).join("payload.bin");
+    random_file(&payload, 1 << 20, 90);
+    sn(&["commit", "base", "base-active"]).ok();
+    let filler = disk.path().join("filler");
+    fill(&filler);
+
+    let refused = sn(&["prepare", "child", "base"]);
+    assert!(
+        !refused.status.success()
+            && refused.stderr.contains("(ResourceExhausted)")
+            && refused.stderr.contains("free space on that filesystem"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains(&disk.path().display().to_string()),
+        "the error names where: {}",
+        refused.stderr
+    );
+    let listed = daemon.ctr(&["snapshots", "--snapshotter", "native", "ls"]);
+    let names: Vec<String> = rows(listed.ok())
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(names, ["base"], "no half snapshot is listed");
+    let snapshots_dir = disk
+        .path()
+        .join("io.containerd.snapshotter.v1.native/snapshots");
+    let left: Vec<String> = std::fs::read_dir(&snapshots_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(left.len(), 1, "only base's directory is left: {left:?}");
+    // Reads keep serving.
+    assert!(sn(&["info", "base"]).ok().contains("\"base\""));
+
+    std::fs::remove_file(&filler).unwrap();
+    let mounts = sn(&["prepare", "child", "base"]);
+    mounts.ok();
+    let child = daemon.ctr(&[
+        "snapshots",
+        "--snapshotter",
+        "native",
+        "mounts",
+        "/mnt/y",
+        "child",
+    ]);
+    let child_source = child.ok().split_whitespace().nth(3).unwrap().to_string();
+    assert_eq!(
+        sha256_file(&std::path::Path::new(&child_source).join("payload.bin")),
+        sha256_file(&payload),
+        "the child has its parent's files"
+    );
+
+    // Room for the records but not for the copy: the copy fails, named, and is undone.
+    let reserve = disk.path().join("reserve");
+    random_file(&reserve, 512 << 10, 91);
+    fill(&filler);
+    std::fs::remove_file(&reserve).unwrap();
+    let refused = sn(&["prepare", "second", "base"]);
+    assert!(
+        !refused.status.success()
+            && refused.stderr.contains("(ResourceExhausted)")
+            && refused.stderr.contains("copying the parent's files from"),
+        "{}",
+        refused.stderr
+    );
+    let listed = daemon.ctr(&["snapshots", "--snapshotter", "native", "ls"]);
+    let mut names: Vec<String> = rows(listed.ok())
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["base", "child"], "no half snapshot is listed");
+    let left = std::fs::read_dir(&snapshots_dir).unwrap().count();
+    assert_eq!(left, 2, "the copy's directory was removed");
+    std::fs::remove_file(&filler).unwrap();
+    sn(&["prepare", "second", "base"]).ok();
+    drop(daemon);
+    drop(disk);
+}
+
 /// A damaged database file fails its own plugin with an error naming the file and what to
 /// do, and every call that needs it says so; the plugins that do not need it keep serving.
 #[test]

@@ -15,7 +15,8 @@ use plinth_api::containerd::services::content::v1::{
 };
 use plinth_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
 use plinth_api::containerd::services::namespaces::v1::{
-    CreateNamespaceRequest, DeleteNamespaceRequest, GetNamespaceRequest, Namespace,
+    CreateNamespaceRequest, DeleteNamespaceRequest, GetNamespaceRequest, ListNamespacesRequest,
+    Namespace,
 };
 use plinth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use plinth_api::containerd::services::snapshots::v1::{
@@ -45,6 +46,8 @@ const CHUNK: usize = 256 << 10;
 const SHARED_BLOBS: usize = 8;
 /// containerd's label that keeps an object from its garbage collector.
 const GC_ROOT: &str = "containerd.io/gc.root";
+/// How long the daemon has to answer the call that tells an error from its death.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a resumed ingest waits for the daemon to release the dropped writer's lock.
 const UNLOCK_WAIT: Duration = Duration::from_secs(10);
 
@@ -311,10 +314,7 @@ impl Worker {
                 Err(Some(status.code()))
             }
             Err(status) => {
-                if tokio::net::UnixStream::connect(&self.settings.socket)
-                    .await
-                    .is_err()
-                {
+                if !self.daemon_answers().await {
                     self.gone = true;
                 } else {
                     self.counters.bad.fetch_add(1, Ordering::Relaxed);
@@ -323,6 +323,27 @@ impl Worker {
                 Err(None)
             }
         }
+    }
+
+    /// Whether the daemon still answers a call on a new connection. A connection alone
+    /// proves nothing: a dying daemon's socket can still accept one for a moment.
+    async fn daemon_answers(&self) -> bool {
+        let socket = self.settings.socket.display().to_string();
+        let probe = async {
+            let client = plinthd::client::Client::connect(&socket, &self.model.namespace)
+                .await
+                .ok()?;
+            let request = self.request(false, ListNamespacesRequest::default());
+            NamespacesClient::new(client.channel())
+                .list(request)
+                .await
+                .ok()
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, probe)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
     }
 
     /// Creates the client's namespace (and the shared one; either may exist).

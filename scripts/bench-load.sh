@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# plinthd and containerd under the same concurrent load, in one invocation: for each client
+# count, a fresh plinthd and a fresh containerd (Debian's package, default GC settings) on
+# temporary directories, each driven by `plinth-load run` with the same mix and seed for
+# DURATION, connections dropped mid-call included; then `plinth-load table` prints the
+# Markdown tables for BENCHMARKS.md (throughput, per-operation latency, the daemons' RSS,
+# fds and threads). Fails if either daemon gave an unexpected error or a wrong answer, or
+# held more fds or threads after the clients left than the run explains.
+#
+# Environment: CLIENTS (default "1 16 64"), DURATION (default 20s), SNAPSHOTTER (default
+# native), SOAK=1 to add a 10-minute run at 16 clients on each daemon (RSS at its start,
+# end and after), CONTAINERD (default /usr/bin/containerd), SKIP_BUILD=1 to use the existing
+# target/release binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    echo "building plinthd and plinth-load (release)..." >&2
+    cargo build --release -p plinthd --bins >&2
+fi
+for b in plinthd plinth-load; do
+    [[ -x target/release/$b ]] || { echo "bench-load: target/release/$b not built" >&2; exit 1; }
+done
+containerd=${CONTAINERD:-/usr/bin/containerd}
+command -v "$containerd" >/dev/null || {
+    echo "bench-load: containerd not found (apt-get install -y containerd)" >&2
+    exit 1
+}
+clients=${CLIENTS:-1 16 64}
+duration=${DURATION:-20s}
+snapshotter=${SNAPSHOTTER:-native}
+seed=${SEED:-20261130}
+work=$(mktemp -d)
+pid=
+stop() {
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    pid=
+}
+trap 'stop; rm -rf "$work"' EXIT
+
+# Waits (bounded) until the daemon answers on socket $1.
+wait_socket() {
+    for _ in $(seq 200); do
+        ctr --address "$1" version >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    echo "bench-load: nothing answers on $1" >&2
+    exit 1
+}
+
+start_plinthd() {
+    local dir=$1
+    mkdir -p "$dir"
+    printf 'version = 3\n' > "$dir/config.toml"
+    target/release/plinthd --config "$dir/config.toml" --root "$dir/root" --state "$dir/state" \
+        --address "$dir/d.sock" --log-level warn 2> "$dir/log" &
+    pid=$!
+    wait_socket "$dir/d.sock"
+}
+
+start_containerd() {
+    local dir=$1
+    mkdir -p "$dir"
+    cat > "$dir/config.toml" <<TOML
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$dir/d.sock"
+[ttrpc]
+  address = "$dir/d.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/opt"
+TOML
+    "$containerd" --config "$dir/config.toml" 2> "$dir/log" &
+    pid=$!
+    wait_socket "$dir/d.sock"
+}
+
+reports=()
+failed=0
+# One run: daemon name, client count, duration, report name.
+one() {
+    local daemon=$1 n=$2 length=$3 name=$4
+    local dir=$work/$name
+    "start_$daemon" "$dir"
+    echo "==> $daemon, $n clients, $length" >&2
+    if ! target/release/plinth-load run --address "$dir/d.sock" --clients "$n" \
+        --duration "$length" --snapshotter "$snapshotter" --seed "$seed" --disconnects \
+        --check-leaks --label "$daemon" --report "$work/$name.json" --progress 5s >&2; then
+        echo "bench-load: $daemon at $n clients failed its checks (above)" >&2
+        failed=1
+    fi
+    stop
+    reports+=("$work/$name.json")
+}
+
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD), $($containerd --version | cut -d' ' -f3), $duration per run, $snapshotter snapshotter"
+for n in $clients; do
+    one plinthd "$n" "$duration" "plinthd-$n"
+    one containerd "$n" "$duration" "containerd-$n"
+done
+target/release/plinth-load table "${reports[@]}"
+if [[ ${SOAK:-0} == 1 ]]; then
+    soak=()
+    for daemon in plinthd containerd; do
+        one "$daemon" 16 10m "soak-$daemon"
+        soak+=("$work/soak-$daemon.json")
+    done
+    echo
+    echo "10-minute run, 16 clients:"
+    echo
+    target/release/plinth-load table "${soak[@]}"
+fi
+exit "$failed"
