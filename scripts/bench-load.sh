@@ -8,8 +8,10 @@
 # held more fds or threads after the clients left than the run explains.
 #
 # Environment: CLIENTS (default "1 16 64"), DURATION (default 20s), SNAPSHOTTER (default
-# native), SOAK=1 to add a 10-minute run at 16 clients on each daemon (RSS at its start,
-# end and after), CONTAINERD (default /usr/bin/containerd), SKIP_BUILD=1 to use the existing
+# native), RATE=N to add a run of both daemons at the largest client count offered N calls
+# per second in all (latency at equal load), SOAK=1 to add a 10-minute run at 16 clients on each daemon after a 30-second
+# warm-up at the same concurrency (RSS before the warm-up, at the start, the end and after),
+# CONTAINERD (default /usr/bin/containerd), SKIP_BUILD=1 to use the existing
 # target/release binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,15 +85,16 @@ TOML
 
 reports=()
 failed=0
-# One run: daemon name, client count, duration, report name.
+# One run: daemon name, client count, duration, report name, more plinth-load flags.
 one() {
     local daemon=$1 n=$2 length=$3 name=$4
+    shift 4
     local dir=$work/$name
     "start_$daemon" "$dir"
     echo "==> $daemon, $n clients, $length" >&2
     if ! target/release/plinth-load run --address "$dir/d.sock" --clients "$n" \
         --duration "$length" --snapshotter "$snapshotter" --seed "$seed" --disconnects \
-        --check-leaks --label "$daemon" --report "$work/$name.json" --progress 5s >&2; then
+        --check-leaks --label "$daemon" --report "$work/$name.json" --progress 5s "$@" >&2; then
         echo "bench-load: $daemon at $n clients failed its checks (above)" >&2
         failed=1
     fi
@@ -105,10 +108,24 @@ for n in $clients; do
     one containerd "$n" "$duration" "containerd-$n"
 done
 target/release/plinth-load table "${reports[@]}"
+# The same load offered to both: RATE calls per second at the largest client count, so
+# that latencies compare at equal work (unpaced, the faster daemon is also the busier one).
+if [[ -n ${RATE:-} ]]; then
+    paced=()
+    n=${clients##* }
+    for daemon in plinthd containerd; do
+        one "$daemon" "$n" "$duration" "paced-$daemon" --rate "$RATE"
+        paced+=("$work/paced-$daemon.json")
+    done
+    echo
+    echo "$n clients offered $RATE calls/s in all:"
+    echo
+    target/release/plinth-load table "${paced[@]}"
+fi
 if [[ ${SOAK:-0} == 1 ]]; then
     soak=()
     for daemon in plinthd containerd; do
-        one "$daemon" 16 10m "soak-$daemon"
+        one "$daemon" 16 10m "soak-$daemon" --warm-up 30s
         soak+=("$work/soak-$daemon.json")
     done
     echo

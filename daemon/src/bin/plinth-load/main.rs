@@ -83,6 +83,11 @@ pub(crate) struct RunArgs {
     /// that the ingest's lock is released and its bytes kept
     #[arg(long)]
     pub(crate) disconnects: bool,
+    /// Offer at most this many calls per second in all (each client its share, evenly
+    /// spaced), so that two daemons can be compared at the same load; a daemon that cannot
+    /// keep up makes the clients fall behind (default: each client calls again at once)
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
     /// The daemon's pid, for its RSS, fds and threads (default: the peer of the socket)
     #[arg(long)]
     pub(crate) pid: Option<u32>,
@@ -107,6 +112,11 @@ pub(crate) struct RunArgs {
     /// A name for the report's column (default: the socket)
     #[arg(long)]
     pub(crate) label: Option<String>,
+    /// Run the whole mix this long before the measured run (not counted), so that "start"
+    /// is a daemon already warmed at this concurrency (its allocator's arenas, its threads):
+    /// what grows during the measured run is then growth, not first use
+    #[arg(long, value_parser = parse_duration)]
+    pub warm_up: Option<Duration>,
     /// How often to print progress to stderr
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub(crate) progress: Duration,

@@ -111,6 +111,8 @@ impl Stats {
 /// The daemon's resources over a run.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub(crate) struct Resources {
+    /// With the clients connected, before any warm-up (`--warm-up`; else as `start`).
+    pub(crate) cold: Sample,
     /// With the clients connected and warmed up, before they start.
     pub(crate) start: Sample,
     /// The largest of each figure while they ran.
@@ -284,6 +286,15 @@ impl Report {
             let _ = writeln!(out, "  wrong: {failure}");
         }
         if let Some(r) = &self.resources {
+            if r.cold != r.start {
+                let _ = writeln!(
+                    out,
+                    "daemon before the warm-up: RSS {} MiB, {} fds, {} threads",
+                    mib(r.cold.rss_kib),
+                    r.cold.fds,
+                    r.cold.threads
+                );
+            }
             let _ = writeln!(
                 out,
                 "daemon: RSS {} / {} / {} / {} MiB, fds {} / {} / {} / {}, threads {} / {} / {} / {} (start / peak / end / after)",
@@ -407,12 +418,17 @@ pub(crate) fn table(reports: &[Report]) -> String {
         }
     }
     // Resources.
-    out.push_str("\nThe daemons' resources (start / peak / end / after the clients left):\n\n| daemon | clients | RSS MiB | fds | threads |\n|---|---|---|---|---|\n");
+    out.push_str("\nThe daemons' resources (start / peak / end / after the clients left; before a warm-up, when there was one, in brackets):\n\n| daemon | clients | RSS MiB | fds | threads |\n|---|---|---|---|---|\n");
     for r in reports {
         if let Some(s) = &r.resources {
+            let cold = if s.cold == s.start {
+                String::new()
+            } else {
+                format!("({}) ", mib(s.cold.rss_kib))
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} / {} / {} / {} | {} / {} / {} / {} | {} / {} / {} / {} |",
+                "| {} | {} | {cold}{} / {} / {} / {} | {} / {} / {} / {} | {} / {} / {} / {} |",
                 r.label,
                 r.clients,
                 mib(s.start.rss_kib),

@@ -52,6 +52,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
         snapshotter: args.snapshotter.clone(),
         shared: format!("{prefix}-shared"),
         disconnects: args.disconnects,
+        // Each client's share of the rate, as the time between its calls.
+        pace: args
+            .rate
+            .filter(|r| *r > 0.0)
+            .map(|r| Duration::from_secs_f64(args.clients as f64 / r)),
     });
     let counters = Arc::new(Counters::default());
     let mut workers = Vec::with_capacity(args.clients);
@@ -63,6 +68,18 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
     }
     if let Some(first) = workers.first_mut() {
         first.warm_up().await;
+    }
+    let cold = procstat::sample(pid)?;
+    if let Some(warm_up) = args.warm_up {
+        eprintln!(
+            "plinth-load: warming up for {:.1} s (not counted)",
+            warm_up.as_secs_f64()
+        );
+        let deadline = Instant::now() + warm_up;
+        workers = run_all(workers, deadline).await?;
+        for w in &mut workers {
+            w.stats = Stats::default();
+        }
     }
     counters.ops.store(0, Ordering::Relaxed);
     counters.bad.store(0, Ordering::Relaxed);
@@ -78,19 +95,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
     ));
     let started = Instant::now();
     let deadline = started + args.duration;
-    let tasks: Vec<_> = workers
-        .into_iter()
-        .map(|mut w| {
-            tokio::spawn(async move {
-                w.run_until(deadline).await;
-                w
-            })
-        })
-        .collect();
-    let mut workers = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        workers.push(task.await.context("a client panicked")?);
-    }
+    let mut workers = run_all(workers, deadline).await?;
     let elapsed = started.elapsed();
     stop.store(true, Ordering::SeqCst);
     let peak = sampler.await.context("the sampler panicked")?;
@@ -137,6 +142,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
         drop(workers);
         let after = settle(pid, start, end, args.clients).await?;
         let resources = Resources {
+            cold,
             start,
             peak: peak.max(end),
             end,
@@ -170,6 +176,24 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
             .with_context(|| format!("writing the report {}", path.display()))?;
     }
     Ok(report.passed())
+}
+
+/// Runs every client until `deadline`, each on a task of its own.
+async fn run_all(workers: Vec<Worker>, deadline: Instant) -> anyhow::Result<Vec<Worker>> {
+    let tasks: Vec<_> = workers
+        .into_iter()
+        .map(|mut w| {
+            tokio::spawn(async move {
+                w.run_until(deadline).await;
+                w
+            })
+        })
+        .collect();
+    let mut workers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        workers.push(task.await.context("a client panicked")?);
+    }
+    Ok(workers)
 }
 
 /// Reads the daemon's resources until `stop`, printing progress; the peak.

@@ -99,6 +99,8 @@ pub(crate) struct Settings {
     pub(crate) shared: String,
     /// Whether to drop connections in the middle of calls.
     pub(crate) disconnects: bool,
+    /// The time between a client's calls (`--rate`); none: at once.
+    pub(crate) pace: Option<Duration>,
 }
 
 /// One client.
@@ -114,6 +116,8 @@ pub(crate) struct Worker {
     shared_blobs: Vec<(String, Vec<u8>)>,
     counter: u64,
     counters: Arc<Counters>,
+    /// When the next call may start (`Settings::pace`).
+    next_call: Instant,
     /// What must be in the client's namespace.
     pub(crate) model: Model,
     /// What the client counted.
@@ -261,6 +265,7 @@ impl Worker {
             shared_blobs,
             counter: 0,
             counters,
+            next_call: Instant::now(),
             model: Model {
                 namespace,
                 snapshotter: settings.snapshotter.clone(),
@@ -302,6 +307,14 @@ impl Worker {
         expected: &[Code],
         call: impl Future<Output = Result<T, Status>>,
     ) -> Result<T, Option<Code>> {
+        if let Some(pace) = self.settings.pace {
+            // Evenly spaced; a client that fell behind does not make up in a burst.
+            let now = Instant::now();
+            if self.next_call > now {
+                tokio::time::sleep_until(self.next_call.into()).await;
+            }
+            self.next_call = self.next_call.max(now) + pace;
+        }
         let start = Instant::now();
         match call.await {
             Ok(value) => {
