@@ -156,19 +156,38 @@ async fn write_all(
     last.ok_or_else(|| Status::internal("the write stream closed without an answer"))
 }
 
-/// Reads blob `digest` whole: its digest and size as read.
+/// Reads blob `digest` whole: its bytes (hashed by [`hashed`] after the call is timed).
 async fn read_whole(
     mut api: ContentClient<Channel>,
     request: Request<ReadContentRequest>,
-) -> Result<(String, u64), Status> {
+) -> Result<Vec<u8>, Status> {
     let mut stream = api.read(request).await?.into_inner();
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
+    let mut data = Vec::new();
     while let Some(chunk) = stream.message().await? {
-        size += chunk.data.len() as u64;
-        hasher.update(&chunk.data);
+        data.extend_from_slice(&chunk.data);
     }
-    Ok((format!("sha256:{:x}", hasher.finalize()), size))
+    Ok(data)
+}
+
+/// The digest and size of `data`, computed off the async threads: a client hashing a large
+/// blob must not hold up the other clients' calls (their latencies would include it).
+async fn hashed(data: Vec<u8>) -> (String, u64) {
+    let size = data.len() as u64;
+    let digest = tokio::task::spawn_blocking(move || digest(&data))
+        .await
+        .unwrap_or_default();
+    (digest, size)
+}
+
+/// `size` bytes from `seed` and their digest, made off the async threads (see [`hashed`]).
+async fn random_blob(seed: u64, size: usize) -> (Vec<u8>, String) {
+    tokio::task::spawn_blocking(move || {
+        let data = Rng::new(seed).bytes(size);
+        let digest = digest(&data);
+        (data, digest)
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// Every `Info` a content List answers.
@@ -520,8 +539,7 @@ impl Worker {
     /// A blob of up to 64 KiB in one message (commit with data and labels).
     async fn ingest_small(&mut self) {
         let size = self.rng.between(1, 64 << 10);
-        let data = self.rng.bytes(size);
-        let expected = digest(&data);
+        let (data, expected) = random_blob(self.rng.next(), size).await;
         let labels = self.labels("small");
         let message = WriteContentRequest {
             action: WriteAction::Commit as i32,
@@ -548,8 +566,7 @@ impl Worker {
     /// resumed on a new stream from the offset the daemon reports.
     async fn ingest_large(&mut self) {
         let size = self.rng.between(CHUNK, 8 * CHUNK);
-        let data = self.rng.bytes(size);
-        let expected = digest(&data);
+        let (data, expected) = random_blob(self.rng.next(), size).await;
         let reference = self.next_name("l");
         let resume = self.rng.below(3) == 0;
         let labels = self.labels("large");
@@ -693,9 +710,11 @@ impl Worker {
             },
         );
         let api = self.content.clone();
-        if let Ok((actual, size)) = self.call("read", &[], read_whole(api, request)).await
-            && (actual != expected || size != blob.size)
-        {
+        let Ok(data) = self.call("read", &[], read_whole(api, request)).await else {
+            return;
+        };
+        let (actual, size) = hashed(data).await;
+        if actual != expected || size != blob.size {
             self.wrong(format!(
                 "read of {expected} ({} bytes) returned {size} bytes hashing to {actual}",
                 blob.size
@@ -1201,11 +1220,14 @@ impl Worker {
             },
         );
         let api = self.content.clone();
-        if let Ok((actual, size)) = self
+        let Ok(read) = self
             .call("shared-read", &[Code::NotFound], read_whole(api, request))
             .await
-            && (actual != expected || size != data.len() as u64)
-        {
+        else {
+            return;
+        };
+        let (actual, size) = hashed(read).await;
+        if actual != expected || size != data.len() as u64 {
             self.wrong(format!(
                 "shared read of {expected} returned {size} bytes hashing to {actual}"
             ));
@@ -1228,8 +1250,7 @@ impl Worker {
     /// connection the ingest must then resume at that offset (its lock released) and commit.
     async fn disconnect_write(&mut self) {
         let size = 2 * CHUNK;
-        let data = self.rng.bytes(size);
-        let expected = digest(&data);
+        let (data, expected) = random_blob(self.rng.next(), size).await;
         let reference = self.next_name("d");
         let stat = WriteContentRequest {
             action: WriteAction::Stat as i32,
