@@ -7,7 +7,7 @@
 # fds and threads). Fails if either daemon gave an unexpected error or a wrong answer, or
 # held more fds or threads after the clients left than the run explains.
 #
-# Environment: CLIENTS (default "1 16 64"), DURATION (default 20s), SNAPSHOTTER (default
+# Environment: CLIENTS (default "1 16 64"; "none" for only the RATE or SOAK runs), DURATION (default 20s), SNAPSHOTTER (default
 # native), RATE=N to add a run of both daemons at the largest client count offered N calls
 # per second in all (latency at equal load), SOAK=1 to add a 10-minute run at 16 clients on each daemon after a 30-second
 # warm-up at the same concurrency (RSS before the warm-up, at the start, the end and after),
@@ -28,6 +28,7 @@ command -v "$containerd" >/dev/null || {
     exit 1
 }
 clients=${CLIENTS:-1 16 64}
+[[ $clients == none ]] && clients=
 duration=${DURATION:-20s}
 snapshotter=${SNAPSHOTTER:-native}
 seed=${SEED:-20261130}
@@ -107,12 +108,15 @@ for n in $clients; do
     one plinthd "$n" "$duration" "plinthd-$n"
     one containerd "$n" "$duration" "containerd-$n"
 done
-target/release/plinth-load table "${reports[@]}"
+if (( ${#reports[@]} > 0 )); then
+    target/release/plinth-load table "${reports[@]}"
+fi
 # The same load offered to both: RATE calls per second at the largest client count, so
 # that latencies compare at equal work (unpaced, the faster daemon is also the busier one).
 if [[ -n ${RATE:-} ]]; then
     paced=()
     n=${clients##* }
+    n=${n:-64}
     for daemon in plinthd containerd; do
         one "$daemon" "$n" "$duration" "paced-$daemon" --rate "$RATE"
         paced+=("$work/paced-$daemon.json")

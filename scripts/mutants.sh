@@ -5,7 +5,7 @@
 # changed on purpose) must make some test fail; a mutant that survives is either killed by a
 # new test or explained, one line each, in TESTING.md.
 #
-# Usage: ./scripts/mutants.sh [GROUP...]   groups: content metadata snapshots loader reload (default: all)
+# Usage: ./scripts/mutants.sh [GROUP...]   groups: content metadata snapshots storage loader reload (default: all)
 #        ./scripts/mutants.sh --list [GROUP...]   only list the mutants
 #        ./scripts/mutants.sh [GROUP...] -- [CARGO-MUTANTS ARGS...]
 #          e.g. `-- --in-place` to mutate this tree and reuse its warm target dir (then do
@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
   groups+=("$1")
   shift
 done
-[ ${#groups[@]} -gt 0 ] || groups=(content metadata snapshots loader reload)
+[ ${#groups[@]} -gt 0 ] || groups=(content metadata snapshots storage loader reload)
 
 # Each group: the crate whose tests judge the mutants, the features those tests need, the
 # files mutated, and which functions in them (a regex over cargo-mutants' mutant names).
@@ -69,6 +69,17 @@ run_group() {
       filter='snapshots::'
       re='::(remove|cleanup)\b|fn (remove|cleanup)|in .*::(remove|cleanup)\b|remove_path|remove_dir_logged'
       ;;
+    storage)
+      # How every redb file is used: group commit (nothing acknowledged before its sync),
+      # the per-namespace locks, reopening after an I/O error. Judged by the crate's
+      # database, metadata and snapshot tests (the reopen is held end to end by the full-disk
+      # test in daemon/tests/e2e/storage.rs).
+      package=plinth-builtin-plugins
+      features=metadata-redb,content-local,snapshotter-native,testsuite
+      files=(builtin-plugins/src/redb_store.rs)
+      filter=''
+      re='.'
+      ;;
     loader)
       package=plinth-dynamic-loader
       features=
@@ -85,7 +96,7 @@ run_group() {
       re='.'
       ;;
     *)
-      echo "unknown group $group (content, metadata, snapshots, loader, reload)" >&2
+      echo "unknown group $group (content, metadata, snapshots, storage, loader, reload)" >&2
       exit 2
       ;;
   esac

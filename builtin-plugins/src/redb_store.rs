@@ -196,7 +196,7 @@ struct Inner {
     schema_version: u64,
     create_tables: fn(&WriteTransaction) -> Result<(), Error>,
     /// The open database, shared with the transactions that use it.
-    ready: RwLock<Option<Arc<Database>>>,
+    ready: RwLock<Option<Arc<Open>>>,
     /// An I/O error made redb refuse further use of `ready` ("close and re-open"): the next
     /// use opens the file again (the disk may have room by then).
     broken: AtomicBool,
@@ -204,8 +204,21 @@ struct Inner {
     opening: Mutex<()>,
     /// The last open's error, until an open succeeds.
     last_error: Mutex<Option<Error>>,
-    /// The commits waiting for a sync.
+}
+
+/// An open database and the commits waiting for its syncs. A reopened file is a new `Open`
+/// with a group of its own: a sync of the new database says nothing of the old one's commits.
+struct Open {
+    db: Database,
     group: Group,
+}
+
+impl std::ops::Deref for Open {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        &self.db
+    }
 }
 
 impl std::fmt::Debug for Db {
@@ -251,7 +264,6 @@ impl Db {
             broken: AtomicBool::new(false),
             opening: Mutex::new(()),
             last_error: Mutex::new(None),
-            group: Group::default(),
         });
         open.insert(path.to_path_buf(), Arc::downgrade(&inner));
         Ok(Db {
@@ -366,7 +378,7 @@ struct GroupState {
 /// [`commit`](Write::commit) returns once the commit is durable.
 pub(crate) struct Write<'a> {
     txn: WriteTransaction,
-    db: Arc<Database>,
+    db: Arc<Open>,
     inner: &'a Inner,
 }
 
@@ -382,7 +394,7 @@ impl std::ops::Deref for Write<'_> {
 #[must_use = "a commit is durable only once `durable` returns"]
 pub(crate) struct Committed<'a> {
     sequence: u64,
-    db: Arc<Database>,
+    db: Arc<Open>,
     inner: &'a Inner,
 }
 
@@ -413,7 +425,7 @@ impl<'a> Write<'a> {
         // Numbered while this transaction is the database's only writer, so the numbers
         // follow the commit order.
         let sequence = {
-            let mut state = self.inner.group.lock();
+            let mut state = self.db.group.lock();
             state.committed += 1;
             state.committed
         };
@@ -433,7 +445,7 @@ impl Committed<'_> {
     /// # Errors
     /// The sync failed (its error); the commit may be lost in a crash.
     pub(crate) fn durable(self) -> Result<(), Error> {
-        let group = &self.inner.group;
+        let group = &self.db.group;
         let mut state = group.lock();
         loop {
             if state.durable >= self.sequence {
@@ -478,7 +490,7 @@ impl Group {
 }
 
 impl Inner {
-    fn current(&self) -> Option<Arc<Database>> {
+    fn current(&self) -> Option<Arc<Open>> {
         self.ready
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -501,7 +513,7 @@ impl Inner {
 
     /// Whether `error`, from a use of `db`, means an earlier I/O error made redb give up on
     /// it; if so, it is marked for reopening and the caller tries once more.
-    fn reopen_after(&self, error: &dyn std::fmt::Display, db: &Arc<Database>) -> bool {
+    fn reopen_after(&self, error: &dyn std::fmt::Display, db: &Arc<Open>) -> bool {
         let previous = error.to_string().contains("Previous I/O error");
         if previous
             && self
@@ -516,7 +528,7 @@ impl Inner {
     /// The database; opens (or creates) it if no open has succeeded yet. One caller opens,
     /// concurrent ones wait for it; a failure is returned and recorded, and the next call
     /// tries again.
-    fn get(&self) -> Result<Arc<Database>, Error> {
+    fn get(&self) -> Result<Arc<Open>, Error> {
         if !self.broken.load(Ordering::SeqCst)
             && let Some(db) = self.current()
         {
@@ -545,7 +557,10 @@ impl Inner {
         match opened {
             Ok(db) => {
                 *last_error = None;
-                let db = Arc::new(db);
+                let db = Arc::new(Open {
+                    db,
+                    group: Group::default(),
+                });
                 *self.ready.write().unwrap_or_else(PoisonError::into_inner) = Some(db.clone());
                 Ok(db)
             }
@@ -664,7 +679,7 @@ mod tests {
     fn commits_share_a_sync_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.db");
-        let syncs = |db: &Db| db.inner.group.lock().syncs;
+        let syncs = |db: &Db| db.inner.current().unwrap().group.lock().syncs;
         {
             let db = Db::open(&path, 1, tables).unwrap();
             write(&db, "first", 1);
@@ -704,6 +719,80 @@ mod tests {
                 assert_eq!(read(&db, &format!("t{t}-{i}")), Some(t * 100 + i));
             }
         }
+    }
+
+    /// A full disk: the commit that meets it is ResourceExhausted naming the file; redb then
+    /// refuses the database ("close and re-open"), so the next use opens it again; what was
+    /// committed before stays, and once there is room writes succeed again.
+    #[test]
+    fn a_full_disk_is_named_and_the_database_reopened_once_there_is_room() {
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            mounted.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        let path = dir.path().join("full.db");
+        let db = Db::open(&path, 1, tables).unwrap();
+        write(&db, "kept", 7);
+        // Fill what is left.
+        let filler = dir.path().join("filler");
+        {
+            use std::io::Write as _;
+            let mut file = std::fs::File::create(&filler).unwrap();
+            while file
+                .write_all(&[0u8; 4096])
+                .and_then(|()| file.sync_data())
+                .is_ok()
+            {}
+        }
+        let value = vec![1u8; 64 << 10];
+        const BLOBS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("b");
+        let mut failure = None;
+        for i in 0..64u64 {
+            let attempt = db.begin_write().and_then(|txn| {
+                txn.open_table(BLOBS)
+                    .map_err(storage)?
+                    .insert(i, value.as_slice())
+                    .map_err(storage)?;
+                txn.commit()
+            });
+            if let Err(e) = attempt {
+                failure = Some(e);
+                break;
+            }
+        }
+        let failure = failure.expect("a 2 MiB disk refuses 4 MiB of writes");
+        assert_eq!(
+            failure.category,
+            plinth_core::Category::ResourceExhausted,
+            "{failure}"
+        );
+        assert!(
+            failure.message.contains(&path.display().to_string())
+                && failure.message.contains("free space on that filesystem"),
+            "{failure}"
+        );
+        // Reads work again at once (the file is opened anew), and see what was committed.
+        assert_eq!(read(&db, "kept"), Some(7));
+        std::fs::remove_file(&filler).unwrap();
+        write(&db, "after", 8);
+        assert_eq!(read(&db, "after"), Some(8));
+        drop(db);
+        let db = Db::open(&path, 1, tables).unwrap();
+        assert_eq!((read(&db, "kept"), read(&db, "after")), (Some(7), Some(8)));
     }
 
     /// Opens in the background and waits for it; whether a thread was started.
