@@ -908,39 +908,47 @@ fn a_full_disk_refuses_a_snapshot_cleanly_and_it_succeeds_once_space_is_freed() 
     let filler = disk.path().join("filler");
     fill(&filler);
 
-    let refused = sn(&["prepare", "child", "base"]);
-    assert!(
-        !refused.status.success()
-            && refused.stderr.contains("(ResourceExhausted)")
-            && refused.stderr.contains("free space on that filesystem"),
-        "{}",
+    // A refusal: ResourceExhausted, saying `says`; its stderr.
+    let exhausted = |args: &[&str], says: &str| {
+        let refused = sn(args);
+        assert!(
+            !refused.status.success()
+                && refused.stderr.contains("(ResourceExhausted)")
+                && refused.stderr.contains(says),
+            "{}",
+            refused.stderr
+        );
         refused.stderr
-    );
-    assert!(
-        refused.stderr.contains(&disk.path().display().to_string()),
-        "the error names where: {}",
-        refused.stderr
-    );
-    let listed = daemon.ctr(&["snapshots", "--snapshotter", "native", "ls"]);
-    let names: Vec<String> = rows(listed.ok())
-        .into_iter()
-        .map(|r| r[0].clone())
-        .collect();
-    assert_eq!(names, ["base"], "no half snapshot is listed");
+    };
+    let names = || {
+        let listed = daemon.ctr(&["snapshots", "--snapshotter", "native", "ls"]);
+        let mut names: Vec<String> = rows(listed.ok())
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect();
+        names.sort();
+        names
+    };
     let snapshots_dir = disk
         .path()
         .join("io.containerd.snapshotter.v1.native/snapshots");
-    let left: Vec<String> = std::fs::read_dir(&snapshots_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
-    assert_eq!(left.len(), 1, "only base's directory is left: {left:?}");
+    let dirs = || std::fs::read_dir(&snapshots_dir).unwrap().count();
+
+    let refused = exhausted(
+        &["prepare", "child", "base"],
+        "free space on that filesystem",
+    );
+    assert!(
+        refused.contains(&disk.path().display().to_string()),
+        "the error names where: {refused}"
+    );
+    assert_eq!(names(), ["base"], "no half snapshot is listed");
+    assert_eq!(dirs(), 1, "only base's directory is left");
     // Reads keep serving.
     assert!(sn(&["info", "base"]).ok().contains("\"base\""));
 
     std::fs::remove_file(&filler).unwrap();
-    let mounts = sn(&["prepare", "child", "base"]);
-    mounts.ok();
+    sn(&["prepare", "child", "base"]).ok();
     let child = daemon.ctr(&[
         "snapshots",
         "--snapshotter",
@@ -961,23 +969,12 @@ fn a_full_disk_refuses_a_snapshot_cleanly_and_it_succeeds_once_space_is_freed() 
     random_file(&reserve, 512 << 10, 91);
     fill(&filler);
     std::fs::remove_file(&reserve).unwrap();
-    let refused = sn(&["prepare", "second", "base"]);
-    assert!(
-        !refused.status.success()
-            && refused.stderr.contains("(ResourceExhausted)")
-            && refused.stderr.contains("copying the parent's files from"),
-        "{}",
-        refused.stderr
+    exhausted(
+        &["prepare", "second", "base"],
+        "copying the parent's files from",
     );
-    let listed = daemon.ctr(&["snapshots", "--snapshotter", "native", "ls"]);
-    let mut names: Vec<String> = rows(listed.ok())
-        .into_iter()
-        .map(|r| r[0].clone())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["base", "child"], "no half snapshot is listed");
-    let left = std::fs::read_dir(&snapshots_dir).unwrap().count();
-    assert_eq!(left, 2, "the copy's directory was removed");
+    assert_eq!(names(), ["base", "child"], "no half snapshot is listed");
+    assert_eq!(dirs(), 2, "the copy's directory was removed");
     std::fs::remove_file(&filler).unwrap();
     sn(&["prepare", "second", "base"]).ok();
     drop(daemon);

@@ -51,6 +51,47 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a resumed ingest waits for the daemon to release the dropped writer's lock.
 const UNLOCK_WAIT: Duration = Duration::from_secs(10);
 
+/// The operations of the mix (see [`MIX`]).
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Ingest,
+    IngestLarge,
+    Read,
+    Info,
+    List,
+    Update,
+    Delete,
+    Snapshot,
+    View,
+    RemoveChain,
+    ListSnapshots,
+    Namespace,
+    SharedIngest,
+    SharedRead,
+    SharedDelete,
+    Disconnect,
+}
+
+/// Each operation's weight in the mix; `Disconnect` last (only with `--disconnects`).
+const MIX: &[(Op, usize)] = &[
+    (Op::Ingest, 16),
+    (Op::IngestLarge, 4),
+    (Op::Read, 14),
+    (Op::Info, 8),
+    (Op::List, 5),
+    (Op::Update, 7),
+    (Op::Delete, 7),
+    (Op::Snapshot, 14),
+    (Op::View, 4),
+    (Op::RemoveChain, 3),
+    (Op::ListSnapshots, 4),
+    (Op::Namespace, 4),
+    (Op::SharedIngest, 4),
+    (Op::SharedRead, 4),
+    (Op::SharedDelete, 2),
+    (Op::Disconnect, 3),
+];
+
 /// A committed blob as its client knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Blob {
@@ -430,75 +471,51 @@ impl Worker {
         }
     }
 
-    /// One operation of the mix.
-    async fn step(&mut self) {
-        let disconnects = if self.settings.disconnects { 3 } else { 0 };
-        let mut pick = self.rng.below(100 + disconnects);
-        let mut next = |weight: usize| {
-            let hit = pick < weight;
-            pick = pick.wrapping_sub(weight);
-            hit
+    /// An operation of the mix, by its weight (`--disconnects` adds the last one).
+    fn pick(&mut self) -> Op {
+        let mix = if self.settings.disconnects {
+            MIX
+        } else {
+            &MIX[..MIX.len() - 1]
         };
+        let mut n = self.rng.below(mix.iter().map(|(_, w)| w).sum());
+        for &(op, weight) in mix {
+            if n < weight {
+                return op;
+            }
+            n -= weight;
+        }
+        Op::Ingest
+    }
+
+    /// One operation of the mix. A blob operation on an empty namespace ingests instead,
+    /// and an ingest into a full one deletes.
+    async fn step(&mut self) {
         let full = self.model.blobs.len() >= MAX_BLOBS;
         let empty = self.model.blobs.is_empty();
-        if next(16) {
-            if full {
-                self.delete().await
-            } else {
-                self.ingest_small().await
-            }
-        } else if next(4) {
-            if full {
-                self.delete().await
-            } else {
-                self.ingest_large().await
-            }
-        } else if next(14) {
-            if empty {
-                self.ingest_small().await
-            } else {
-                self.read().await
-            }
-        } else if next(8) {
-            if empty {
-                self.ingest_small().await
-            } else {
-                self.info().await
-            }
-        } else if next(5) {
-            self.list().await;
-        } else if next(7) {
-            if empty {
-                self.ingest_small().await
-            } else {
-                self.update().await
-            }
-        } else if next(7) {
-            if empty {
-                self.ingest_small().await
-            } else {
-                self.delete().await
-            }
-        } else if next(14) {
-            self.snapshot_step().await;
-        } else if next(4) {
-            self.view().await;
-        } else if next(3) {
-            self.remove_chain().await;
-        } else if next(4) {
-            self.list_snapshots().await;
-        } else if next(4) {
-            self.namespace_cycle().await;
-        } else if next(4) {
-            self.shared_ingest().await;
-        } else if next(4) {
-            self.shared_read().await;
-        } else if next(2) {
-            self.shared_delete().await;
-        } else if self.rng.below(2) == 0 {
-            self.disconnect_write().await;
-        } else {
-            self.disconnect_read().await;
+        let op = match self.pick() {
+            Op::Ingest | Op::IngestLarge if full => Op::Delete,
+            Op::Read | Op::Info | Op::Update | Op::Delete if empty => Op::Ingest,
+            op => op,
+        };
+        match op {
+            Op::Ingest => self.ingest_small().await,
+            Op::IngestLarge => self.ingest_large().await,
+            Op::Read => self.read().await,
+            Op::Info => self.info().await,
+            Op::List => self.list().await,
+            Op::Update => self.update().await,
+            Op::Delete => self.delete().await,
+            Op::Snapshot => self.snapshot_step().await,
+            Op::View => self.view().await,
+            Op::RemoveChain => self.remove_chain().await,
+            Op::ListSnapshots => self.list_snapshots().await,
+            Op::Namespace => self.namespace_cycle().await,
+            Op::SharedIngest => self.shared_ingest().await,
+            Op::SharedRead => self.shared_read().await,
+            Op::SharedDelete => self.shared_delete().await,
+            Op::Disconnect if self.rng.below(2) == 0 => self.disconnect_write().await,
+            Op::Disconnect => self.disconnect_read().await,
         }
     }
 
