@@ -314,16 +314,10 @@ impl Db {
     /// # Errors
     /// The database could not be opened, or redb refused.
     pub(crate) fn begin_read(&self) -> Result<ReadTransaction, Error> {
-        let db = self.inner.get()?;
-        match db.begin_read() {
-            Err(e) if self.inner.reopen_after(&e, &db) => {
-                // The old database must be gone before the file opens again.
-                drop(db);
-                let db = self.inner.get()?;
-                db.begin_read().map_err(|e| self.inner.error(e))
-            }
-            other => other.map_err(|e| self.inner.error(e)),
-        }
+        self.inner
+            .get()?
+            .begin_read()
+            .map_err(|e| self.inner.error(e))
     }
 
     /// A write transaction, durable when its [`Write::commit`] returns.
@@ -332,16 +326,7 @@ impl Db {
     /// The database could not be opened, or redb refused.
     pub(crate) fn begin_write(&self) -> Result<Write<'_>, Error> {
         let db = self.inner.get()?;
-        let (mut txn, db) = match db.begin_write() {
-            Ok(txn) => (txn, db),
-            Err(e) if self.inner.reopen_after(&e, &db) => {
-                // The old database must be gone before the file opens again.
-                drop(db);
-                let db = self.inner.get()?;
-                (db.begin_write().map_err(|e| self.inner.error(e))?, db)
-            }
-            Err(e) => return Err(self.inner.error(e)),
-        };
+        let mut txn = db.begin_write().map_err(|e| self.inner.error(e))?;
         // Durable by the group's sync (see `Write::commit`), not by a sync of its own.
         txn.set_durability(Durability::None);
         Ok(Write {
@@ -501,28 +486,15 @@ impl Inner {
         self.current().is_some()
     }
 
-    /// `error` as ours, naming the file; an I/O error marks the database for reopening
-    /// (redb refuses every later use of it).
+    /// `error` as ours, naming the file. An I/O error marks the database for reopening: redb
+    /// refuses every later use of it. That includes its "Previous I/O error" when the first
+    /// one was met outside these calls (a table read): that call fails, the next reopens.
     fn error(&self, error: impl std::fmt::Display) -> Error {
         let text = error.to_string();
         if text.contains("I/O error") {
             self.broken.store(true, Ordering::SeqCst);
         }
         storage_at(&self.path, text)
-    }
-
-    /// Whether `error`, from a use of `db`, means an earlier I/O error made redb give up on
-    /// it; if so, it is marked for reopening and the caller tries once more.
-    fn reopen_after(&self, error: &dyn std::fmt::Display, db: &Arc<Open>) -> bool {
-        let previous = error.to_string().contains("Previous I/O error");
-        if previous
-            && self
-                .current()
-                .is_some_and(|current| Arc::ptr_eq(&current, db))
-        {
-            self.broken.store(true, Ordering::SeqCst);
-        }
-        previous
     }
 
     /// The database; opens (or creates) it if no open has succeeded yet. One caller opens,
@@ -671,6 +643,42 @@ mod tests {
         let txn = db.begin_read().unwrap();
         let table = txn.open_table(TABLE).unwrap();
         table.get(key).unwrap().map(|v| v.value())
+    }
+
+    /// Polls `future` once: its output if it is ready at once (no waiting involved).
+    fn now<F: std::future::Future>(future: F) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut context) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    /// A scope's lock excludes changes in that scope only, however many other scopes come
+    /// and go meanwhile; the lock over all scopes waits for every scoped change and holds
+    /// them all off.
+    #[test]
+    fn scopes_exclude_their_own_name_and_all_excludes_every_scope() {
+        let serial = Serial::default();
+        let a = now(serial.scope("a")).expect("a free scope is taken at once");
+        // Other scopes run beside it (and adding them forgets only the locks nobody holds).
+        let b = now(serial.scope("b")).expect("another scope runs beside");
+        drop(b);
+        let c = now(serial.scope("c")).expect("another scope runs beside");
+        assert!(
+            now(serial.scope("a")).is_none(),
+            "a second change in a waits"
+        );
+        assert!(
+            now(serial.all()).is_none(),
+            "a change over all scopes waits"
+        );
+        drop((a, c));
+        let all = now(serial.all()).expect("nothing scoped runs any more");
+        assert!(now(serial.scope("d")).is_none(), "every scope waits for it");
+        drop(all);
+        assert!(now(serial.scope("a")).is_some());
     }
 
     /// One sync makes every commit before it durable: ten commits waiting together cost one

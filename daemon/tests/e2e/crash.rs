@@ -305,10 +305,17 @@ fn sigkill_storm_under_load_keeps_every_acknowledged_write_and_shows_nothing_els
             .unwrap();
         // The kill lands after a number of operations that moves from round to round.
         let wanted = 40 + 29 * round;
+        // Its stderr is read to the end on a thread of its own (the progress lines keep
+        // coming after the kill); the lines reach the test as they come.
+        let (lines, seen_lines) = std::sync::mpsc::channel();
         let stderr = std::io::BufReader::new(load.stderr.take().unwrap());
+        let reader = std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
         let mut seen = Vec::new();
-        for line in stderr.lines() {
-            let line = line.unwrap();
+        while let Ok(line) = seen_lines.recv() {
             let ops = progress_ops(&line);
             seen.push(line);
             if ops.is_some_and(|n| n >= wanted) {
@@ -324,10 +331,14 @@ fn sigkill_storm_under_load_keeps_every_acknowledged_write_and_shows_nothing_els
         );
         let dir = daemon.into_dir();
         let output = load.wait_with_output().unwrap();
+        reader.join().unwrap();
+        seen.extend(seen_lines.try_iter());
         let report = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
-            "round {round}: plinth-load saw wrong answers before the kill:\n{report}"
+            "round {round}: plinth-load failed ({}) before or at the kill:\n{report}\n{}",
+            output.status,
+            seen.join("\n")
         );
         assert!(report.contains("(the daemon went away)"), "{report}");
         daemon = start_in(dir, Start::default())

@@ -141,3 +141,34 @@ fn the_journal_check_finds_a_lost_blob_and_one_never_acknowledged() {
     );
     assert!(check.stdout.contains("; 2 problems"), "{}", check.stdout);
 }
+
+/// A reader of plinth-load's progress that stops reading (closes the pipe) does not fail the
+/// run: the progress lines are dropped, the report still comes.
+#[test]
+fn a_closed_stderr_does_not_fail_the_run() {
+    let daemon = start(Start::default());
+    let mut child = std::process::Command::new(binary("plinth-load"))
+        .args([
+            "run",
+            "--address",
+            &daemon.address(),
+            "--clients",
+            "2",
+            "--duration",
+            "2s",
+            "--progress",
+            "10ms",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}: {stdout}", output.status);
+    assert!(
+        stdout.contains(", 0 unexpected errors, 0 verification failures"),
+        "{stdout}"
+    );
+}

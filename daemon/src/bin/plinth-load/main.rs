@@ -21,6 +21,16 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use plinthd::client::error_text;
 
+/// A line on standard error. A closed stderr (a reader that stopped reading, as a crash
+/// test does once it has seen enough progress) is no reason to fail the run, as `eprintln!`
+/// would: it panics.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod check;
 mod procstat;
 mod report;

@@ -41,7 +41,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
         .label
         .clone()
         .unwrap_or_else(|| socket.display().to_string());
-    eprintln!(
+    say!(
         "plinth-load: {} clients for {:.1} s against {} (pid {pid}), namespaces {prefix}-*, seed {seed}",
         args.clients,
         args.duration.as_secs_f64(),
@@ -71,7 +71,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
     }
     let cold = procstat::sample(pid)?;
     if let Some(warm_up) = args.warm_up {
-        eprintln!(
+        say!(
             "plinth-load: warming up for {:.1} s (not counted)",
             warm_up.as_secs_f64()
         );
@@ -116,7 +116,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
         std::fs::write(path, serde_json::to_vec_pretty(&journal)?)
             .with_context(|| format!("writing the journal {}", path.display()))?;
     } else if !args.keep && !gone {
-        eprintln!("plinth-load: removing what the clients wrote");
+        say!("plinth-load: removing what the clients wrote");
         let tasks: Vec<_> = workers
             .into_iter()
             .map(|mut w| {
@@ -214,7 +214,7 @@ async fn watch(
         if Instant::now() >= next_progress {
             let ops = counters.ops.load(Ordering::Relaxed);
             let seconds = began.elapsed().as_secs_f64();
-            eprintln!(
+            say!(
                 "plinth-load: {seconds:.1} s: {ops} ops ({:.0}/s), {} unexpected or wrong, daemon RSS {:.1} MiB, {} fds, {} threads",
                 ops as f64 / seconds,
                 counters.bad.load(Ordering::Relaxed),

@@ -1397,7 +1397,7 @@ impl Worker {
         let name = self.model.namespace.clone();
         let request = self.request(true, DeleteNamespaceRequest { name: name.clone() });
         if let Err(e) = self.namespaces.delete(request).await {
-            eprintln!("plinth-load: removing namespace {name}: {}", e.message());
+            say!("plinth-load: removing namespace {name}: {}", e.message());
         }
     }
 
@@ -1412,7 +1412,7 @@ impl Worker {
         let name = self.settings.shared.clone();
         let request = self.request(false, DeleteNamespaceRequest { name: name.clone() });
         if let Err(e) = self.namespaces.delete(request).await {
-            eprintln!("plinth-load: removing namespace {name}: {}", e.message());
+            say!("plinth-load: removing namespace {name}: {}", e.message());
         }
     }
 }
