@@ -16,6 +16,12 @@
 //! | `content-service` | yes | `io.containerd.grpc.v1.content`: containerd's Content service |
 //! | `snapshots-service` | yes | `io.containerd.grpc.v1.snapshots`: containerd's Snapshots service |
 //! | `proxy` | yes | `[proxy_plugins]` of type `snapshot` or `content` (gRPC clients of another process), and `io.containerd.internal.v1.proxy-target`: this daemon's stores served raw on a second socket |
+//! | `event-exchange` | yes | `io.containerd.event.v1.exchange`: the events exchange: publish, forward, subscribe with filters; a bounded queue per subscriber |
+//! | `events-service` | yes | `io.containerd.grpc.v1.events`: containerd's Events service (needs an event exchange) |
+//! | `lease-manager` | yes | `io.containerd.lease.v1.manager`: leases and their resources, in the metadata database (needs a metadata plugin) |
+//! | `leases-service` | yes | `io.containerd.grpc.v1.leases`: containerd's Leases service (needs a lease manager) |
+//! | `images-service` | yes | `io.containerd.grpc.v1.images`: containerd's Images service (needs a metadata plugin) |
+//! | `containers-service` | yes | `io.containerd.grpc.v1.containers`: containerd's Containers service, records only (needs a metadata plugin) |
 //! | `testsuite` | no | the conformance suites `content::testsuite` and `snapshots::testsuite` |
 
 pub mod containerd;
@@ -98,6 +104,12 @@ pub const FEATURES: &[(&str, bool)] = &[
     ("content-service", cfg!(feature = "content-service")),
     ("snapshots-service", cfg!(feature = "snapshots-service")),
     ("proxy", cfg!(feature = "proxy")),
+    ("event-exchange", cfg!(feature = "event-exchange")),
+    ("events-service", cfg!(feature = "events-service")),
+    ("lease-manager", cfg!(feature = "lease-manager")),
+    ("leases-service", cfg!(feature = "leases-service")),
+    ("images-service", cfg!(feature = "images-service")),
+    ("containers-service", cfg!(feature = "containers-service")),
 ];
 
 /// The URIs of the plugins each feature contributes, to tell a user which feature to enable
@@ -116,6 +128,12 @@ pub const FEATURE_PLUGINS: &[(&str, &str)] = &[
     ("content-service", "io.containerd.grpc.v1.content"),
     ("snapshots-service", "io.containerd.grpc.v1.snapshots"),
     ("proxy", "io.containerd.internal.v1.proxy-target"),
+    ("event-exchange", "io.containerd.event.v1.exchange"),
+    ("events-service", "io.containerd.grpc.v1.events"),
+    ("lease-manager", "io.containerd.lease.v1.manager"),
+    ("leases-service", "io.containerd.grpc.v1.leases"),
+    ("images-service", "io.containerd.grpc.v1.images"),
+    ("containers-service", "io.containerd.grpc.v1.containers"),
 ];
 
 /// Call this from the binary so the linker keeps this crate and its registrations.
