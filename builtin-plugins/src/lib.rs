@@ -25,6 +25,7 @@
 //! | `testsuite` | no | the conformance suites `content::testsuite` and `snapshots::testsuite` |
 
 pub mod containerd;
+pub mod containers;
 pub mod content;
 // The services are also compiled for `proxy`, which serves them raw (without registering them).
 #[cfg(any(feature = "content-service", feature = "proxy"))]
@@ -38,6 +39,8 @@ pub mod convert;
 pub mod error;
 pub mod filters;
 pub mod grpc;
+pub mod images;
+pub mod leases;
 pub mod live;
 pub mod namespaces;
 #[cfg(feature = "proxy")]

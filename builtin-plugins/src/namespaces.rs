@@ -108,6 +108,46 @@ pub trait NamespacedStores: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> Result<std::sync::Arc<dyn crate::snapshots::Snapshotter>, Error>;
+
+    /// As [`NamespacedStores::content`], binding what the view ingests and commits to
+    /// `lease` (the `containerd-lease` header) when there is one.
+    ///
+    /// # Errors
+    /// As [`NamespacedStores::content`]; failed precondition for a lease when the stores
+    /// keep no leases (the default).
+    fn leased_content(
+        self: std::sync::Arc<Self>,
+        namespace: &str,
+        lease: Option<&str>,
+    ) -> Result<std::sync::Arc<dyn crate::content::ContentStore>, Error> {
+        no_leases(lease)?;
+        self.content(namespace)
+    }
+
+    /// As [`NamespacedStores::snapshotter`], binding the snapshots the view prepares, views
+    /// and commits to `lease` when there is one.
+    ///
+    /// # Errors
+    /// As [`NamespacedStores::snapshotter`]; failed precondition for a lease when the stores
+    /// keep no leases (the default).
+    fn leased_snapshotter(
+        self: std::sync::Arc<Self>,
+        namespace: &str,
+        name: &str,
+        lease: Option<&str>,
+    ) -> Result<std::sync::Arc<dyn crate::snapshots::Snapshotter>, Error> {
+        no_leases(lease)?;
+        self.snapshotter(namespace, name)
+    }
+}
+
+fn no_leases(lease: Option<&str>) -> Result<(), Error> {
+    match lease {
+        None => Ok(()),
+        Some(lease) => Err(Error::failed_precondition(format!(
+            "lease {lease:?}: these stores keep no leases: drop the containerd-lease header"
+        ))),
+    }
 }
 
 /// Labels of one object, sorted by key.

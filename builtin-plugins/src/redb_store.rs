@@ -107,6 +107,18 @@ fn open_versioned(
                     path.display()
                 )));
             }
+            Some(version) if version < schema_version => {
+                // Upgrades so far only add tables, which `create_tables` does below.
+                meta.insert("schema_version", schema_version)
+                    .map_err(storage)
+                    .map_err(at)?;
+                tracing::info!(
+                    path = %path.display(),
+                    from = version,
+                    to = schema_version,
+                    "upgraded the database's schema"
+                );
+            }
             Some(_) => {}
         }
     }

@@ -57,7 +57,10 @@ impl Service {
         if name.is_empty() {
             return Err(Error::invalid("snapshotter name is required"));
         }
-        self.stores.clone().snapshotter(&namespace, name)
+        let lease = crate::leases::from_request(request)?;
+        self.stores
+            .clone()
+            .leased_snapshotter(&namespace, name, lease.as_deref())
     }
 }
 

@@ -9,6 +9,8 @@
 //! bytes (which are verified) to commit a blob the store already holds.
 
 mod content;
+mod objects;
+mod records;
 #[cfg(all(test, feature = "content-local", feature = "snapshotter-native"))]
 mod model_tests;
 mod schema;
@@ -23,8 +25,8 @@ use plinth_core::{InitContext, InitError, Instance, Registration, register, type
 use redb::ReadableTable;
 
 use self::schema::{
-    CONTENT, CONTENT_LABELS, NAMESPACE_LABELS, NAMESPACES, SCHEMA_VERSION, SEQUENCES,
-    SNAPSHOT_LABELS, SNAPSHOTS,
+    CONTAINERS, CONTENT, CONTENT_LABELS, IMAGES, LEASE_RESOURCES, LEASES, NAMESPACE_LABELS,
+    NAMESPACES, SCHEMA_VERSION, SEQUENCES, SNAPSHOT_LABELS, SNAPSHOTS,
 };
 use crate::content::ContentStore;
 use crate::error::Error;
@@ -152,6 +154,10 @@ impl Metadata {
             txn.open_table(CONTENT_LABELS).map_err(storage)?;
             txn.open_table(SNAPSHOTS).map_err(storage)?;
             txn.open_table(SNAPSHOT_LABELS).map_err(storage)?;
+            txn.open_table(IMAGES).map_err(storage)?;
+            txn.open_table(CONTAINERS).map_err(storage)?;
+            txn.open_table(LEASES).map_err(storage)?;
+            txn.open_table(LEASE_RESOURCES).map_err(storage)?;
             Ok(())
         })?;
         Ok(Metadata {
@@ -177,6 +183,20 @@ impl Metadata {
         }
         Ok(labels)
     }
+}
+
+/// Whether a table keyed by (namespace, name) has a record in `namespace`.
+fn holds<V: redb::Value + 'static>(
+    table: &impl ReadableTable<(&'static str, &'static str), V>,
+    namespace: &str,
+) -> Result<bool, Error> {
+    Ok(table
+        .range((namespace, "")..)
+        .map_err(storage)?
+        .next()
+        .transpose()
+        .map_err(storage)?
+        .is_some_and(|(k, _)| k.value().0 == namespace))
 }
 
 impl NamespaceStore for Metadata {
@@ -280,15 +300,17 @@ impl NamespaceStore for Metadata {
             }
             let mut holding = Vec::new();
             let content = txn.open_table(CONTENT).map_err(storage)?;
-            if content
-                .range((name, "")..)
-                .map_err(storage)?
-                .next()
-                .transpose()
-                .map_err(storage)?
-                .is_some_and(|(k, _)| k.value().0 == name)
-            {
+            if holds(&content, name)? {
                 holding.push("content");
+            }
+            if holds(&txn.open_table(IMAGES).map_err(storage)?, name)? {
+                holding.push("images");
+            }
+            if holds(&txn.open_table(CONTAINERS).map_err(storage)?, name)? {
+                holding.push("containers");
+            }
+            if holds(&txn.open_table(LEASES).map_err(storage)?, name)? {
+                holding.push("leases");
             }
             let snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
             if snapshots
@@ -350,6 +372,22 @@ impl NamespacedStores for Metadata {
             self, namespace, name,
         )))
     }
+
+    fn leased_snapshotter(
+        self: Arc<Self>,
+        namespace: &str,
+        name: &str,
+        lease: Option<&str>,
+    ) -> Result<Arc<dyn Snapshotter>, Error> {
+        // Checked here as well as by `snapshotter`, before the view is built.
+        validate_identifier("namespace", namespace)?;
+        if !self.snapshotters.contains_key(name) {
+            return self.snapshotter(namespace, name);
+        }
+        Ok(Arc::new(
+            snapshots::NamespacedSnapshotter::new(self, namespace, name).leased(lease),
+        ))
+    }
 }
 
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
@@ -378,7 +416,10 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
         policy.as_str().to_string(),
     );
     let instance = Instance::new(metadata.clone() as Arc<dyn NamespaceStore>)
-        .with(metadata.clone() as Arc<dyn NamespacedStores>);
+        .with(metadata.clone() as Arc<dyn NamespacedStores>)
+        .with(metadata.clone() as Arc<dyn crate::images::ImageStore>)
+        .with(metadata.clone() as Arc<dyn crate::containers::ContainerStore>)
+        .with(metadata.clone() as Arc<dyn crate::leases::LeaseManager>);
     Ok(with_db_views(instance, &metadata.db).with(metadata))
 }
 

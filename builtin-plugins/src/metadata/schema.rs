@@ -7,7 +7,10 @@ use redb::TableDefinition;
 
 /// The schema this code writes. Bump it, and add a migration in `Metadata::open`, when a
 /// table changes shape.
-pub(crate) const SCHEMA_VERSION: u64 = 1;
+///
+/// 1: namespaces, content and snapshot records. 2: images, containers, leases and lease
+/// resources (new tables only: a version 1 file is upgraded by creating them).
+pub(crate) const SCHEMA_VERSION: u64 = 2;
 
 /// Counters, e.g. `"snapshot"` → the last number used in a backend snapshot key.
 pub(crate) const SEQUENCES: TableDefinition<'_, &str, u64> = TableDefinition::new("sequences");
@@ -43,3 +46,20 @@ pub(crate) type SnapshotLabelKey = (&'static str, &'static str, &'static str, &'
 /// Snapshot labels: key → label value.
 pub(crate) const SNAPSHOT_LABELS: TableDefinition<'static, SnapshotLabelKey, &str> =
     TableDefinition::new("snapshot_labels");
+
+/// (namespace, name) → an encoded [`super::records::ImageRecord`].
+pub(crate) const IMAGES: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("images");
+
+/// (namespace, id) → an encoded [`super::records::ContainerRecord`].
+pub(crate) const CONTAINERS: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("containers");
+
+/// (namespace, id) → an encoded [`super::records::LeaseRecord`].
+pub(crate) const LEASES: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("leases");
+
+/// A lease resource's key: (namespace, lease, kind, id).
+pub(crate) type LeaseResourceKey = (&'static str, &'static str, &'static str, &'static str);
+
+/// What each lease holds: key → nothing.
+pub(crate) const LEASE_RESOURCES: TableDefinition<'static, LeaseResourceKey, ()> =
+    TableDefinition::new("lease_resources");

@@ -47,6 +47,8 @@ pub(crate) struct NamespacedSnapshotter {
     metadata: Arc<Metadata>,
     namespace: String,
     name: String,
+    /// The lease that holds what this view creates (the `containerd-lease` header).
+    lease: Option<String>,
 }
 
 fn get_record(
@@ -178,7 +180,19 @@ impl NamespacedSnapshotter {
             metadata,
             namespace: namespace.to_string(),
             name: name.to_string(),
+            lease: None,
         }
+    }
+
+    /// The same view, binding what it creates to `lease`.
+    pub(crate) fn leased(mut self, lease: Option<&str>) -> Self {
+        self.lease = lease.map(str::to_string);
+        self
+    }
+
+    /// The kind of lease resource a snapshot of this snapshotter is.
+    fn resource_kind(&self) -> String {
+        format!("snapshots/{}", self.name)
     }
 
     fn backend(&self) -> Result<Arc<dyn Snapshotter>, Error> {
@@ -244,9 +258,11 @@ impl NamespacedSnapshotter {
             self.name.clone(),
         );
         let (key, parent, labels) = (key.to_string(), parent.to_string(), labels.clone());
+        let (lease, kind_name) = (self.lease.clone(), self.resource_kind());
         blocking(move || {
             metadata.ensure(&ns)?;
             let txn = metadata.db.begin_write()?;
+            super::objects::bind(&txn, &ns, lease.as_deref(), &kind_name, &key)?;
             let result = {
                 let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
                 if get_record(&table, &ns, &sn, &key)?.is_some() {
@@ -410,8 +426,10 @@ impl Snapshotter for NamespacedSnapshotter {
             self.name.clone(),
         );
         let name_owned = name.to_string();
+        let (lease, kind_name) = (self.lease.clone(), self.resource_kind());
         let backend_name = blocking(move || {
             let txn = metadata.db.begin_write()?;
+            super::objects::bind(&txn, &ns, lease.as_deref(), &kind_name, &name_owned)?;
             let backend_name = {
                 let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
                 if get_record(&table, &ns, &sn, &name_owned)?.is_some() {
