@@ -592,3 +592,485 @@ impl LeaseManager for Metadata {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use plinth_core::Category;
+
+    use super::*;
+    use crate::namespaces::NamespaceStore;
+
+    fn store() -> (tempfile::TempDir, Metadata) {
+        let dir = tempfile::tempdir().unwrap();
+        let metadata = Metadata::open(&dir.path().join("meta.db")).unwrap();
+        (dir, metadata)
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const DIGEST: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn image(name: &str) -> Image {
+        Image::new(
+            name,
+            Descriptor {
+                media_type: "application/vnd.oci.image.index.v1+json".into(),
+                digest: DIGEST.into(),
+                size: 10,
+                annotations: Labels::new(),
+            },
+        )
+    }
+
+    fn category<T: std::fmt::Debug>(result: Result<T, Error>) -> Category {
+        result.unwrap_err().category
+    }
+
+    #[test]
+    fn images_create_get_list_update_delete_with_containerds_errors() {
+        let (_dir, db) = store();
+        let mut first = image("docker.io/library/a:1");
+        first.labels = labels(&[("kind", "base")]);
+        let created = ImageStore::create(&db, "ns", first.clone()).unwrap();
+        assert!(created.created > SystemTime::UNIX_EPOCH);
+        assert_eq!(created.created, created.updated);
+        assert_eq!(ImageStore::get(&db, "ns", &first.name).unwrap(), created);
+        assert_eq!(
+            category(ImageStore::create(&db, "ns", first.clone())),
+            Category::AlreadyExists
+        );
+        assert_eq!(category(ImageStore::get(&db, "other", &first.name)), Category::NotFound);
+        let mut second = image("docker.io/library/b:2");
+        second.target.media_type = "application/vnd.oci.image.manifest.v1+json".into();
+        ImageStore::create(&db, "ns", second.clone()).unwrap();
+        ImageStore::create(&db, "other", image("docker.io/library/c:3")).unwrap();
+
+        let names = |filters: &[&str]| -> Vec<String> {
+            let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+            ImageStore::list(&db, "ns", &filters)
+                .unwrap()
+                .into_iter()
+                .map(|i| i.name)
+                .collect()
+        };
+        assert_eq!(names(&[]), ["docker.io/library/a:1", "docker.io/library/b:2"]);
+        assert_eq!(names(&["labels.kind==base"]), ["docker.io/library/a:1"]);
+        assert_eq!(
+            names(&["target.mediatype~=manifest"]),
+            ["docker.io/library/b:2"]
+        );
+        assert_eq!(
+            names(&["name==docker.io/library/b:2", "labels.kind"]),
+            ["docker.io/library/a:1", "docker.io/library/b:2"]
+        );
+        assert_eq!(names(&[&format!("target.digest=={DIGEST},name~=a:1$")]), ["docker.io/library/a:1"]);
+        assert_eq!(
+            category(ImageStore::list(&db, "ns", &["name==\"open".to_string()])),
+            Category::InvalidArgument
+        );
+
+        // Field paths: one label set, one removed; the target untouched.
+        let mut change = image(&first.name);
+        change.labels = labels(&[("new", "1")]);
+        change.target.digest = "sha256:00".into();
+        let updated = ImageStore::update(
+            &db,
+            "ns",
+            change.clone(),
+            &["labels.new".to_string(), "labels.kind".to_string()],
+        )
+        .unwrap();
+        assert_eq!(updated.labels, labels(&[("new", "1")]));
+        assert_eq!(updated.target.digest, DIGEST);
+        assert_eq!(updated.created, created.created);
+        assert!(updated.updated >= created.updated);
+        // The whole target is replaced, and validated.
+        assert_eq!(
+            category(ImageStore::update(&db, "ns", change.clone(), &["target".to_string()])),
+            Category::InvalidArgument
+        );
+        let error = ImageStore::update(&db, "ns", change.clone(), &["name".to_string()]).unwrap_err();
+        assert_eq!(error.category, Category::InvalidArgument);
+        assert!(error.message.contains("cannot update \"name\" field"), "{error}");
+        assert_eq!(
+            category(ImageStore::update(&db, "ns", image("missing"), &[])),
+            Category::NotFound
+        );
+        // No paths: labels and target replaced.
+        let mut whole = image(&first.name);
+        whole.target.size = 99;
+        whole.target.annotations = labels(&[("a", "b")]);
+        let replaced = ImageStore::update(&db, "ns", whole, &[]).unwrap();
+        assert_eq!(replaced.labels, Labels::new());
+        assert_eq!(replaced.target.size, 99);
+        assert_eq!(names(&["annotations.a==b"]), [first.name.clone()]);
+        assert_eq!(ImageStore::get(&db, "ns", &first.name).unwrap(), replaced);
+
+        ImageStore::delete(&db, "ns", &first.name).unwrap();
+        assert_eq!(category(ImageStore::delete(&db, "ns", &first.name)), Category::NotFound);
+        assert_eq!(names(&[]), ["docker.io/library/b:2"]);
+    }
+
+    #[test]
+    fn images_are_validated_as_containerd_validates_them() {
+        let (_dir, db) = store();
+        let mut cases: Vec<(Image, &str)> = Vec::new();
+        cases.push((image(""), "image name must not be empty"));
+        let mut bad = image("x");
+        bad.target.digest = "sha256:zz".into();
+        cases.push((bad, "target digest"));
+        let mut bad = image("x");
+        bad.target.size = 0;
+        cases.push((bad, "target size must be greater than zero"));
+        let mut bad = image("x");
+        bad.target.media_type.clear();
+        cases.push((bad, "target media type must be set"));
+        let mut bad = image("x");
+        bad.labels = labels(&[("k", &"v".repeat(5000))]);
+        cases.push((bad, "greater than maximum size"));
+        for (image, expected) in cases {
+            let error = ImageStore::create(&db, "ns", image).unwrap_err();
+            assert_eq!(error.category, Category::InvalidArgument, "{error}");
+            assert!(error.message.contains(expected), "{error}");
+        }
+        assert!(ImageStore::list(&db, "ns", &[]).unwrap().is_empty());
+    }
+
+    fn container(id: &str) -> Container {
+        let spec = prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+            value: b"{}".to_vec(),
+        };
+        let mut container = Container::new(id, "io.containerd.runc.v2", spec);
+        container.image = "docker.io/library/a:1".into();
+        container.snapshotter = "native".into();
+        container.snapshot_key = id.into();
+        container
+    }
+
+    #[test]
+    fn containers_create_get_list_update_delete_with_containerds_errors() {
+        let (_dir, db) = store();
+        let mut first = container("one");
+        first.labels = labels(&[("app", "web")]);
+        first.extensions.insert(
+            "ext".into(),
+            prost_types::Any {
+                type_url: "x".into(),
+                value: vec![1, 2],
+            },
+        );
+        let created = ContainerStore::create(&db, "ns", first.clone()).unwrap();
+        assert_eq!(ContainerStore::get(&db, "ns", "one").unwrap(), created);
+        assert_eq!(created.extensions, first.extensions);
+        assert_eq!(
+            category(ContainerStore::create(&db, "ns", first.clone())),
+            Category::AlreadyExists
+        );
+        let mut second = container("two");
+        second.runtime.name = "io.containerd.other.v1".into();
+        ContainerStore::create(&db, "ns", second).unwrap();
+        let ids = |filters: &[&str]| -> Vec<String> {
+            let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+            ContainerStore::list(&db, "ns", &filters)
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id)
+                .collect()
+        };
+        assert_eq!(ids(&[]), ["one", "two"]);
+        assert_eq!(ids(&["labels.app==web"]), ["one"]);
+        assert_eq!(ids(&["runtime.name~=other"]), ["two"]);
+        assert_eq!(ids(&["id==two", "image==nothing"]), ["two"]);
+        assert_eq!(ids(&["snapshotter==native,id==one"]), ["one"]);
+
+        let mut change = first.clone();
+        change.labels = labels(&[("tier", "1")]);
+        change.image = "changed".into();
+        change.snapshotter = "overlayfs".into();
+        let updated = ContainerStore::update(
+            &db,
+            "ns",
+            change.clone(),
+            &["labels.tier".into(), "labels.app".into(), "image".into()],
+        )
+        .unwrap();
+        assert_eq!(updated.labels, labels(&[("tier", "1")]));
+        assert_eq!(updated.image, "changed");
+        assert_eq!(updated.snapshotter, "native", "not in the paths: kept");
+        assert_eq!(updated.created, created.created);
+        let error = ContainerStore::update(&db, "ns", change.clone(), &[]).unwrap_err();
+        assert_eq!(error.category, Category::InvalidArgument);
+        assert!(error.message.contains("the snapshotter cannot be changed"), "{error}");
+        let mut runtime = first.clone();
+        runtime.runtime.name = "other".into();
+        let error = ContainerStore::update(&db, "ns", runtime, &[]).unwrap_err();
+        assert!(error.message.contains("the runtime name cannot be changed"), "{error}");
+        let error =
+            ContainerStore::update(&db, "ns", change.clone(), &["runtime".into()]).unwrap_err();
+        assert_eq!(error.category, Category::InvalidArgument);
+        assert!(error.message.contains("cannot update \"runtime\" field"), "{error}");
+        let mut extensions = first.clone();
+        extensions.extensions.clear();
+        let cleared =
+            ContainerStore::update(&db, "ns", extensions, &["extensions.ext".into()]).unwrap();
+        assert!(cleared.extensions.is_empty());
+        assert_eq!(
+            category(ContainerStore::update(&db, "ns", container("nope"), &[])),
+            Category::NotFound
+        );
+
+        let invalid: Vec<(Container, &str)> = vec![
+            (container("bad/id"), "container id"),
+            (
+                Container {
+                    spec: None,
+                    ..container("c")
+                },
+                "the spec must be set",
+            ),
+            (
+                Container {
+                    runtime: Runtime::default(),
+                    ..container("c")
+                },
+                "the runtime name must be set",
+            ),
+            (
+                Container {
+                    snapshotter: String::new(),
+                    ..container("c")
+                },
+                "the snapshotter must be set with a snapshot key",
+            ),
+        ];
+        for (container, expected) in invalid {
+            let error = ContainerStore::create(&db, "ns", container).unwrap_err();
+            assert_eq!(error.category, Category::InvalidArgument, "{error}");
+            assert!(error.message.contains(expected), "{error}");
+        }
+        ContainerStore::delete(&db, "ns", "one").unwrap();
+        assert_eq!(category(ContainerStore::delete(&db, "ns", "one")), Category::NotFound);
+        assert_eq!(ids(&[]), ["two"]);
+    }
+
+    #[test]
+    fn leases_hold_resources_until_deleted() {
+        let (_dir, db) = store();
+        let lease = LeaseManager::create(&db, "ns", "l1", labels(&[("k", "v")])).unwrap();
+        assert_eq!(lease.id, "l1");
+        assert_eq!(
+            category(LeaseManager::create(&db, "ns", "l1", Labels::new())),
+            Category::AlreadyExists
+        );
+        let random = LeaseManager::create(&db, "ns", "", Labels::new()).unwrap();
+        assert!(validate_identifier("lease", &random.id).is_ok(), "{}", random.id);
+        let other = LeaseManager::create(&db, "ns", "", Labels::new()).unwrap();
+        assert_ne!(random.id, other.id);
+        assert_eq!(
+            category(LeaseManager::create(&db, "ns", "bad id", Labels::new())),
+            Category::InvalidArgument
+        );
+        let list = |filters: &[&str]| -> Vec<String> {
+            let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+            LeaseManager::list(&db, "ns", &filters)
+                .unwrap()
+                .into_iter()
+                .map(|l| l.id)
+                .collect()
+        };
+        assert_eq!(list(&["labels.k==v"]), ["l1"]);
+        assert_eq!(list(&["id==l1"]), ["l1"]);
+        assert_eq!(list(&[]).len(), 3);
+
+        let resource = |kind: &str, id: &str| Resource {
+            kind: kind.into(),
+            id: id.into(),
+        };
+        let held = [
+            resource("content", DIGEST),
+            resource("ingests", "ref-1"),
+            resource("snapshots/native", "key"),
+        ];
+        for r in &held {
+            db.add_resource("ns", "l1", r).unwrap();
+            db.add_resource("ns", "l1", r).unwrap();
+        }
+        db.add_resource("ns", &random.id, &held[0]).unwrap();
+        let mut sorted = held.to_vec();
+        sorted.sort();
+        assert_eq!(db.list_resources("ns", "l1").unwrap(), sorted);
+        for (bad, expected) in [
+            (resource("images", "x"), "unsupported resource type"),
+            (resource("snapshots/", "x"), "unsupported resource type"),
+            (resource("content", "sha256:0"), "content resource"),
+            (resource("ingests", ""), "needs a ref"),
+        ] {
+            let error = db.add_resource("ns", "l1", &bad).unwrap_err();
+            assert_eq!(error.category, Category::InvalidArgument, "{error}");
+            assert!(error.message.contains(expected), "{error}");
+        }
+        for missing in [
+            db.add_resource("ns", "nope", &held[0]),
+            db.delete_resource("ns", "nope", &held[0]),
+            db.list_resources("other", "l1").map(|_| ()),
+            LeaseManager::delete(&db, "other", "l1"),
+        ] {
+            let error = missing.unwrap_err();
+            assert_eq!(error.category, Category::NotFound, "{error}");
+            assert!(error.message.contains("lease"), "{error}");
+        }
+        db.delete_resource("ns", "l1", &held[1]).unwrap();
+        db.delete_resource("ns", "l1", &held[1]).unwrap();
+        assert_eq!(db.list_resources("ns", "l1").unwrap().len(), 2);
+
+        LeaseManager::delete(&db, "ns", "l1").unwrap();
+        assert_eq!(category(db.list_resources("ns", "l1")), Category::NotFound);
+        // Re-created, it holds nothing: the old resources went with it.
+        LeaseManager::create(&db, "ns", "l1", Labels::new()).unwrap();
+        assert!(db.list_resources("ns", "l1").unwrap().is_empty());
+        assert_eq!(db.list_resources("ns", &random.id).unwrap(), [held[0].clone()]);
+    }
+
+    #[test]
+    fn a_namespace_holding_images_containers_or_leases_is_not_deleted() {
+        let (_dir, db) = store();
+        ImageStore::create(&db, "busy", image("i")).unwrap();
+        ContainerStore::create(&db, "busy", container("c")).unwrap();
+        LeaseManager::create(&db, "busy", "l", Labels::new()).unwrap();
+        let error = NamespaceStore::delete(&db, "busy").unwrap_err();
+        assert_eq!(error.category, Category::FailedPrecondition);
+        assert_eq!(
+            error.message,
+            "namespace \"busy\" must be empty, but it still has images, containers, leases: remove them first"
+        );
+        ImageStore::delete(&db, "busy", "i").unwrap();
+        ContainerStore::delete(&db, "busy", "c").unwrap();
+        let error = NamespaceStore::delete(&db, "busy").unwrap_err();
+        assert!(error.message.contains("still has leases:"), "{error}");
+        LeaseManager::delete(&db, "busy", "l").unwrap();
+        NamespaceStore::delete(&db, "busy").unwrap();
+        assert_eq!(NamespaceStore::list(&db).unwrap(), Vec::new());
+    }
+
+    /// `meta-v1.db` was written by plinthd at schema version 1 (before images, containers
+    /// and leases): namespaces `fixture-a` (label team=infra) and `fixture-b` (tier=gold);
+    /// blobs "first blob\n" (labels containerd.io/gc.root=yes, purpose=fixture) and "second
+    /// blob, shared\n" in fixture-a, the second also in fixture-b; native snapshots `base`
+    /// (committed) and `child` (active on base, label owner=fixture) in fixture-a and
+    /// `b-active` in fixture-b.
+    #[test]
+    fn a_version_1_database_is_upgraded_in_place_with_every_record() {
+        use super::super::schema::{CONTENT, CONTENT_LABELS, SNAPSHOT_LABELS, SNAPSHOTS};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/src/metadata/meta-v1.db"),
+            &path,
+        )
+        .unwrap();
+        let version = |path: &std::path::Path| {
+            let db = redb::Database::open(path).unwrap();
+            let txn = db.begin_read().unwrap();
+            let meta = txn.open_table(crate::redb_store::META).unwrap();
+            meta.get("schema_version").unwrap().unwrap().value()
+        };
+        assert_eq!(version(&path), 1);
+        {
+            let db = Metadata::open(&path).unwrap();
+            assert_eq!(
+                NamespaceStore::list(&db).unwrap(),
+                vec![
+                    ("fixture-a".to_string(), labels(&[("team", "infra")])),
+                    ("fixture-b".to_string(), labels(&[("tier", "gold")])),
+                ]
+            );
+            let txn = db.db.begin_read().unwrap();
+            let content = txn.open_table(CONTENT).unwrap();
+            let blobs: Vec<(String, String, u64)> = content
+                .iter()
+                .unwrap()
+                .map(|item| {
+                    let (key, value) = item.unwrap();
+                    let (ns, digest) = key.value();
+                    (ns.to_string(), digest.to_string(), value.value().0)
+                })
+                .collect();
+            let first = "sha256:498872c16eef677ef47dd126036dbab692e7dddecd2969b9836ba746020ab33e";
+            let second = "sha256:28984f16d6d6235592a53bbf14d454165e82cba9826dd0bfe8ce3e0022dd5db4";
+            let mut expected = vec![
+                ("fixture-a".to_string(), first.to_string(), 11),
+                ("fixture-a".to_string(), second.to_string(), 20),
+                ("fixture-b".to_string(), second.to_string(), 20),
+            ];
+            expected.sort();
+            assert_eq!(blobs, expected);
+            let content_labels: Vec<(String, String)> = txn
+                .open_table(CONTENT_LABELS)
+                .unwrap()
+                .iter()
+                .unwrap()
+                .map(|item| {
+                    let (key, value) = item.unwrap();
+                    (key.value().2.to_string(), value.value().to_string())
+                })
+                .collect();
+            assert_eq!(
+                content_labels,
+                [
+                    ("containerd.io/gc.root".to_string(), "yes".to_string()),
+                    ("purpose".to_string(), "fixture".to_string())
+                ]
+            );
+            let snapshots: Vec<(String, String, u8, String)> = txn
+                .open_table(SNAPSHOTS)
+                .unwrap()
+                .iter()
+                .unwrap()
+                .map(|item| {
+                    let (key, value) = item.unwrap();
+                    let (ns, sn, k) = key.value();
+                    let (kind, parent, ..) = value.value();
+                    (format!("{ns}/{sn}"), k.to_string(), kind, parent.to_string())
+                })
+                .collect();
+            assert_eq!(
+                snapshots,
+                [
+                    ("fixture-a/native".into(), "base".into(), 3, String::new()),
+                    ("fixture-a/native".into(), "child".into(), 2, "base".into()),
+                    ("fixture-b/native".into(), "b-active".into(), 2, String::new()),
+                ]
+            );
+            let owner: Vec<String> = txn
+                .open_table(SNAPSHOT_LABELS)
+                .unwrap()
+                .iter()
+                .unwrap()
+                .map(|item| {
+                    let (key, value) = item.unwrap();
+                    format!("{}={}", key.value().3, value.value())
+                })
+                .collect();
+            assert!(owner.contains(&"owner=fixture".to_string()), "{owner:?}");
+            drop(txn);
+            // The new tables work on the upgraded file.
+            ImageStore::create(&db, "fixture-a", image("new")).unwrap();
+            LeaseManager::create(&db, "fixture-b", "l", Labels::new()).unwrap();
+        }
+        assert_eq!(version(&path), SCHEMA_VERSION_NOW);
+        let reopened = Metadata::open(&path).unwrap();
+        assert_eq!(ImageStore::list(&reopened, "fixture-a", &[]).unwrap().len(), 1);
+        assert_eq!(LeaseManager::list(&reopened, "fixture-b", &[]).unwrap().len(), 1);
+        let _ = BTreeMap::<String, String>::new();
+    }
+
+    const SCHEMA_VERSION_NOW: u64 = super::super::schema::SCHEMA_VERSION;
+}
