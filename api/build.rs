@@ -16,6 +16,15 @@ const PROTO_FILES: &[&str] = &[
     "services/namespaces/v1/namespace.proto",
     "services/snapshots/v1/snapshots.proto",
     "services/version/v1/version.proto",
+    "services/events/v1/events.proto",
+    "services/leases/v1/leases.proto",
+    "services/images/v1/images.proto",
+    "services/containers/v1/containers.proto",
+    "events/namespace.proto",
+    "events/image.proto",
+    "events/container.proto",
+    "events/content.proto",
+    "events/snapshot.proto",
     "plinth/services/config/v1/config.proto",
 ];
 

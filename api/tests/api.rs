@@ -2,7 +2,10 @@
 //! flags, field numbers and types of key messages, enum values, and a message round trip.
 //!
 //! The expectations below were taken from containerd's published `.proto` files
-//! (containerd `api/`, commit 301026e58c619e63d09c0ec411012e54c0124b03, v2.4 development line).
+//! (containerd `api/`, commit 301026e58c619e63d09c0ec411012e54c0124b03, v2.4 development line),
+//! except those of the events, leases, images and containers services and of the event
+//! payloads, which were taken from containerd v1.6.39 (commit
+//! b4506601d9819897827fd0611288969e8b3ccae9), the line plinthd is compatible with there.
 
 use std::collections::BTreeMap;
 
@@ -70,6 +73,46 @@ const SERVICES: &[(&str, &[Method<'static>])] = &[
             ("List", ".containerd.services.snapshots.v1.ListSnapshotsRequest", ".containerd.services.snapshots.v1.ListSnapshotsResponse", false, true),
             ("Usage", ".containerd.services.snapshots.v1.UsageRequest", ".containerd.services.snapshots.v1.UsageResponse", false, false),
             ("Cleanup", ".containerd.services.snapshots.v1.CleanupRequest", ".google.protobuf.Empty", false, false),
+        ],
+    ),
+    (
+        "containerd.services.events.v1.Events",
+        &[
+            ("Publish", ".containerd.services.events.v1.PublishRequest", ".google.protobuf.Empty", false, false),
+            ("Forward", ".containerd.services.events.v1.ForwardRequest", ".google.protobuf.Empty", false, false),
+            ("Subscribe", ".containerd.services.events.v1.SubscribeRequest", ".containerd.services.events.v1.Envelope", false, true),
+        ],
+    ),
+    (
+        "containerd.services.leases.v1.Leases",
+        &[
+            ("Create", ".containerd.services.leases.v1.CreateRequest", ".containerd.services.leases.v1.CreateResponse", false, false),
+            ("Delete", ".containerd.services.leases.v1.DeleteRequest", ".google.protobuf.Empty", false, false),
+            ("List", ".containerd.services.leases.v1.ListRequest", ".containerd.services.leases.v1.ListResponse", false, false),
+            ("AddResource", ".containerd.services.leases.v1.AddResourceRequest", ".google.protobuf.Empty", false, false),
+            ("DeleteResource", ".containerd.services.leases.v1.DeleteResourceRequest", ".google.protobuf.Empty", false, false),
+            ("ListResources", ".containerd.services.leases.v1.ListResourcesRequest", ".containerd.services.leases.v1.ListResourcesResponse", false, false),
+        ],
+    ),
+    (
+        "containerd.services.images.v1.Images",
+        &[
+            ("Get", ".containerd.services.images.v1.GetImageRequest", ".containerd.services.images.v1.GetImageResponse", false, false),
+            ("List", ".containerd.services.images.v1.ListImagesRequest", ".containerd.services.images.v1.ListImagesResponse", false, false),
+            ("Create", ".containerd.services.images.v1.CreateImageRequest", ".containerd.services.images.v1.CreateImageResponse", false, false),
+            ("Update", ".containerd.services.images.v1.UpdateImageRequest", ".containerd.services.images.v1.UpdateImageResponse", false, false),
+            ("Delete", ".containerd.services.images.v1.DeleteImageRequest", ".google.protobuf.Empty", false, false),
+        ],
+    ),
+    (
+        "containerd.services.containers.v1.Containers",
+        &[
+            ("Get", ".containerd.services.containers.v1.GetContainerRequest", ".containerd.services.containers.v1.GetContainerResponse", false, false),
+            ("List", ".containerd.services.containers.v1.ListContainersRequest", ".containerd.services.containers.v1.ListContainersResponse", false, false),
+            ("ListStream", ".containerd.services.containers.v1.ListContainersRequest", ".containerd.services.containers.v1.ListContainerMessage", false, true),
+            ("Create", ".containerd.services.containers.v1.CreateContainerRequest", ".containerd.services.containers.v1.CreateContainerResponse", false, false),
+            ("Update", ".containerd.services.containers.v1.UpdateContainerRequest", ".containerd.services.containers.v1.UpdateContainerResponse", false, false),
+            ("Delete", ".containerd.services.containers.v1.DeleteContainerRequest", ".google.protobuf.Empty", false, false),
         ],
     ),
 ];
@@ -164,6 +207,100 @@ const FIELDS: &[(&str, &str, i32, &str)] = &[
     ("containerd.types.Descriptor", "digest", 2, "string"),
     ("containerd.types.Descriptor", "size", 3, "int64"),
     ("containerd.types.Descriptor", "annotations", 5, "map<string, string>"),
+    ("containerd.services.events.v1.PublishRequest", "topic", 1, "string"),
+    ("containerd.services.events.v1.PublishRequest", "event", 2, ".google.protobuf.Any"),
+    ("containerd.services.events.v1.ForwardRequest", "envelope", 1, ".containerd.services.events.v1.Envelope"),
+    ("containerd.services.events.v1.SubscribeRequest", "filters", 1, "repeated string"),
+    ("containerd.services.events.v1.Envelope", "timestamp", 1, ".google.protobuf.Timestamp"),
+    ("containerd.services.events.v1.Envelope", "namespace", 2, "string"),
+    ("containerd.services.events.v1.Envelope", "topic", 3, "string"),
+    ("containerd.services.events.v1.Envelope", "event", 4, ".google.protobuf.Any"),
+    ("containerd.services.leases.v1.Lease", "id", 1, "string"),
+    ("containerd.services.leases.v1.Lease", "created_at", 2, ".google.protobuf.Timestamp"),
+    ("containerd.services.leases.v1.Lease", "labels", 3, "map<string, string>"),
+    ("containerd.services.leases.v1.CreateRequest", "id", 1, "string"),
+    ("containerd.services.leases.v1.CreateRequest", "labels", 3, "map<string, string>"),
+    ("containerd.services.leases.v1.CreateResponse", "lease", 1, ".containerd.services.leases.v1.Lease"),
+    ("containerd.services.leases.v1.DeleteRequest", "id", 1, "string"),
+    ("containerd.services.leases.v1.DeleteRequest", "sync", 2, "bool"),
+    ("containerd.services.leases.v1.ListRequest", "filters", 1, "repeated string"),
+    ("containerd.services.leases.v1.ListResponse", "leases", 1, "repeated .containerd.services.leases.v1.Lease"),
+    ("containerd.services.leases.v1.Resource", "id", 1, "string"),
+    ("containerd.services.leases.v1.Resource", "type", 2, "string"),
+    ("containerd.services.leases.v1.AddResourceRequest", "id", 1, "string"),
+    ("containerd.services.leases.v1.AddResourceRequest", "resource", 2, ".containerd.services.leases.v1.Resource"),
+    ("containerd.services.leases.v1.DeleteResourceRequest", "id", 1, "string"),
+    ("containerd.services.leases.v1.DeleteResourceRequest", "resource", 2, ".containerd.services.leases.v1.Resource"),
+    ("containerd.services.leases.v1.ListResourcesRequest", "id", 1, "string"),
+    ("containerd.services.leases.v1.ListResourcesResponse", "resources", 1, "repeated .containerd.services.leases.v1.Resource"),
+    ("containerd.services.images.v1.Image", "name", 1, "string"),
+    ("containerd.services.images.v1.Image", "labels", 2, "map<string, string>"),
+    ("containerd.services.images.v1.Image", "target", 3, ".containerd.types.Descriptor"),
+    ("containerd.services.images.v1.Image", "created_at", 7, ".google.protobuf.Timestamp"),
+    ("containerd.services.images.v1.Image", "updated_at", 8, ".google.protobuf.Timestamp"),
+    ("containerd.services.images.v1.GetImageRequest", "name", 1, "string"),
+    ("containerd.services.images.v1.GetImageResponse", "image", 1, ".containerd.services.images.v1.Image"),
+    ("containerd.services.images.v1.CreateImageRequest", "image", 1, ".containerd.services.images.v1.Image"),
+    ("containerd.services.images.v1.CreateImageResponse", "image", 1, ".containerd.services.images.v1.Image"),
+    ("containerd.services.images.v1.UpdateImageRequest", "image", 1, ".containerd.services.images.v1.Image"),
+    ("containerd.services.images.v1.UpdateImageRequest", "update_mask", 2, ".google.protobuf.FieldMask"),
+    ("containerd.services.images.v1.UpdateImageResponse", "image", 1, ".containerd.services.images.v1.Image"),
+    ("containerd.services.images.v1.ListImagesRequest", "filters", 1, "repeated string"),
+    ("containerd.services.images.v1.ListImagesResponse", "images", 1, "repeated .containerd.services.images.v1.Image"),
+    ("containerd.services.images.v1.DeleteImageRequest", "name", 1, "string"),
+    ("containerd.services.images.v1.DeleteImageRequest", "sync", 2, "bool"),
+    ("containerd.services.containers.v1.Container", "id", 1, "string"),
+    ("containerd.services.containers.v1.Container", "labels", 2, "map<string, string>"),
+    ("containerd.services.containers.v1.Container", "image", 3, "string"),
+    ("containerd.services.containers.v1.Container", "runtime", 4, ".containerd.services.containers.v1.Container.Runtime"),
+    ("containerd.services.containers.v1.Container", "spec", 5, ".google.protobuf.Any"),
+    ("containerd.services.containers.v1.Container", "snapshotter", 6, "string"),
+    ("containerd.services.containers.v1.Container", "snapshot_key", 7, "string"),
+    ("containerd.services.containers.v1.Container", "created_at", 8, ".google.protobuf.Timestamp"),
+    ("containerd.services.containers.v1.Container", "updated_at", 9, ".google.protobuf.Timestamp"),
+    ("containerd.services.containers.v1.Container", "extensions", 10, "map<string, .google.protobuf.Any>"),
+    // Not in containerd 1.6; containerd 1.7 added it (v1.7.0, api/services/containers/v1/containers.proto).
+    ("containerd.services.containers.v1.Container", "sandbox", 11, "string"),
+    ("containerd.services.containers.v1.Container.Runtime", "name", 1, "string"),
+    ("containerd.services.containers.v1.Container.Runtime", "options", 2, ".google.protobuf.Any"),
+    ("containerd.services.containers.v1.GetContainerRequest", "id", 1, "string"),
+    ("containerd.services.containers.v1.GetContainerResponse", "container", 1, ".containerd.services.containers.v1.Container"),
+    ("containerd.services.containers.v1.ListContainersRequest", "filters", 1, "repeated string"),
+    ("containerd.services.containers.v1.ListContainersResponse", "containers", 1, "repeated .containerd.services.containers.v1.Container"),
+    ("containerd.services.containers.v1.CreateContainerRequest", "container", 1, ".containerd.services.containers.v1.Container"),
+    ("containerd.services.containers.v1.CreateContainerResponse", "container", 1, ".containerd.services.containers.v1.Container"),
+    ("containerd.services.containers.v1.UpdateContainerRequest", "container", 1, ".containerd.services.containers.v1.Container"),
+    ("containerd.services.containers.v1.UpdateContainerRequest", "update_mask", 2, ".google.protobuf.FieldMask"),
+    ("containerd.services.containers.v1.UpdateContainerResponse", "container", 1, ".containerd.services.containers.v1.Container"),
+    ("containerd.services.containers.v1.DeleteContainerRequest", "id", 1, "string"),
+    ("containerd.services.containers.v1.ListContainerMessage", "container", 1, ".containerd.services.containers.v1.Container"),
+    ("containerd.events.NamespaceCreate", "name", 1, "string"),
+    ("containerd.events.NamespaceCreate", "labels", 2, "map<string, string>"),
+    ("containerd.events.NamespaceUpdate", "name", 1, "string"),
+    ("containerd.events.NamespaceUpdate", "labels", 2, "map<string, string>"),
+    ("containerd.events.NamespaceDelete", "name", 1, "string"),
+    // containerd declares the image events in the images service's package.
+    ("containerd.services.images.v1.ImageCreate", "name", 1, "string"),
+    ("containerd.services.images.v1.ImageCreate", "labels", 2, "map<string, string>"),
+    ("containerd.services.images.v1.ImageUpdate", "name", 1, "string"),
+    ("containerd.services.images.v1.ImageUpdate", "labels", 2, "map<string, string>"),
+    ("containerd.services.images.v1.ImageDelete", "name", 1, "string"),
+    ("containerd.events.ContainerCreate", "id", 1, "string"),
+    ("containerd.events.ContainerCreate", "image", 2, "string"),
+    ("containerd.events.ContainerCreate", "runtime", 3, ".containerd.events.ContainerCreate.Runtime"),
+    ("containerd.events.ContainerCreate.Runtime", "name", 1, "string"),
+    ("containerd.events.ContainerCreate.Runtime", "options", 2, ".google.protobuf.Any"),
+    ("containerd.events.ContainerUpdate", "id", 1, "string"),
+    ("containerd.events.ContainerUpdate", "image", 2, "string"),
+    ("containerd.events.ContainerUpdate", "labels", 3, "map<string, string>"),
+    ("containerd.events.ContainerUpdate", "snapshot_key", 4, "string"),
+    ("containerd.events.ContainerDelete", "id", 1, "string"),
+    ("containerd.events.ContentDelete", "digest", 1, "string"),
+    ("containerd.events.SnapshotPrepare", "key", 1, "string"),
+    ("containerd.events.SnapshotPrepare", "parent", 2, "string"),
+    ("containerd.events.SnapshotCommit", "key", 1, "string"),
+    ("containerd.events.SnapshotCommit", "name", 2, "string"),
+    ("containerd.events.SnapshotRemove", "key", 1, "string"),
     ("google.rpc.Status", "code", 1, "int32"),
     ("google.rpc.Status", "message", 2, "string"),
     ("google.rpc.Status", "details", 3, "repeated .google.protobuf.Any"),
@@ -193,6 +330,35 @@ const FILE_NAMES: &[&str] = &[
     "services/namespaces/v1/namespace.proto",
     "services/snapshots/v1/snapshots.proto",
     "services/version/v1/version.proto",
+    "services/events/v1/events.proto",
+    "services/leases/v1/leases.proto",
+    "services/images/v1/images.proto",
+    "services/containers/v1/containers.proto",
+    "events/namespace.proto",
+    "events/image.proto",
+    "events/container.proto",
+    "events/content.proto",
+    "events/snapshot.proto",
+];
+
+/// The events containerd 1.6 publishes for metadata changes: topic and the type URL in
+/// `Envelope.event`, as `ctr events` decodes them (the name each message registers in
+/// containerd's `api/events/*.pb.go`; no `type.googleapis.com/` prefix).
+#[rustfmt::skip] // One row per line: the tables are data.
+const EVENTS: &[(&str, &str)] = &[
+    ("/namespaces/create", "containerd.events.NamespaceCreate"),
+    ("/namespaces/update", "containerd.events.NamespaceUpdate"),
+    ("/namespaces/delete", "containerd.events.NamespaceDelete"),
+    ("/images/create", "containerd.services.images.v1.ImageCreate"),
+    ("/images/update", "containerd.services.images.v1.ImageUpdate"),
+    ("/images/delete", "containerd.services.images.v1.ImageDelete"),
+    ("/containers/create", "containerd.events.ContainerCreate"),
+    ("/containers/update", "containerd.events.ContainerUpdate"),
+    ("/containers/delete", "containerd.events.ContainerDelete"),
+    ("/content/delete", "containerd.events.ContentDelete"),
+    ("/snapshot/prepare", "containerd.events.SnapshotPrepare"),
+    ("/snapshot/commit", "containerd.events.SnapshotCommit"),
+    ("/snapshot/remove", "containerd.events.SnapshotRemove"),
 ];
 
 /// Everything in the descriptor set, indexed by full name (without the leading dot).
@@ -392,6 +558,55 @@ fn proto_files_are_named_as_in_containerd() {
 }
 
 #[test]
+fn event_type_urls_name_our_event_messages() {
+    let index = Index::load();
+    for (topic, type_url) in EVENTS {
+        let descriptor_name = format!(".{type_url}");
+        assert!(
+            index.messages.contains_key(*type_url),
+            "the {topic} event {type_url} is missing"
+        );
+        assert_eq!(plinth_api::event_type_url(&descriptor_name), *type_url);
+        assert_eq!(plinth_api::event_type_url(type_url), *type_url);
+    }
+}
+
+#[test]
+fn envelope_carries_an_event_as_containerd_does() {
+    use plinth_api::containerd::events::ImageCreate;
+    use plinth_api::containerd::services::events::v1::Envelope;
+    use plinth_api::prost_types::{Any, Timestamp};
+
+    let event = ImageCreate {
+        name: "docker.io/library/busybox:latest".to_owned(),
+        labels: [("a".to_owned(), "b".to_owned())].into(),
+    };
+    let envelope = Envelope {
+        timestamp: Some(Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5,
+        }),
+        namespace: "default".to_owned(),
+        topic: "/images/create".to_owned(),
+        event: Some(Any {
+            type_url: plinth_api::event_type_url("containerd.services.images.v1.ImageCreate"),
+            value: event.encode_to_vec(),
+        }),
+    };
+    let bytes = envelope.encode_to_vec();
+    // Field 1 (timestamp) is length-delimited and comes first.
+    assert_eq!(bytes[0], 0x0a);
+    let decoded = Envelope::decode(bytes.as_slice()).expect("decodes");
+    assert_eq!(decoded, envelope);
+    let any = decoded.event.expect("has an event");
+    assert_eq!(any.type_url, "containerd.services.images.v1.ImageCreate");
+    assert_eq!(
+        ImageCreate::decode(any.value.as_slice()).expect("decodes"),
+        event
+    );
+}
+
+#[test]
 fn write_content_request_round_trips_and_matches_the_wire_format() {
     use plinth_api::containerd::services::content::v1::{WriteAction, WriteContentRequest};
 
@@ -426,6 +641,12 @@ fn generated_clients_and_servers_are_send_and_sync() {
     >();
     assert_send_sync::<services::namespaces::v1::namespaces_client::NamespacesClient<Channel>>();
     assert_send_sync::<services::version::v1::version_client::VersionClient<Channel>>();
+    assert_send_sync::<services::events::v1::events_client::EventsClient<Channel>>();
+    assert_send_sync::<services::leases::v1::leases_client::LeasesClient<Channel>>();
+    assert_send_sync::<services::images::v1::images_client::ImagesClient<Channel>>();
+    assert_send_sync::<services::containers::v1::containers_client::ContainersClient<Channel>>();
+    assert_send_sync::<services::events::v1::Envelope>();
+    assert_send_sync::<services::containers::v1::Container>();
     assert_send_sync::<services::content::v1::WriteContentRequest>();
     assert_send_sync::<plinth_api::google::rpc::Status>();
 }
