@@ -43,9 +43,8 @@ impl Resource {
     pub fn validate(&self) -> Result<(), Error> {
         match self.kind.as_str() {
             "content" => {
-                crate::content::Digest::parse(&self.id).map_err(|e| {
-                    Error::invalid(format!("content resource {:?}: {e}", self.id))
-                })?;
+                crate::content::Digest::parse(&self.id)
+                    .map_err(|e| Error::invalid(format!("content resource {:?}: {e}", self.id)))?;
             }
             "ingests" => {
                 if self.id.is_empty() {
@@ -123,8 +122,7 @@ pub trait LeaseManager: Send + Sync {
     ///
     /// # Errors
     /// The lease is not found; an invalid resource; storage failure.
-    fn add_resource(&self, namespace: &str, lease: &str, resource: &Resource)
-    -> Result<(), Error>;
+    fn add_resource(&self, namespace: &str, lease: &str, resource: &Resource) -> Result<(), Error>;
 
     /// Removes a resource from a lease (one it does not hold changes nothing).
     ///

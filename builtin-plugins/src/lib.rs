@@ -33,10 +33,14 @@ mod content_service;
 #[cfg(any(
     feature = "content-service",
     feature = "snapshots-service",
-    feature = "proxy"
+    feature = "proxy",
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service"
 ))]
 pub mod convert;
 pub mod error;
+pub mod events;
 pub mod filters;
 pub mod grpc;
 pub mod images;
@@ -55,8 +59,14 @@ pub mod snapshots;
 #[cfg(any(feature = "snapshots-service", feature = "proxy"))]
 mod snapshots_service;
 
+#[cfg(feature = "containers-service")]
+mod containers_service;
+#[cfg(feature = "images-service")]
+mod images_service;
 #[cfg(feature = "introspection")]
 pub mod introspection;
+#[cfg(any(feature = "lease-manager", feature = "leases-service"))]
+mod leases_service;
 #[cfg(feature = "metadata-redb")]
 pub mod metadata;
 #[cfg(feature = "namespaces")]
@@ -72,7 +82,10 @@ pub use crate::error::Error;
 #[cfg(any(
     feature = "content-local",
     feature = "metadata-redb",
-    feature = "namespaces"
+    feature = "namespaces",
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service"
 ))]
 pub(crate) async fn blocking<T: Send + 'static>(
     what: &'static str,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use plinth_api::containerd::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
 use plinth_api::containerd::services::namespaces::v1::namespaces_server::{
     Namespaces, NamespacesServer,
 };
@@ -22,6 +23,14 @@ use crate::namespaces::{NamespaceStore, validate_identifier};
 #[derive(Clone)]
 struct Service {
     store: Arc<dyn NamespaceStore>,
+    events: Option<Arc<dyn crate::events::Publisher>>,
+}
+
+/// The namespace a namespace event is published in: the request's `containerd-namespace`
+/// header, as containerd publishes it; a request without one publishes in the namespace it
+/// changes (containerd fails such a call after making the change).
+fn event_namespace<T>(request: &tonic::Request<T>, changed: &str) -> String {
+    crate::namespaces::from_request(request).unwrap_or_else(|_| changed.to_string())
 }
 
 type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
@@ -98,12 +107,24 @@ impl Namespaces for Service {
         &self,
         request: tonic::Request<CreateNamespaceRequest>,
     ) -> Reply<CreateNamespaceResponse> {
-        let namespace = request.into_inner().namespace.unwrap_or_default();
+        let namespace = request.get_ref().namespace.clone().unwrap_or_default();
+        let publish_in = event_namespace(&request, &namespace.name);
         self.run(move |s| {
             let labels: BTreeMap<String, String> = namespace.labels.clone().into_iter().collect();
             s.store.create(&namespace.name, &labels)?;
+            let created = s.namespace(&namespace.name)?;
+            let event = NamespaceCreate {
+                name: created.name.clone(),
+                labels: created.labels.clone(),
+            };
+            crate::events::publish(
+                s.events.as_deref(),
+                &publish_in,
+                "/namespaces/create",
+                &event,
+            );
             Ok(CreateNamespaceResponse {
-                namespace: Some(s.namespace(&namespace.name)?),
+                namespace: Some(created),
             })
         })
         .await
@@ -113,6 +134,14 @@ impl Namespaces for Service {
         &self,
         request: tonic::Request<UpdateNamespaceRequest>,
     ) -> Reply<UpdateNamespaceResponse> {
+        let publish_in = event_namespace(
+            &request,
+            request
+                .get_ref()
+                .namespace
+                .as_ref()
+                .map_or("", |n| n.name.as_str()),
+        );
         let request = request.into_inner();
         let namespace = request.namespace.unwrap_or_default();
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -142,15 +171,27 @@ impl Namespaces for Service {
                 }
             }
             s.store.update_labels(&namespace.name, &changes)?;
-            Ok(UpdateNamespaceResponse { namespace: Some(s.namespace(&namespace.name)?) })
+            let updated = s.namespace(&namespace.name)?;
+            let event = NamespaceUpdate { name: updated.name.clone(), labels: updated.labels.clone() };
+            crate::events::publish(s.events.as_deref(), &publish_in, "/namespaces/update", &event);
+            Ok(UpdateNamespaceResponse { namespace: Some(updated) })
         }).await
     }
 
     async fn delete(&self, request: tonic::Request<DeleteNamespaceRequest>) -> Reply<()> {
-        let name = request.into_inner().name;
+        let name = request.get_ref().name.clone();
+        let publish_in = event_namespace(&request, &name);
         self.run(move |s| {
             validate_identifier("namespace", &name)?;
-            s.store.delete(&name)
+            s.store.delete(&name)?;
+            let event = NamespaceDelete { name };
+            crate::events::publish(
+                s.events.as_deref(),
+                &publish_in,
+                "/namespaces/delete",
+                &event,
+            );
+            Ok(())
         })
         .await
     }
@@ -164,12 +205,15 @@ impl GrpcService for Service {
 
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let store: Arc<dyn NamespaceStore> = ctx.get_single(types::METADATA)?;
+    let events = crate::events::publisher(ctx);
     Ok(Instance::new(
-        Arc::new(Service { store }) as Arc<dyn GrpcService>
+        Arc::new(Service { store, events }) as Arc<dyn GrpcService>
     ))
 }
 
-register!(Registration::new(types::GRPC, "namespaces", init).requires(&[types::METADATA]));
+register!(
+    Registration::new(types::GRPC, "namespaces", init).requires(&[types::METADATA, types::EVENT])
+);
 
 #[cfg(test)]
 mod tests {
@@ -226,6 +270,7 @@ mod tests {
                 created: Mutex::new(Some(sender)),
                 waiting: Mutex::new(receiver),
             }),
+            events: None,
         };
         let lister = service.clone();
         let list = tokio::spawn(async move {

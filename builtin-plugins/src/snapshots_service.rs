@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use plinth_api::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use plinth_api::containerd::services::snapshots::v1::snapshots_server::{
     Snapshots, SnapshotsServer,
 };
@@ -34,6 +35,9 @@ struct Service {
     /// Serving raw (plinthd as a proxy target): the namespace header is ignored, the stores
     /// are asked with an empty namespace, and they resolve any snapshotter name themselves.
     raw: bool,
+    /// Where prepares, commits and removes are published (as containerd 1.6 does: views,
+    /// updates and cleanups publish nothing).
+    events: Option<Arc<dyn crate::events::Publisher>>,
 }
 
 /// containerd's Snapshots service over `stores` without namespaces: every request, whatever
@@ -41,10 +45,21 @@ struct Service {
 /// snapshotters raw.
 #[cfg(feature = "proxy")]
 pub(crate) fn raw_server(stores: Arc<dyn NamespacedStores>) -> SnapshotsServer<impl Snapshots> {
-    SnapshotsServer::new(Service { stores, raw: true })
+    SnapshotsServer::new(Service {
+        stores,
+        raw: true,
+        events: None,
+    })
 }
 
 impl Service {
+    /// Publishes `event` in the request's namespace (none when serving raw).
+    fn publish<T, M: prost::Name>(&self, request: &tonic::Request<T>, topic: &str, event: &M) {
+        if let Ok(namespace) = namespaces::from_request(request) {
+            crate::events::publish(self.events.as_deref(), &namespace, topic, event);
+        }
+    }
+
     fn snapshotter<T>(
         &self,
         request: &tonic::Request<T>,
@@ -71,10 +86,15 @@ impl Snapshots for Service {
         request: tonic::Request<PrepareSnapshotRequest>,
     ) -> Reply<PrepareSnapshotResponse> {
         let snapshotter = self.snapshotter(&request, &request.get_ref().snapshotter)?;
-        let r = request.into_inner();
+        let r = request.get_ref();
         let mounts = snapshotter
             .prepare(&r.key, &r.parent, convert::labels(&r.labels))
             .await?;
+        let event = SnapshotPrepare {
+            key: r.key.clone(),
+            parent: r.parent.clone(),
+        };
+        self.publish(&request, "/snapshot/prepare", &event);
         Ok(tonic::Response::new(PrepareSnapshotResponse {
             mounts: convert::mounts(&mounts),
         }))
@@ -104,16 +124,25 @@ impl Snapshots for Service {
 
     async fn commit(&self, request: tonic::Request<CommitSnapshotRequest>) -> Reply<()> {
         let snapshotter = self.snapshotter(&request, &request.get_ref().snapshotter)?;
-        let r = request.into_inner();
+        let r = request.get_ref();
         snapshotter
             .commit(&r.name, &r.key, convert::labels(&r.labels))
             .await?;
+        let event = SnapshotCommit {
+            key: r.key.clone(),
+            name: r.name.clone(),
+        };
+        self.publish(&request, "/snapshot/commit", &event);
         Ok(tonic::Response::new(()))
     }
 
     async fn remove(&self, request: tonic::Request<RemoveSnapshotRequest>) -> Reply<()> {
         let snapshotter = self.snapshotter(&request, &request.get_ref().snapshotter)?;
         snapshotter.remove(&request.get_ref().key).await?;
+        let event = SnapshotRemove {
+            key: request.get_ref().key.clone(),
+        };
+        self.publish(&request, "/snapshot/remove", &event);
         Ok(tonic::Response::new(()))
     }
 
@@ -186,10 +215,15 @@ impl GrpcService for Service {
 #[cfg(feature = "snapshots-service")]
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let stores: Arc<dyn NamespacedStores> = ctx.get_single(types::METADATA)?;
-    Ok(Instance::new(
-        Arc::new(Service { stores, raw: false }) as Arc<dyn GrpcService>
-    ))
+    let events = crate::events::publisher(ctx);
+    Ok(Instance::new(Arc::new(Service {
+        stores,
+        raw: false,
+        events,
+    }) as Arc<dyn GrpcService>))
 }
 
 #[cfg(feature = "snapshots-service")]
-register!(Registration::new(types::GRPC, "snapshots", init).requires(&[types::METADATA]));
+register!(
+    Registration::new(types::GRPC, "snapshots", init).requires(&[types::METADATA, types::EVENT])
+);

@@ -9,10 +9,10 @@
 //! bytes (which are verified) to commit a blob the store already holds.
 
 mod content;
-mod objects;
-mod records;
 #[cfg(all(test, feature = "content-local", feature = "snapshotter-native"))]
 mod model_tests;
+mod objects;
+mod records;
 mod schema;
 mod snapshots;
 

@@ -191,7 +191,10 @@ impl ImageStore for Metadata {
         let txn = self.db.begin_write()?;
         let updated = {
             let mut table = txn.open_table(IMAGES).map_err(storage)?;
-            let mut updated = match table.get((namespace, image.name.as_str())).map_err(storage)? {
+            let mut updated = match table
+                .get((namespace, image.name.as_str()))
+                .map_err(storage)?
+            {
                 Some(value) => image_of(&image.name, decode(&image.name, value.value())?),
                 None => return Err(image_not_found(&image.name)),
             };
@@ -376,9 +379,16 @@ impl ContainerStore for Metadata {
             };
             for path in fieldpaths {
                 if let Some(key) = path.strip_prefix("labels.") {
-                    apply_map(&mut updated.labels, &container.labels, key, String::is_empty);
+                    apply_map(
+                        &mut updated.labels,
+                        &container.labels,
+                        key,
+                        String::is_empty,
+                    );
                 } else if let Some(key) = path.strip_prefix("extensions.") {
-                    apply_map(&mut updated.extensions, &container.extensions, key, |_| false);
+                    apply_map(&mut updated.extensions, &container.extensions, key, |_| {
+                        false
+                    });
                 } else {
                     match path.as_str() {
                         "labels" => updated.labels = container.labels.clone(),
@@ -469,7 +479,12 @@ fn remove_resources(
 ) -> Result<(), Error> {
     for resource in lease_resources(table, namespace, lease)? {
         table
-            .remove((namespace, lease, resource.kind.as_str(), resource.id.as_str()))
+            .remove((
+                namespace,
+                lease,
+                resource.kind.as_str(),
+                resource.id.as_str(),
+            ))
             .map_err(storage)?;
     }
     Ok(())
@@ -496,7 +511,9 @@ impl LeaseManager for Metadata {
                 .map_err(storage)?
                 .is_some()
             {
-                return Err(Error::already_exists(format!("lease {id:?}: already exists")));
+                return Err(Error::already_exists(format!(
+                    "lease {id:?}: already exists"
+                )));
             }
             let bytes = record.encode_to_vec();
             table
@@ -545,21 +562,10 @@ impl LeaseManager for Metadata {
             .collect())
     }
 
-    fn add_resource(
-        &self,
-        namespace: &str,
-        lease: &str,
-        resource: &Resource,
-    ) -> Result<(), Error> {
+    fn add_resource(&self, namespace: &str, lease: &str, resource: &Resource) -> Result<(), Error> {
         resource.validate()?;
         let txn = self.db.begin_write()?;
-        bind(
-            &txn,
-            namespace,
-            Some(lease),
-            &resource.kind,
-            &resource.id,
-        )?;
+        bind(&txn, namespace, Some(lease), &resource.kind, &resource.id)?;
         txn.commit()
     }
 
@@ -575,7 +581,12 @@ impl LeaseManager for Metadata {
             require_lease(&txn.open_table(LEASES).map_err(storage)?, namespace, lease)?;
             txn.open_table(LEASE_RESOURCES)
                 .map_err(storage)?
-                .remove((namespace, lease, resource.kind.as_str(), resource.id.as_str()))
+                .remove((
+                    namespace,
+                    lease,
+                    resource.kind.as_str(),
+                    resource.id.as_str(),
+                ))
                 .map_err(storage)?;
         }
         txn.commit()
@@ -591,7 +602,6 @@ impl LeaseManager for Metadata {
         )
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -646,7 +656,10 @@ mod tests {
             category(ImageStore::create(&db, "ns", first.clone())),
             Category::AlreadyExists
         );
-        assert_eq!(category(ImageStore::get(&db, "other", &first.name)), Category::NotFound);
+        assert_eq!(
+            category(ImageStore::get(&db, "other", &first.name)),
+            Category::NotFound
+        );
         let mut second = image("docker.io/library/b:2");
         second.target.media_type = "application/vnd.oci.image.manifest.v1+json".into();
         ImageStore::create(&db, "ns", second.clone()).unwrap();
@@ -660,7 +673,10 @@ mod tests {
                 .map(|i| i.name)
                 .collect()
         };
-        assert_eq!(names(&[]), ["docker.io/library/a:1", "docker.io/library/b:2"]);
+        assert_eq!(
+            names(&[]),
+            ["docker.io/library/a:1", "docker.io/library/b:2"]
+        );
         assert_eq!(names(&["labels.kind==base"]), ["docker.io/library/a:1"]);
         assert_eq!(
             names(&["target.mediatype~=manifest"]),
@@ -670,7 +686,10 @@ mod tests {
             names(&["name==docker.io/library/b:2", "labels.kind"]),
             ["docker.io/library/a:1", "docker.io/library/b:2"]
         );
-        assert_eq!(names(&[&format!("target.digest=={DIGEST},name~=a:1$")]), ["docker.io/library/a:1"]);
+        assert_eq!(
+            names(&[&format!("target.digest=={DIGEST},name~=a:1$")]),
+            ["docker.io/library/a:1"]
+        );
         assert_eq!(
             category(ImageStore::list(&db, "ns", &["name==\"open".to_string()])),
             Category::InvalidArgument
@@ -693,12 +712,21 @@ mod tests {
         assert!(updated.updated >= created.updated);
         // The whole target is replaced, and validated.
         assert_eq!(
-            category(ImageStore::update(&db, "ns", change.clone(), &["target".to_string()])),
+            category(ImageStore::update(
+                &db,
+                "ns",
+                change.clone(),
+                &["target".to_string()]
+            )),
             Category::InvalidArgument
         );
-        let error = ImageStore::update(&db, "ns", change.clone(), &["name".to_string()]).unwrap_err();
+        let error =
+            ImageStore::update(&db, "ns", change.clone(), &["name".to_string()]).unwrap_err();
         assert_eq!(error.category, Category::InvalidArgument);
-        assert!(error.message.contains("cannot update \"name\" field"), "{error}");
+        assert!(
+            error.message.contains("cannot update \"name\" field"),
+            "{error}"
+        );
         assert_eq!(
             category(ImageStore::update(&db, "ns", image("missing"), &[])),
             Category::NotFound
@@ -714,7 +742,10 @@ mod tests {
         assert_eq!(ImageStore::get(&db, "ns", &first.name).unwrap(), replaced);
 
         ImageStore::delete(&db, "ns", &first.name).unwrap();
-        assert_eq!(category(ImageStore::delete(&db, "ns", &first.name)), Category::NotFound);
+        assert_eq!(
+            category(ImageStore::delete(&db, "ns", &first.name)),
+            Category::NotFound
+        );
         assert_eq!(names(&[]), ["docker.io/library/b:2"]);
     }
 
@@ -808,15 +839,24 @@ mod tests {
         assert_eq!(updated.created, created.created);
         let error = ContainerStore::update(&db, "ns", change.clone(), &[]).unwrap_err();
         assert_eq!(error.category, Category::InvalidArgument);
-        assert!(error.message.contains("the snapshotter cannot be changed"), "{error}");
+        assert!(
+            error.message.contains("the snapshotter cannot be changed"),
+            "{error}"
+        );
         let mut runtime = first.clone();
         runtime.runtime.name = "other".into();
         let error = ContainerStore::update(&db, "ns", runtime, &[]).unwrap_err();
-        assert!(error.message.contains("the runtime name cannot be changed"), "{error}");
+        assert!(
+            error.message.contains("the runtime name cannot be changed"),
+            "{error}"
+        );
         let error =
             ContainerStore::update(&db, "ns", change.clone(), &["runtime".into()]).unwrap_err();
         assert_eq!(error.category, Category::InvalidArgument);
-        assert!(error.message.contains("cannot update \"runtime\" field"), "{error}");
+        assert!(
+            error.message.contains("cannot update \"runtime\" field"),
+            "{error}"
+        );
         let mut extensions = first.clone();
         extensions.extensions.clear();
         let cleared =
@@ -857,7 +897,10 @@ mod tests {
             assert!(error.message.contains(expected), "{error}");
         }
         ContainerStore::delete(&db, "ns", "one").unwrap();
-        assert_eq!(category(ContainerStore::delete(&db, "ns", "one")), Category::NotFound);
+        assert_eq!(
+            category(ContainerStore::delete(&db, "ns", "one")),
+            Category::NotFound
+        );
         assert_eq!(ids(&[]), ["two"]);
     }
 
@@ -871,7 +914,11 @@ mod tests {
             Category::AlreadyExists
         );
         let random = LeaseManager::create(&db, "ns", "", Labels::new()).unwrap();
-        assert!(validate_identifier("lease", &random.id).is_ok(), "{}", random.id);
+        assert!(
+            validate_identifier("lease", &random.id).is_ok(),
+            "{}",
+            random.id
+        );
         let other = LeaseManager::create(&db, "ns", "", Labels::new()).unwrap();
         assert_ne!(random.id, other.id);
         assert_eq!(
@@ -936,7 +983,10 @@ mod tests {
         // Re-created, it holds nothing: the old resources went with it.
         LeaseManager::create(&db, "ns", "l1", Labels::new()).unwrap();
         assert!(db.list_resources("ns", "l1").unwrap().is_empty());
-        assert_eq!(db.list_resources("ns", &random.id).unwrap(), [held[0].clone()]);
+        assert_eq!(
+            db.list_resources("ns", &random.id).unwrap(),
+            [held[0].clone()]
+        );
     }
 
     #[test]
@@ -1038,7 +1088,12 @@ mod tests {
                     let (key, value) = item.unwrap();
                     let (ns, sn, k) = key.value();
                     let (kind, parent, ..) = value.value();
-                    (format!("{ns}/{sn}"), k.to_string(), kind, parent.to_string())
+                    (
+                        format!("{ns}/{sn}"),
+                        k.to_string(),
+                        kind,
+                        parent.to_string(),
+                    )
                 })
                 .collect();
             assert_eq!(
@@ -1046,7 +1101,12 @@ mod tests {
                 [
                     ("fixture-a/native".into(), "base".into(), 3, String::new()),
                     ("fixture-a/native".into(), "child".into(), 2, "base".into()),
-                    ("fixture-b/native".into(), "b-active".into(), 2, String::new()),
+                    (
+                        "fixture-b/native".into(),
+                        "b-active".into(),
+                        2,
+                        String::new()
+                    ),
                 ]
             );
             let owner: Vec<String> = txn
@@ -1067,8 +1127,16 @@ mod tests {
         }
         assert_eq!(version(&path), SCHEMA_VERSION_NOW);
         let reopened = Metadata::open(&path).unwrap();
-        assert_eq!(ImageStore::list(&reopened, "fixture-a", &[]).unwrap().len(), 1);
-        assert_eq!(LeaseManager::list(&reopened, "fixture-b", &[]).unwrap().len(), 1);
+        assert_eq!(
+            ImageStore::list(&reopened, "fixture-a", &[]).unwrap().len(),
+            1
+        );
+        assert_eq!(
+            LeaseManager::list(&reopened, "fixture-b", &[])
+                .unwrap()
+                .len(),
+            1
+        );
         let _ = BTreeMap::<String, String>::new();
     }
 

@@ -1,0 +1,241 @@
+//! `io.containerd.grpc.v1.containers`: containerd's Containers service over the metadata
+//! plugin's container records (records only: no tasks). Each change is published on the
+//! event exchange (when one is loaded) after it has committed: `/containers/create`,
+//! `/containers/update`, `/containers/delete`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use plinth_api::containerd::events::container_create::Runtime as RuntimeEvent;
+use plinth_api::containerd::events::{ContainerCreate, ContainerDelete, ContainerUpdate};
+use plinth_api::containerd::services::containers::v1::container::Runtime as RuntimeMessage;
+use plinth_api::containerd::services::containers::v1::containers_server::{
+    Containers, ContainersServer,
+};
+use plinth_api::containerd::services::containers::v1::{
+    Container as ContainerMessage, CreateContainerRequest, CreateContainerResponse,
+    DeleteContainerRequest, GetContainerRequest, GetContainerResponse, ListContainerMessage,
+    ListContainersRequest, ListContainersResponse, UpdateContainerRequest, UpdateContainerResponse,
+};
+use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
+use tokio_stream::Stream;
+
+use crate::containers::{Container, ContainerStore, Runtime};
+use crate::convert::{labels, time, timestamp};
+use crate::error::Error;
+use crate::events::Publisher;
+use crate::grpc::{GrpcService, MessageLimits};
+use crate::namespaces;
+
+#[derive(Clone)]
+struct Service {
+    store: Arc<dyn ContainerStore>,
+    events: Option<Arc<dyn Publisher>>,
+}
+
+type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
+
+/// A container on the wire.
+fn message(container: &Container) -> ContainerMessage {
+    ContainerMessage {
+        id: container.id.clone(),
+        labels: container.labels.clone().into_iter().collect(),
+        image: container.image.clone(),
+        runtime: Some(RuntimeMessage {
+            name: container.runtime.name.clone(),
+            options: container.runtime.options.clone(),
+        }),
+        spec: container.spec.clone(),
+        snapshotter: container.snapshotter.clone(),
+        snapshot_key: container.snapshot_key.clone(),
+        created_at: Some(timestamp(container.created)),
+        updated_at: Some(timestamp(container.updated)),
+        extensions: container.extensions.clone().into_iter().collect(),
+        sandbox: container.sandbox.clone(),
+    }
+}
+
+/// A container from the wire.
+fn container(message: ContainerMessage) -> Container {
+    let runtime = message.runtime.unwrap_or_default();
+    Container {
+        id: message.id,
+        labels: labels(&message.labels),
+        image: message.image,
+        runtime: Runtime {
+            name: runtime.name,
+            options: runtime.options,
+        },
+        spec: message.spec,
+        snapshotter: message.snapshotter,
+        snapshot_key: message.snapshot_key,
+        created: time(message.created_at.as_ref()),
+        updated: time(message.updated_at.as_ref()),
+        extensions: message.extensions.into_iter().collect(),
+        sandbox: message.sandbox,
+    }
+}
+
+impl Service {
+    /// Runs `f` with the request's namespace on the blocking pool (the store is a database).
+    async fn run<R, T: Send + 'static>(
+        &self,
+        request: &tonic::Request<R>,
+        f: impl FnOnce(&Service, &str) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, tonic::Status> {
+        let namespace = namespaces::from_request(request)?;
+        let service = self.clone();
+        crate::blocking("containers service worker", move || f(&service, &namespace))
+            .await
+            .map_err(Into::into)
+    }
+}
+
+type ListStream = Pin<Box<dyn Stream<Item = Result<ListContainerMessage, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Containers for Service {
+    async fn get(
+        &self,
+        request: tonic::Request<GetContainerRequest>,
+    ) -> Reply<GetContainerResponse> {
+        let id = request.get_ref().id.clone();
+        self.run(&request, move |s, ns| {
+            Ok(GetContainerResponse {
+                container: Some(message(&s.store.get(ns, &id)?)),
+            })
+        })
+        .await
+        .map(tonic::Response::new)
+    }
+
+    async fn list(
+        &self,
+        request: tonic::Request<ListContainersRequest>,
+    ) -> Reply<ListContainersResponse> {
+        let filters = request.get_ref().filters.clone();
+        self.run(&request, move |s, ns| {
+            Ok(ListContainersResponse {
+                containers: s.store.list(ns, &filters)?.iter().map(message).collect(),
+            })
+        })
+        .await
+        .map(tonic::Response::new)
+    }
+
+    type ListStreamStream = ListStream;
+
+    async fn list_stream(
+        &self,
+        request: tonic::Request<ListContainersRequest>,
+    ) -> Reply<Self::ListStreamStream> {
+        let filters = request.get_ref().filters.clone();
+        let containers = self
+            .run(&request, move |s, ns| s.store.list(ns, &filters))
+            .await?;
+        // One message per container, so that no answer passes the message size limit
+        // however many containers there are.
+        let stream = tokio_stream::iter(containers.into_iter().map(|c| {
+            Ok(ListContainerMessage {
+                container: Some(message(&c)),
+            })
+        }));
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+
+    async fn create(
+        &self,
+        request: tonic::Request<CreateContainerRequest>,
+    ) -> Reply<CreateContainerResponse> {
+        let wire = request.get_ref().container.clone();
+        self.run(&request, move |s, ns| {
+            let wire = wire.ok_or_else(|| Error::invalid("container is required"))?;
+            let created = s.store.create(ns, container(wire))?;
+            crate::events::publish(
+                s.events.as_deref(),
+                ns,
+                "/containers/create",
+                &ContainerCreate {
+                    id: created.id.clone(),
+                    image: created.image.clone(),
+                    runtime: Some(RuntimeEvent {
+                        name: created.runtime.name.clone(),
+                        options: created.runtime.options.clone(),
+                    }),
+                },
+            );
+            Ok(CreateContainerResponse {
+                container: Some(message(&created)),
+            })
+        })
+        .await
+        .map(tonic::Response::new)
+    }
+
+    async fn update(
+        &self,
+        request: tonic::Request<UpdateContainerRequest>,
+    ) -> Reply<UpdateContainerResponse> {
+        let body = request.get_ref().clone();
+        self.run(&request, move |s, ns| {
+            let wire = body
+                .container
+                .ok_or_else(|| Error::invalid("container is required"))?;
+            if wire.id.is_empty() {
+                return Err(Error::invalid("container id is required"));
+            }
+            let paths = body.update_mask.map(|m| m.paths).unwrap_or_default();
+            let updated = s.store.update(ns, container(wire), &paths)?;
+            crate::events::publish(
+                s.events.as_deref(),
+                ns,
+                "/containers/update",
+                &ContainerUpdate {
+                    id: updated.id.clone(),
+                    image: updated.image.clone(),
+                    labels: updated.labels.clone().into_iter().collect(),
+                    snapshot_key: updated.snapshot_key.clone(),
+                },
+            );
+            Ok(UpdateContainerResponse {
+                container: Some(message(&updated)),
+            })
+        })
+        .await
+        .map(tonic::Response::new)
+    }
+
+    async fn delete(&self, request: tonic::Request<DeleteContainerRequest>) -> Reply<()> {
+        let id = request.get_ref().id.clone();
+        self.run(&request, move |s, ns| {
+            s.store.delete(ns, &id)?;
+            crate::events::publish(
+                s.events.as_deref(),
+                ns,
+                "/containers/delete",
+                &ContainerDelete { id },
+            );
+            Ok(())
+        })
+        .await
+        .map(tonic::Response::new)
+    }
+}
+
+impl GrpcService for Service {
+    fn register(&self, routes: &mut tonic::service::RoutesBuilder, limits: MessageLimits) {
+        crate::add_limited!(routes, ContainersServer::new(self.clone()), limits);
+    }
+}
+
+fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
+    let store: Arc<dyn ContainerStore> = ctx.get_single(types::METADATA)?;
+    let events = crate::events::publisher(ctx);
+    Ok(Instance::new(
+        Arc::new(Service { store, events }) as Arc<dyn GrpcService>
+    ))
+}
+
+register!(
+    Registration::new(types::GRPC, "containers", init).requires(&[types::METADATA, types::EVENT])
+);
