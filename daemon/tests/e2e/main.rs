@@ -9,6 +9,7 @@ mod crash;
 mod interop;
 mod lifecycle;
 mod load;
+mod metadata;
 mod plinthctl;
 mod proxy;
 mod refusals;
