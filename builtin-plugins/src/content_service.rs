@@ -499,3 +499,98 @@ register!(
         .validated_config::<ContentServiceConfig>()
         .reconfigure(reconfigure)
 );
+
+/// containerd's cross-namespace content cases through this service: the namespaced Content
+/// service over the metadata plugin (on a local store) served on a unix socket, each
+/// namespace's store a gRPC client sending the `containerd-namespace` header.
+#[cfg(all(
+    test,
+    feature = "proxy",
+    feature = "metadata-redb",
+    feature = "content-local"
+))]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::content::local::LocalStore;
+    use crate::content::testsuite::{self, NamespaceViews};
+    use crate::metadata::{Metadata, SharingPolicy};
+    use crate::proxy::ProxyContentStore;
+
+    /// Stops its server when dropped.
+    struct ServerGuard(Option<oneshot::Sender<()>>);
+
+    impl Drop for ServerGuard {
+        fn drop(&mut self) {
+            if let Some(stop) = self.0.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+
+    /// Serves the Content service over a metadata database and a local store in `root`, on
+    /// `<root>/content.sock`.
+    fn serve(root: &Path, policy: SharingPolicy) -> Result<(PathBuf, ServerGuard), Error> {
+        let local: Arc<dyn ContentStore> = Arc::new(LocalStore::open(&root.join("content"))?);
+        let metadata =
+            Metadata::open_with(&root.join("meta.db"), Some(local), BTreeMap::new(), policy)?;
+        let idle_ms = ContentServiceConfig::default()
+            .idle_ms()
+            .map_err(Error::internal)?;
+        let service = Service {
+            stores: Arc::new(metadata),
+            raw: false,
+            idle_ms: Arc::new(AtomicU64::new(idle_ms)),
+        };
+        let mut routes = tonic::service::RoutesBuilder::default();
+        service.register(&mut routes, MessageLimits::default());
+        let socket = root.join("content.sock");
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .map_err(|e| Error::internal(format!("binding {}: {e}", socket.display())))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let result = tonic::transport::Server::builder()
+                .add_routes(routes.routes())
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(error) = result {
+                panic!("content service: {error}");
+            }
+        });
+        Ok((socket, ServerGuard(Some(stop))))
+    }
+
+    /// Each namespace's store: a client of the served service in that namespace. The server
+    /// runs while the views live.
+    fn served_views(root: &Path, policy: SharingPolicy) -> Result<NamespaceViews, Error> {
+        let (socket, server) = serve(root, policy)?;
+        Ok(Arc::new(move |namespace: &str| {
+            let _running = &server;
+            let client = ProxyContentStore::connect(&socket)?.in_namespace(namespace)?;
+            Ok(Arc::new(client) as Arc<dyn ContentStore>)
+        }))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_shared_policy_cross_namespace_cases_pass_through_the_service() {
+        testsuite::run_shared_policy(|root: PathBuf| async move {
+            served_views(&root, SharingPolicy::Shared)
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_isolated_policy_cross_namespace_cases_pass_through_the_service() {
+        testsuite::run_isolated_policy(|root: PathBuf| async move {
+            served_views(&root, SharingPolicy::Isolated)
+        })
+        .await;
+    }
+}

@@ -212,9 +212,15 @@ pub trait ContentStore: Send + Sync {
     /// checked at commit. Only one writer may hold a ref: a second one waits about a second
     /// for the first to close, then gets Unavailable.
     ///
+    /// A namespaced store under the shared policy, asked for an `expected` blob that only
+    /// other namespaces hold (with its size as `total`, or 0), answers as containerd does: a
+    /// writer that holds the blob whole already (offset and total its size, digest
+    /// `expected`), without an ingest or a lock; its commit records the blob in this
+    /// namespace without an upload, and a write appends to a copy of it.
+    ///
     /// # Errors
     /// Invalid ref; unavailable when locked; already exists when `expected` is committed
-    /// already.
+    /// already (for a namespaced store: in this namespace).
     async fn writer(
         &self,
         reference: &str,

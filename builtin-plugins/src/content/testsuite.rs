@@ -14,9 +14,13 @@
 //! ```
 //!
 //! Each case is also a public function taking a fresh, empty store, so that an
-//! implementation can run a subset; [`CASES`] lists them by name. containerd's cross-namespace
-//! cases are not here: the [`ContentStore`] trait has no namespaces; the metadata layer tests
-//! them itself.
+//! implementation can run a subset; [`CASES`] lists them by name.
+//!
+//! containerd's cross-namespace cases need one backend seen by two namespaces, which a
+//! single [`ContentStore`] cannot give: they take [`NamespaceViews`] instead, and run by
+//! sharing policy ([`run_shared_policy`] with [`SHARED_POLICY_CASES`], [`run_isolated_policy`]
+//! with [`ISOLATED_POLICY_CASES`]), for stores that have namespaces (the metadata layer, in
+//! process or through the Content service).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -34,8 +38,11 @@ use crate::namespaces::{Labels, MAX_LABEL_SIZE};
 /// The future a case returns.
 pub type CaseFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A case of any kind: takes what it runs on (made fresh for it) and panics on failure.
+pub type CaseOn<S> = fn(S) -> CaseFuture;
+
 /// A case: takes a fresh, empty store and panics on failure.
-pub type Case = fn(Arc<dyn ContentStore>) -> CaseFuture;
+pub type Case = CaseOn<Arc<dyn ContentStore>>;
 
 macro_rules! cases {
     ($($name:ident),* $(,)?) => {
@@ -89,18 +96,83 @@ where
     F: Fn(PathBuf) -> Fut,
     Fut: Future<Output = Result<Arc<dyn ContentStore>, Error>>,
 {
-    let failures = run_cases(CASES, &make).await;
+    run_all(CASES, &make).await;
+}
+
+/// The content store as each namespace sees it, all over one backend: called with a
+/// namespace's name, it returns that namespace's store (containerd's suite gets the same
+/// from its context wrapper, which hands out a new namespace). What a cross-namespace case
+/// takes.
+pub type NamespaceViews = Arc<dyn Fn(&str) -> Result<Arc<dyn ContentStore>, Error> + Send + Sync>;
+
+/// A cross-namespace case: takes the views of a fresh, empty backend and panics on failure.
+pub type CrossNamespaceCase = CaseOn<NamespaceViews>;
+
+/// containerd's cross-namespace cases for the shared policy, by name, in the order
+/// [`run_shared_policy`] runs them.
+pub const SHARED_POLICY_CASES: &[(&str, CrossNamespaceCase)] = &[
+    ("cross_namespace_append", |views| {
+        Box::pin(cross_namespace_append(views))
+    }),
+    ("cross_namespace_share", |views| {
+        Box::pin(cross_namespace_share(views))
+    }),
+];
+
+/// containerd's cross-namespace cases for the isolated policy, by name, in the order
+/// [`run_isolated_policy`] runs them.
+pub const ISOLATED_POLICY_CASES: &[(&str, CrossNamespaceCase)] =
+    &[("cross_namespace_isolate", |views| {
+        Box::pin(cross_namespace_isolate(views))
+    })];
+
+/// Runs every case of [`SHARED_POLICY_CASES`] as [`run`] does, each on fresh views that
+/// `make` creates in a fresh temporary directory; their store must share blobs between
+/// namespaces (containerd's `shared` content sharing policy).
+///
+/// # Panics
+/// As [`run`].
+pub async fn run_shared_policy<F, Fut>(make: F)
+where
+    F: Fn(PathBuf) -> Fut,
+    Fut: Future<Output = Result<NamespaceViews, Error>>,
+{
+    run_all(SHARED_POLICY_CASES, &make).await;
+}
+
+/// Runs every case of [`ISOLATED_POLICY_CASES`] as [`run`] does, each on fresh views that
+/// `make` creates in a fresh temporary directory; their store must keep namespaces apart
+/// (containerd's `isolated` content sharing policy).
+///
+/// # Panics
+/// As [`run`].
+pub async fn run_isolated_policy<F, Fut>(make: F)
+where
+    F: Fn(PathBuf) -> Fut,
+    Fut: Future<Output = Result<NamespaceViews, Error>>,
+{
+    run_all(ISOLATED_POLICY_CASES, &make).await;
+}
+
+/// Runs every case of `cases` and panics with the report of the failures, if any.
+async fn run_all<S, F, Fut>(cases: &[(&str, CaseOn<S>)], make: &F)
+where
+    F: Fn(PathBuf) -> Fut,
+    Fut: Future<Output = Result<S, Error>>,
+{
+    let failures = run_cases(cases, make).await;
     if !failures.is_empty() {
-        panic!("{}", failure_report(&failures));
+        panic!("{}", failure_report(&failures, cases.len()));
     }
 }
 
-/// Runs each case of `cases` on a fresh store, as [`run`] does; returns the failures, by
+/// Runs each case of `cases` on what `make` creates fresh for it (a store for [`CASES`],
+/// namespace views for the cross-namespace cases), as [`run`] does; returns the failures, by
 /// case name, in the order the cases ran.
-pub async fn run_cases<F, Fut>(cases: &[(&str, Case)], make: &F) -> Vec<(String, String)>
+pub async fn run_cases<S, F, Fut>(cases: &[(&str, CaseOn<S>)], make: &F) -> Vec<(String, String)>
 where
     F: Fn(PathBuf) -> Fut,
-    Fut: Future<Output = Result<Arc<dyn ContentStore>, Error>>,
+    Fut: Future<Output = Result<S, Error>>,
 {
     let mut failures = Vec::new();
     for (name, case) in cases {
@@ -112,12 +184,11 @@ where
 }
 
 /// What [`run`] panics with: how many cases failed of how many, then each one.
-fn failure_report(failures: &[(String, String)]) -> String {
+fn failure_report(failures: &[(String, String)], n_cases: usize) -> String {
     let names: Vec<&str> = failures.iter().map(|(name, _)| name.as_str()).collect();
     let mut report = format!(
-        "content suite: {} of {} cases failed: {}",
+        "content suite: {} of {n_cases} cases failed: {}",
         failures.len(),
-        CASES.len(),
         names.join(", ")
     );
     for (name, message) in failures {
@@ -141,11 +212,12 @@ where
     }
 }
 
-/// Runs one case on a fresh store; its panic (or `make`'s error) becomes the message.
-async fn try_case<F, Fut>(case: Case, make: &F) -> Result<(), String>
+/// Runs one case on what `make` creates fresh; its panic (or `make`'s error) becomes the
+/// message.
+async fn try_case<S, F, Fut>(case: CaseOn<S>, make: &F) -> Result<(), String>
 where
     F: Fn(PathBuf) -> Fut,
-    Fut: Future<Output = Result<Arc<dyn ContentStore>, Error>>,
+    Fut: Future<Output = Result<S, Error>>,
 {
     let dir = tempfile::Builder::new()
         .prefix("plinth-content-suite-")
@@ -1001,6 +1073,142 @@ pub async fn commit_error_state(store: Arc<dyn ContentStore>) {
 }
 
 // ---------------------------------------------------------------------------------------
+// containerd's cross-namespace cases
+
+/// The two namespaces of a cross-namespace case: the one that writes first, and the other.
+const FIRST_NAMESPACE: &str = "suite-first";
+const SECOND_NAMESPACE: &str = "suite-second";
+
+/// The store as `namespace` sees it.
+#[track_caller]
+fn view(views: &NamespaceViews, namespace: &str) -> Arc<dyn ContentStore> {
+    views(namespace).unwrap_or_else(|e| panic!("the store as namespace {namespace} sees it: {e:?}"))
+}
+
+/// containerd `CrossNamespaceShare` (shared policy): the first namespace writes a blob; a
+/// writer for it in the second namespace, with its size and digest, shows it written whole
+/// (offset and total its size, its digest) and commits it without a byte sent; both
+/// namespaces then hold it.
+pub async fn cross_namespace_share(views: NamespaceViews) {
+    let first = view(&views, FIRST_NAMESPACE);
+    let (bytes, digest) = create_content(1000);
+    let size = size_of(&bytes);
+    let reference = "ref-1000";
+    let before_first = SystemTime::now();
+    write_blob(&*first, reference, &bytes, Some(digest.clone())).await;
+
+    let second = view(&views, SECOND_NAMESPACE);
+    let mut writer = open(&*second, reference, size, Some(digest.clone())).await;
+    let after_open = SystemTime::now();
+    check_writer(
+        &*writer,
+        &Expect {
+            reference,
+            offset: size,
+            total: size,
+            digest: &digest,
+            started: (before_first, after_open),
+            updated: (before_first, after_open),
+        },
+    )
+    .await;
+    writer
+        .commit(size, Some(digest.clone()), Labels::new())
+        .await
+        .unwrap_or_else(|e| panic!("commit in the second namespace: {e:?}"));
+    let after_commit = SystemTime::now();
+    writer.close().await.expect("close after commit");
+
+    for store in [&first, &second] {
+        let window = (before_first, after_commit);
+        check_info(&**store, &digest, size, &Labels::new(), window, window).await;
+        check_content(&**store, &digest, &bytes).await;
+    }
+}
+
+/// containerd `CrossNamespaceAppend` (shared policy): as `CrossNamespaceShare`, but the
+/// second namespace writes more bytes after the shared ones and commits the longer blob: the
+/// first namespace keeps the blob it wrote, the second holds the new one.
+pub async fn cross_namespace_append(views: NamespaceViews) {
+    let first = view(&views, FIRST_NAMESPACE);
+    let (bytes, digest) = create_content(1000);
+    let size = size_of(&bytes);
+    let reference = "ref-1000";
+    let before_first = SystemTime::now();
+    write_blob(&*first, reference, &bytes, Some(digest.clone())).await;
+
+    let second = view(&views, SECOND_NAMESPACE);
+    let extra = b"appended bytes";
+    let longer = [&bytes[..], &extra[..]].concat();
+    let longer_size = size_of(&longer);
+    let longer_digest = Digest::of(&longer);
+    let mut writer = open(&*second, reference, size, Some(digest.clone())).await;
+    let after_open = SystemTime::now();
+    check_writer(
+        &*writer,
+        &Expect {
+            reference,
+            offset: size,
+            total: size,
+            digest: &digest,
+            started: (before_first, after_open),
+            updated: (before_first, after_open),
+        },
+    )
+    .await;
+    writer
+        .write(extra)
+        .await
+        .unwrap_or_else(|e| panic!("appending to the shared blob: {e:?}"));
+    writer
+        .commit(longer_size, Some(longer_digest.clone()), Labels::new())
+        .await
+        .unwrap_or_else(|e| panic!("commit of the longer blob: {e:?}"));
+    let after_commit = SystemTime::now();
+    writer.close().await.expect("close after commit");
+
+    let window = (before_first, after_commit);
+    check_info(&*first, &digest, size, &Labels::new(), window, window).await;
+    check_content(&*first, &digest, &bytes).await;
+    check_info(
+        &*second,
+        &longer_digest,
+        longer_size,
+        &Labels::new(),
+        window,
+        window,
+    )
+    .await;
+    check_content(&*second, &longer_digest, &longer).await;
+}
+
+/// containerd `CrossNamespaceIsolate` (isolated policy): a writer in the second namespace
+/// for a blob only the first one holds is a new, empty ingest (offset 0, the digest of no
+/// bytes), started after the first namespace's write: the bytes must be uploaded.
+pub async fn cross_namespace_isolate(views: NamespaceViews) {
+    let first = view(&views, FIRST_NAMESPACE);
+    let (bytes, digest) = create_content(1000);
+    let size = size_of(&bytes);
+    let reference = "ref-1000";
+    write_blob(&*first, reference, &bytes, Some(digest.clone())).await;
+    let after_first = SystemTime::now();
+
+    let second = view(&views, SECOND_NAMESPACE);
+    let writer = open(&*second, reference, size, Some(digest)).await;
+    let after_open = SystemTime::now();
+    let status = writer.status().await.expect("writer status");
+    assert_eq!(writer.digest(), Digest::of(b""), "digest of a new ingest");
+    assert_eq!(status.offset, 0, "offset of a new ingest");
+    assert_between(
+        "started at of a new ingest",
+        status.started_at,
+        after_first,
+        after_open,
+    );
+    writer.close().await.expect("close");
+}
+
+// ---------------------------------------------------------------------------------------
 // Plinth's cases
 
 /// An empty blob commits (the sha256 of nothing) and reads back empty.
@@ -1656,7 +1864,7 @@ mod tests {
             ("third".to_string(), "this case is broken".to_string()),
         ];
         assert_eq!(failures, expected);
-        let report = failure_report(&failures);
+        let report = failure_report(&failures, CASES.len());
         assert!(
             report.starts_with(&format!(
                 "content suite: 2 of {} cases failed: first, third\n",

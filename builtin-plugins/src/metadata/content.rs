@@ -2,6 +2,7 @@
 //! ingest refs prefixed with the namespace, and the sharing policy.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use redb::{ReadableTable, WriteTransaction};
 
@@ -328,25 +329,20 @@ impl ContentStore for NamespacedContent {
             if self.metadata.policy == SharingPolicy::Shared {
                 if let Ok(existing) = self.backend()?.info(expected).await {
                     if total == 0 || total == existing.size {
-                        // Shared: the bytes are there; record them here without an upload.
-                        let (metadata, namespace, digest) = (
-                            self.metadata.clone(),
-                            self.namespace.clone(),
-                            expected.clone(),
-                        );
-                        blocking(move || {
-                            add_record(
-                                &metadata,
-                                &namespace,
-                                &digest,
-                                existing.size,
-                                &Labels::new(),
-                            )
-                        })
-                        .await?;
-                        return Err(Error::already_exists(format!(
-                            "content {expected}: already exists"
-                        )));
+                        // Shared: another namespace holds the blob. The writer offers it
+                        // whole, without an ingest; its commit records it here.
+                        return Ok(Box::new(NamespacedWriter {
+                            ingest: Ingest::Shared {
+                                digest: expected.clone(),
+                                size: existing.size,
+                                started_at: SystemTime::now(),
+                                committed: false,
+                            },
+                            metadata: self.metadata.clone(),
+                            namespace: self.namespace.clone(),
+                            reference: reference.to_string(),
+                            expected: Some(expected.clone()),
+                        }));
                     }
                 }
             }
@@ -354,15 +350,15 @@ impl ContentStore for NamespacedContent {
         let backend = self.backend()?;
         let backend_ref = self.backend_ref(reference);
         let inner = match backend.writer(&backend_ref, total, expected.clone()).await {
-            // The store holds the blob, but this namespace may not (isolated policy): it
-            // uploads the bytes, which the commit verifies against `expected`.
+            // The store holds the blob, but this namespace may not (isolated policy, or a
+            // size that does not match): it uploads the bytes, which the commit verifies.
             Err(e) if e.category == plinth_core::Category::AlreadyExists => {
                 backend.writer(&backend_ref, total, None).await?
             }
             other => other?,
         };
         Ok(Box::new(NamespacedWriter {
-            inner: Some(inner),
+            ingest: Ingest::Writing(inner),
             metadata: self.metadata.clone(),
             namespace: self.namespace.clone(),
             reference: reference.to_string(),
@@ -371,9 +367,28 @@ impl ContentStore for NamespacedContent {
     }
 }
 
+/// Bytes copied at a time when a shared blob becomes an ingest of its own.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Where a namespaced writer's bytes are.
+enum Ingest {
+    /// In an ingest of the store underneath, under the namespaced ref.
+    Writing(Box<dyn ContentWriter>),
+    /// Shared policy: a blob another namespace holds, offered whole with no ingest behind
+    /// it (containerd's writer without a backend writer). Its status shows every byte
+    /// written; a commit records it in this namespace; a write or truncate first copies it
+    /// into an ingest of its own.
+    Shared {
+        digest: Digest,
+        size: i64,
+        started_at: SystemTime,
+        committed: bool,
+    },
+}
+
 /// A writer whose commit also records the blob in the namespace.
 struct NamespacedWriter {
-    inner: Option<Box<dyn ContentWriter>>,
+    ingest: Ingest,
     metadata: Arc<Metadata>,
     namespace: String,
     reference: String,
@@ -381,44 +396,146 @@ struct NamespacedWriter {
 }
 
 impl NamespacedWriter {
-    fn inner(&mut self) -> Result<&mut Box<dyn ContentWriter>, Error> {
-        self.inner
-            .as_mut()
-            .ok_or_else(|| Error::failed_precondition("writer is closed"))
+    fn backend(&self) -> Result<Arc<dyn ContentStore>, Error> {
+        self.metadata
+            .content
+            .clone()
+            .ok_or_else(|| Error::unavailable("no content store is loaded"))
     }
+
+    /// The ingest to write to: a shared blob is first copied, its first `keep` bytes, into an
+    /// ingest of this namespace's own (containerd's `createAndCopy`). From then on the digest
+    /// expected at open, which named the shared blob, no longer applies: the commit checks
+    /// what it is given.
+    async fn unshared(&mut self, keep: i64) -> Result<&mut Box<dyn ContentWriter>, Error> {
+        if let Ingest::Shared {
+            digest,
+            size,
+            committed,
+            ..
+        } = &self.ingest
+        {
+            if *committed {
+                return Err(self.committed_error());
+            }
+            let (digest, size) = (digest.clone(), *size);
+            let backend = self.backend()?;
+            let backend_ref = format!("{}/{}", self.namespace, self.reference);
+            let mut inner = backend.writer(&backend_ref, keep, None).await?;
+            if let Err(error) = copy_blob(&*backend, &mut *inner, &digest, size, keep).await {
+                if let Err(e) = inner.close().await {
+                    tracing::debug!(error = %e, "closing the ingest of a failed copy");
+                }
+                return Err(error);
+            }
+            self.ingest = Ingest::Writing(inner);
+            self.expected = None;
+        }
+        match &mut self.ingest {
+            Ingest::Writing(inner) => Ok(inner),
+            Ingest::Shared { .. } => Err(Error::internal("shared writer was not unshared")),
+        }
+    }
+
+    fn committed_error(&self) -> Error {
+        Error::failed_precondition(format!(
+            "ingest {:?} is committed: open a new writer to write more",
+            self.reference
+        ))
+    }
+}
+
+/// Writes the first `keep` bytes of the blob `digest` (of `size` bytes) into `inner`, after
+/// emptying it (a leftover ingest of the same ref would otherwise come first).
+async fn copy_blob(
+    backend: &dyn ContentStore,
+    inner: &mut dyn ContentWriter,
+    digest: &Digest,
+    size: i64,
+    keep: i64,
+) -> Result<(), Error> {
+    if inner.status().await?.offset > 0 {
+        inner.truncate(0).await?;
+    }
+    let keep = u64::try_from(keep.min(size)).unwrap_or(0);
+    let mut offset = 0u64;
+    while offset < keep {
+        let length = usize::try_from(keep - offset)
+            .unwrap_or(COPY_CHUNK)
+            .min(COPY_CHUNK);
+        let data = backend.read_at(digest, offset, length).await?;
+        if data.is_empty() {
+            return Err(Error::data_loss(format!(
+                "blob {digest} ends after {offset} of its {size} bytes; remove it and fetch it again"
+            )));
+        }
+        offset += data.len() as u64;
+        inner.write_owned(data).await?;
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
 impl ContentWriter for NamespacedWriter {
     async fn status(&self) -> Result<Status, Error> {
-        let inner = self
-            .inner
-            .as_ref()
-            .ok_or_else(|| Error::failed_precondition("writer is closed"))?;
-        let mut status = inner.status().await?;
-        status.reference = self.reference.clone();
-        if status.expected.is_none() {
-            status.expected = self.expected.clone();
+        match &self.ingest {
+            Ingest::Writing(inner) => {
+                let mut status = inner.status().await?;
+                status.reference = self.reference.clone();
+                if status.expected.is_none() {
+                    status.expected = self.expected.clone();
+                }
+                Ok(status)
+            }
+            Ingest::Shared {
+                digest,
+                size,
+                started_at,
+                ..
+            } => Ok(Status {
+                reference: self.reference.clone(),
+                offset: *size,
+                total: *size,
+                expected: Some(digest.clone()),
+                started_at: *started_at,
+                updated_at: *started_at,
+            }),
         }
-        Ok(status)
     }
 
     fn digest(&self) -> Digest {
-        self.inner
-            .as_ref()
-            .map_or_else(|| Digest::of(b""), |w| w.digest())
+        match &self.ingest {
+            Ingest::Writing(inner) => inner.digest(),
+            Ingest::Shared { digest, .. } => digest.clone(),
+        }
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
-        self.inner()?.write(data).await
+        self.write_owned(data.to_vec()).await
     }
 
     async fn write_owned(&mut self, data: Vec<u8>) -> Result<(), Error> {
-        self.inner()?.write_owned(data).await
+        let keep = match &self.ingest {
+            // Nothing to append: the writer stays shared (as containerd's).
+            Ingest::Shared { .. } if data.is_empty() => return Ok(()),
+            // Appending: the blob's bytes come first.
+            Ingest::Shared { size, .. } => *size,
+            Ingest::Writing(_) => 0,
+        };
+        self.unshared(keep).await?.write_owned(data).await
     }
 
     async fn truncate(&mut self, size: i64) -> Result<(), Error> {
-        self.inner()?.truncate(size).await
+        if matches!(self.ingest, Ingest::Shared { .. }) && size != 0 {
+            return Err(Error::invalid(format!(
+                "cannot truncate to {size} bytes: only 0 is supported"
+            )));
+        }
+        match &mut self.ingest {
+            Ingest::Writing(inner) => inner.truncate(size).await,
+            // A fresh, empty ingest is the shared blob cut to nothing.
+            Ingest::Shared { .. } => self.unshared(0).await.map(drop),
+        }
     }
 
     async fn commit(
@@ -431,28 +548,60 @@ impl ContentWriter for NamespacedWriter {
             validate_label(key, value)?;
         }
         let expected = expected.or_else(|| self.expected.clone());
-        let written = self.digest();
-        let digest = match self
-            .inner()?
-            .commit(size, expected.clone(), Labels::new())
-            .await
+        let backend = self.backend()?;
+        if let Ingest::Shared {
+            digest,
+            size: shared_size,
+            committed,
+            ..
+        } = &self.ingest
         {
-            Ok(digest) => digest,
-            // The bytes were verified and the blob is in the store already.
-            Err(e) if e.category == plinth_core::Category::AlreadyExists => {
-                expected.unwrap_or(written)
+            if *committed {
+                return Err(self.committed_error());
             }
-            Err(e) => return Err(e),
-        };
-        let backend = self
-            .metadata
-            .content
-            .clone()
-            .ok_or_else(|| Error::unavailable("no content store is loaded"))?;
-        let size = if size > 0 {
-            size
-        } else {
-            backend.info(&digest).await?.size
+            if size != 0 && size != *shared_size {
+                return Err(Error::failed_precondition(format!(
+                    "commit of {:?}: size {size} does not match the {shared_size} bytes of {digest}, which the writer holds; commit with size {shared_size} or 0",
+                    self.reference
+                )));
+            }
+            if let Some(wanted) = expected.as_ref().filter(|wanted| *wanted != digest) {
+                return Err(Error::failed_precondition(format!(
+                    "commit of {:?}: expected digest {wanted}, but the writer holds {digest}; commit with {digest} or none",
+                    self.reference
+                )));
+            }
+            // Another namespace may have deleted it, and with it the bytes, meanwhile.
+            if let Err(e) = backend.info(digest).await {
+                return Err(if e.category == plinth_core::Category::NotFound {
+                    Error::failed_precondition(format!(
+                        "commit of {:?}: blob {digest} left the store after the writer opened; truncate and write its bytes to commit it",
+                        self.reference
+                    ))
+                } else {
+                    e
+                });
+            }
+        }
+        let (digest, size) = match &mut self.ingest {
+            Ingest::Writing(inner) => {
+                let written = inner.digest();
+                let digest = match inner.commit(size, expected.clone(), Labels::new()).await {
+                    Ok(digest) => digest,
+                    // The bytes were verified and the blob is in the store already.
+                    Err(e) if e.category == plinth_core::Category::AlreadyExists => {
+                        expected.unwrap_or(written)
+                    }
+                    Err(e) => return Err(e),
+                };
+                let size = if size > 0 {
+                    size
+                } else {
+                    backend.info(&digest).await?.size
+                };
+                (digest, size)
+            }
+            Ingest::Shared { digest, size, .. } => (digest.clone(), *size),
         };
         let (metadata, namespace, d) = (
             self.metadata.clone(),
@@ -460,13 +609,16 @@ impl ContentWriter for NamespacedWriter {
             digest.clone(),
         );
         blocking(move || add_record(&metadata, &namespace, &d, size, &labels)).await?;
+        if let Ingest::Shared { committed, .. } = &mut self.ingest {
+            *committed = true;
+        }
         Ok(digest)
     }
 
-    async fn close(mut self: Box<Self>) -> Result<(), Error> {
-        match self.inner.take() {
-            Some(inner) => inner.close().await,
-            None => Ok(()),
+    async fn close(self: Box<Self>) -> Result<(), Error> {
+        match self.ingest {
+            Ingest::Writing(inner) => inner.close().await,
+            Ingest::Shared { .. } => Ok(()),
         }
     }
 }

@@ -103,21 +103,30 @@ async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
         let context = format!("seed {seed} step {step} ns {ns}");
         match rng.below(9) {
             0 | 1 => {
-                // Ingest with the expected digest: a namespace that has the blob, or (shared)
-                // any namespace having it, makes it AlreadyExists, and then the namespace
-                // has it.
+                // Ingest with the expected digest: a namespace that has the blob makes it
+                // AlreadyExists; under the shared policy, one that another namespace has is
+                // offered written whole, and the commit alone records it. Either way the
+                // namespace has it then.
                 let reference = format!("ref-{b}");
                 let elsewhere = model_content
                     .iter()
                     .any(|(n, m)| *n != ns && m.contains_key(&b));
                 let have = model_content.entry(ns).or_default();
-                let predicted = (have.contains_key(&b)
-                    || (policy == SharingPolicy::Shared && elsewhere))
-                    .then_some(Category::AlreadyExists);
+                let predicted = have.contains_key(&b).then_some(Category::AlreadyExists);
+                let shared = predicted.is_none() && policy == SharingPolicy::Shared && elsewhere;
                 let result = store.writer(&reference, 0, Some(digest.clone())).await;
                 check_outcome(&context, "writer", &result.as_ref().map(|_| ()), predicted);
                 if let Ok(mut writer) = result {
-                    writer.write(&bytes).await.unwrap();
+                    let offset = writer.status().await.unwrap().offset;
+                    let predicted_offset = if shared {
+                        i64::try_from(bytes.len()).unwrap()
+                    } else {
+                        0
+                    };
+                    assert_eq!(offset, predicted_offset, "{context}: writer offset");
+                    if !shared {
+                        writer.write(&bytes).await.unwrap();
+                    }
                     let committed = writer
                         .commit(
                             i64::try_from(bytes.len()).unwrap(),
@@ -422,6 +431,40 @@ async fn namespaced_content_passes_the_content_conformance_suite() {
     .await;
 }
 
+/// The namespaced views of one metadata database over a local store in `dir`, under
+/// `policy`, for the suite's cross-namespace cases.
+fn namespace_views(
+    dir: &std::path::Path,
+    policy: SharingPolicy,
+) -> Result<crate::content::testsuite::NamespaceViews, crate::Error> {
+    let content: Arc<dyn ContentStore> = Arc::new(LocalStore::open(&dir.join("content"))?);
+    let metadata = Arc::new(Metadata::open_with(
+        &dir.join("meta.db"),
+        Some(content),
+        BTreeMap::new(),
+        policy,
+    )?);
+    Ok(Arc::new(move |namespace: &str| {
+        Arc::clone(&metadata).content(namespace)
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaced_content_passes_the_shared_policy_cross_namespace_cases() {
+    crate::content::testsuite::run_shared_policy(|dir: std::path::PathBuf| async move {
+        namespace_views(&dir, SharingPolicy::Shared)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaced_content_passes_the_isolated_policy_cross_namespace_cases() {
+    crate::content::testsuite::run_isolated_policy(|dir: std::path::PathBuf| async move {
+        namespace_views(&dir, SharingPolicy::Isolated)
+    })
+    .await;
+}
+
 /// Deleting a blob passes on what the store says: a blob the store no longer has is gone
 /// either way (the delete succeeds and the record goes); a store that cannot delete it for
 /// another reason is an error naming the path.
@@ -465,8 +508,9 @@ async fn delete_passes_on_the_stores_failures_but_not_its_not_found() {
 }
 
 /// Under the shared policy a writer that names a blob the store already has, with its size
-/// or no size, records it in the namespace without an upload (AlreadyExists); with another
-/// size it is an upload like any other, which the commit verifies.
+/// or no size, holds it whole without an upload, and its commit (not the writer) records it
+/// in the namespace; with another size it is an upload like any other, which the commit
+/// verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_blob_is_recorded_without_upload_only_when_its_size_matches() {
     let dir = tempfile::tempdir().unwrap();
@@ -491,15 +535,19 @@ async fn a_shared_blob_is_recorded_without_upload_only_when_its_size_matches() {
 
     for (namespace, total) in [("b", size), ("c", 0)] {
         let ns = Arc::clone(&metadata).content(namespace).unwrap();
-        let error = match ns.writer("w", total, Some(digest.clone())).await {
-            Ok(_) => panic!("{namespace}: a writer for a blob the store has, total {total}"),
-            Err(error) => error,
-        };
+        let mut writer = ns.writer("w", total, Some(digest.clone())).await.unwrap();
+        let status = writer.status().await.unwrap();
+        assert_eq!((status.offset, status.total), (size, size), "{namespace}");
+        assert_eq!(writer.digest(), digest, "{namespace}");
+        let error = ns.info(&digest).await.unwrap_err();
         assert_eq!(
             error.category,
-            Category::AlreadyExists,
-            "{namespace}: {error}"
+            Category::NotFound,
+            "{namespace}: not recorded before the commit: {error}"
         );
+        let committed = writer.commit(0, None, Labels::new()).await.unwrap();
+        writer.close().await.unwrap();
+        assert_eq!(committed, digest, "{namespace}");
         assert_eq!(ns.info(&digest).await.unwrap().size, size, "{namespace}");
     }
     let d = Arc::clone(&metadata).content("d").unwrap();

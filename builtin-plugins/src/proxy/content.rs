@@ -3,7 +3,9 @@
 //! stream as containerd's remote writer does: a stat names the ref and takes the lock, each
 //! write carries the offset it expects, and the commit carries total, expected digest and
 //! labels. Beyond containerd, a writer whose stream ended on an error (a refused commit, say)
-//! opens a new one on its next call and checks that the ingest is where it left it.
+//! opens a new one on its next call and checks that the ingest is where it left it. A proxy
+//! sends no namespace (a raw remote ignores it); [`ProxyContentStore::in_namespace`] gives
+//! one, for a remote that serves containerd's namespaced Content service.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +16,9 @@ use plinth_api::containerd::services::content::v1 as api;
 use plinth_api::containerd::services::content::v1::content_client::ContentClient;
 use plinth_api::prost_types::FieldMask;
 use tokio::sync::mpsc;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use super::Check;
@@ -22,7 +27,7 @@ use crate::content::{ContentStore, ContentWriter, Digest, Info, Status, validate
 use crate::convert;
 use crate::error::Error;
 use crate::live::LiveStatus;
-use crate::namespaces::Labels;
+use crate::namespaces::{Labels, NAMESPACE_HEADER, validate_identifier};
 
 /// The most bytes sent in one write message.
 const WRITE_CHUNK: usize = 1 << 20;
@@ -35,6 +40,25 @@ const PROBE_REF: &str = "plinth-proxy-probe";
 #[derive(Debug, Clone)]
 pub struct ProxyContentStore {
     remote: Arc<Remote>,
+    namespace: NamespaceHeader,
+}
+
+/// Puts the `containerd-namespace` header on every call, when there is a namespace.
+#[derive(Debug, Clone, Default)]
+struct NamespaceHeader(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for NamespaceHeader {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(namespace) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(NAMESPACE_HEADER, namespace.clone());
+        }
+        Ok(request)
+    }
 }
 
 impl ProxyContentStore {
@@ -49,7 +73,27 @@ impl ProxyContentStore {
 
     /// A proxy over an existing remote.
     pub fn new(remote: Arc<Remote>) -> ProxyContentStore {
-        ProxyContentStore { remote }
+        ProxyContentStore {
+            remote,
+            namespace: NamespaceHeader::default(),
+        }
+    }
+
+    /// This proxy with every call made in `namespace` (the `containerd-namespace` header):
+    /// for a remote that serves containerd's namespaced Content service (containerd's or
+    /// plinthd's main socket) rather than a raw one.
+    ///
+    /// # Errors
+    /// Invalid argument for a name that breaks containerd's naming rules.
+    pub fn in_namespace(mut self, namespace: &str) -> Result<ProxyContentStore, Error> {
+        validate_identifier("namespace", namespace)?;
+        let value = namespace.parse().map_err(|_| {
+            Error::invalid(format!(
+                "namespace {namespace:?} cannot be sent as a gRPC header"
+            ))
+        })?;
+        self.namespace = NamespaceHeader(Some(value));
+        Ok(self)
     }
 
     /// The remote.
@@ -57,8 +101,8 @@ impl ProxyContentStore {
         &self.remote
     }
 
-    fn client(&self) -> ContentClient<Channel> {
-        ContentClient::new(self.remote.channel())
+    fn client(&self) -> ContentClient<InterceptedService<Channel, NamespaceHeader>> {
+        ContentClient::with_interceptor(self.remote.channel(), self.namespace.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
     }
