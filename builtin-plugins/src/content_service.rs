@@ -1,6 +1,7 @@
 //! `io.containerd.grpc.v1.content`: containerd's Content service over the metadata plugin's
 //! namespaced content store, including the bidirectional Write stream.
 
+use plinth_api::containerd::events::ContentDelete;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -54,6 +55,8 @@ struct Service {
     raw: bool,
     /// `write_idle_timeout` in milliseconds (0: none); a reload changes it in place.
     idle_ms: Arc<AtomicU64>,
+    /// Where deletes are published (`/content/delete`, as containerd 1.6 publishes).
+    events: Option<Arc<dyn crate::events::Publisher>>,
 }
 
 /// The plugin's config section, `[plugins."io.containerd.grpc.v1.content"]` (plinthd's own
@@ -104,12 +107,14 @@ fn default_idle_ms() -> Arc<AtomicU64> {
 
 impl Service {
     fn store<T>(&self, request: &tonic::Request<T>) -> Result<Arc<dyn ContentStore>, Error> {
-        let namespace = if self.raw {
-            String::new()
-        } else {
-            namespaces::from_request(request)?
-        };
-        self.stores.clone().content(&namespace)
+        if self.raw {
+            return self.stores.clone().content("");
+        }
+        let namespace = namespaces::from_request(request)?;
+        let lease = crate::leases::from_request(request)?;
+        self.stores
+            .clone()
+            .leased_content(&namespace, lease.as_deref())
     }
 }
 
@@ -121,6 +126,7 @@ pub(crate) fn raw_server(stores: Arc<dyn NamespacedStores>) -> ContentServer<imp
         stores,
         raw: true,
         idle_ms: default_idle_ms(),
+        events: None,
     })
 }
 
@@ -182,6 +188,18 @@ impl Content for Service {
         let store = self.store(&request)?;
         let digest = convert::digest(&request.get_ref().digest)?;
         store.delete(&digest).await?;
+        if !self.raw {
+            let event = ContentDelete {
+                digest: digest.to_string(),
+            };
+            let namespace = namespaces::from_request(&request)?;
+            crate::events::publish(
+                self.events.as_deref(),
+                &namespace,
+                "/content/delete",
+                &event,
+            );
+        }
         Ok(tonic::Response::new(()))
     }
 
@@ -472,6 +490,7 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
         stores,
         raw: false,
         idle_ms: idle_ms.clone(),
+        events: crate::events::publisher(ctx),
     });
     Ok(Instance::new(service as Arc<dyn GrpcService>).with(idle_ms))
 }
@@ -495,7 +514,7 @@ fn reconfigure(
 #[cfg(feature = "content-service")]
 register!(
     Registration::new(types::GRPC, "content", init)
-        .requires(&[types::METADATA])
+        .requires(&[types::METADATA, types::EVENT])
         .validated_config::<ContentServiceConfig>()
         .reconfigure(reconfigure)
 );
@@ -545,6 +564,7 @@ mod tests {
             stores: Arc::new(metadata),
             raw: false,
             idle_ms: Arc::new(AtomicU64::new(idle_ms)),
+            events: None,
         };
         let mut routes = tonic::service::RoutesBuilder::default();
         service.register(&mut routes, MessageLimits::default());

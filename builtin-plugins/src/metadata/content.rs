@@ -17,6 +17,9 @@ use crate::namespaces::{Labels, NamespaceStore as _, apply_label_paths, validate
 pub(crate) struct NamespacedContent {
     metadata: Arc<Metadata>,
     namespace: String,
+    /// The lease that holds what this view ingests and commits (the `containerd-lease`
+    /// header).
+    lease: Option<String>,
 }
 
 impl NamespacedContent {
@@ -24,7 +27,34 @@ impl NamespacedContent {
         NamespacedContent {
             metadata,
             namespace: namespace.to_string(),
+            lease: None,
         }
+    }
+
+    /// The same view, binding what it ingests and commits to `lease`.
+    pub(crate) fn leased(mut self, lease: Option<&str>) -> Self {
+        self.lease = lease.map(str::to_string);
+        self
+    }
+
+    /// Adds `(kind, id)` to this view's lease, if it has one: NotFound when the lease does
+    /// not exist in the namespace.
+    async fn hold(&self, kind: &'static str, id: &str) -> Result<(), Error> {
+        let Some(lease) = self.lease.clone() else {
+            return Ok(());
+        };
+        let (metadata, namespace, id) = (
+            self.metadata.clone(),
+            self.namespace.clone(),
+            id.to_string(),
+        );
+        blocking(move || {
+            let txn = metadata.db.begin_write()?;
+            super::objects::ensure_namespace(&txn, &namespace)?;
+            super::objects::bind(&txn, &namespace, Some(&lease), kind, &id)?;
+            txn.commit()
+        })
+        .await
     }
 
     fn backend(&self) -> Result<&Arc<dyn ContentStore>, Error> {
@@ -111,14 +141,24 @@ fn write_labels(
     Ok(())
 }
 
-/// Records a committed blob in a namespace. Already exists when it is there.
+/// Where a commit's record goes: the namespace, and the lease (with the ref of the ingest
+/// it held) that holds the blob from then on.
+struct Place<'a> {
+    namespace: &'a str,
+    lease: Option<&'a str>,
+    reference: &'a str,
+}
+
+/// Records a committed blob in a namespace, moving the lease's hold from the ingest to the
+/// blob in the same transaction. Already exists when it is there.
 fn add_record(
     metadata: &Metadata,
-    namespace: &str,
+    place: &Place<'_>,
     digest: &Digest,
     size: i64,
     labels: &Labels,
 ) -> Result<(), Error> {
+    let namespace = place.namespace;
     for (key, value) in labels {
         validate_label(key, value)?;
     }
@@ -144,6 +184,13 @@ fn add_record(
             .map_err(storage)?;
     }
     write_labels(&txn, namespace, digest.as_str(), labels)?;
+    if let Some(lease) = place.lease {
+        super::objects::bind(&txn, namespace, Some(lease), "content", digest.as_str())?;
+        txn.open_table(super::schema::LEASE_RESOURCES)
+            .map_err(storage)?
+            .remove((namespace, lease, "ingests", place.reference))
+            .map_err(storage)?;
+    }
     txn.commit()
 }
 
@@ -322,6 +369,9 @@ impl ContentStore for NamespacedContent {
         validate_ref(reference)?;
         if let Some(expected) = &expected {
             if self.info(expected).await.is_ok() {
+                // The lease holds it from now on, as containerd's does, though nothing is
+                // written.
+                self.hold("content", expected.as_str()).await?;
                 return Err(Error::already_exists(format!(
                     "content {expected}: already exists"
                 )));
@@ -342,11 +392,14 @@ impl ContentStore for NamespacedContent {
                             namespace: self.namespace.clone(),
                             reference: reference.to_string(),
                             expected: Some(expected.clone()),
+                            lease: self.lease.clone(),
                         }));
                     }
                 }
             }
         }
+        // The ingest is held before it exists, so that a missing lease opens nothing.
+        self.hold("ingests", reference).await?;
         let backend = self.backend()?;
         let backend_ref = self.backend_ref(reference);
         let inner = match backend.writer(&backend_ref, total, expected.clone()).await {
@@ -363,6 +416,7 @@ impl ContentStore for NamespacedContent {
             namespace: self.namespace.clone(),
             reference: reference.to_string(),
             expected,
+            lease: self.lease.clone(),
         }))
     }
 }
@@ -393,6 +447,8 @@ struct NamespacedWriter {
     namespace: String,
     reference: String,
     expected: Option<Digest>,
+    /// The lease that holds the ingest and, once committed, the blob.
+    lease: Option<String>,
 }
 
 impl NamespacedWriter {
@@ -608,7 +664,16 @@ impl ContentWriter for NamespacedWriter {
             self.namespace.clone(),
             digest.clone(),
         );
-        blocking(move || add_record(&metadata, &namespace, &d, size, &labels)).await?;
+        let (lease, reference) = (self.lease.clone(), self.reference.clone());
+        blocking(move || {
+            let place = Place {
+                namespace: &namespace,
+                lease: lease.as_deref(),
+                reference: &reference,
+            };
+            add_record(&metadata, &place, &d, size, &labels)
+        })
+        .await?;
         if let Ingest::Shared { committed, .. } = &mut self.ingest {
             *committed = true;
         }

@@ -373,6 +373,20 @@ impl NamespacedStores for Metadata {
         )))
     }
 
+    fn leased_content(
+        self: Arc<Self>,
+        namespace: &str,
+        lease: Option<&str>,
+    ) -> Result<Arc<dyn ContentStore>, Error> {
+        validate_identifier("namespace", namespace)?;
+        if self.content.is_none() {
+            return self.content(namespace);
+        }
+        Ok(Arc::new(
+            content::NamespacedContent::new(self, namespace).leased(lease),
+        ))
+    }
+
     fn leased_snapshotter(
         self: Arc<Self>,
         namespace: &str,

@@ -605,8 +605,6 @@ impl LeaseManager for Metadata {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use plinth_core::Category;
 
     use super::*;
@@ -1137,8 +1135,77 @@ mod tests {
                 .len(),
             1
         );
-        let _ = BTreeMap::<String, String>::new();
     }
 
     const SCHEMA_VERSION_NOW: u64 = super::super::schema::SCHEMA_VERSION;
+
+    /// The `containerd-lease` header's effect on content: an ingest is held from its first
+    /// byte, the blob instead once committed, a blob the namespace has is held even though
+    /// nothing is written, and a lease that does not exist opens nothing.
+    #[cfg(feature = "content-local")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_holds_the_ingest_then_the_blob() {
+        use std::sync::Arc;
+
+        use crate::content::ContentStore;
+        use crate::namespaces::NamespacedStores as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn ContentStore> =
+            Arc::new(crate::content::local::LocalStore::open(&dir.path().join("content")).unwrap());
+        let db = Arc::new(
+            Metadata::open_with(
+                &dir.path().join("meta.db"),
+                Some(local),
+                std::collections::BTreeMap::new(),
+                super::super::SharingPolicy::Shared,
+            )
+            .unwrap(),
+        );
+        LeaseManager::create(db.as_ref(), "ns", "l", Labels::new()).unwrap();
+        let leased = Arc::clone(&db).leased_content("ns", Some("l")).unwrap();
+        let resource = |kind: &str, id: &str| Resource {
+            kind: kind.into(),
+            id: id.into(),
+        };
+
+        let mut writer = leased.writer("ref-1", 0, None).await.unwrap();
+        writer.write(b"leased bytes").await.unwrap();
+        assert_eq!(
+            db.list_resources("ns", "l").unwrap(),
+            [resource("ingests", "ref-1")]
+        );
+        let digest = writer.commit(0, None, Labels::new()).await.unwrap();
+        assert_eq!(
+            db.list_resources("ns", "l").unwrap(),
+            [resource("content", digest.as_str())]
+        );
+
+        LeaseManager::create(db.as_ref(), "ns", "second", Labels::new()).unwrap();
+        let second = Arc::clone(&db)
+            .leased_content("ns", Some("second"))
+            .unwrap();
+        let error = second
+            .writer("ref-2", 0, Some(digest.clone()))
+            .await
+            .err()
+            .expect("the namespace has the blob");
+        assert_eq!(error.category, Category::AlreadyExists);
+        assert_eq!(
+            db.list_resources("ns", "second").unwrap(),
+            [resource("content", digest.as_str())]
+        );
+
+        let missing = Arc::clone(&db).leased_content("ns", Some("nope")).unwrap();
+        let error = missing
+            .writer("ref-3", 0, None)
+            .await
+            .err()
+            .expect("no lease");
+        assert_eq!(error.category, Category::NotFound, "{error}");
+        assert!(error.message.contains("lease \"nope\""), "{error}");
+        let plain = Arc::clone(&db).content("ns").unwrap();
+        let statuses = plain.list_statuses(&[]).await.unwrap();
+        assert!(statuses.is_empty(), "nothing was opened: {statuses:?}");
+    }
 }
