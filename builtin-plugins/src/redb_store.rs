@@ -409,6 +409,7 @@ impl<'a> Write<'a> {
     ///
     /// # Errors
     /// redb refused.
+    #[cfg(any(feature = "snapshotter-native", feature = "snapshotter-overlayfs"))]
     pub(crate) fn abort(self) -> Result<(), Error> {
         self.txn.abort().map_err(|e| self.inner.error(e))
     }
