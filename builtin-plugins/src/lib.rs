@@ -36,6 +36,9 @@ mod content_service;
 ))]
 pub mod convert;
 pub mod error;
+#[cfg(feature = "event-exchange")]
+pub mod event_exchange;
+pub mod events;
 pub mod filters;
 pub mod grpc;
 pub mod live;
@@ -52,6 +55,8 @@ pub mod snapshots;
 #[cfg(any(feature = "snapshots-service", feature = "proxy"))]
 mod snapshots_service;
 
+#[cfg(feature = "events-service")]
+mod events_service;
 #[cfg(feature = "introspection")]
 pub mod introspection;
 #[cfg(feature = "metadata-redb")]
