@@ -43,15 +43,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     write_descriptor_set(&out_dir, &file_descriptor_set)?;
 
-    // `prost::Name` on every message: event payloads are packed into `Any` by their full
-    // protobuf name, as containerd packs them.
-    let mut config = tonic_prost_build::Config::new();
-    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .emit_rerun_if_changed(false)
-        .compile_fds_with_config(file_descriptor_set, config)?;
+        .compile_fds(file_descriptor_set)?;
     Ok(())
 }
 

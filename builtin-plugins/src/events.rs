@@ -7,17 +7,16 @@
 //!
 //! ```
 //! # use std::sync::Arc;
-//! # use plinth_builtin_plugins::events::{self, Publisher};
-//! # #[derive(Clone, PartialEq, prost::Message)]
-//! # struct ImageCreate { #[prost(string, tag = "1")] name: String }
-//! # impl prost::Name for ImageCreate {
-//! #     const NAME: &'static str = "ImageCreate";
-//! #     const PACKAGE: &'static str = "containerd.events";
-//! # }
+//! use plinth_api::containerd::events::ImageCreate;
+//! use plinth_builtin_plugins::events::{self, Publisher};
+//!
 //! # let publisher: Option<Arc<dyn Publisher>> = None;
-//! let event = ImageCreate { name: "docker.io/library/alpine:latest".into() };
+//! let event = ImageCreate { name: "docker.io/library/alpine:latest".into(), ..Default::default() };
 //! events::publish(publisher.as_deref(), "default", "/images/create", &event);
 //! ```
+//!
+//! containerd's event payloads (`plinth_api::containerd::events`) implement [`Event`]: their
+//! proto name, from which their type URL is made, and the fields filters read.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -30,6 +29,8 @@ use tokio::sync::mpsc;
 
 use crate::error::Error;
 use crate::namespaces::validate_identifier;
+
+mod payloads;
 
 /// An event as the exchange carries it: when and where it happened, its topic, and its
 /// payload.
@@ -98,7 +99,7 @@ pub fn publisher(ctx: &InitContext) -> Option<Arc<dyn Publisher>> {
 /// Publishes `event` through `publisher`, when there is one: the one-line call of a plugin
 /// that publishes after its change is done. A failure (a bad topic, a closed exchange) does
 /// not undo that change, so it is logged as a warning rather than returned.
-pub fn publish<M: prost::Name>(
+pub fn publish<M: Event>(
     publisher: Option<&dyn Publisher>,
     namespace: &str,
     topic: &str,
@@ -110,16 +111,28 @@ pub fn publish<M: prost::Name>(
     }
 }
 
-/// The type URL an event payload carries, the one place that says how it is spelled:
-/// containerd 1.6 packs its events with the message's full protobuf name and nothing else
-/// (`containerd.events.ImageCreate`: no `type.googleapis.com/` domain, no leading `/`), so
-/// its clients look payloads up by that name.
-pub fn type_url<M: prost::Name>() -> String {
-    M::full_name()
+/// An event payload: a protobuf message with its full proto name, from which its type URL
+/// is made ([`type_url`]), and what filters can read of it as `event.<field>`. containerd's
+/// payloads in `plinth_api::containerd::events` implement it.
+pub trait Event: prost::Message + Default + 'static {
+    /// The message's full proto name, e.g. `containerd.events.ContainerCreate`.
+    const FULL_NAME: &'static str;
+
+    /// The value at `path` (the part after `event.`), or `None` when it is absent. As in
+    /// containerd's generated accessors, an unset field (an empty string, an empty map, a
+    /// missing message) is absent, and a label is `labels.<key>` (the rest of the path
+    /// joined with `.`).
+    fn field(&self, path: &[String]) -> Option<String>;
+}
+
+/// The type URL an event payload carries: containerd 1.6's, the message's full proto name
+/// alone (the one place that spells it is [`plinth_api::event_type_url`]).
+pub fn type_url<M: Event>() -> String {
+    plinth_api::event_type_url(M::FULL_NAME)
 }
 
 /// Packs `message` into an `Any` with the type URL containerd uses ([`type_url`]).
-pub fn any_of<M: prost::Name>(message: &M) -> prost_types::Any {
+pub fn any_of<M: Event>(message: &M) -> prost_types::Any {
     prost_types::Any {
         type_url: type_url::<M>(),
         value: message.encode_to_vec(),
@@ -153,14 +166,6 @@ pub fn validate_topic(topic: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// What filters can read of an event payload as `event.<field>`: implemented by the event
-/// messages (containerd generates the same accessor for its events). A field that is unset
-/// (an empty string, an empty map, a missing message) is absent, as in containerd.
-pub trait EventFields: prost::Message + prost::Name + Default {
-    /// The value at `path` (the part after `event.`), or `None` when it is absent.
-    fn field(&self, path: &[String]) -> Option<String>;
-}
-
 /// Reads `event.<field>` of one payload type, for the exchange's filters: a table of these,
 /// one per event type, is what lets a subscriber filter on a payload.
 #[derive(Clone, Copy)]
@@ -177,21 +182,21 @@ impl std::fmt::Debug for FieldReader {
     }
 }
 
-/// A decoded payload, seen through its [`EventFields`].
+/// A decoded payload, seen through its [`Event::field`].
 pub trait DecodedEvent {
     /// The value at `path` (after `event.`), or `None` when it is absent.
     fn field(&self, path: &[String]) -> Option<String>;
 }
 
-impl<M: EventFields> DecodedEvent for M {
+impl<M: Event> DecodedEvent for M {
     fn field(&self, path: &[String]) -> Option<String> {
-        EventFields::field(self, path)
+        Event::field(self, path)
     }
 }
 
 impl FieldReader {
     /// The reader of payloads of type `M`.
-    pub fn of<M: EventFields + 'static>() -> Self {
+    pub fn of<M: Event>() -> Self {
         FieldReader {
             type_url: type_url::<M>,
             decode: |bytes| {
@@ -217,12 +222,10 @@ impl FieldReader {
 /// Field readers by type URL.
 pub type FieldReaders = BTreeMap<String, FieldReader>;
 
-/// The event payload types whose fields filters can read (`event.<field>`) in plinthd.
-///
-/// Empty until containerd's event payloads are in `plinth-api`; each then adds a
-/// `FieldReader::of::<…>()` here.
+/// Readers of every containerd event payload in `plinth_api::containerd::events`: what the
+/// exchange plugin reads `event.<field>` filters with.
 pub fn known_field_readers() -> FieldReaders {
-    FieldReaders::new()
+    payloads::readers()
 }
 
 /// A subscription's stream of events: the envelopes that matched its filters, in publish
@@ -428,24 +431,22 @@ mod tests {
         );
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct ImageCreate {
-        #[prost(string, tag = "1")]
-        name: String,
-    }
-
-    impl prost::Name for ImageCreate {
-        const NAME: &'static str = "ImageCreate";
-        const PACKAGE: &'static str = "containerd.events";
-    }
-
     /// containerd 1.6's typeurl names a proto message by its full name alone.
     #[test]
     fn type_url_is_containerds() {
-        let any = any_of(&ImageCreate { name: "x".into() });
-        assert_eq!(any.type_url, "containerd.events.ImageCreate");
+        use plinth_api::containerd::events::{ContainerCreate, ImageCreate};
         use prost::Message as _;
-        assert_eq!(ImageCreate::decode(any.value.as_slice()).unwrap().name, "x");
+        let image = ImageCreate {
+            name: "x".into(),
+            ..ImageCreate::default()
+        };
+        let any = any_of(&image);
+        assert_eq!(any.type_url, "containerd.services.images.v1.ImageCreate");
+        assert_eq!(ImageCreate::decode(any.value.as_slice()).unwrap(), image);
+        assert_eq!(
+            type_url::<ContainerCreate>(),
+            "containerd.events.ContainerCreate"
+        );
     }
 
     #[tokio::test]

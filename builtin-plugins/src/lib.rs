@@ -40,6 +40,8 @@ mod content_service;
 ))]
 pub mod convert;
 pub mod error;
+#[cfg(feature = "event-exchange")]
+pub mod event_exchange;
 pub mod events;
 pub mod filters;
 pub mod grpc;
@@ -61,6 +63,8 @@ mod snapshots_service;
 
 #[cfg(feature = "containers-service")]
 mod containers_service;
+#[cfg(feature = "events-service")]
+mod events_service;
 #[cfg(feature = "images-service")]
 mod images_service;
 #[cfg(feature = "introspection")]

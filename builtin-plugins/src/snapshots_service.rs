@@ -54,7 +54,12 @@ pub(crate) fn raw_server(stores: Arc<dyn NamespacedStores>) -> SnapshotsServer<i
 
 impl Service {
     /// Publishes `event` in the request's namespace (none when serving raw).
-    fn publish<T, M: prost::Name>(&self, request: &tonic::Request<T>, topic: &str, event: &M) {
+    fn publish<T, M: crate::events::Event>(
+        &self,
+        request: &tonic::Request<T>,
+        topic: &str,
+        event: &M,
+    ) {
         if let Ok(namespace) = namespaces::from_request(request) {
             crate::events::publish(self.events.as_deref(), &namespace, topic, event);
         }
