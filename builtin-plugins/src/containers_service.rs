@@ -35,6 +35,15 @@ struct Service {
 
 type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
 
+/// The service over `store`, publishing no events: for in-process tests.
+#[cfg(test)]
+pub(crate) fn server(store: Arc<dyn ContainerStore>) -> ContainersServer<impl Containers> {
+    ContainersServer::new(Service {
+        store,
+        events: None,
+    })
+}
+
 /// A container on the wire.
 fn message(container: &Container) -> ContainerMessage {
     ContainerMessage {

@@ -29,6 +29,15 @@ struct Service {
 
 type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
 
+/// The service over `store`, publishing no events: for in-process tests.
+#[cfg(test)]
+pub(crate) fn server(store: Arc<dyn ImageStore>) -> ImagesServer<impl Images> {
+    ImagesServer::new(Service {
+        store,
+        events: None,
+    })
+}
+
 /// An image on the wire.
 fn message(image: &Image) -> ImageMessage {
     ImageMessage {

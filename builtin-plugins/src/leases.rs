@@ -52,7 +52,8 @@ impl Resource {
                 }
             }
             kind => match kind.strip_prefix("snapshots/") {
-                Some(snapshotter) if !snapshotter.is_empty() => {
+                // One snapshotter name: `snapshots/a/b` is no type containerd knows.
+                Some(snapshotter) if !snapshotter.is_empty() && !snapshotter.contains('/') => {
                     if self.id.is_empty() {
                         return Err(Error::invalid(format!(
                             "a {kind} resource needs a snapshot key as its id"

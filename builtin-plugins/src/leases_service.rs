@@ -17,6 +17,9 @@ mod manager {
     register!(Registration::new(types::LEASE, "manager", init).requires(&[types::METADATA]));
 }
 
+#[cfg(all(test, feature = "leases-service"))]
+pub(crate) use service::server;
+
 #[cfg(feature = "leases-service")]
 mod service {
     use std::sync::Arc;
@@ -41,6 +44,12 @@ mod service {
     }
 
     type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
+
+    /// The service over `manager`: for in-process tests.
+    #[cfg(test)]
+    pub(crate) fn server(manager: Arc<dyn LeaseManager>) -> LeasesServer<impl Leases> {
+        LeasesServer::new(Service { manager })
+    }
 
     fn message(lease: &Lease) -> LeaseMessage {
         LeaseMessage {

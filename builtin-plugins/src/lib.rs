@@ -78,6 +78,18 @@ mod namespaces_service;
 #[cfg(feature = "version")]
 pub mod version;
 
+#[cfg(all(
+    test,
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service",
+    feature = "snapshots-service",
+    feature = "metadata-redb",
+    feature = "content-local",
+    feature = "snapshotter-native"
+))]
+mod service_tests;
+
 pub use crate::error::Error;
 
 /// Runs blocking work (file or database I/O) on tokio's blocking pool, off the async worker

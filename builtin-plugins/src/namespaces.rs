@@ -73,10 +73,11 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), Error> {
 /// The namespace of a request, from its `containerd-namespace` header.
 ///
 /// # Errors
-/// Invalid argument when the header is missing, not text, or not a valid name.
+/// Failed precondition when the header is missing (containerd's answer); invalid argument
+/// when it is not text or not a valid name.
 pub fn from_request<T>(request: &tonic::Request<T>) -> Result<String, Error> {
     let value = request.metadata().get(NAMESPACE_HEADER).ok_or_else(|| {
-        Error::invalid(format!(
+        Error::failed_precondition(format!(
             "namespace is required: set the {NAMESPACE_HEADER} header"
         ))
     })?;

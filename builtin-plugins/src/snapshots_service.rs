@@ -52,6 +52,17 @@ pub(crate) fn raw_server(stores: Arc<dyn NamespacedStores>) -> SnapshotsServer<i
     })
 }
 
+/// containerd's Snapshots service over `stores`, namespaced and leased by the request
+/// headers, publishing no events: for in-process tests.
+#[cfg(test)]
+pub(crate) fn server(stores: Arc<dyn NamespacedStores>) -> SnapshotsServer<impl Snapshots> {
+    SnapshotsServer::new(Service {
+        stores,
+        raw: false,
+        events: None,
+    })
+}
+
 impl Service {
     /// Publishes `event` in the request's namespace (none when serving raw).
     fn publish<T, M: crate::events::Event>(

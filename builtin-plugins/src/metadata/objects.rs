@@ -50,6 +50,26 @@ pub(crate) fn bind(
     Ok(())
 }
 
+/// Drops `lease`'s hold on an object in `txn` (an object removed or replaced through a
+/// request naming the lease, as containerd does); nothing when the lease does not exist or
+/// does not hold it.
+pub(crate) fn unbind(
+    txn: &WriteTransaction,
+    namespace: &str,
+    lease: Option<&str>,
+    kind: &str,
+    id: &str,
+) -> Result<(), Error> {
+    let Some(lease) = lease else {
+        return Ok(());
+    };
+    txn.open_table(LEASE_RESOURCES)
+        .map_err(storage)?
+        .remove((namespace, lease, kind, id))
+        .map_err(storage)?;
+    Ok(())
+}
+
 fn lease_not_found(namespace: &str, lease: &str) -> Error {
     Error::not_found(format!(
         "lease {lease:?}: not found in namespace {namespace:?}: create it first (ctr leases create)"
@@ -296,7 +316,7 @@ fn container_not_found(id: &str) -> Error {
 
 impl ContainerStore for Metadata {
     fn get(&self, namespace: &str, id: &str) -> Result<Container, Error> {
-        validate_identifier("container id", id)?;
+        // No id check: an id no container can have is simply not found, as in containerd.
         let txn = self.db.begin_read()?;
         let table = txn.open_table(CONTAINERS).map_err(storage)?;
         let value = table
@@ -417,7 +437,6 @@ impl ContainerStore for Metadata {
     }
 
     fn delete(&self, namespace: &str, id: &str) -> Result<(), Error> {
-        validate_identifier("container id", id)?;
         let txn = self.db.begin_write()?;
         if txn
             .open_table(CONTAINERS)

@@ -266,6 +266,10 @@ impl NamespacedSnapshotter {
             let result = {
                 let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
                 if get_record(&table, &ns, &sn, &key)?.is_some() {
+                    // As in containerd, the lease holds the existing snapshot all the same:
+                    // a client that finds its snapshot made already goes on to use it.
+                    drop(table);
+                    txn.commit()?;
                     return Err(Error::already_exists(format!(
                         "snapshot {key:?}: already exists"
                     )));
@@ -305,6 +309,7 @@ impl NamespacedSnapshotter {
         .await
     }
 
+    /// Removes the record of `key`, and the hold of this view's lease on it.
     async fn drop_record(&self, key: &str) -> Result<(), Error> {
         let (metadata, ns, sn, key) = (
             self.metadata.clone(),
@@ -312,9 +317,11 @@ impl NamespacedSnapshotter {
             self.name.clone(),
             key.to_string(),
         );
+        let (lease, kind_name) = (self.lease.clone(), self.resource_kind());
         blocking(move || {
             let txn = metadata.db.begin_write()?;
             remove_record(&txn, &ns, &sn, &key)?;
+            super::objects::unbind(&txn, &ns, lease.as_deref(), &kind_name, &key)?;
             txn.commit()
         })
         .await
@@ -433,6 +440,9 @@ impl Snapshotter for NamespacedSnapshotter {
             let backend_name = {
                 let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
                 if get_record(&table, &ns, &sn, &name_owned)?.is_some() {
+                    // The lease holds the existing snapshot all the same, as on prepare.
+                    drop(table);
+                    txn.commit()?;
                     return Err(Error::already_exists(format!(
                         "snapshot {name_owned:?}: already exists"
                     )));
@@ -454,9 +464,12 @@ impl Snapshotter for NamespacedSnapshotter {
             key.to_string(),
             name.to_string(),
         );
+        let (lease, kind_name) = (self.lease.clone(), self.resource_kind());
         blocking(move || {
             let txn = metadata.db.begin_write()?;
             remove_record(&txn, &ns, &sn, &key)?;
+            // The active snapshot is gone: the lease now holds the committed one instead.
+            super::objects::unbind(&txn, &ns, lease.as_deref(), &kind_name, &key)?;
             let now = now_nanos();
             let committed = Record {
                 kind: Kind::Committed,

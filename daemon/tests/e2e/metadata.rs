@@ -252,12 +252,13 @@ fn ctr_creates_lists_and_removes_leases() {
         "ls",
         "leases",
         "create",
-        "--label",
-        "purpose=test",
+        "--id",
         "held",
+        "--expires",
+        "1h",
     ]);
     assert_eq!(created.ok().trim(), "held");
-    let random = daemon.ctr(&["-n", "ls", "leases", "create"]);
+    let random = daemon.ctr(&["-n", "ls", "leases", "create", "--expires", "0"]);
     let random = random.ok().trim().to_string();
     assert!(!random.is_empty() && random != "held");
     let listed = rows(daemon.ctr(&["-n", "ls", "leases", "ls"]).ok());
@@ -266,18 +267,21 @@ fn ctr_creates_lists_and_removes_leases() {
         ids.contains(&"held") && ids.contains(&random.as_str()),
         "{listed:?}"
     );
+    // ctr writes the expiry as containerd's label; a lease without one has no labels.
     let held = listed.iter().find(|r| r[0] == "held").unwrap();
-    let labels = held.last().unwrap();
-    assert!(labels.contains("purpose=test"), "{held:?}");
     assert!(
-        labels.contains("containerd.io/gc.expire="),
-        "ctr's default expiry: {held:?}"
+        held.last()
+            .unwrap()
+            .starts_with("containerd.io/gc.expire=20"),
+        "{held:?}"
     );
+    let unlabelled = listed.iter().find(|r| r[0] == random).unwrap();
+    assert!(!unlabelled.last().unwrap().contains('='), "{unlabelled:?}");
     assert_eq!(
         rows(daemon.ctr(&["-n", "ls", "leases", "ls", "id==held"]).ok()).len(),
         1
     );
-    let duplicate = daemon.ctr(&["-n", "ls", "leases", "create", "held"]);
+    let duplicate = daemon.ctr(&["-n", "ls", "leases", "create", "--id", "held"]);
     assert!(
         duplicate.stderr.contains("already exists"),
         "{}",
