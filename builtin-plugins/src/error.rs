@@ -84,6 +84,7 @@ pub fn code_of(category: Category) -> tonic::Code {
         Category::Unavailable => tonic::Code::Unavailable,
         Category::DataLoss => tonic::Code::DataLoss,
         Category::ResourceExhausted => tonic::Code::ResourceExhausted,
+        Category::Unimplemented => tonic::Code::Unimplemented,
         _ => tonic::Code::Internal,
     }
 }

@@ -39,7 +39,8 @@ impl Resource {
     /// Checks the kind and the id as containerd does.
     ///
     /// # Errors
-    /// Invalid argument for an unsupported kind, a bad digest or an empty id.
+    /// Unimplemented for a kind containerd does not know; invalid argument for a bad
+    /// snapshot kind, a bad digest or an empty id.
     pub fn validate(&self) -> Result<(), Error> {
         match self.kind.as_str() {
             "content" => {
@@ -60,10 +61,19 @@ impl Resource {
                         )));
                     }
                 }
-                _ => {
+                Some(_) => {
                     return Err(Error::invalid(format!(
-                        "unsupported resource type {kind:?}: use content, ingests or snapshots/<snapshotter>"
+                        "invalid snapshot resource type {kind:?}: use snapshots/<snapshotter>"
                     )));
+                }
+                // containerd answers a kind it does not know with Unimplemented.
+                None => {
+                    return Err(Error::new(
+                        plinth_core::Category::Unimplemented,
+                        format!(
+                            "unsupported resource type {kind:?}: use content, ingests or snapshots/<snapshotter>"
+                        ),
+                    ));
                 }
             },
         }

@@ -60,7 +60,8 @@ mod service {
     }
 
     fn resource(message: Option<ResourceMessage>) -> Result<Resource, Error> {
-        let message = message.ok_or_else(|| Error::invalid("resource is required"))?;
+        // None is a resource of no kind, which containerd answers with Unimplemented.
+        let message = message.unwrap_or_default();
         Ok(Resource {
             kind: message.r#type,
             id: message.id,

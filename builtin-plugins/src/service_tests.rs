@@ -1426,9 +1426,7 @@ async fn leases_add_resource_takes_content_ingests_and_snapshots() {
 }
 
 /// containerd 1.6 answers a resource type it does not know (or none) with Unimplemented
-/// (`errdefs.ErrNotImplemented`); plinth-core has no category for that code yet, so plinthd
-/// answers InvalidArgument.
-#[ignore = "plinthd answers InvalidArgument: plinth-core has no category for Unimplemented"]
+/// (`errdefs.ErrNotImplemented`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_add_resource_of_an_unknown_type_is_unimplemented() {
     let mut served = serve().await;

@@ -23,6 +23,9 @@ pub enum Category {
     DataLoss,
     /// A resource ran out, e.g. the disk is full (gRPC `ResourceExhausted`).
     ResourceExhausted,
+    /// The operation or the kind of thing asked for is not supported here (gRPC
+    /// `Unimplemented`).
+    Unimplemented,
     /// Anything else (gRPC `Internal`).
     Internal,
 }

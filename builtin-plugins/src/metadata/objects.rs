@@ -972,8 +972,10 @@ mod tests {
         sorted.sort();
         assert_eq!(db.list_resources("ns", "l1").unwrap(), sorted);
         for (bad, expected) in [
-            (resource("images", "x"), "unsupported resource type"),
-            (resource("snapshots/", "x"), "unsupported resource type"),
+            (
+                resource("snapshots/", "x"),
+                "invalid snapshot resource type",
+            ),
             (resource("content", "sha256:0"), "content resource"),
             (resource("ingests", ""), "needs a ref"),
         ] {
@@ -981,6 +983,10 @@ mod tests {
             assert_eq!(error.category, Category::InvalidArgument, "{error}");
             assert!(error.message.contains(expected), "{error}");
         }
+        let unknown = db
+            .add_resource("ns", "l1", &resource("images", "x"))
+            .unwrap_err();
+        assert_eq!(unknown.category, Category::Unimplemented, "{unknown}");
         for missing in [
             db.add_resource("ns", "nope", &held[0]),
             db.delete_resource("ns", "nope", &held[0]),

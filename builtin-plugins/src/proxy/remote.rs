@@ -200,6 +200,7 @@ fn category_of(code: tonic::Code) -> Category {
         tonic::Code::Unavailable => Category::Unavailable,
         tonic::Code::DataLoss => Category::DataLoss,
         tonic::Code::ResourceExhausted => Category::ResourceExhausted,
+        tonic::Code::Unimplemented => Category::Unimplemented,
         _ => Category::Internal,
     }
 }
@@ -458,7 +459,7 @@ mod tests {
                 Category::FailedPrecondition,
             ),
             (tonic::Code::Unavailable, Category::Unavailable),
-            (tonic::Code::Unimplemented, Category::Internal),
+            (tonic::Code::Unimplemented, Category::Unimplemented),
             (tonic::Code::Internal, Category::Internal),
         ];
         for (code, category) in table {
