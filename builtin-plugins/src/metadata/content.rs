@@ -11,7 +11,7 @@ use super::{Metadata, SharingPolicy, blocking, from_nanos, now_nanos, storage};
 use crate::content::{ContentStore, ContentWriter, Digest, Info, Status, validate_ref};
 use crate::error::Error;
 use crate::filters::FilterSet;
-use crate::namespaces::{Labels, NamespaceStore as _, apply_label_paths, validate_label};
+use crate::namespaces::{Labels, apply_label_paths, validate_label};
 
 /// The content store as one namespace sees it.
 pub(crate) struct NamespacedContent {
@@ -162,8 +162,8 @@ fn add_record(
     for (key, value) in labels {
         validate_label(key, value)?;
     }
-    metadata.ensure(namespace)?;
     let txn = metadata.db.begin_write()?;
+    super::objects::ensure_namespace(&txn, namespace)?;
     {
         let mut table = txn.open_table(CONTENT).map_err(storage)?;
         if table

@@ -13,7 +13,7 @@ use super::schema::{
 use super::{Metadata, blocking, from_nanos, now_nanos, storage};
 use crate::error::Error;
 use crate::filters::FilterSet;
-use crate::namespaces::{Labels, NamespaceStore as _, apply_label_paths, validate_label};
+use crate::namespaces::{Labels, apply_label_paths, validate_label};
 use crate::snapshots::{Info, Kind, Mount, Snapshotter, Usage, validate_key};
 
 /// A snapshot record.
@@ -260,8 +260,10 @@ impl NamespacedSnapshotter {
         let (key, parent, labels) = (key.to_string(), parent.to_string(), labels.clone());
         let (lease, kind_name) = (self.lease.clone(), self.resource_kind());
         blocking(move || {
-            metadata.ensure(&ns)?;
+            // The namespace is created in the same transaction, so that a refused
+            // snapshot (a missing lease or parent) creates nothing.
             let txn = metadata.db.begin_write()?;
+            super::objects::ensure_namespace(&txn, &ns)?;
             super::objects::bind(&txn, &ns, lease.as_deref(), &kind_name, &key)?;
             let result = {
                 let table = txn.open_table(SNAPSHOTS).map_err(storage)?;

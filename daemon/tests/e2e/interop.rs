@@ -27,11 +27,17 @@ fn owned(rows: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
 /// Every plugin of the default build, in init order.
 const ALL: &[(&str, &str, &str)] = &[
     ("io.containerd.content.v1", "content", "ok"),
+    ("io.containerd.event.v1", "exchange", "ok"),
     ("io.containerd.snapshotter.v1", "native", "ok"),
     ("io.containerd.snapshotter.v1", "overlayfs", "ok"),
     ("io.containerd.metadata.v1", "redb", "ok"),
+    ("io.containerd.grpc.v1", "containers", "ok"),
     ("io.containerd.grpc.v1", "content", "ok"),
+    ("io.containerd.grpc.v1", "events", "ok"),
+    ("io.containerd.grpc.v1", "images", "ok"),
     ("io.containerd.grpc.v1", "introspection", "ok"),
+    ("io.containerd.lease.v1", "manager", "ok"),
+    ("io.containerd.grpc.v1", "leases", "ok"),
     ("io.containerd.grpc.v1", "namespaces", "ok"),
     ("io.containerd.grpc.v1", "snapshots", "ok"),
     ("io.containerd.grpc.v1", "version", "ok"),
@@ -47,8 +53,12 @@ fn check_plugin_listings(daemon: &Daemon, client: &dyn Fn(&[&str]) -> plinth_tes
         (
             &["plugins", "ls", "type==io.containerd.grpc.v1"],
             &[
+                ("io.containerd.grpc.v1", "containers", "ok"),
                 ("io.containerd.grpc.v1", "content", "ok"),
+                ("io.containerd.grpc.v1", "events", "ok"),
+                ("io.containerd.grpc.v1", "images", "ok"),
                 ("io.containerd.grpc.v1", "introspection", "ok"),
+                ("io.containerd.grpc.v1", "leases", "ok"),
                 ("io.containerd.grpc.v1", "namespaces", "ok"),
                 ("io.containerd.grpc.v1", "snapshots", "ok"),
                 ("io.containerd.grpc.v1", "version", "ok"),
@@ -115,7 +125,7 @@ fn plinthctl_plugins_ls_shows_the_same() {
     let quiet = daemon.plinthctl(&["plugins", "ls", "-q"]);
     assert_eq!(
         quiet.ok(),
-        "content\nnative\noverlayfs\nredb\ncontent\nintrospection\nnamespaces\nsnapshots\nversion\nproxy-target\n"
+        "content\nexchange\nnative\noverlayfs\nredb\ncontainers\ncontent\nevents\nimages\nintrospection\nmanager\nleases\nnamespaces\nsnapshots\nversion\nproxy-target\n"
     );
 }
 
@@ -135,8 +145,14 @@ fn failed_plugins_show_as_error_with_their_cause() {
             // Without the metadata plugin nothing pulls the stores forward: URI order.
             owned(&[
                 ("io.containerd.content.v1", "content", "ok"),
+                ("io.containerd.event.v1", "exchange", "ok"),
+                ("io.containerd.grpc.v1", "containers", "error"),
                 ("io.containerd.grpc.v1", "content", "error"),
+                ("io.containerd.grpc.v1", "events", "ok"),
+                ("io.containerd.grpc.v1", "images", "error"),
                 ("io.containerd.grpc.v1", "introspection", "ok"),
+                ("io.containerd.lease.v1", "manager", "error"),
+                ("io.containerd.grpc.v1", "leases", "error"),
                 ("io.containerd.grpc.v1", "namespaces", "error"),
                 ("io.containerd.grpc.v1", "snapshots", "error"),
                 ("io.containerd.grpc.v1", "version", "ok"),
