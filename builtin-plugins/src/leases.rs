@@ -66,6 +66,12 @@ impl Resource {
                         "invalid snapshot resource type {kind:?}: use snapshots/<snapshotter>"
                     )));
                 }
+                // `content/…` and `ingests/…` are kinds containerd knows, spelled wrong.
+                None if kind.starts_with("content/") || kind.starts_with("ingests/") => {
+                    return Err(Error::invalid(format!(
+                        "invalid resource type {kind:?}: use content or ingests alone"
+                    )));
+                }
                 // containerd answers a kind it does not know with Unimplemented.
                 None => {
                     return Err(Error::new(

@@ -568,17 +568,20 @@ fn update_container(
 
 // Leases, as the model sees them.
 
-/// A resource to add or remove, and whether the model calls it valid.
-fn random_resource(rng: &mut Rng) -> (Resource, bool) {
+/// A resource to add or remove, and the category of its refusal when the model refuses it:
+/// InvalidArgument for a known kind written wrong, Unimplemented for a kind containerd does
+/// not know.
+fn random_resource(rng: &mut Rng) -> (Resource, Option<Category>) {
+    let (valid, invalid) = (None, Some(Category::InvalidArgument));
     let resource = |kind: &str, id: String| Resource {
         kind: kind.to_string(),
         id,
     };
     match rng.below(12) {
-        0..=2 => (resource("content", blob_digest(rng.below(BLOBS))), true),
-        3 => (resource("content", "sha256:0".to_string()), false),
-        4 | 5 => (resource("ingests", format!("ref-{}", rng.below(3))), true),
-        6 => (resource("ingests", String::new()), false),
+        0..=2 => (resource("content", blob_digest(rng.below(BLOBS))), valid),
+        3 => (resource("content", "sha256:0".to_string()), invalid),
+        4 | 5 => (resource("ingests", format!("ref-{}", rng.below(3))), valid),
+        6 => (resource("ingests", String::new()), invalid),
         7..=9 => {
             let key = rng.pick(&KEYS).to_string();
             let id = if rng.one_in(2) {
@@ -586,10 +589,13 @@ fn random_resource(rng: &mut Rng) -> (Resource, bool) {
             } else {
                 key
             };
-            (resource(&format!("snapshots/{SNAPSHOTTER}"), id), true)
+            (resource(&format!("snapshots/{SNAPSHOTTER}"), id), valid)
         }
-        10 => (resource("snapshots/", "k0".to_string()), false),
-        _ => (resource("images", IMAGE_NAMES[0].to_string()), false),
+        10 => (resource("snapshots/", "k0".to_string()), invalid),
+        _ => (
+            resource("images", IMAGE_NAMES[0].to_string()),
+            Some(Category::Unimplemented),
+        ),
     }
 }
 
@@ -788,6 +794,11 @@ impl Run {
                     if view { "view" } else { "prepare" }
                 );
                 check_outcome(context, &what, &result, predicted);
+                // As in containerd, the lease holds a snapshot that exists already.
+                if let (Some(Category::AlreadyExists), Some(lease)) = (predicted, &lease) {
+                    let held = &mut model.leases.get_mut(lease).expect("checked").resources;
+                    held.insert((format!("snapshots/{SNAPSHOTTER}"), key.clone()));
+                }
                 if predicted.is_none() {
                     snaps.insert(
                         key.clone(),
@@ -830,10 +841,15 @@ impl Run {
                             parent: s.parent,
                         },
                     );
+                    // The lease's hold moves from the active snapshot to the committed one.
                     if let Some(lease) = &lease {
                         let held = &mut model.leases.get_mut(lease).expect("checked").resources;
+                        held.remove(&(format!("snapshots/{SNAPSHOTTER}"), key));
                         held.insert((format!("snapshots/{SNAPSHOTTER}"), name));
                     }
+                } else if let (Some(Category::AlreadyExists), Some(lease)) = (predicted, &lease) {
+                    let held = &mut model.leases.get_mut(lease).expect("checked").resources;
+                    held.insert((format!("snapshots/{SNAPSHOTTER}"), name));
                 }
             }
             3 => {
@@ -853,8 +869,13 @@ impl Run {
                 };
                 check_outcome(context, &format!("remove {key}"), &result, predicted);
                 if predicted.is_none() {
-                    // A lease keeps naming a removed snapshot until the lease goes.
+                    // The lease the call names lets go of it; other leases keep naming it
+                    // until they go.
                     snaps.remove(&key);
+                    if let Some(held) = lease.as_ref().and_then(|l| model.leases.get_mut(l)) {
+                        held.resources
+                            .remove(&(format!("snapshots/{SNAPSHOTTER}"), key));
+                    }
                 }
             }
             _ => {
@@ -1020,12 +1041,9 @@ impl Run {
         } else {
             id.clone()
         };
+        // An id no container can have is simply not there (NotFound), as in containerd.
         let missing = |model: &ModelNamespace, id: &str| {
-            if id == BAD_ID {
-                Some(Category::InvalidArgument)
-            } else {
-                (!model.containers.contains_key(id)).then_some(Category::NotFound)
-            }
+            (!model.containers.contains_key(id)).then_some(Category::NotFound)
         };
         match rng.below(10) {
             0..=2 => {
@@ -1258,12 +1276,8 @@ impl Run {
                 }
             }
             5..=8 => {
-                let (resource, valid) = random_resource(rng);
-                let predicted = if valid {
-                    missing
-                } else {
-                    Some(Category::InvalidArgument)
-                };
+                let (resource, refusal) = random_resource(rng);
+                let predicted = refusal.or(missing);
                 let add = op != 8;
                 let result = if add {
                     leases.add_resource(ns, &id, &resource)
