@@ -66,10 +66,14 @@ impl Resource {
                         "invalid snapshot resource type {kind:?}: use snapshots/<snapshotter>"
                     )));
                 }
-                // `content/…` and `ingests/…` are kinds containerd knows, spelled wrong.
-                None if kind.starts_with("content/") || kind.starts_with("ingests/") => {
+                // `content/…`, `ingests/…` and `snapshots` are kinds containerd knows,
+                // spelled wrong.
+                None if kind.starts_with("content/")
+                    || kind.starts_with("ingests/")
+                    || kind == "snapshots" =>
+                {
                     return Err(Error::invalid(format!(
-                        "invalid resource type {kind:?}: use content or ingests alone"
+                        "invalid resource type {kind:?}: use content, ingests or snapshots/<snapshotter>"
                     )));
                 }
                 // containerd answers a kind it does not know with Unimplemented.
