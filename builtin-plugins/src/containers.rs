@@ -105,13 +105,19 @@ impl Container {
     /// `image`, `runtime.name`, `snapshotter`, `labels.<key>`.
     pub fn field(&self, path: &[String]) -> Option<String> {
         let non_empty = |s: &String| Some(s.clone()).filter(|s| !s.is_empty());
-        let path_str: Vec<&str> = path.iter().map(String::as_str).collect();
-        match path_str.as_slice() {
-            ["id"] => non_empty(&self.id),
-            ["image"] => non_empty(&self.image),
-            ["runtime", "name"] => non_empty(&self.runtime.name),
-            ["snapshotter"] => non_empty(&self.snapshotter),
-            ["labels", ..] => crate::filters::label_field(path, &self.labels),
+        // Matched on the strings themselves: a list evaluates this once per container and
+        // filter.
+        match path {
+            [field] => match field.as_str() {
+                "id" => non_empty(&self.id),
+                "image" => non_empty(&self.image),
+                "snapshotter" => non_empty(&self.snapshotter),
+                _ => None,
+            },
+            [runtime, name] if runtime == "runtime" && name == "name" => {
+                non_empty(&self.runtime.name)
+            }
+            [labels, ..] if labels == "labels" => crate::filters::label_field(path, &self.labels),
             _ => None,
         }
     }

@@ -44,23 +44,23 @@ pub(crate) fn server(store: Arc<dyn ContainerStore>) -> ContainersServer<impl Co
     })
 }
 
-/// A container on the wire.
-fn message(container: &Container) -> ContainerMessage {
+/// A container on the wire, moved field by field (no copy of its spec).
+fn message(container: Container) -> ContainerMessage {
     ContainerMessage {
-        id: container.id.clone(),
-        labels: container.labels.clone().into_iter().collect(),
-        image: container.image.clone(),
+        id: container.id,
+        labels: container.labels.into_iter().collect(),
+        image: container.image,
         runtime: Some(RuntimeMessage {
-            name: container.runtime.name.clone(),
-            options: container.runtime.options.clone(),
+            name: container.runtime.name,
+            options: container.runtime.options,
         }),
-        spec: container.spec.clone(),
-        snapshotter: container.snapshotter.clone(),
-        snapshot_key: container.snapshot_key.clone(),
+        spec: container.spec,
+        snapshotter: container.snapshotter,
+        snapshot_key: container.snapshot_key,
         created_at: Some(timestamp(container.created)),
         updated_at: Some(timestamp(container.updated)),
-        extensions: container.extensions.clone().into_iter().collect(),
-        sandbox: container.sandbox.clone(),
+        extensions: container.extensions.into_iter().collect(),
+        sandbox: container.sandbox,
     }
 }
 
@@ -100,6 +100,20 @@ impl Service {
     }
 }
 
+/// Runs a point read (one record by its key) on the runtime's own thread: a lookup in pages
+/// redb caches takes microseconds, while handing it to the blocking pool and back costs two
+/// thread wake-ups, and on a busy machine a wait for a core at each (BENCHMARKS.md,
+/// "Metadata: images and containers"). Only the first use of a database file, which opens
+/// or creates it, blocks longer (once, milliseconds).
+fn read_here<R, T>(
+    service: &Service,
+    request: &tonic::Request<R>,
+    f: impl FnOnce(&Service, &str) -> Result<T, Error>,
+) -> Result<T, tonic::Status> {
+    let namespace = namespaces::from_request(request)?;
+    f(service, &namespace).map_err(Into::into)
+}
+
 type ListStream = Pin<Box<dyn Stream<Item = Result<ListContainerMessage, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -108,13 +122,12 @@ impl Containers for Service {
         &self,
         request: tonic::Request<GetContainerRequest>,
     ) -> Reply<GetContainerResponse> {
-        let id = request.get_ref().id.clone();
-        self.run(&request, move |s, ns| {
+        let id = &request.get_ref().id;
+        read_here(self, &request, |s, ns| {
             Ok(GetContainerResponse {
-                container: Some(message(&s.store.get(ns, &id)?)),
+                container: Some(message(s.store.get(ns, id)?)),
             })
         })
-        .await
         .map(tonic::Response::new)
     }
 
@@ -125,7 +138,12 @@ impl Containers for Service {
         let filters = request.get_ref().filters.clone();
         self.run(&request, move |s, ns| {
             Ok(ListContainersResponse {
-                containers: s.store.list(ns, &filters)?.iter().map(message).collect(),
+                containers: s
+                    .store
+                    .list(ns, &filters)?
+                    .into_iter()
+                    .map(message)
+                    .collect(),
             })
         })
         .await
@@ -146,7 +164,7 @@ impl Containers for Service {
         // however many containers there are.
         let stream = tokio_stream::iter(containers.into_iter().map(|c| {
             Ok(ListContainerMessage {
-                container: Some(message(&c)),
+                container: Some(message(c)),
             })
         }));
         Ok(tonic::Response::new(Box::pin(stream)))
@@ -174,7 +192,7 @@ impl Containers for Service {
                 },
             );
             Ok(CreateContainerResponse {
-                container: Some(message(&created)),
+                container: Some(message(created)),
             })
         })
         .await
@@ -207,7 +225,7 @@ impl Containers for Service {
                 },
             );
             Ok(UpdateContainerResponse {
-                container: Some(message(&updated)),
+                container: Some(message(updated)),
             })
         })
         .await

@@ -315,10 +315,22 @@ pub fn label_field(
     labels: &std::collections::BTreeMap<String, String>,
 ) -> Option<String> {
     match path {
-        [first, rest @ ..] if first == "labels" && !rest.is_empty() => {
-            labels.get(&rest.join(".")).cloned()
-        }
+        [first, rest @ ..] if first == "labels" => map_field(rest, labels),
         _ => None,
+    }
+}
+
+/// The value of the key a field path's remaining `segments` name in `map` (the segments
+/// joined with dots: `labels.a.b` is key `a.b`); none for no segments.
+pub fn map_field(
+    segments: &[String],
+    map: &std::collections::BTreeMap<String, String>,
+) -> Option<String> {
+    match segments {
+        [] => None,
+        // The common case, looked up without building the key.
+        [key] => map.get(key).cloned(),
+        _ => map.get(&segments.join(".")).cloned(),
     }
 }
 
@@ -375,6 +387,32 @@ mod tests {
                 parsed.as_ref().ok().map(|f| f.matches(object)),
                 *expected,
                 "{filters:?}: {parsed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn label_paths_join_their_segments_with_dots() {
+        let labels: std::collections::BTreeMap<String, String> =
+            [("a", "1"), ("a.b", "2"), ("a.b.c", "3")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (&["labels", "a"], Some("1")),
+            (&["labels", "a.b"], Some("2")),
+            (&["labels", "a", "b"], Some("2")),
+            (&["labels", "a", "b.c"], Some("3")),
+            (&["labels", "nope"], None),
+            (&["labels"], None),
+            (&["annotations", "a"], None),
+        ];
+        for (path, expected) in cases {
+            let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+            assert_eq!(
+                label_field(&path, &labels).as_deref(),
+                *expected,
+                "{path:?}"
             );
         }
     }

@@ -83,14 +83,18 @@ impl Image {
     /// The value of a filter field path, as containerd's image filters see it: `name`,
     /// `target.digest`, `target.mediatype`, `labels.<key>`, `annotations.<key>`.
     pub fn field(&self, path: &[String]) -> Option<String> {
-        let path_str: Vec<&str> = path.iter().map(String::as_str).collect();
-        match path_str.as_slice() {
-            ["name"] => Some(self.name.clone()).filter(|n| !n.is_empty()),
-            ["target", "digest"] => Some(self.target.digest.clone()),
-            ["target", "mediatype"] => Some(self.target.media_type.clone()),
-            ["labels", ..] => crate::filters::label_field(path, &self.labels),
-            ["annotations", rest @ ..] if !rest.is_empty() => {
-                self.target.annotations.get(&rest.join(".")).cloned()
+        // Matched on the strings themselves: a list evaluates this once per image and filter.
+        match path {
+            [name] if name == "name" => Some(self.name.clone()).filter(|n| !n.is_empty()),
+            [target, digest] if target == "target" && digest == "digest" => {
+                Some(self.target.digest.clone())
+            }
+            [target, media_type] if target == "target" && media_type == "mediatype" => {
+                Some(self.target.media_type.clone())
+            }
+            [labels, ..] if labels == "labels" => crate::filters::label_field(path, &self.labels),
+            [annotations, ..] if annotations == "annotations" => {
+                crate::filters::map_field(&path[1..], &self.target.annotations)
             }
             _ => None,
         }

@@ -38,16 +38,17 @@ pub(crate) fn server(store: Arc<dyn ImageStore>) -> ImagesServer<impl Images> {
     })
 }
 
-/// An image on the wire.
-fn message(image: &Image) -> ImageMessage {
+/// An image on the wire, moved field by field (a list of ten thousand images is built with no
+/// copy of its strings).
+fn message(image: Image) -> ImageMessage {
     ImageMessage {
-        name: image.name.clone(),
-        labels: image.labels.clone().into_iter().collect(),
+        name: image.name,
+        labels: image.labels.into_iter().collect(),
         target: Some(DescriptorMessage {
-            media_type: image.target.media_type.clone(),
-            digest: image.target.digest.clone(),
+            media_type: image.target.media_type,
+            digest: image.target.digest,
             size: image.target.size,
-            annotations: image.target.annotations.clone().into_iter().collect(),
+            annotations: image.target.annotations.into_iter().collect(),
         }),
         created_at: Some(timestamp(image.created)),
         updated_at: Some(timestamp(image.updated)),
@@ -87,23 +88,42 @@ impl Service {
     }
 }
 
+/// Runs a point read (one record by its key) on the runtime's own thread: a lookup in pages
+/// redb caches takes microseconds, while handing it to the blocking pool and back costs two
+/// thread wake-ups, and on a busy machine a wait for a core at each (BENCHMARKS.md,
+/// "Metadata: images and containers"). Only the first use of a database file, which opens
+/// or creates it, blocks longer (once, milliseconds).
+fn read_here<R, T>(
+    service: &Service,
+    request: &tonic::Request<R>,
+    f: impl FnOnce(&Service, &str) -> Result<T, Error>,
+) -> Result<T, tonic::Status> {
+    let namespace = namespaces::from_request(request)?;
+    f(service, &namespace).map_err(Into::into)
+}
+
 #[tonic::async_trait]
 impl Images for Service {
     async fn get(&self, request: tonic::Request<GetImageRequest>) -> Reply<GetImageResponse> {
-        let name = request.get_ref().name.clone();
-        self.run(&request, move |s, ns| {
+        let name = &request.get_ref().name;
+        read_here(self, &request, |s, ns| {
             Ok(GetImageResponse {
-                image: Some(message(&s.store.get(ns, &name)?)),
+                image: Some(message(s.store.get(ns, name)?)),
             })
         })
-        .await
+        .map(tonic::Response::new)
     }
 
     async fn list(&self, request: tonic::Request<ListImagesRequest>) -> Reply<ListImagesResponse> {
         let filters = request.get_ref().filters.clone();
         self.run(&request, move |s, ns| {
             Ok(ListImagesResponse {
-                images: s.store.list(ns, &filters)?.iter().map(message).collect(),
+                images: s
+                    .store
+                    .list(ns, &filters)?
+                    .into_iter()
+                    .map(message)
+                    .collect(),
             })
         })
         .await
@@ -130,7 +150,7 @@ impl Images for Service {
                 },
             );
             Ok(CreateImageResponse {
-                image: Some(message(&created)),
+                image: Some(message(created)),
             })
         })
         .await
@@ -160,7 +180,7 @@ impl Images for Service {
                 },
             );
             Ok(UpdateImageResponse {
-                image: Some(message(&updated)),
+                image: Some(message(updated)),
             })
         })
         .await

@@ -338,6 +338,9 @@ impl Db {
     /// The database could not be opened, or redb refused.
     pub(crate) fn begin_write(&self) -> Result<Write<'_>, Error> {
         let db = self.inner.get()?;
+        // Counted before waiting for redb's writer lock, so that the writer holding it knows
+        // whether anyone waits behind it (see `Write::commit`).
+        let writer = Writer::new(&db);
         let mut txn = db.begin_write().map_err(|e| self.inner.error(e))?;
         // Durable by the group's sync (see `Write::commit`), not by a sync of its own.
         txn.set_durability(Durability::None);
@@ -345,6 +348,7 @@ impl Db {
             txn,
             db,
             inner: &self.inner,
+            writer,
         })
     }
 }
@@ -352,7 +356,9 @@ impl Db {
 /// Group commit: transactions commit without a sync of their own, and one sync (an empty
 /// transaction committed with `Durability::Immediate`, which makes every commit before it
 /// durable) answers every transaction committed before it began. Under concurrent writers
-/// one fsync serves many commits; alone, a commit costs one fsync as before.
+/// one fsync serves many commits. A writer alone (no other transaction open or waiting, no
+/// sync under way) commits with `Durability::Immediate` itself instead: the same one fsync,
+/// without a second transaction for it (a third of a lone commit's CPU time).
 #[derive(Debug, Default)]
 struct Group {
     state: Mutex<GroupState>,
@@ -367,8 +373,29 @@ struct GroupState {
     durable: u64,
     /// A sync is under way.
     syncing: bool,
-    /// Syncs run so far.
+    /// Syncs run so far (a lone writer's durable commit counts as one).
     syncs: u64,
+    /// Write transactions open or waiting to open.
+    writers: u64,
+}
+
+/// A write transaction counted in [`GroupState::writers`] from before it waits for redb's
+/// writer lock until it is committed or dropped.
+struct Writer {
+    db: Arc<Open>,
+}
+
+impl Writer {
+    fn new(db: &Arc<Open>) -> Writer {
+        db.group.lock().writers += 1;
+        Writer { db: Arc::clone(db) }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.db.group.lock().writers -= 1;
+    }
 }
 
 /// A write transaction of a [`Db`]: a redb transaction (through `Deref`) whose
@@ -377,6 +404,7 @@ pub(crate) struct Write<'a> {
     txn: WriteTransaction,
     db: Arc<Open>,
     inner: &'a Inner,
+    writer: Writer,
 }
 
 impl std::ops::Deref for Write<'_> {
@@ -402,7 +430,46 @@ impl<'a> Write<'a> {
     /// redb refused the commit (nothing changed) or the sync (the change is visible to this
     /// process but may be lost in a crash: treat it as not done).
     pub(crate) fn commit(self) -> Result<(), Error> {
-        self.commit_visible()?.durable()
+        let Write {
+            mut txn,
+            db,
+            inner,
+            writer,
+        } = self;
+        // Alone: nobody else holds or waits for the writer lock (they are counted before
+        // they wait) and no sync is under way, so nothing would share a sync with this
+        // commit: it syncs itself. The number is taken under the same lock as the check, so
+        // a sync that starts meanwhile counts it as covered, which it will be (the sync's
+        // transaction waits for this one).
+        let alone = {
+            let mut state = db.group.lock();
+            let alone = state.writers == 1 && !state.syncing;
+            if alone {
+                state.committed += 1;
+            }
+            alone.then_some(state.committed)
+        };
+        let Some(sequence) = alone else {
+            return Write {
+                txn,
+                db,
+                inner,
+                writer,
+            }
+            .commit_visible()?
+            .durable();
+        };
+        txn.set_durability(Durability::Immediate);
+        let result = txn.commit().map_err(|e| inner.error(e));
+        drop(writer);
+        if result.is_ok() {
+            let mut state = db.group.lock();
+            state.syncs += 1;
+            // Every commit before this one is durable too.
+            state.durable = state.durable.max(sequence);
+            db.group.synced.notify_all();
+        }
+        result
     }
 
     /// Drops the transaction's changes.
@@ -428,6 +495,7 @@ impl<'a> Write<'a> {
             state.committed
         };
         self.txn.commit().map_err(|e| self.inner.error(e))?;
+        drop(self.writer);
         Ok(Committed {
             sequence,
             db: self.db,
@@ -705,6 +773,16 @@ mod tests {
             let db = Db::open(&path, 1, tables).unwrap();
             write(&db, "first", 1);
             assert_eq!(syncs(&db), 1, "a commit alone is one sync");
+            let state = |db: &Db| {
+                let open = db.inner.current().unwrap();
+                let state = open.group.lock();
+                (state.committed, state.durable, state.writers)
+            };
+            assert_eq!(
+                state(&db),
+                (1, 1, 0),
+                "a lone commit is durable when it returns, and no writer is left counted"
+            );
             let pending: Vec<Committed<'_>> = (0..10u64)
                 .map(|i| {
                     let txn = db.begin_write().unwrap();

@@ -84,11 +84,14 @@ fn decode<M: prost::Message + Default>(what: &str, bytes: &[u8]) -> Result<M, Er
     })
 }
 
-/// Every (key, record) of `namespace` in a table keyed by (namespace, name).
-fn scan<M: prost::Message + Default>(
+/// The objects of `namespace` in a table keyed by (namespace, name) that `keep` keeps: each
+/// record is decoded, made an object and kept or dropped as it is read, so that a list
+/// holds one vector of what it returns and nothing more (ten thousand images are a few MB).
+fn scan<M: prost::Message + Default, T>(
     table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     namespace: &str,
-) -> Result<Vec<(String, M)>, Error> {
+    mut keep: impl FnMut(String, M) -> Option<T>,
+) -> Result<Vec<T>, Error> {
     let mut out = Vec::new();
     for item in table.range((namespace, "")..).map_err(storage)? {
         let (key, value) = item.map_err(storage)?;
@@ -96,7 +99,8 @@ fn scan<M: prost::Message + Default>(
         if ns != namespace {
             break;
         }
-        out.push((name.to_string(), decode(name, value.value())?));
+        let record = decode(name, value.value())?;
+        out.extend(keep(name.to_string(), record));
     }
     Ok(out)
 }
@@ -123,9 +127,9 @@ fn apply_map<V: Clone>(
     }
 }
 
-fn image_of(name: &str, record: ImageRecord) -> Image {
+fn image_of(name: String, record: ImageRecord) -> Image {
     Image {
-        name: name.to_string(),
+        name,
         labels: record.labels,
         target: Descriptor {
             media_type: record.media_type,
@@ -162,18 +166,17 @@ impl ImageStore for Metadata {
             .get((namespace, name))
             .map_err(storage)?
             .ok_or_else(|| image_not_found(name))?;
-        Ok(image_of(name, decode(name, value.value())?))
+        Ok(image_of(name.to_string(), decode(name, value.value())?))
     }
 
     fn list(&self, namespace: &str, filter: &[String]) -> Result<Vec<Image>, Error> {
         let filter = filters(filter)?;
         let txn = self.db.begin_read()?;
         let table = txn.open_table(IMAGES).map_err(storage)?;
-        Ok(scan(&table, namespace)?
-            .into_iter()
-            .map(|(name, record)| image_of(&name, record))
-            .filter(|image| filter.matches(|path| image.field(path)))
-            .collect())
+        scan(&table, namespace, |name, record| {
+            let image = image_of(name, record);
+            filter.matches(|path| image.field(path)).then_some(image)
+        })
     }
 
     fn create(&self, namespace: &str, mut image: Image) -> Result<Image, Error> {
@@ -215,7 +218,7 @@ impl ImageStore for Metadata {
                 .get((namespace, image.name.as_str()))
                 .map_err(storage)?
             {
-                Some(value) => image_of(&image.name, decode(&image.name, value.value())?),
+                Some(value) => image_of(image.name.clone(), decode(&image.name, value.value())?),
                 None => return Err(image_not_found(&image.name)),
             };
             if fieldpaths.is_empty() {
@@ -275,9 +278,9 @@ impl ImageStore for Metadata {
     }
 }
 
-fn container_of(id: &str, record: ContainerRecord) -> Container {
+fn container_of(id: String, record: ContainerRecord) -> Container {
     Container {
-        id: id.to_string(),
+        id,
         labels: record.labels,
         image: record.image,
         runtime: Runtime {
@@ -323,18 +326,19 @@ impl ContainerStore for Metadata {
             .get((namespace, id))
             .map_err(storage)?
             .ok_or_else(|| container_not_found(id))?;
-        Ok(container_of(id, decode(id, value.value())?))
+        Ok(container_of(id.to_string(), decode(id, value.value())?))
     }
 
     fn list(&self, namespace: &str, filter: &[String]) -> Result<Vec<Container>, Error> {
         let filter = filters(filter)?;
         let txn = self.db.begin_read()?;
         let table = txn.open_table(CONTAINERS).map_err(storage)?;
-        Ok(scan(&table, namespace)?
-            .into_iter()
-            .map(|(id, record)| container_of(&id, record))
-            .filter(|container| filter.matches(|path| container.field(path)))
-            .collect())
+        scan(&table, namespace, |id, record| {
+            let container = container_of(id, record);
+            filter
+                .matches(|path| container.field(path))
+                .then_some(container)
+        })
     }
 
     fn create(&self, namespace: &str, mut container: Container) -> Result<Container, Error> {
@@ -375,7 +379,7 @@ impl ContainerStore for Metadata {
         let updated = {
             let mut table = txn.open_table(CONTAINERS).map_err(storage)?;
             let mut updated = match table.get((namespace, id)).map_err(storage)? {
-                Some(value) => container_of(id, decode(id, value.value())?),
+                Some(value) => container_of(id.to_string(), decode(id, value.value())?),
                 None => return Err(container_not_found(id)),
             };
             let all = ["labels", "spec", "extensions", "image", "snapshotkey"].map(String::from);
@@ -564,21 +568,20 @@ impl LeaseManager for Metadata {
         let filter = filters(filter)?;
         let txn = self.db.begin_read()?;
         let table = txn.open_table(LEASES).map_err(storage)?;
-        Ok(scan::<LeaseRecord>(&table, namespace)?
-            .into_iter()
-            .map(|(id, record)| Lease {
+        scan(&table, namespace, |id, record: LeaseRecord| {
+            let lease = Lease {
                 id,
                 created: from_nanos(record.created),
                 labels: record.labels,
-            })
-            .filter(|lease| {
-                filter.matches(|path| match path {
+            };
+            filter
+                .matches(|path| match path {
                     [f] if f == "id" => Some(lease.id.clone()),
                     [f, ..] if f == "labels" => crate::filters::label_field(path, &lease.labels),
                     _ => None,
                 })
-            })
-            .collect())
+                .then_some(lease)
+        })
     }
 
     fn add_resource(&self, namespace: &str, lease: &str, resource: &Resource) -> Result<(), Error> {

@@ -172,3 +172,68 @@ fn a_closed_stderr_does_not_fail_the_run() {
         "{stdout}"
     );
 }
+
+/// `metadata` against plinthd with a few records: every kind of call ran as often as asked,
+/// every answer was right, and nothing is left behind, its namespace included.
+#[test]
+fn metadata_runs_every_call_checks_every_answer_and_leaves_nothing() {
+    let daemon = start(Start::default());
+    let report = daemon.dir().join("metadata.json");
+    let output = load(&[
+        "metadata",
+        "--address",
+        &daemon.address(),
+        "--images",
+        "30",
+        "--containers",
+        "12",
+        "--sequential",
+        "10",
+        "--clients",
+        "3",
+        "--repeat",
+        "3",
+        "--gets",
+        "20",
+        "--namespace",
+        "meta",
+        "--label",
+        "plinthd",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let stdout = output.ok();
+    assert!(
+        stdout.contains("total: 0 unexpected errors, 0 verification failures"),
+        "{stdout}"
+    );
+    // (row, calls): 30 images, 10 of them by one client; a tenth of each in group g3.
+    let rows = [
+        ("Images.Create, 1 client", 10),
+        ("Images.Create, 3 clients", 20),
+        ("Images.List, all (30)", 3),
+        ("Images.List, `labels.group==g3` (3)", 3),
+        ("Images.Get", 20),
+        ("Containers.Create, 1 client", 10),
+        ("Containers.Create, 3 clients", 2),
+        ("Containers.List, all (12)", 3),
+        ("Containers.List, `labels.group==g3` (1)", 3),
+        ("Containers.Delete, 3 clients", 12),
+        ("Images.Delete, 3 clients", 30),
+    ];
+    for (row, calls) in rows {
+        let count = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(row))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {row:?} row:\n{stdout}"));
+        assert_eq!(count, calls.to_string(), "{row}:\n{stdout}");
+    }
+    assert_eq!(daemon.plinthctl(&["namespaces", "ls", "-q"]).ok(), "");
+    let table = load(&["table", report.to_str().unwrap()]);
+    assert!(
+        table.ok().contains("| Images.Get | 20 | "),
+        "{}",
+        table.stdout
+    );
+}

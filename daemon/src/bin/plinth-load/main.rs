@@ -11,7 +11,13 @@
 //!
 //! `check` verifies, against a daemon restarted after a crash, what a run recorded with
 //! `--journal`: every acknowledged write is present and verifies, nothing unacknowledged is
-//! visible as committed. `table` renders `--report` files side by side in Markdown.
+//! visible as committed.
+//!
+//! `metadata` measures the Images and Containers services over many records (10 000 images
+//! by default): create rates, one client and several, list and get latencies, deletes, every
+//! answer checked (see `metadata.rs`).
+//!
+//! `table` renders `--report` files of `run`, or of `metadata`, side by side in Markdown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +38,9 @@ macro_rules! say {
 }
 
 mod check;
+mod metadata;
 mod procstat;
+mod raw;
 mod report;
 mod rng;
 mod run;
@@ -60,9 +68,13 @@ enum Command {
         #[arg(required = true)]
         journals: Vec<PathBuf>,
     },
+    /// Create many images and containers, time the Images and Containers calls over them,
+    /// verify every answer, and remove them
+    Metadata(metadata::MetadataArgs),
     /// Render --report files side by side as a Markdown table
     Table {
-        /// Report files written by `run --report`, one column group each
+        /// Report files written by `run --report` (or all by `metadata --report`), one
+        /// column group each
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
@@ -155,6 +167,36 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// A report of `run` or of `metadata`.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum AnyReport {
+    Metadata(metadata::MetadataReport),
+    Load(report::Report),
+}
+
+/// The Markdown table of reports all of one kind.
+///
+/// # Errors
+/// Reports of `run` and of `metadata` mixed.
+fn any_table(reports: Vec<AnyReport>) -> anyhow::Result<String> {
+    let mut load = Vec::new();
+    let mut metadata = Vec::new();
+    for r in reports {
+        match r {
+            AnyReport::Load(r) => load.push(r),
+            AnyReport::Metadata(r) => metadata.push(r),
+        }
+    }
+    match (load.is_empty(), metadata.is_empty()) {
+        (false, false) => anyhow::bail!(
+            "reports of `run` and of `metadata` cannot share a table: give one kind at a time"
+        ),
+        (true, false) => Ok(metadata::table(&metadata)),
+        _ => Ok(report::table(&load)),
+    }
+}
+
 /// Writes `text` to standard output (a closed pipe is not an error worth a panic).
 fn out(text: &str) {
     use std::io::Write as _;
@@ -177,6 +219,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Check { address, journals } => check::check(&address, &journals).await,
+            Command::Metadata(args) => metadata::metadata(args).await,
             Command::Table { reports } => {
                 let mut loaded = Vec::new();
                 for path in &reports {
@@ -186,7 +229,7 @@ fn main() -> ExitCode {
                         format!("{} is not a plinth-load report", path.display())
                     })?);
                 }
-                out(&report::table(&loaded));
+                out(&any_table(loaded)?);
                 Ok(true)
             }
         }

@@ -55,6 +55,37 @@ pub(crate) fn sample(pid: u32) -> anyhow::Result<Sample> {
     })
 }
 
+/// The CPU time process `pid` has used so far, user and system, all its threads (those that
+/// exited included), at the kernel's 10 ms resolution.
+///
+/// # Errors
+/// The process is gone or its stat cannot be read.
+pub(crate) fn cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
+    // utime and stime are fields 14 and 15 of /proc/<pid>/stat, in USER_HZ ticks (100 a
+    // second on every Linux ABI); the command name (field 2) may hold spaces and ends at the
+    // last ')'.
+    const TICKS_PER_SECOND: u64 = 100;
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path} (is the daemon still running?)"))?;
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("{path}: no command name"))?;
+    // After the name: field 3 (state) is the first, so utime is the 12th and stime the 13th.
+    let mut fields = after_name.split_whitespace().skip(11);
+    let mut tick_field = || -> anyhow::Result<u64> {
+        fields
+            .next()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{path}: no CPU times"))
+    };
+    let ticks = tick_field()? + tick_field()?;
+    Ok(std::time::Duration::from_millis(
+        ticks * 1000 / TICKS_PER_SECOND,
+    ))
+}
+
 /// The pid of the process listening on the unix socket at `path` (SO_PEERCRED).
 ///
 /// # Errors
@@ -89,6 +120,23 @@ mod tests {
         assert!(more.fds >= me.fds + 5, "{me:?} then {more:?}");
         drop(files);
         assert!(sample(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn counts_this_process_s_cpu_time() {
+        let before = cpu_time(std::process::id()).unwrap();
+        // Spin for 200 ms of wall time: 50 ms of CPU at least, even on a busy machine.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = cpu_time(std::process::id()).unwrap();
+        assert!(
+            after >= before + std::time::Duration::from_millis(50),
+            "{before:?} then {after:?}"
+        );
+        assert!(cpu_time(u32::MAX).is_err());
     }
 
     #[tokio::test]

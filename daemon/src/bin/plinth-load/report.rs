@@ -144,6 +144,24 @@ pub(crate) struct OpRow {
     pub(crate) unexpected: BTreeMap<String, u64>,
 }
 
+impl OpRow {
+    /// The row of `op` (its latencies sorted in place) over `seconds`.
+    pub(crate) fn new(name: String, op: &mut OpStats, seconds: f64) -> OpRow {
+        op.latencies_us.sort_unstable();
+        let count = op.latencies_us.len() as u64;
+        OpRow {
+            name,
+            count,
+            per_sec: count as f64 / seconds.max(1e-9),
+            p50_us: quantile(&op.latencies_us, 0.5),
+            p99_us: quantile(&op.latencies_us, 0.99),
+            p999_us: quantile(&op.latencies_us, 0.999),
+            expected: op.expected.clone(),
+            unexpected: op.unexpected.clone(),
+        }
+    }
+}
+
 /// A run's results.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Report {
@@ -194,20 +212,7 @@ impl Report {
         let ops = stats
             .ops
             .iter_mut()
-            .map(|(name, op)| {
-                op.latencies_us.sort_unstable();
-                let count = op.latencies_us.len() as u64;
-                OpRow {
-                    name: (*name).to_string(),
-                    count,
-                    per_sec: count as f64 / seconds,
-                    p50_us: quantile(&op.latencies_us, 0.5),
-                    p99_us: quantile(&op.latencies_us, 0.99),
-                    p999_us: quantile(&op.latencies_us, 0.999),
-                    expected: op.expected.clone(),
-                    unexpected: op.unexpected.clone(),
-                }
-            })
+            .map(|(name, op)| OpRow::new((*name).to_string(), op, seconds))
             .collect();
         Report {
             label,
@@ -319,7 +324,7 @@ impl Report {
     }
 }
 
-fn millis(micros: u32) -> String {
+pub(crate) fn millis(micros: u32) -> String {
     format!("{:.2} ms", f64::from(micros) / 1000.0)
 }
 
