@@ -525,22 +525,27 @@ impl Committed<'_> {
                 continue;
             }
             state.syncing = true;
-            // Every number handed out so far belongs to a commit that is done or holds the
-            // writer; the sync's transaction begins after it, so it covers them all.
-            let covers = state.committed;
             drop(state);
             let result = self
                 .db
                 .begin_write()
                 .map_err(|e| self.inner.error(e))
                 .and_then(|mut txn| {
+                    // Counted once the sync holds the writer lock, not when it asked for it:
+                    // every number handed out by then belongs to a finished commit (numbers
+                    // are taken under the lock), so the sync also covers the writers that
+                    // committed while it waited, which would otherwise wait for it and then
+                    // sync again.
+                    let covers = group.lock().committed;
                     txn.set_durability(Durability::Immediate);
-                    txn.commit().map_err(|e| self.inner.error(e))
+                    txn.commit()
+                        .map(|()| covers)
+                        .map_err(|e| self.inner.error(e))
                 });
             state = group.lock();
             state.syncing = false;
             state.syncs += 1;
-            if result.is_ok() {
+            if let Ok(covers) = result {
                 state.durable = state.durable.max(covers);
             }
             group.synced.notify_all();
