@@ -154,19 +154,56 @@ fn image_record(image: &Image) -> ImageRecord {
     }
 }
 
+/// Table of records keyed by (namespace, name).
+type Records = redb::TableDefinition<'static, (&'static str, &'static str), &'static [u8]>;
+
+/// The decoded record `name` of `namespace` in `table`, or `missing(name)`.
+fn read_record<M: prost::Message + Default>(
+    metadata: &Metadata,
+    table: Records,
+    namespace: &str,
+    name: &str,
+    missing: fn(&str) -> Error,
+) -> Result<M, Error> {
+    let txn = metadata.db.begin_read()?;
+    let table = txn.open_table(table).map_err(storage)?;
+    let value = table
+        .get((namespace, name))
+        .map_err(storage)?
+        .ok_or_else(|| missing(name))?;
+    decode(name, value.value())
+}
+
+/// Removes the record `name` of `namespace` from `table` in one transaction, or
+/// `missing(name)`.
+fn remove_record(
+    metadata: &Metadata,
+    table: Records,
+    namespace: &str,
+    name: &str,
+    missing: fn(&str) -> Error,
+) -> Result<(), Error> {
+    let txn = metadata.db.begin_write()?;
+    if txn
+        .open_table(table)
+        .map_err(storage)?
+        .remove((namespace, name))
+        .map_err(storage)?
+        .is_none()
+    {
+        return Err(missing(name));
+    }
+    txn.commit()
+}
+
 fn image_not_found(name: &str) -> Error {
     Error::not_found(format!("image {name:?}: not found"))
 }
 
 impl ImageStore for Metadata {
     fn get(&self, namespace: &str, name: &str) -> Result<Image, Error> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(IMAGES).map_err(storage)?;
-        let value = table
-            .get((namespace, name))
-            .map_err(storage)?
-            .ok_or_else(|| image_not_found(name))?;
-        Ok(image_of(name.to_string(), decode(name, value.value())?))
+        let record = read_record(self, IMAGES, namespace, name, image_not_found)?;
+        Ok(image_of(name.to_string(), record))
     }
 
     fn list(&self, namespace: &str, filter: &[String]) -> Result<Vec<Image>, Error> {
@@ -264,17 +301,7 @@ impl ImageStore for Metadata {
     }
 
     fn delete(&self, namespace: &str, name: &str) -> Result<(), Error> {
-        let txn = self.db.begin_write()?;
-        if txn
-            .open_table(IMAGES)
-            .map_err(storage)?
-            .remove((namespace, name))
-            .map_err(storage)?
-            .is_none()
-        {
-            return Err(image_not_found(name));
-        }
-        txn.commit()
+        remove_record(self, IMAGES, namespace, name, image_not_found)
     }
 }
 
@@ -320,13 +347,8 @@ fn container_not_found(id: &str) -> Error {
 impl ContainerStore for Metadata {
     fn get(&self, namespace: &str, id: &str) -> Result<Container, Error> {
         // No id check: an id no container can have is simply not found, as in containerd.
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(CONTAINERS).map_err(storage)?;
-        let value = table
-            .get((namespace, id))
-            .map_err(storage)?
-            .ok_or_else(|| container_not_found(id))?;
-        Ok(container_of(id.to_string(), decode(id, value.value())?))
+        let record = read_record(self, CONTAINERS, namespace, id, container_not_found)?;
+        Ok(container_of(id.to_string(), record))
     }
 
     fn list(&self, namespace: &str, filter: &[String]) -> Result<Vec<Container>, Error> {
@@ -441,17 +463,7 @@ impl ContainerStore for Metadata {
     }
 
     fn delete(&self, namespace: &str, id: &str) -> Result<(), Error> {
-        let txn = self.db.begin_write()?;
-        if txn
-            .open_table(CONTAINERS)
-            .map_err(storage)?
-            .remove((namespace, id))
-            .map_err(storage)?
-            .is_none()
-        {
-            return Err(container_not_found(id));
-        }
-        txn.commit()
+        remove_record(self, CONTAINERS, namespace, id, container_not_found)
     }
 }
 
