@@ -44,6 +44,7 @@ pub mod error;
 pub mod event_exchange;
 pub mod events;
 pub mod filters;
+pub mod gc;
 pub mod grpc;
 pub mod images;
 pub mod leases;

@@ -1,0 +1,120 @@
+//! Garbage collection: the interface between the store that can be collected (the metadata
+//! plugin, a [`Collector`]) and what decides when to collect (`io.containerd.gc.v1.scheduler`,
+//! a [`Scheduler`]), and the label names that decide what is reachable.
+//!
+//! The rules are containerd's (1.6): per namespace, every image (its target), every container
+//! (its snapshot), every lease that has not expired (with its resources), every blob or
+//! snapshot labelled [`LABEL_ROOT`] and every ingest are roots; references are followed from
+//! labels ([`LABEL_REF_CONTENT`], [`LABEL_REF_SNAPSHOT`]) and from a snapshot to its parent.
+//! A lease labelled [`LABEL_FLAT`] holds its resources but not what their labels refer to.
+//! Whatever no root reaches is removed: its record, then (outside any transaction) the blob
+//! or backend snapshot once no record refers to it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::error::Error;
+
+/// A blob or snapshot with this label (any value) is a root.
+pub const LABEL_ROOT: &str = "containerd.io/gc.root";
+/// `containerd.io/gc.ref.content`, alone or followed by `.` or `/` and any name: the value is
+/// a digest in the same namespace that the labelled object keeps.
+pub const LABEL_REF_CONTENT: &str = "containerd.io/gc.ref.content";
+/// `containerd.io/gc.ref.snapshot.<snapshotter>` (anything after a further `/` is a name and
+/// ignored): the value is a snapshot key in that snapshotter, in the same namespace.
+pub const LABEL_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot.";
+/// On a lease: an RFC 3339 time after which the lease is no root and is itself removed. A
+/// value that does not parse is ignored (the lease stays a root), as in containerd.
+pub const LABEL_EXPIRE: &str = "containerd.io/gc.expire";
+/// On a lease (any value): its resources are kept, but not what their labels refer to.
+pub const LABEL_FLAT: &str = "containerd.io/gc.flat";
+
+/// What one collection removed, and how long its phases took.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Blob records removed (one per namespace that held the blob).
+    pub content: u64,
+    /// Snapshot records removed.
+    pub snapshots: u64,
+    /// Expired leases removed.
+    pub leases: u64,
+    /// Blobs deleted from the content store (no namespace held them any more).
+    pub blobs: u64,
+    /// Snapshots removed from the snapshotters.
+    pub backend_snapshots: u64,
+    /// Marking (reading the database in one read transaction).
+    pub mark: Duration,
+    /// The write transaction that removed the records: writers of the database wait for it.
+    pub sweep: Duration,
+    /// Removing blobs and backend snapshots, outside any transaction.
+    pub backend: Duration,
+    /// Whether writes that landed between the mark and the sweep made the sweep mark again,
+    /// inside its write transaction.
+    pub remarked: bool,
+    /// The earliest `containerd.io/gc.expire` of a lease still live after the collection:
+    /// a scheduler collects again then.
+    pub next_expiry: Option<SystemTime>,
+}
+
+impl Stats {
+    /// The whole collection: mark, sweep and backend removal.
+    pub fn elapsed(&self) -> Duration {
+        self.mark + self.sweep + self.backend
+    }
+
+    /// Records removed, of every kind.
+    pub fn records(&self) -> u64 {
+        self.content + self.snapshots + self.leases
+    }
+}
+
+/// A committed change to the collectable store, as a scheduler hears of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mutation {
+    /// The change removed something (an image, container, lease, lease resource, blob or
+    /// snapshot), so a collection may find garbage.
+    pub dirty: bool,
+    /// The change created or relabelled a lease expiring at this time.
+    pub expiry: Option<SystemTime>,
+}
+
+/// Called after each committed change, on the thread that committed it: keep it short.
+pub type MutationCallback = Arc<dyn Fn(Mutation) + Send + Sync>;
+
+/// A store that can be collected: the metadata plugin.
+#[tonic::async_trait]
+pub trait Collector: Send + Sync {
+    /// Runs one collection now: mark, sweep, backend removal. Collections never overlap
+    /// (a second call waits for the first).
+    ///
+    /// # Errors
+    /// The database failed (nothing was removed), or a backend refused a removal (the
+    /// records are gone; the next collection tries the backend again).
+    async fn collect(&self) -> Result<Stats, Error>;
+
+    /// Registers `callback` for every later committed change.
+    fn on_mutation(&self, callback: MutationCallback);
+}
+
+/// The last collection a scheduler ran, for `plugins ls -d` and plinthctl.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// When it finished.
+    pub finished: SystemTime,
+    /// What it removed and how long it took, or why it failed.
+    pub result: Result<Stats, String>,
+}
+
+/// What decides when to collect: `io.containerd.gc.v1.scheduler`.
+#[tonic::async_trait]
+pub trait Scheduler: Send + Sync {
+    /// Asks for a collection now and waits for one that starts after this call (the images
+    /// and leases services' synchronous deletes, and `plinthctl gc`).
+    ///
+    /// # Errors
+    /// The collection failed; the message says why.
+    async fn schedule_and_wait(&self) -> Result<Stats, Error>;
+
+    /// The last collection, if any has run.
+    fn last(&self) -> Option<Run>;
+}
