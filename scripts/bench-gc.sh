@@ -18,12 +18,15 @@
 #
 # Environment: ROUNDS (default 1), IMAGES (default 10000), BLOBS (default 100000), SNAPSHOTS
 # (default 20000), CHAIN (default 4: snapshots per chain), CLIENTS (default 16), WRITERS
-# (default 4), WRITER_INTERVAL (default 10ms), BASELINE (default 10s: how long the writers
-# write before the collection), TRIGGER (lease or image, default lease), SNAPSHOTTER (default
+# (default 4), WRITER_INTERVAL (default 10ms), BASELINE (default 30s: how long the writers
+# write before the collection; the baseline is the last stretch of it as long as the
+# collection), TRIGGER (lease or image, default lease), SNAPSHOTTER (default
 # overlayfs), DAEMONS (default "containerd plinthd"), CONTAINERD (default
 # /usr/bin/containerd), FEATURES (plinthd's cargo features instead of the default set, built
 # with --no-default-features), SKIP_BUILD=1 to use the existing release binaries,
-# CARGO_TARGET_DIR as cargo's, KEEP_LOGS=DIR to keep each daemon's log there.
+# CARGO_TARGET_DIR as cargo's, KEEP_LOGS=DIR to keep each daemon's log there,
+# CONTAINERD_LOG_LEVEL (default debug: containerd's own collection figures are debug lines,
+# printed after its run) and PLINTHD_LOG_LEVEL (default warn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
@@ -46,7 +49,7 @@ command -v "$containerd" >/dev/null || {
 snapshotter=${SNAPSHOTTER:-overlayfs}
 args=(--images "${IMAGES:-10000}" --blobs "${BLOBS:-100000}" --snapshots "${SNAPSHOTS:-20000}"
     --chain "${CHAIN:-4}" --clients "${CLIENTS:-16}" --writers "${WRITERS:-4}"
-    --writer-interval "${WRITER_INTERVAL:-10ms}" --baseline "${BASELINE:-10s}"
+    --writer-interval "${WRITER_INTERVAL:-10ms}" --baseline "${BASELINE:-30s}"
     --trigger "${TRIGGER:-lease}" --snapshotter "$snapshotter")
 work=$(mktemp -d)
 # The binaries measured are copies: a build in the shared target directory during the run
@@ -106,7 +109,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "$dir/d.sock.ttrpc"
 [debug]
-  level = "${CONTAINERD_LOG_LEVEL:-info}"
+  level = "${CONTAINERD_LOG_LEVEL:-debug}"
 [plugins."io.containerd.internal.v1.opt"]
   path = "$dir/opt"
 $(scheduler_config)
@@ -138,6 +141,13 @@ for round in $(seq "$rounds"); do
         echo "bench-gc: $daemon's root after the collection: $(du -sh "$dir/root" | cut -f1)," \
             "$(find "$dir/root" -path '*blobs/sha256/*' -type f | wc -l) blob files" >&2
         stop
+        if [[ $daemon == containerd ]]; then
+            # Its own figures, from its debug log: "garbage collected" is the time under its
+            # database's write lock (mark and sweep), then the backends' cleanups.
+            echo "bench-gc: containerd's own figures:" \
+                "$(grep -E 'msg="(garbage collected|content garbage collected|snapshot garbage collected)"' "$dir/log" \
+                    | sed -E 's/.*msg="([^"]*)" d=([^ ]*).*/\1 \2;/' | tr '\n' ' ')" >&2
+        fi
         if grep -E 'level=(error|fatal)|ERROR|WARN' "$dir/log" >&2; then
             echo "bench-gc: (the lines above are from $daemon's log)" >&2
         fi

@@ -122,7 +122,7 @@ pub(crate) struct GcArgs {
     pub(crate) writer_interval: Duration,
     /// How long the writers write before the collection (the baseline is the last stretch
     /// of it as long as the collection)
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
     pub(crate) baseline: Duration,
     /// What starts the timed collection: `lease` (Leases.Delete of the population's lease
     /// with sync) or `image` (the lease deleted without sync, then Images.Delete of one
