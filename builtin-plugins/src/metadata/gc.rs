@@ -142,6 +142,8 @@ type SnapshotId = (String, String, String);
 #[derive(Debug)]
 struct SnapshotNode {
     parent: String,
+    /// The backend snapshot's name.
+    backend: String,
     refs: Refs,
 }
 
@@ -227,11 +229,12 @@ where
         for item in self.snapshots.iter().map_err(storage)? {
             let (key, value) = item.map_err(storage)?;
             let (ns, sn, name) = key.value();
-            let (_, parent, _, _, _) = value.value();
+            let (_, parent, backend, _, _) = value.value();
             graph.snapshots.insert(
                 (ns.to_string(), sn.to_string(), name.to_string()),
                 SnapshotNode {
                     parent: parent.to_string(),
+                    backend: backend.to_string(),
                     refs: Refs::default(),
                 },
             );
@@ -343,6 +346,8 @@ fn push_refs(out: &mut Vec<(Node, bool)>, ns: &str, refs: &Refs) {
 struct Garbage {
     content: Vec<ContentId>,
     snapshots: Vec<SnapshotId>,
+    /// The backend names of `snapshots`: (snapshotter, name).
+    backend: HashSet<(String, String)>,
     leases: Vec<(String, String)>,
     next_expiry: Option<SystemTime>,
 }
@@ -393,14 +398,19 @@ impl Graph {
             .filter(|id| !content_marked.contains(id))
             .cloned()
             .collect();
-        let garbage_snapshots = snapshots
+        let garbage_snapshots: Vec<SnapshotId> = snapshots
             .keys()
             .filter(|id| !snapshot_marked.contains(id))
             .cloned()
             .collect();
+        let backend = garbage_snapshots
+            .iter()
+            .map(|id| (id.1.clone(), snapshots[id].backend.clone()))
+            .collect();
         Garbage {
             content: garbage_content,
             snapshots: garbage_snapshots,
+            backend,
             leases: expired.clone(),
             next_expiry: *next_expiry,
         }
@@ -653,11 +663,21 @@ impl Metadata {
         Ok(deleted)
     }
 
-    /// Step 3 for content: every blob of the store that no record holds.
-    async fn collect_blobs(&self) -> Result<u64, Error> {
+    /// Step 3 for content: every blob of the store that no record holds (only `swept`,
+    /// the blobs whose records this collection removed, when the stores are also served raw
+    /// to other daemons: see [`crate::gc::served_raw`]).
+    async fn collect_blobs(&self, swept: &[ContentId], only_swept: bool) -> Result<u64, Error> {
         let Some(store) = self.content.clone() else {
             return Ok(0);
         };
+        if only_swept {
+            let digests: BTreeSet<&str> = swept.iter().map(|(_, d)| d.as_str()).collect();
+            let digests = digests
+                .into_iter()
+                .filter_map(|d| Digest::parse(d).ok())
+                .collect();
+            return self.delete_unheld_blobs(digests).await;
+        }
         let listed = store.walk(&[]).await?;
         let db = Arc::clone(&self.db);
         let held: HashSet<String> = blocking(move || {
@@ -680,8 +700,13 @@ impl Metadata {
     }
 
     /// Step 3 for snapshots: every backend snapshot of every snapshotter that no record
-    /// refers to, children first, each namespace's under that namespace's lock.
-    async fn collect_snapshots(&self) -> Result<u64, Error> {
+    /// refers to, children first, each namespace's under that namespace's lock (only
+    /// `swept`, those whose records this collection removed, when the stores are served raw).
+    async fn collect_snapshots(
+        &self,
+        swept: &HashSet<(String, String)>,
+        only_swept: bool,
+    ) -> Result<u64, Error> {
         let mut removed = 0;
         let mut failures = Vec::new();
         for (name, backend) in &self.snapshotters {
@@ -690,7 +715,9 @@ impl Metadata {
             // Orphans by namespace (the backend key's first component).
             let mut by_namespace: HashMap<String, Vec<Info>> = HashMap::new();
             for info in listed {
-                if referenced.contains(&info.name) {
+                if referenced.contains(&info.name)
+                    || (only_swept && !swept.contains(&(name.clone(), info.name.clone())))
+                {
                     continue;
                 }
                 let ns = info.name.split('/').next().unwrap_or_default().to_string();
@@ -763,9 +790,10 @@ impl Metadata {
     }
 }
 
-#[tonic::async_trait]
-impl Collector for Metadata {
-    async fn collect(&self) -> Result<Stats, Error> {
+impl Metadata {
+    /// One collection; `only_swept`: remove from the backends only what the sweep removed
+    /// records of (see [`crate::gc::set_served_raw`]).
+    async fn collect_now(&self, only_swept: bool) -> Result<Stats, Error> {
         let _running = self.gc.running.lock().await;
         let swept = {
             let db = Arc::clone(&self.db);
@@ -773,8 +801,10 @@ impl Collector for Metadata {
             blocking(move || mark_and_sweep(&db, between.as_ref())).await?
         };
         let start = Instant::now();
-        let blobs = self.collect_blobs().await;
-        let backend_snapshots = self.collect_snapshots().await;
+        let blobs = self.collect_blobs(&swept.garbage.content, only_swept).await;
+        let backend_snapshots = self
+            .collect_snapshots(&swept.garbage.backend, only_swept)
+            .await;
         let stats = Stats {
             content: swept.garbage.content.len() as u64,
             snapshots: swept.garbage.snapshots.len() as u64,
@@ -802,6 +832,13 @@ impl Collector for Metadata {
         blobs?;
         backend_snapshots?;
         Ok(stats)
+    }
+}
+
+#[tonic::async_trait]
+impl Collector for Metadata {
+    async fn collect(&self) -> Result<Stats, Error> {
+        self.collect_now(crate::gc::served_raw()).await
     }
 
     fn on_mutation(&self, callback: MutationCallback) {
@@ -1152,6 +1189,34 @@ mod tests {
         );
         assert!(!in_store(&f, &orphan).await);
         assert!(f.native.walk(&[]).await.unwrap().is_empty());
+    }
+
+    /// When the stores are served raw to other daemons, what has no record may be theirs: a
+    /// collection removes only what its own sweep removed the records of.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stores_served_raw_lose_only_what_the_sweep_removed() {
+        let f = fixture(SharingPolicy::Shared, None);
+        let mut writer = f.local.writer("raw", 0, None).await.unwrap();
+        writer.write(b"another daemon's").await.unwrap();
+        let theirs = writer.commit(0, None, Labels::new()).await.unwrap();
+        writer.close().await.unwrap();
+        f.native.prepare("theirs", "", Labels::new()).await.unwrap();
+        let ours = blob(&f, "a", "ours", Labels::new()).await;
+        committed(&f, "a", "mine", "").await;
+        let stats = f.metadata.collect_now(true).await.unwrap();
+        assert_eq!((stats.content, stats.snapshots), (1, 1), "{stats:?}");
+        assert_eq!((stats.blobs, stats.backend_snapshots), (1, 1), "{stats:?}");
+        assert!(!in_store(&f, &ours).await);
+        assert!(in_store(&f, &theirs).await);
+        let left: Vec<String> = f
+            .native
+            .walk(&[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(left, ["theirs"]);
     }
 
     #[test]
