@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use plinth_api::containerd::events::{ImageCreate, ImageDelete, ImageUpdate};
 use plinth_api::containerd::services::images::v1::images_server::{Images, ImagesServer};
 use plinth_api::containerd::services::images::v1::{
     CreateImageRequest, CreateImageResponse, DeleteImageRequest, GetImageRequest, GetImageResponse,
@@ -16,7 +15,6 @@ use plinth_core::{InitContext, InitError, Instance, Registration, register, type
 
 use crate::convert::{labels, time, timestamp};
 use crate::error::Error;
-use crate::events::Publisher;
 use crate::grpc::{GrpcService, MessageLimits};
 use crate::images::{Descriptor, Image, ImageStore};
 use crate::namespaces;
@@ -24,18 +22,14 @@ use crate::namespaces;
 #[derive(Clone)]
 struct Service {
     store: Arc<dyn ImageStore>,
-    events: Option<Arc<dyn Publisher>>,
 }
 
 type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
 
-/// The service over `store`, publishing no events: for in-process tests.
+/// The service over `store`, for in-process tests.
 #[cfg(test)]
 pub(crate) fn server(store: Arc<dyn ImageStore>) -> ImagesServer<impl Images> {
-    ImagesServer::new(Service {
-        store,
-        events: None,
-    })
+    ImagesServer::new(Service { store })
 }
 
 /// An image on the wire, moved field by field (a list of ten thousand images is built with no
@@ -140,15 +134,6 @@ impl Images for Service {
                 return Err(Error::invalid("image name is required"));
             }
             let created = s.store.create(ns, image(wire))?;
-            crate::events::publish(
-                s.events.as_deref(),
-                ns,
-                "/images/create",
-                &ImageCreate {
-                    name: created.name.clone(),
-                    labels: created.labels.clone().into_iter().collect(),
-                },
-            );
             Ok(CreateImageResponse {
                 image: Some(message(created)),
             })
@@ -170,15 +155,6 @@ impl Images for Service {
             }
             let paths = body.update_mask.map(|m| m.paths).unwrap_or_default();
             let updated = s.store.update(ns, image(wire), &paths)?;
-            crate::events::publish(
-                s.events.as_deref(),
-                ns,
-                "/images/update",
-                &ImageUpdate {
-                    name: updated.name.clone(),
-                    labels: updated.labels.clone().into_iter().collect(),
-                },
-            );
             Ok(UpdateImageResponse {
                 image: Some(message(updated)),
             })
@@ -192,12 +168,6 @@ impl Images for Service {
         // there is nothing to wait for.
         self.run(&request, move |s, ns| {
             s.store.delete(ns, &name)?;
-            crate::events::publish(
-                s.events.as_deref(),
-                ns,
-                "/images/delete",
-                &ImageDelete { name },
-            );
             Ok(())
         })
         .await
@@ -212,9 +182,8 @@ impl GrpcService for Service {
 
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let store: Arc<dyn ImageStore> = ctx.get_single(types::METADATA)?;
-    let events = crate::events::publisher(ctx);
     Ok(Instance::new(
-        Arc::new(Service { store, events }) as Arc<dyn GrpcService>
+        Arc::new(Service { store }) as Arc<dyn GrpcService>
     ))
 }
 
