@@ -496,7 +496,10 @@ fn services_have_containerds_methods_and_streaming() {
     // Beside containerd's, only plinthd's own services, in their own package.
     assert_eq!(
         own,
-        ["plinth.services.config.v1.Config", "plinth.services.gc.v1.GC"]
+        [
+            "plinth.services.config.v1.Config",
+            "plinth.services.gc.v1.GC"
+        ]
     );
 }
 
