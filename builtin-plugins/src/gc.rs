@@ -29,6 +29,22 @@ pub const LABEL_EXPIRE: &str = "containerd.io/gc.expire";
 /// On a lease (any value): its resources are kept, but not what their labels refer to.
 pub const LABEL_FLAT: &str = "containerd.io/gc.flat";
 
+static SERVED_RAW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says that this process serves its content store and snapshotters raw to other daemons
+/// (`io.containerd.internal.v1.proxy-target` with an address): blobs and snapshots there may
+/// belong to another daemon's metadata, so from then on a collection removes from the
+/// backends only what its own sweep removed records of, never what it finds without a
+/// record (leftovers of a crash between a backend's commit and the record then stay).
+pub fn set_served_raw() {
+    SERVED_RAW.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether [`set_served_raw`] was called.
+pub fn served_raw() -> bool {
+    SERVED_RAW.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// What one collection removed, and how long its phases took.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {

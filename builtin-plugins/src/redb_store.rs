@@ -332,6 +332,16 @@ impl Db {
             .map_err(|e| self.inner.error(e))
     }
 
+    /// How many write transactions have committed (or tried to) since the database was
+    /// opened in this process. A transaction is counted while it holds redb's writer lock,
+    /// before its commit: so a writer that reads the count under that lock knows whether any
+    /// transaction committed since an earlier reading (the collector's check that nothing
+    /// changed between its mark and its sweep). 0 while the file is not open.
+    #[cfg(feature = "metadata-redb")]
+    pub(crate) fn commits(&self) -> u64 {
+        self.inner.get().map_or(0, |db| db.group.lock().committed)
+    }
+
     /// A write transaction, durable when its [`Write::commit`] returns.
     ///
     /// # Errors

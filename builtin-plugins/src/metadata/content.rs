@@ -288,9 +288,9 @@ impl ContentStore for NamespacedContent {
             self.namespace.clone(),
             digest.clone(),
         );
-        let still_used = blocking(move || {
+        blocking(move || {
             let txn = metadata.db.begin_write()?;
-            let still_used = {
+            {
                 let mut table = txn.open_table(CONTENT).map_err(storage)?;
                 if table
                     .remove((namespace.as_str(), d.as_str()))
@@ -299,28 +299,17 @@ impl ContentStore for NamespacedContent {
                 {
                     return Err(Error::not_found(format!("content digest {d}: not found")));
                 }
-                // Another namespace still holding the blob keeps it in the store.
-                let mut used = false;
-                for item in table.iter().map_err(storage)? {
-                    let (key, _) = item.map_err(storage)?;
-                    if key.value().1 == d.as_str() {
-                        used = true;
-                        break;
-                    }
-                }
-                used
-            };
+            }
             write_labels(&txn, &namespace, d.as_str(), &Labels::new())?;
-            txn.commit()?;
-            Ok(still_used)
+            txn.commit()
         })
         .await?;
-        if !still_used {
-            match self.backend()?.delete(digest).await {
-                Err(e) if e.category != plinth_core::Category::NotFound => return Err(e),
-                _ => {}
-            }
-        }
+        self.metadata.mutated(true);
+        // The blob leaves the store once no namespace holds it (checked again under the
+        // lock content commits hold, so a commit of it in another namespace keeps it).
+        self.metadata
+            .delete_unheld_blobs(vec![digest.clone()])
+            .await?;
         Ok(())
     }
 
@@ -605,6 +594,10 @@ impl ContentWriter for NamespacedWriter {
         }
         let expected = expected.or_else(|| self.expected.clone());
         let backend = self.backend()?;
+        // From the store's commit (or the check that the shared blob is still there) to the
+        // record's: a collection deletes no blob meanwhile (see `metadata::gc`).
+        let metadata = Arc::clone(&self.metadata);
+        let _committing = metadata.gc.committing().await;
         if let Ingest::Shared {
             digest,
             size: shared_size,
@@ -674,6 +667,7 @@ impl ContentWriter for NamespacedWriter {
             add_record(&metadata, &place, &d, size, &labels)
         })
         .await?;
+        self.metadata.mutated(false);
         if let Ingest::Shared { committed, .. } = &mut self.ingest {
             *committed = true;
         }

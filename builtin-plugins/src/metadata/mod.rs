@@ -9,6 +9,7 @@
 //! bytes (which are verified) to commit a blob the store already holds.
 
 mod content;
+mod gc;
 #[cfg(all(test, feature = "content-local", feature = "snapshotter-native"))]
 mod model_tests;
 mod objects;
@@ -72,6 +73,7 @@ pub struct Metadata {
     content: Option<Arc<dyn ContentStore>>,
     snapshotters: BTreeMap<String, Arc<dyn Snapshotter>>,
     policy: SharingPolicy,
+    gc: gc::GcState,
 }
 
 impl std::fmt::Debug for Metadata {
@@ -165,6 +167,7 @@ impl Metadata {
             content,
             snapshotters,
             policy,
+            gc: gc::GcState::default(),
         })
     }
 
@@ -433,7 +436,8 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
         .with(metadata.clone() as Arc<dyn NamespacedStores>)
         .with(metadata.clone() as Arc<dyn crate::images::ImageStore>)
         .with(metadata.clone() as Arc<dyn crate::containers::ContainerStore>)
-        .with(metadata.clone() as Arc<dyn crate::leases::LeaseManager>);
+        .with(metadata.clone() as Arc<dyn crate::leases::LeaseManager>)
+        .with(metadata.clone() as Arc<dyn crate::gc::Collector>);
     Ok(with_db_views(instance, &metadata.db).with(metadata))
 }
 

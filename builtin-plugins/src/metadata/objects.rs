@@ -241,6 +241,7 @@ impl ImageStore for Metadata {
                 .map_err(storage)?;
         }
         txn.commit()?;
+        self.mutated(false);
         Ok(image)
     }
 
@@ -297,11 +298,14 @@ impl ImageStore for Metadata {
             updated
         };
         txn.commit()?;
+        self.mutated(false);
         Ok(updated)
     }
 
     fn delete(&self, namespace: &str, name: &str) -> Result<(), Error> {
-        remove_record(self, IMAGES, namespace, name, image_not_found)
+        remove_record(self, IMAGES, namespace, name, image_not_found)?;
+        self.mutated(true);
+        Ok(())
     }
 }
 
@@ -384,6 +388,7 @@ impl ContainerStore for Metadata {
                 .map_err(storage)?;
         }
         txn.commit()?;
+        self.mutated(false);
         Ok(container)
     }
 
@@ -459,11 +464,14 @@ impl ContainerStore for Metadata {
             updated
         };
         txn.commit()?;
+        self.mutated(false);
         Ok(updated)
     }
 
     fn delete(&self, namespace: &str, id: &str) -> Result<(), Error> {
-        remove_record(self, CONTAINERS, namespace, id, container_not_found)
+        remove_record(self, CONTAINERS, namespace, id, container_not_found)?;
+        self.mutated(true);
+        Ok(())
     }
 }
 
@@ -556,6 +564,10 @@ impl LeaseManager for Metadata {
                 .map_err(storage)?;
         }
         txn.commit()?;
+        self.notify(crate::gc::Mutation {
+            dirty: false,
+            expiry: super::gc::expiry(&record.labels),
+        });
         Ok(Lease {
             id,
             created: from_nanos(record.created),
@@ -573,7 +585,9 @@ impl LeaseManager for Metadata {
             let mut resources = txn.open_table(LEASE_RESOURCES).map_err(storage)?;
             remove_resources(&mut resources, namespace, id)?;
         }
-        txn.commit()
+        txn.commit()?;
+        self.mutated(true);
+        Ok(())
     }
 
     fn list(&self, namespace: &str, filter: &[String]) -> Result<Vec<Lease>, Error> {
@@ -600,7 +614,9 @@ impl LeaseManager for Metadata {
         resource.validate()?;
         let txn = self.db.begin_write()?;
         bind(&txn, namespace, Some(lease), &resource.kind, &resource.id)?;
-        txn.commit()
+        txn.commit()?;
+        self.mutated(false);
+        Ok(())
     }
 
     fn delete_resource(
@@ -623,7 +639,9 @@ impl LeaseManager for Metadata {
                 ))
                 .map_err(storage)?;
         }
-        txn.commit()
+        txn.commit()?;
+        self.mutated(true);
+        Ok(())
     }
 
     fn list_resources(&self, namespace: &str, lease: &str) -> Result<Vec<Resource>, Error> {

@@ -353,6 +353,8 @@ impl NamespacedSnapshotter {
         };
         if result.is_err() {
             let _ = self.drop_record(key).await;
+        } else {
+            self.metadata.mutated(false);
         }
         result
     }
@@ -484,7 +486,9 @@ impl Snapshotter for NamespacedSnapshotter {
             write_labels(&txn, &ns, &sn, &name, &labels)?;
             txn.commit()
         })
-        .await
+        .await?;
+        self.metadata.mutated(false);
+        Ok(())
     }
 
     async fn remove(&self, key: &str) -> Result<(), Error> {
@@ -526,7 +530,9 @@ impl Snapshotter for NamespacedSnapshotter {
             Err(e) if e.category != plinth_core::Category::NotFound => return Err(e),
             _ => {}
         }
-        self.drop_record(key).await
+        self.drop_record(key).await?;
+        self.metadata.mutated(true);
+        Ok(())
     }
 
     async fn walk(&self, filters: &[String]) -> Result<Vec<Info>, Error> {
