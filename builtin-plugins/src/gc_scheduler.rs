@@ -149,12 +149,12 @@ impl SchedulerConfig {
                 "nan is not a share of time: use a number from 0 to 0.5 (default 0.02)",
             ));
         }
-        let count = |key: &str, value: i64, zero: &str, default: u64| {
+        let count = |key: &str, value: i64, zero: &str, what: &str, default: u64| {
             u64::try_from(value).map_err(|_| {
                 ConfigViolation::new(
                     key,
                     format!(
-                        "{value} is negative: use 0 ({zero}) or a number of changes (default {default})"
+                        "{value} is negative: use 0 ({zero}) or a number of {what} (default {default})"
                     ),
                 )
             })
@@ -173,12 +173,14 @@ impl SchedulerConfig {
                 "deletion_threshold",
                 self.deletion_threshold,
                 "deletions wait for the next interval tick",
+                "deletions",
                 0,
             )?,
             mutation_threshold: count(
                 "mutation_threshold",
                 self.mutation_threshold,
                 "changes alone never start a collection",
+                "changes",
                 100,
             )?,
             schedule_delay: duration("schedule_delay", &self.schedule_delay, "0s")?,
