@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use plinth_api::containerd::events::{ImageCreate, ImageDelete, ImageUpdate};
 use plinth_api::containerd::services::images::v1::images_server::{Images, ImagesServer};
 use plinth_api::containerd::services::images::v1::{
     CreateImageRequest, CreateImageResponse, DeleteImageRequest, GetImageRequest, GetImageResponse,
@@ -18,7 +17,6 @@ use plinth_core::{InitContext, InitError, Instance, Registration, register, type
 
 use crate::convert::{labels, time, timestamp};
 use crate::error::Error;
-use crate::events::Publisher;
 use crate::gc::Scheduler;
 use crate::grpc::{GrpcService, MessageLimits};
 use crate::images::{Descriptor, Image, ImageStore};
@@ -27,25 +25,19 @@ use crate::namespaces;
 #[derive(Clone)]
 struct Service {
     store: Arc<dyn ImageStore>,
-    events: Option<Arc<dyn Publisher>>,
     /// What a synchronous delete waits for, when a GC scheduler is loaded.
     gc: Option<Arc<dyn Scheduler>>,
 }
 
 type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
 
-/// The service over `store`, publishing no events, its synchronous deletes waiting for `gc`:
-/// for in-process tests.
+/// The service over `store`, its synchronous deletes waiting for `gc`: for in-process tests.
 #[cfg(test)]
 pub(crate) fn server(
     store: Arc<dyn ImageStore>,
     gc: Option<Arc<dyn Scheduler>>,
 ) -> ImagesServer<impl Images> {
-    ImagesServer::new(Service {
-        store,
-        events: None,
-        gc,
-    })
+    ImagesServer::new(Service { store, gc })
 }
 
 /// An image on the wire, moved field by field (a list of ten thousand images is built with no
@@ -150,15 +142,6 @@ impl Images for Service {
                 return Err(Error::invalid("image name is required"));
             }
             let created = s.store.create(ns, image(wire))?;
-            crate::events::publish(
-                s.events.as_deref(),
-                ns,
-                "/images/create",
-                &ImageCreate {
-                    name: created.name.clone(),
-                    labels: created.labels.clone().into_iter().collect(),
-                },
-            );
             Ok(CreateImageResponse {
                 image: Some(message(created)),
             })
@@ -180,15 +163,6 @@ impl Images for Service {
             }
             let paths = body.update_mask.map(|m| m.paths).unwrap_or_default();
             let updated = s.store.update(ns, image(wire), &paths)?;
-            crate::events::publish(
-                s.events.as_deref(),
-                ns,
-                "/images/update",
-                &ImageUpdate {
-                    name: updated.name.clone(),
-                    labels: updated.labels.clone().into_iter().collect(),
-                },
-            );
             Ok(UpdateImageResponse {
                 image: Some(message(updated)),
             })
@@ -207,16 +181,7 @@ impl Images for Service {
             None
         };
         let reply = self
-            .run(&request, move |s, ns| {
-                s.store.delete(ns, &name)?;
-                crate::events::publish(
-                    s.events.as_deref(),
-                    ns,
-                    "/images/delete",
-                    &ImageDelete { name },
-                );
-                Ok(())
-            })
+            .run(&request, move |s, ns| s.store.delete(ns, &name))
             .await?;
         if let Some(gc) = gc {
             crate::gc::wait_after_delete(gc.as_ref(), &what).await?;
@@ -233,11 +198,10 @@ impl GrpcService for Service {
 
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let store: Arc<dyn ImageStore> = ctx.get_single(types::METADATA)?;
-    let events = crate::events::publisher(ctx);
-    // Optional, as the exchange: a build or a config may leave the scheduler out.
+    // Optional: a build or a config may leave the scheduler out.
     let gc = ctx.get_single::<dyn Scheduler>(types::GC).ok();
     Ok(Instance::new(
-        Arc::new(Service { store, events, gc }) as Arc<dyn GrpcService>
+        Arc::new(Service { store, gc }) as Arc<dyn GrpcService>
     ))
 }
 
