@@ -826,7 +826,12 @@ async fn run(
         // The waiters so far asked before this collection starts: it answers them.
         let waiters = std::mem::take(&mut lock(&shared.inbox).waiters);
         let (started, wall_started) = (Instant::now(), clock());
-        let result = collector.collect().await;
+        // In a task of its own: a collector that panics fails this collection, not the
+        // scheduler (whose waiters would then wait for ever).
+        let collecting = collector.clone();
+        let result = tokio::spawn(async move { collecting.collect().await })
+            .await
+            .unwrap_or_else(|e| Err(Error::internal(format!("the collector panicked: {e}"))));
         let (now, wall_now) = (Instant::now(), clock());
         let result = match result {
             Ok(stats) => {

@@ -35,6 +35,8 @@ struct Step {
     takes: Duration,
     /// Whether it waits for the test to open the gate before it ends.
     gated: bool,
+    /// Whether it panics instead of answering.
+    panics: bool,
     outcome: Result<Stats, Error>,
 }
 
@@ -43,15 +45,22 @@ impl Step {
         Step {
             takes: Duration::ZERO,
             gated: false,
+            panics: false,
             outcome: Ok(stats),
         }
     }
 
     fn failing(message: &str) -> Step {
         Step {
-            takes: Duration::ZERO,
-            gated: false,
             outcome: Err(Error::unavailable(message)),
+            ..Step::ok(Stats::default())
+        }
+    }
+
+    fn panicking() -> Step {
+        Step {
+            panics: true,
+            ..Step::ok(Stats::default())
         }
     }
 
@@ -105,6 +114,7 @@ impl Collector for FakeCollector {
         if step.gated {
             self.gate.acquire().await.expect("the gate stays").forget();
         }
+        assert!(!step.panics, "the collector's bug");
         step.outcome
     }
 
@@ -328,6 +338,26 @@ async fn a_failed_collection_fails_its_waiters_and_is_tried_again_later() {
     assert_eq!(exports["collections"], "1");
     assert!(!exports.contains_key("last_error"), "{exports:?}");
     assert_eq!(exports["last_run_removed"], removed_text(&stats(ms(20), 3)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_collector_that_panics_fails_the_collection_not_the_scheduler() {
+    let mut harness = Harness::start(
+        policy(|_| {}),
+        vec![Step::panicking(), Step::ok(stats(ms(20), 4))],
+    );
+    let waiter = harness.wait();
+    assert_eq!(harness.next_collection().await, Some(ms(0)));
+    let error = waiter.await.unwrap().unwrap_err();
+    assert_eq!(error.category, Category::Internal);
+    assert!(
+        error.message.contains("the collector panicked"),
+        "{error:?}"
+    );
+    // Still scheduling: the next waiter is answered.
+    let waiter = harness.wait();
+    assert_eq!(harness.next_collection().await, Some(ms(0)));
+    assert_eq!(waiter.await.unwrap(), Ok(stats(ms(20), 4)));
 }
 
 #[tokio::test(start_paused = true)]
