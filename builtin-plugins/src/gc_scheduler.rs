@@ -55,7 +55,7 @@ use crate::gc::{Collector, Mutation, Run, Scheduler, Stats};
 use crate::live::LiveStatus;
 
 /// The plugin's URI.
-pub const URI: &str = "io.containerd.gc.v1.scheduler";
+pub const URI: &str = crate::gc::SCHEDULER_URI;
 
 /// The longest any delay is taken to be: longer ones (a huge `startup_delay`, the interval
 /// of a tiny `pause_threshold`) mean "in a year" rather than a clock overflow.

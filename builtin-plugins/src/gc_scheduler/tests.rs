@@ -665,12 +665,15 @@ fn the_plugin_is_containerds_scheduler_requiring_the_metadata_plugin() {
     assert_eq!(defaults, expected);
 }
 
+/// A config section and what it gives: a policy, or the key refused and part of what is
+/// said about it.
+type ConfigCase<'a> = (&'a str, Result<Policy, (&'a str, &'a str)>);
+
 #[test]
 fn config_values_are_checked_at_load() {
     let spec = registration().config_spec().expect("a config");
-    // (section, the policy, or the key refused and part of what is said)
     let defaults = Policy::default();
-    let cases: &[(&str, Result<Policy, (&str, &str)>)] = &[
+    let cases: &[ConfigCase<'_>] = &[
         ("", Ok(defaults)),
         (
             "pause_threshold = 0.1\ndeletion_threshold = 5\nmutation_threshold = 0\n\
