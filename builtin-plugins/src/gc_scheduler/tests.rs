@@ -277,6 +277,9 @@ async fn a_manual_trigger_collects_after_schedule_delay_unless_one_is_planned_so
             Some(Ok(stats(ms(3), 7))),
             "{case}"
         );
+        // The trigger was answered: a change below every threshold collects nothing.
+        harness.mutate(false, None);
+        assert_eq!(harness.next_collection().await, None, "{case}: then");
     }
 }
 
@@ -516,7 +519,11 @@ async fn closing_fails_queued_waiters_and_finishes_the_collection_in_flight() {
     let queued = harness.wait();
     let scheduler = harness.scheduler.clone();
     let closing = tokio::task::spawn_blocking(move || scheduler.close(secs(30)));
-    let error = queued.await.unwrap().unwrap_err();
+    let answered = tokio::time::timeout(HOUR, queued).await;
+    let error = answered
+        .expect("the queued waiter is answered")
+        .unwrap()
+        .unwrap_err();
     assert_eq!(error.category, Category::Unavailable);
     assert!(error.message.contains("closing"), "{error:?}");
     harness.release();
