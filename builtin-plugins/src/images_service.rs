@@ -1,6 +1,8 @@
 //! `io.containerd.grpc.v1.images`: containerd's Images service over the metadata plugin's
 //! image records. Each change is published on the event exchange (when one is loaded) after
-//! it has committed: `/images/create`, `/images/update`, `/images/delete`.
+//! it has committed: `/images/create`, `/images/update`, `/images/delete`. A delete with
+//! `sync` answers once a garbage collection that includes it has finished (the GC scheduler,
+//! `io.containerd.gc.v1.scheduler`, when one is loaded; without one it is refused).
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use plinth_core::{InitContext, InitError, Instance, Registration, register, type
 
 use crate::convert::{labels, time, timestamp};
 use crate::error::Error;
+use crate::gc::Scheduler;
 use crate::grpc::{GrpcService, MessageLimits};
 use crate::images::{Descriptor, Image, ImageStore};
 use crate::namespaces;
@@ -22,14 +25,19 @@ use crate::namespaces;
 #[derive(Clone)]
 struct Service {
     store: Arc<dyn ImageStore>,
+    /// What a synchronous delete waits for, when a GC scheduler is loaded.
+    gc: Option<Arc<dyn Scheduler>>,
 }
 
 type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
 
-/// The service over `store`, for in-process tests.
+/// The service over `store`, its synchronous deletes waiting for `gc`: for in-process tests.
 #[cfg(test)]
-pub(crate) fn server(store: Arc<dyn ImageStore>) -> ImagesServer<impl Images> {
-    ImagesServer::new(Service { store })
+pub(crate) fn server(
+    store: Arc<dyn ImageStore>,
+    gc: Option<Arc<dyn Scheduler>>,
+) -> ImagesServer<impl Images> {
+    ImagesServer::new(Service { store, gc })
 }
 
 /// An image on the wire, moved field by field (a list of ten thousand images is built with no
@@ -163,14 +171,22 @@ impl Images for Service {
     }
 
     async fn delete(&self, request: tonic::Request<DeleteImageRequest>) -> Reply<()> {
-        let name = request.get_ref().name.clone();
-        // `sync` asks for a collection before the answer; plinthd has no collector yet, so
-        // there is nothing to wait for.
-        self.run(&request, move |s, ns| {
-            s.store.delete(ns, &name)?;
-            Ok(())
-        })
-        .await
+        let DeleteImageRequest { name, sync } = request.get_ref().clone();
+        let what = format!("image {name:?}");
+        // `sync` asks for a collection that includes the delete before the answer, as
+        // containerd's does.
+        let gc = if sync {
+            Some(crate::gc::scheduler_for_sync(self.gc.as_ref(), &what)?)
+        } else {
+            None
+        };
+        let reply = self
+            .run(&request, move |s, ns| s.store.delete(ns, &name))
+            .await?;
+        if let Some(gc) = gc {
+            crate::gc::wait_after_delete(gc.as_ref(), &what).await?;
+        }
+        Ok(reply)
     }
 }
 
@@ -182,11 +198,15 @@ impl GrpcService for Service {
 
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let store: Arc<dyn ImageStore> = ctx.get_single(types::METADATA)?;
+    // Optional: a build or a config may leave the scheduler out.
+    let gc = ctx.get_single::<dyn Scheduler>(types::GC).ok();
     Ok(Instance::new(
-        Arc::new(Service { store }) as Arc<dyn GrpcService>
+        Arc::new(Service { store, gc }) as Arc<dyn GrpcService>
     ))
 }
 
-register!(
-    Registration::new(types::GRPC, "images", init).requires(&[types::METADATA, types::EVENT])
-);
+register!(Registration::new(types::GRPC, "images", init).requires(&[
+    types::METADATA,
+    types::EVENT,
+    types::GC
+]));
