@@ -25,8 +25,8 @@
 # /usr/bin/containerd), FEATURES (plinthd's cargo features instead of the default set, built
 # with --no-default-features), SKIP_BUILD=1 to use the existing release binaries,
 # CARGO_TARGET_DIR as cargo's, KEEP_LOGS=DIR to keep each daemon's log there,
-# CONTAINERD_LOG_LEVEL (default debug: containerd's own collection figures are debug lines,
-# printed after its run) and PLINTHD_LOG_LEVEL (default warn).
+# CONTAINERD_LOG_LEVEL (default debug: containerd's own figures of the collection are debug
+# lines of its log, which plinth-load reads; plinthd's are its gc plugin's exports) and PLINTHD_LOG_LEVEL (default warn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
@@ -133,21 +133,16 @@ for round in $(seq "$rounds"); do
         dir=$work/$daemon-$round
         "start_$daemon" "$dir"
         echo "==> round $round, $daemon (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+        own=()
+        [[ $daemon == containerd ]] && own=(--containerd-log "$dir/log")
         if ! "$work/bin/plinth-load" gc --address "$dir/d.sock" --label "$daemon" \
-            --report "$dir.json" "${args[@]}" >&2; then
+            --report "$dir.json" "${own[@]}" "${args[@]}" >&2; then
             echo "bench-gc: $daemon failed its checks (above)" >&2
             failed=1
         fi
         echo "bench-gc: $daemon's root after the collection: $(du -sh "$dir/root" | cut -f1)," \
             "$(find "$dir/root" -path '*blobs/sha256/*' -type f | wc -l) blob files" >&2
         stop
-        if [[ $daemon == containerd ]]; then
-            # Its own figures, from its debug log: "garbage collected" is the time under its
-            # database's write lock (mark and sweep), then the backends' cleanups.
-            echo "bench-gc: containerd's own figures:" \
-                "$(grep -E 'msg="(garbage collected|content garbage collected|snapshot garbage collected)"' "$dir/log" \
-                    | sed -E 's/.*msg="([^"]*)" d=([^ ]*).*/\1 \2;/' | tr '\n' ' ')" >&2
-        fi
         if grep -E 'level=(error|fatal)|ERROR|WARN' "$dir/log" >&2; then
             echo "bench-gc: (the lines above are from $daemon's log)" >&2
         fi

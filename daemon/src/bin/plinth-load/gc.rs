@@ -141,6 +141,10 @@ pub(crate) struct GcArgs {
     /// A name for the report's column (default: the socket)
     #[arg(long)]
     pub(crate) label: Option<String>,
+    /// containerd's log (at debug level), from which its own figures of the collection are
+    /// read (plinthd's come from its gc plugin's exports)
+    #[arg(long)]
+    pub(crate) containerd_log: Option<std::path::PathBuf>,
 }
 
 /// The population's shape.
@@ -366,6 +370,8 @@ pub(crate) struct GcReport {
     /// The exports of the daemon's gc plugin before and after the collection.
     pub(crate) exports_before: BTreeMap<String, String>,
     pub(crate) exports_after: BTreeMap<String, String>,
+    /// The daemon's own figures of the collection.
+    pub(crate) own: Own,
     /// What the checks found after the collection.
     pub(crate) checked: Checked,
     /// Unexpected errors.
@@ -376,6 +382,95 @@ pub(crate) struct GcReport {
     pub(crate) failures: Vec<String>,
     /// The first unexpected errors.
     pub(crate) examples: Vec<String>,
+}
+
+/// The daemon's own figures of the collection, s: none where it gives none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Own {
+    /// Marking outside any lock (plinthd: over a read snapshot).
+    pub(crate) mark: Option<f64>,
+    /// The time database writers wait for: containerd's "garbage collected" (mark and sweep
+    /// under its database's write lock); plinthd's sweep transaction (with its second mark
+    /// when writes landed since the first).
+    pub(crate) locked: Option<f64>,
+    /// Removal from the content store and the snapshotters (containerd: the longer of its
+    /// two cleanups, which run side by side).
+    pub(crate) backend: Option<f64>,
+}
+
+/// A Go duration as Go prints it (`1m13.5s`, `4.52ms`, `250µs`), in seconds.
+fn parse_go_duration(text: &str) -> Option<f64> {
+    let mut rest = text.trim();
+    let mut seconds = 0.0;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(split);
+        let value: f64 = number.parse().ok()?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        seconds += value
+            * match unit {
+                "h" => 3600.0,
+                "m" => 60.0,
+                "s" => 1.0,
+                "ms" => 1e-3,
+                "µs" | "us" => 1e-6,
+                "ns" => 1e-9,
+                _ => return None,
+            };
+        rest = next;
+    }
+    Some(seconds)
+}
+
+/// plinthd's own figures, from its scheduler's `last_run_phases` export (`mark 4.5ms,
+/// sweep 11.8ms, backend 173ms …`).
+fn own_from_exports(exports: &BTreeMap<String, String>) -> Own {
+    let Some(phases) = exports
+        .iter()
+        .find(|(k, _)| k.ends_with(".last_run_phases"))
+        .map(|(_, v)| v)
+    else {
+        return Own::default();
+    };
+    let phase = |name: &str| {
+        phases.split(',').find_map(|part| {
+            let value = part.trim().strip_prefix(name)?.trim_start();
+            parse_go_duration(value.split_whitespace().next()?)
+        })
+    };
+    Own {
+        mark: phase("mark "),
+        locked: phase("sweep "),
+        backend: phase("backend "),
+    }
+}
+
+/// containerd's own figures, from the first collection its debug log reports.
+fn own_from_containerd_log(log: &str) -> Own {
+    let first = |message: &str| {
+        let pattern = format!("msg=\"{message}\" d=");
+        log.lines().find_map(|line| {
+            let at = line.find(&pattern)? + pattern.len();
+            parse_go_duration(line[at..].split_whitespace().next()?)
+        })
+    };
+    let cleanups: Vec<f64> = ["content garbage collected", "snapshot garbage collected"]
+        .into_iter()
+        .filter_map(first)
+        .collect();
+    Own {
+        mark: None,
+        locked: first("garbage collected"),
+        backend: cleanups.into_iter().reduce(f64::max),
+    }
 }
 
 /// A set of writes' latencies.
@@ -477,6 +572,14 @@ impl GcReport {
                 );
             }
         }
+        let own = |v: Option<f64>| v.map_or_else(|| "–".to_string(), seconds_text);
+        let _ = writeln!(
+            out,
+            "own figures: mark outside any lock {}, writers locked out {}, backend removal {}",
+            own(self.own.mark),
+            own(self.own.locked),
+            own(self.own.backend)
+        );
         let c = &self.checked;
         let _ = writeln!(
             out,
@@ -552,6 +655,19 @@ fn table_rows(first: &GcReport) -> Vec<RowOf> {
             Box::new(move |r: &GcReport| longest(&r.baseline)),
         ),
     ];
+    rows.push((
+        "own figure: mark outside any lock (plinthd)".into(),
+        Box::new(|r: &GcReport| r.own.mark),
+    ));
+    rows.push((
+        "own figure: database writers locked out (containerd: mark + sweep; plinthd: sweep, marking again if writes landed)".into(),
+        Box::new(|r: &GcReport| r.own.locked),
+    ));
+    rows.push((
+        "own figure: backend removal (containerd: the longer of its content and snapshot cleanups)"
+            .into(),
+        Box::new(|r: &GcReport| r.own.backend),
+    ));
     for kind in WriteKind::ALL {
         rows.push((
             format!("longest {} overlapping the collection", kind.name()),
@@ -1189,6 +1305,14 @@ pub(crate) async fn gc(args: GcArgs) -> anyhow::Result<bool> {
         baseline: collection.baseline,
         baseline_seconds: collection.baseline_seconds,
         exports_before,
+        own: match &args.containerd_log {
+            Some(path) => {
+                let log = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading containerd's log {}", path.display()))?;
+                own_from_containerd_log(&log)
+            }
+            None => own_from_exports(&exports_after),
+        },
         exports_after,
         checked,
         unexpected: stats.total_unexpected(),
@@ -1901,6 +2025,7 @@ mod tests {
             baseline_seconds: collection,
             exports_before: BTreeMap::new(),
             exports_after: BTreeMap::new(),
+            own: Own::default(),
             checked: Checked::default(),
             unexpected: 0,
             failure_count: 0,
@@ -1940,6 +2065,50 @@ mod tests {
             md.starts_with("Each cell is the median of 3 rounds"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn go_durations() {
+        let cases = [
+            ("1m13.53790613s", Some(73.537_906_13)),
+            ("4.527071ms", Some(0.004_527_071)),
+            ("2m29.999314979s", Some(149.999_314_979)),
+            ("250µs", Some(0.000_25)),
+            ("1h0m0s", Some(3600.0)),
+            ("1.5", None),
+            ("", None),
+            ("3 parsecs", None),
+        ];
+        for (text, expected) in cases {
+            let got = parse_go_duration(text);
+            match (got, expected) {
+                (Some(g), Some(e)) => assert!((g - e).abs() < 1e-9, "{text}: {g}"),
+                (None, None) => {}
+                _ => panic!("{text}: {got:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn own_figures_from_plinthd_s_exports_and_containerd_s_log() {
+        let exports = BTreeMap::from([(
+            "scheduler.last_run_phases".to_string(),
+            "mark 4.527071ms, sweep 11.808588ms, backend 1m0.5s (marked again in the sweep)"
+                .to_string(),
+        )]);
+        let own = own_from_exports(&exports);
+        assert_eq!(own.backend, Some(60.5));
+        assert!((own.mark.unwrap() - 0.004_527_071).abs() < 1e-12);
+        assert!((own.locked.unwrap() - 0.011_808_588).abs() < 1e-12);
+        assert_eq!(own_from_exports(&BTreeMap::new()), Own::default());
+        let log = r#"time="2026-11-30T16:43:30.949810877Z" level=debug msg="schedule content cleanup"
+time="2026-11-30T16:43:31.060592266Z" level=debug msg="content garbage collected" d=107.5ms
+time="2026-11-30T16:43:31.061267389Z" level=debug msg="snapshot garbage collected" d=2.5s snapshotter=overlayfs
+time="2026-11-30T16:43:31.061337854Z" level=debug msg="garbage collected" d=23.25ms
+time="2026-11-30T16:44:31.061337854Z" level=debug msg="garbage collected" d=1ms"#;
+        let own = own_from_containerd_log(log);
+        assert_eq!((own.mark, own.backend), (None, Some(2.5)));
+        assert!((own.locked.unwrap() - 0.023_25).abs() < 1e-12);
     }
 
     #[test]
