@@ -15,18 +15,22 @@
 # written or the writers warm up), `schedule_delay` 0 (a synchronous delete collects at
 # once), and the thresholds at their defaults (with a collection scheduled far away, neither
 # a deletion nor mutations bring one forward; see containerd's gc/scheduler/scheduler.go).
+# The collection is started by deleting the population's lease itself with `sync` (not by a
+# later image delete): no scheduled collection can take its work between the lease's delete
+# and the timed one, whatever the scheduler's settings (TRIGGER=image for the other way).
 #
 # Environment: ROUNDS (default 1), IMAGES (default 10000), BLOBS (default 100000), SNAPSHOTS
 # (default 20000), CHAIN (default 4: snapshots per chain), CLIENTS (default 16), WRITERS
-# (default 4), WRITER_INTERVAL (default 10ms), BASELINE (default 30s: how long the writers
-# write before the collection; the baseline is the last stretch of it as long as the
-# collection), TRIGGER (lease or image, default lease), SNAPSHOTTER (default
+# (default 6: two of each kind), WRITER_INTERVAL (default 20ms), BASELINE (default 30s: how
+# long the writers write before the collection; the baseline is the last stretch of it as
+# long as the collection), TRIGGER (lease or image, default lease), SNAPSHOTTER (default
 # overlayfs), DAEMONS (default "containerd plinthd"), CONTAINERD (default
 # /usr/bin/containerd), FEATURES (plinthd's cargo features instead of the default set, built
 # with --no-default-features), SKIP_BUILD=1 to use the existing release binaries,
 # CARGO_TARGET_DIR as cargo's, KEEP_LOGS=DIR to keep each daemon's log there,
 # CONTAINERD_LOG_LEVEL (default debug: containerd's own figures of the collection are debug
-# lines of its log, which plinth-load reads; plinthd's are its gc plugin's exports) and PLINTHD_LOG_LEVEL (default warn).
+# lines of its log, which plinth-load reads; plinthd's are its gc plugin's exports) and
+# PLINTHD_LOG_LEVEL (default warn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
@@ -48,8 +52,8 @@ command -v "$containerd" >/dev/null || {
 }
 snapshotter=${SNAPSHOTTER:-overlayfs}
 args=(--images "${IMAGES:-10000}" --blobs "${BLOBS:-100000}" --snapshots "${SNAPSHOTS:-20000}"
-    --chain "${CHAIN:-4}" --clients "${CLIENTS:-16}" --writers "${WRITERS:-4}"
-    --writer-interval "${WRITER_INTERVAL:-10ms}" --baseline "${BASELINE:-30s}"
+    --chain "${CHAIN:-4}" --clients "${CLIENTS:-16}" --writers "${WRITERS:-6}"
+    --writer-interval "${WRITER_INTERVAL:-20ms}" --baseline "${BASELINE:-30s}"
     --trigger "${TRIGGER:-lease}" --snapshotter "$snapshotter")
 work=$(mktemp -d)
 # The binaries measured are copies: a build in the shared target directory during the run

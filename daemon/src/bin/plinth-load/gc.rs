@@ -19,13 +19,15 @@
 //! total time (backend removal included: both daemons answer after it).
 //!
 //! Writers: `--writers` clients, each on a connection of its own, write one small thing every
-//! `--writer-interval` from `--baseline` before the collection until it has answered, in
-//! turn a lease created and deleted, a 64-byte blob written under a lease of theirs, a
-//! snapshot prepared under it. Each touches the metadata database, and each waits for what
-//! its kind waits for in a collection (the database's write lock; the content store's or the
-//! snapshotter's lock during their removal). The report has the longest write that overlapped
-//! the collection (the longest a writer was held up), the p99 of those, and the longest of
-//! the writes in as long a time just before it (the baseline).
+//! `--writer-interval` from `--baseline` before the collection until it has answered. Each
+//! writes one kind of thing, the writers taking the kinds in turn: a lease created and
+//! deleted, a 64-byte blob written under a lease of theirs, a snapshot prepared under it.
+//! Each touches the metadata database, and each waits for what its kind waits for in a
+//! collection (the database's write lock; the content store's or the snapshotter's lock
+//! during their removal); one kind per writer, so that a writer held up by one lock does not
+//! stop probing another. The report has the longest write that overlapped the collection
+//! (the longest a writer was held up), the p99 of those, the longest of each kind, and the
+//! longest of the writes in as long a time just before it (the baseline).
 //!
 //! Then every answer is checked: every reachable blob is there with its labels, every
 //! unreachable one gone (NotFound), the same for every snapshot (with its parent), every
@@ -114,11 +116,12 @@ pub(crate) struct GcArgs {
     /// Clients (each on a connection of its own) that write the population and check it
     #[arg(short, long, default_value_t = 16)]
     pub(crate) clients: usize,
-    /// Writers beside the collection, each on a connection of its own
-    #[arg(long, default_value_t = 4)]
+    /// Writers beside the collection, each on a connection of its own, each writing one kind
+    /// of thing (lease, blob, snapshot, in turn)
+    #[arg(long, default_value_t = 6)]
     pub(crate) writers: usize,
     /// The time between a writer's writes (one held up does not catch up in a burst)
-    #[arg(long, default_value = "10ms", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "20ms", value_parser = crate::parse_duration)]
     pub(crate) writer_interval: Duration,
     /// How long the writers write before the collection (the baseline is the last stretch
     /// of it as long as the collection)
@@ -999,18 +1002,18 @@ struct WriterSettings {
     stop: AtomicBool,
 }
 
-/// Writer `index`: one write every interval until told to stop, kinds in turn.
+/// Writer `index`: one write of its kind every interval until told to stop.
 async fn writer(conn: Conn, index: usize, settings: Arc<WriterSettings>) -> WriterLog {
     let mut log = WriterLog::default();
-    // Spread over the interval, and each writer starts at another kind.
+    // The writers' writes spread over the interval.
     let offset = settings
         .interval
         .mul_f64(index as f64 / settings.writers.max(1) as f64);
     let mut next = Instant::now() + offset;
-    let mut turn = index;
+    let kind = WriteKind::ALL[index % WriteKind::ALL.len()];
+    let mut turn = 0;
     while !settings.stop.load(Ordering::Relaxed) {
         tokio::time::sleep_until(next.into()).await;
-        let kind = WriteKind::ALL[turn % WriteKind::ALL.len()];
         let name = format!("plinth-gc-writer-{index}-{turn}");
         turn += 1;
         let timed =
