@@ -28,6 +28,7 @@
 # /usr/bin/containerd), FEATURES (plinthd's cargo features instead of the default set, built
 # with --no-default-features), SKIP_BUILD=1 to use the existing release binaries,
 # CARGO_TARGET_DIR as cargo's, KEEP_LOGS=DIR to keep each daemon's log there,
+# PLINTHD (a plinthd binary to measure instead of the release build, e.g. a patched one),
 # CONTAINERD_LOG_LEVEL (default debug: containerd's own figures of the collection are debug
 # lines of its log, which plinth-load reads; plinthd's are its gc plugin's exports) and
 # PLINTHD_LOG_LEVEL (default warn).
@@ -45,6 +46,7 @@ fi
 for b in plinthd plinth-load; do
     [[ -x $target/release/$b ]] || { echo "bench-gc: $target/release/$b not built" >&2; exit 1; }
 done
+plinthd=${PLINTHD:-$target/release/plinthd}
 containerd=${CONTAINERD:-/usr/bin/containerd}
 command -v "$containerd" >/dev/null || {
     echo "bench-gc: containerd not found (apt-get install -y containerd)" >&2
@@ -59,7 +61,8 @@ work=$(mktemp -d)
 # The binaries measured are copies: a build in the shared target directory during the run
 # must not swap them.
 mkdir -p "$work/bin"
-cp "$target/release/plinthd" "$target/release/plinth-load" "$work/bin/"
+cp "$plinthd" "$work/bin/plinthd"
+cp "$target/release/plinth-load" "$work/bin/"
 pid=
 stop() {
     if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
