@@ -26,6 +26,7 @@ const PROTO_FILES: &[&str] = &[
     "events/content.proto",
     "events/snapshot.proto",
     "plinth/services/config/v1/config.proto",
+    "plinth/services/gc/v1/gc.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

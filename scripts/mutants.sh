@@ -5,7 +5,7 @@
 # changed on purpose) must make some test fail; a mutant that survives is either killed by a
 # new test or explained, one line each, in TESTING.md.
 #
-# Usage: ./scripts/mutants.sh [GROUP...]   groups: content metadata snapshots storage loader reload (default: all)
+# Usage: ./scripts/mutants.sh [GROUP...]   groups: content metadata gc snapshots storage loader reload (default: all)
 #        ./scripts/mutants.sh --list [GROUP...]   only list the mutants
 #        ./scripts/mutants.sh [GROUP...] -- [CARGO-MUTANTS ARGS...]
 #          e.g. `-- --in-place` to mutate this tree and reuse its warm target dir (then do
@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
   groups+=("$1")
   shift
 done
-[ ${#groups[@]} -gt 0 ] || groups=(content metadata snapshots storage loader reload)
+[ ${#groups[@]} -gt 0 ] || groups=(content metadata gc snapshots storage loader reload)
 
 # Each group: the crate whose tests judge the mutants, the features those tests need, the
 # files mutated, and which functions in them (a regex over cargo-mutants' mutant names).
@@ -59,6 +59,16 @@ run_group() {
       package=plinth-builtin-plugins
       features=metadata-redb,content-local,snapshotter-native,testsuite
       files=(builtin-plugins/src/metadata/content.rs builtin-plugins/src/metadata/snapshots.rs)
+      filter='metadata::'
+      re='.'
+      ;;
+    gc)
+      # The collector (what is marked, what the sweep removes, the backend step's re-checks)
+      # and the order events are published in; judged by the metadata tests, containerd's
+      # GC cases, the model test and the race test.
+      package=plinth-builtin-plugins
+      features=metadata-redb,content-local,snapshotter-native,event-exchange,testsuite
+      files=(builtin-plugins/src/metadata/gc.rs builtin-plugins/src/metadata/order.rs)
       filter='metadata::'
       re='.'
       ;;
@@ -96,7 +106,7 @@ run_group() {
       re='.'
       ;;
     *)
-      echo "unknown group $group (content, metadata, snapshots, storage, loader, reload)" >&2
+      echo "unknown group $group (content, metadata, gc, snapshots, storage, loader, reload)" >&2
       exit 2
       ;;
   esac

@@ -22,6 +22,7 @@
 //! | `containerd.events` (event payloads) | [`containerd::events`] |
 //! | `containerd.types` | [`containerd::types`] |
 //! | `plinth.services.config.v1` (plinthd's own: live reloads) | [`plinth::services::config::v1`] |
+//! | `plinth.services.gc.v1` (plinthd's own: a garbage collection on demand) | [`plinth::services::gc::v1`] |
 //! | `google.rpc` | [`google::rpc`] |
 //! | `google.protobuf` | [`prost_types`] (also as [`google::protobuf`]; `Empty` is `()`) |
 //!
@@ -200,6 +201,14 @@ pub mod plinth {
             /// Version 1 (`plinth.services.config.v1`).
             pub mod v1 {
                 include_generated!("plinth.services.config.v1");
+            }
+        }
+
+        /// The GC service (`plinth.services.gc`): a garbage collection on demand.
+        pub mod gc {
+            /// Version 1 (`plinth.services.gc.v1`).
+            pub mod v1 {
+                include_generated!("plinth.services.gc.v1");
             }
         }
     }

@@ -494,7 +494,13 @@ fn services_have_containerds_methods_and_streaming() {
         "no service is missing or extra"
     );
     // Beside containerd's, only plinthd's own services, in their own package.
-    assert_eq!(own, ["plinth.services.config.v1.Config"]);
+    assert_eq!(
+        own,
+        [
+            "plinth.services.config.v1.Config",
+            "plinth.services.gc.v1.GC"
+        ]
+    );
 }
 
 #[test]

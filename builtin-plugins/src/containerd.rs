@@ -18,7 +18,6 @@ pub const CONTAINERD_ONLY_PLUGINS: &[&str] = &[
     "io.containerd.differ.v1.walking",
     "io.containerd.differ.v1.windows",
     "io.containerd.differ.v1.windows-lcow",
-    "io.containerd.gc.v1.scheduler",
     "io.containerd.grpc.v1.cri",
     "io.containerd.grpc.v1.diff",
     "io.containerd.grpc.v1.healthcheck",

@@ -6,8 +6,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use plinth_api::containerd::events::container_create::Runtime as RuntimeEvent;
-use plinth_api::containerd::events::{ContainerCreate, ContainerDelete, ContainerUpdate};
 use plinth_api::containerd::services::containers::v1::container::Runtime as RuntimeMessage;
 use plinth_api::containerd::services::containers::v1::containers_server::{
     Containers, ContainersServer,
@@ -23,25 +21,20 @@ use tokio_stream::Stream;
 use crate::containers::{Container, ContainerStore, Runtime};
 use crate::convert::{labels, time, timestamp};
 use crate::error::Error;
-use crate::events::Publisher;
 use crate::grpc::{GrpcService, MessageLimits};
 use crate::namespaces;
 
 #[derive(Clone)]
 struct Service {
     store: Arc<dyn ContainerStore>,
-    events: Option<Arc<dyn Publisher>>,
 }
 
 type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
 
-/// The service over `store`, publishing no events: for in-process tests.
+/// The service over `store`, for in-process tests.
 #[cfg(test)]
 pub(crate) fn server(store: Arc<dyn ContainerStore>) -> ContainersServer<impl Containers> {
-    ContainersServer::new(Service {
-        store,
-        events: None,
-    })
+    ContainersServer::new(Service { store })
 }
 
 /// A container on the wire, moved field by field (no copy of its spec).
@@ -178,19 +171,6 @@ impl Containers for Service {
         self.run(&request, move |s, ns| {
             let wire = wire.ok_or_else(|| Error::invalid("container is required"))?;
             let created = s.store.create(ns, container(wire))?;
-            crate::events::publish(
-                s.events.as_deref(),
-                ns,
-                "/containers/create",
-                &ContainerCreate {
-                    id: created.id.clone(),
-                    image: created.image.clone(),
-                    runtime: Some(RuntimeEvent {
-                        name: created.runtime.name.clone(),
-                        options: created.runtime.options.clone(),
-                    }),
-                },
-            );
             Ok(CreateContainerResponse {
                 container: Some(message(created)),
             })
@@ -213,17 +193,6 @@ impl Containers for Service {
             }
             let paths = body.update_mask.map(|m| m.paths).unwrap_or_default();
             let updated = s.store.update(ns, container(wire), &paths)?;
-            crate::events::publish(
-                s.events.as_deref(),
-                ns,
-                "/containers/update",
-                &ContainerUpdate {
-                    id: updated.id.clone(),
-                    image: updated.image.clone(),
-                    labels: updated.labels.clone().into_iter().collect(),
-                    snapshot_key: updated.snapshot_key.clone(),
-                },
-            );
             Ok(UpdateContainerResponse {
                 container: Some(message(updated)),
             })
@@ -236,12 +205,6 @@ impl Containers for Service {
         let id = request.get_ref().id.clone();
         self.run(&request, move |s, ns| {
             s.store.delete(ns, &id)?;
-            crate::events::publish(
-                s.events.as_deref(),
-                ns,
-                "/containers/delete",
-                &ContainerDelete { id },
-            );
             Ok(())
         })
         .await
@@ -257,9 +220,8 @@ impl GrpcService for Service {
 
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let store: Arc<dyn ContainerStore> = ctx.get_single(types::METADATA)?;
-    let events = crate::events::publisher(ctx);
     Ok(Instance::new(
-        Arc::new(Service { store, events }) as Arc<dyn GrpcService>
+        Arc::new(Service { store }) as Arc<dyn GrpcService>
     ))
 }
 

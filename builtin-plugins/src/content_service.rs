@@ -1,7 +1,6 @@
 //! `io.containerd.grpc.v1.content`: containerd's Content service over the metadata plugin's
 //! namespaced content store, including the bidirectional Write stream.
 
-use plinth_api::containerd::events::ContentDelete;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -55,8 +54,6 @@ struct Service {
     raw: bool,
     /// `write_idle_timeout` in milliseconds (0: none); a reload changes it in place.
     idle_ms: Arc<AtomicU64>,
-    /// Where deletes are published (`/content/delete`, as containerd 1.6 publishes).
-    events: Option<Arc<dyn crate::events::Publisher>>,
 }
 
 /// The plugin's config section, `[plugins."io.containerd.grpc.v1.content"]` (plinthd's own
@@ -126,7 +123,6 @@ pub(crate) fn raw_server(stores: Arc<dyn NamespacedStores>) -> ContentServer<imp
         stores,
         raw: true,
         idle_ms: default_idle_ms(),
-        events: None,
     })
 }
 
@@ -187,19 +183,8 @@ impl Content for Service {
     async fn delete(&self, request: tonic::Request<DeleteContentRequest>) -> Reply<()> {
         let store = self.store(&request)?;
         let digest = convert::digest(&request.get_ref().digest)?;
+        // The metadata store publishes /content/delete (in commit order); a raw store none.
         store.delete(&digest).await?;
-        if !self.raw {
-            let event = ContentDelete {
-                digest: digest.to_string(),
-            };
-            let namespace = namespaces::from_request(&request)?;
-            crate::events::publish(
-                self.events.as_deref(),
-                &namespace,
-                "/content/delete",
-                &event,
-            );
-        }
         Ok(tonic::Response::new(()))
     }
 
@@ -490,7 +475,6 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
         stores,
         raw: false,
         idle_ms: idle_ms.clone(),
-        events: crate::events::publisher(ctx),
     });
     Ok(Instance::new(service as Arc<dyn GrpcService>).with(idle_ms))
 }
@@ -564,7 +548,6 @@ mod tests {
             stores: Arc::new(metadata),
             raw: false,
             idle_ms: Arc::new(AtomicU64::new(idle_ms)),
-            events: None,
         };
         let mut routes = tonic::service::RoutesBuilder::default();
         service.register(&mut routes, MessageLimits::default());

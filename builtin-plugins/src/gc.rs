@@ -29,6 +29,22 @@ pub const LABEL_EXPIRE: &str = "containerd.io/gc.expire";
 /// On a lease (any value): its resources are kept, but not what their labels refer to.
 pub const LABEL_FLAT: &str = "containerd.io/gc.flat";
 
+static SERVED_RAW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says that this process serves its content store and snapshotters raw to other daemons
+/// (`io.containerd.internal.v1.proxy-target` with an address): blobs and snapshots there may
+/// belong to another daemon's metadata, so from then on a collection removes from the
+/// backends only what its own sweep removed records of, never what it finds without a
+/// record (leftovers of a crash between a backend's commit and the record then stay).
+pub fn set_served_raw() {
+    SERVED_RAW.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether [`set_served_raw`] was called.
+pub fn served_raw() -> bool {
+    SERVED_RAW.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// What one collection removed, and how long its phases took.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -117,4 +133,47 @@ pub trait Scheduler: Send + Sync {
 
     /// The last collection, if any has run.
     fn last(&self) -> Option<Run>;
+}
+
+/// The URI of containerd's (and plinthd's) GC scheduler plugin, named in errors.
+pub const SCHEDULER_URI: &str = "io.containerd.gc.v1.scheduler";
+
+/// The scheduler a synchronous delete of `what` (e.g. `image "x"`) waits for: checked before
+/// the delete, so that a delete that cannot be synchronous changes nothing.
+///
+/// # Errors
+/// FailedPrecondition when no scheduler is loaded, saying how to load one.
+#[cfg(any(feature = "images-service", feature = "leases-service"))]
+pub(crate) fn scheduler_for_sync(
+    scheduler: Option<&Arc<dyn Scheduler>>,
+    what: &str,
+) -> Result<Arc<dyn Scheduler>, Error> {
+    scheduler.cloned().ok_or_else(|| {
+        Error::failed_precondition(format!(
+            "deleting {what} with sync waits for a garbage collection, and no GC scheduler is loaded: \
+             build plinthd with the gc-scheduler feature (on by default) and do not disable \
+             {SCHEDULER_URI} (`plinthctl plugins ls` shows why it is not ok), or delete without sync"
+        ))
+    })
+}
+
+/// Waits, after `what` was deleted, for a collection that includes the delete.
+///
+/// # Errors
+/// The collection failed: the error says that the delete itself is done.
+#[cfg(any(feature = "images-service", feature = "leases-service"))]
+pub(crate) async fn wait_after_delete(scheduler: &dyn Scheduler, what: &str) -> Result<(), Error> {
+    scheduler
+        .schedule_and_wait()
+        .await
+        .map(|_| ())
+        .map_err(|error| {
+            Error::new(
+                error.category,
+                format!(
+                    "{what} was deleted, but the collection a sync delete waits for failed: {}",
+                    error.message
+                ),
+            )
+        })
 }

@@ -1,10 +1,11 @@
 //! `io.containerd.grpc.v1.images`: containerd's Images service over the metadata plugin's
 //! image records. Each change is published on the event exchange (when one is loaded) after
-//! it has committed: `/images/create`, `/images/update`, `/images/delete`.
+//! it has committed: `/images/create`, `/images/update`, `/images/delete`. A delete with
+//! `sync` answers once a garbage collection that includes it has finished (the GC scheduler,
+//! `io.containerd.gc.v1.scheduler`, when one is loaded; without one it is refused).
 
 use std::sync::Arc;
 
-use plinth_api::containerd::events::{ImageCreate, ImageDelete, ImageUpdate};
 use plinth_api::containerd::services::images::v1::images_server::{Images, ImagesServer};
 use plinth_api::containerd::services::images::v1::{
     CreateImageRequest, CreateImageResponse, DeleteImageRequest, GetImageRequest, GetImageResponse,
@@ -16,7 +17,7 @@ use plinth_core::{InitContext, InitError, Instance, Registration, register, type
 
 use crate::convert::{labels, time, timestamp};
 use crate::error::Error;
-use crate::events::Publisher;
+use crate::gc::Scheduler;
 use crate::grpc::{GrpcService, MessageLimits};
 use crate::images::{Descriptor, Image, ImageStore};
 use crate::namespaces;
@@ -24,18 +25,19 @@ use crate::namespaces;
 #[derive(Clone)]
 struct Service {
     store: Arc<dyn ImageStore>,
-    events: Option<Arc<dyn Publisher>>,
+    /// What a synchronous delete waits for, when a GC scheduler is loaded.
+    gc: Option<Arc<dyn Scheduler>>,
 }
 
 type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
 
-/// The service over `store`, publishing no events: for in-process tests.
+/// The service over `store`, its synchronous deletes waiting for `gc`: for in-process tests.
 #[cfg(test)]
-pub(crate) fn server(store: Arc<dyn ImageStore>) -> ImagesServer<impl Images> {
-    ImagesServer::new(Service {
-        store,
-        events: None,
-    })
+pub(crate) fn server(
+    store: Arc<dyn ImageStore>,
+    gc: Option<Arc<dyn Scheduler>>,
+) -> ImagesServer<impl Images> {
+    ImagesServer::new(Service { store, gc })
 }
 
 /// An image on the wire, moved field by field (a list of ten thousand images is built with no
@@ -140,15 +142,6 @@ impl Images for Service {
                 return Err(Error::invalid("image name is required"));
             }
             let created = s.store.create(ns, image(wire))?;
-            crate::events::publish(
-                s.events.as_deref(),
-                ns,
-                "/images/create",
-                &ImageCreate {
-                    name: created.name.clone(),
-                    labels: created.labels.clone().into_iter().collect(),
-                },
-            );
             Ok(CreateImageResponse {
                 image: Some(message(created)),
             })
@@ -170,15 +163,6 @@ impl Images for Service {
             }
             let paths = body.update_mask.map(|m| m.paths).unwrap_or_default();
             let updated = s.store.update(ns, image(wire), &paths)?;
-            crate::events::publish(
-                s.events.as_deref(),
-                ns,
-                "/images/update",
-                &ImageUpdate {
-                    name: updated.name.clone(),
-                    labels: updated.labels.clone().into_iter().collect(),
-                },
-            );
             Ok(UpdateImageResponse {
                 image: Some(message(updated)),
             })
@@ -187,20 +171,22 @@ impl Images for Service {
     }
 
     async fn delete(&self, request: tonic::Request<DeleteImageRequest>) -> Reply<()> {
-        let name = request.get_ref().name.clone();
-        // `sync` asks for a collection before the answer; plinthd has no collector yet, so
-        // there is nothing to wait for.
-        self.run(&request, move |s, ns| {
-            s.store.delete(ns, &name)?;
-            crate::events::publish(
-                s.events.as_deref(),
-                ns,
-                "/images/delete",
-                &ImageDelete { name },
-            );
-            Ok(())
-        })
-        .await
+        let DeleteImageRequest { name, sync } = request.get_ref().clone();
+        let what = format!("image {name:?}");
+        // `sync` asks for a collection that includes the delete before the answer, as
+        // containerd's does.
+        let gc = if sync {
+            Some(crate::gc::scheduler_for_sync(self.gc.as_ref(), &what)?)
+        } else {
+            None
+        };
+        let reply = self
+            .run(&request, move |s, ns| s.store.delete(ns, &name))
+            .await?;
+        if let Some(gc) = gc {
+            crate::gc::wait_after_delete(gc.as_ref(), &what).await?;
+        }
+        Ok(reply)
     }
 }
 
@@ -212,12 +198,15 @@ impl GrpcService for Service {
 
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let store: Arc<dyn ImageStore> = ctx.get_single(types::METADATA)?;
-    let events = crate::events::publisher(ctx);
+    // Optional: a build or a config may leave the scheduler out.
+    let gc = ctx.get_single::<dyn Scheduler>(types::GC).ok();
     Ok(Instance::new(
-        Arc::new(Service { store, events }) as Arc<dyn GrpcService>
+        Arc::new(Service { store, gc }) as Arc<dyn GrpcService>
     ))
 }
 
-register!(
-    Registration::new(types::GRPC, "images", init).requires(&[types::METADATA, types::EVENT])
-);
+register!(Registration::new(types::GRPC, "images", init).requires(&[
+    types::METADATA,
+    types::EVENT,
+    types::GC
+]));

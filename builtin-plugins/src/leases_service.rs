@@ -1,5 +1,8 @@
 //! `io.containerd.lease.v1.manager` (the metadata plugin's leases, offered to other plugins)
-//! and `io.containerd.grpc.v1.leases` (containerd's Leases service over it).
+//! and `io.containerd.grpc.v1.leases` (containerd's Leases service over it). A lease deleted
+//! with `sync` is answered once a garbage collection that includes the delete has finished
+//! (the GC scheduler, `io.containerd.gc.v1.scheduler`, when one is loaded; without one it is
+//! refused).
 
 #[cfg(feature = "lease-manager")]
 mod manager {
@@ -34,6 +37,7 @@ mod service {
 
     use crate::convert::{labels, timestamp};
     use crate::error::Error;
+    use crate::gc::Scheduler;
     use crate::grpc::{GrpcService, MessageLimits};
     use crate::leases::{Lease, LeaseManager, Resource};
     use crate::namespaces;
@@ -41,14 +45,20 @@ mod service {
     #[derive(Clone)]
     struct Service {
         manager: Arc<dyn LeaseManager>,
+        /// What a synchronous delete waits for, when a GC scheduler is loaded.
+        gc: Option<Arc<dyn Scheduler>>,
     }
 
     type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
 
-    /// The service over `manager`: for in-process tests.
+    /// The service over `manager`, its synchronous deletes waiting for `gc`: for in-process
+    /// tests.
     #[cfg(test)]
-    pub(crate) fn server(manager: Arc<dyn LeaseManager>) -> LeasesServer<impl Leases> {
-        LeasesServer::new(Service { manager })
+    pub(crate) fn server(
+        manager: Arc<dyn LeaseManager>,
+        gc: Option<Arc<dyn Scheduler>>,
+    ) -> LeasesServer<impl Leases> {
+        LeasesServer::new(Service { manager, gc })
     }
 
     fn message(lease: &Lease) -> LeaseMessage {
@@ -101,10 +111,20 @@ mod service {
         }
 
         async fn delete(&self, request: tonic::Request<DeleteRequest>) -> Reply<()> {
-            // `sync` asks for a collection before the answer; plinthd has no collector yet,
-            // so there is nothing to wait for.
-            let id = request.get_ref().id.clone();
-            self.run(&request, move |m, ns| m.delete(ns, &id)).await
+            let DeleteRequest { id, sync } = request.get_ref().clone();
+            let what = format!("lease {id:?}");
+            // `sync` asks for a collection that includes the delete (the lease's resources
+            // that nothing else holds go) before the answer, as containerd's does.
+            let gc = if sync {
+                Some(crate::gc::scheduler_for_sync(self.gc.as_ref(), &what)?)
+            } else {
+                None
+            };
+            let reply = self.run(&request, move |m, ns| m.delete(ns, &id)).await?;
+            if let Some(gc) = gc {
+                crate::gc::wait_after_delete(gc.as_ref(), &what).await?;
+            }
+            Ok(reply)
         }
 
         async fn list(&self, request: tonic::Request<ListRequest>) -> Reply<ListResponse> {
@@ -165,10 +185,12 @@ mod service {
 
     fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
         let manager: Arc<dyn LeaseManager> = ctx.get_single(types::LEASE)?;
+        // Optional: a build or a config may leave the scheduler out.
+        let gc = ctx.get_single::<dyn Scheduler>(types::GC).ok();
         Ok(Instance::new(
-            Arc::new(Service { manager }) as Arc<dyn GrpcService>
+            Arc::new(Service { manager, gc }) as Arc<dyn GrpcService>
         ))
     }
 
-    register!(Registration::new(types::GRPC, "leases", init).requires(&[types::LEASE]));
+    register!(Registration::new(types::GRPC, "leases", init).requires(&[types::LEASE, types::GC]));
 }

@@ -22,6 +22,8 @@
 //! | `leases-service` | yes | `io.containerd.grpc.v1.leases`: containerd's Leases service (needs a lease manager) |
 //! | `images-service` | yes | `io.containerd.grpc.v1.images`: containerd's Images service (needs a metadata plugin) |
 //! | `containers-service` | yes | `io.containerd.grpc.v1.containers`: containerd's Containers service, records only (needs a metadata plugin) |
+//! | `gc-scheduler` | yes | `io.containerd.gc.v1.scheduler`: containerd's garbage collection scheduler over the metadata plugin's collector; expired leases are collected on time; synchronous deletes wait for it |
+//! | `gc-service` | yes | `io.containerd.grpc.v1.gc`: plinthd's own GC service, a collection on demand (`plinthctl gc`; needs a GC scheduler) |
 //! | `testsuite` | no | the conformance suites `content::testsuite` and `snapshots::testsuite` |
 
 pub mod containerd;
@@ -45,6 +47,10 @@ pub mod event_exchange;
 pub mod events;
 pub mod filters;
 pub mod gc;
+#[cfg(feature = "gc-scheduler")]
+pub mod gc_scheduler;
+#[cfg(feature = "gc-service")]
+mod gc_service;
 pub mod grpc;
 pub mod images;
 pub mod leases;
@@ -143,6 +149,8 @@ pub const FEATURES: &[(&str, bool)] = &[
     ("leases-service", cfg!(feature = "leases-service")),
     ("images-service", cfg!(feature = "images-service")),
     ("containers-service", cfg!(feature = "containers-service")),
+    ("gc-scheduler", cfg!(feature = "gc-scheduler")),
+    ("gc-service", cfg!(feature = "gc-service")),
 ];
 
 /// The URIs of the plugins each feature contributes, to tell a user which feature to enable
@@ -167,6 +175,8 @@ pub const FEATURE_PLUGINS: &[(&str, &str)] = &[
     ("leases-service", "io.containerd.grpc.v1.leases"),
     ("images-service", "io.containerd.grpc.v1.images"),
     ("containers-service", "io.containerd.grpc.v1.containers"),
+    ("gc-scheduler", "io.containerd.gc.v1.scheduler"),
+    ("gc-service", "io.containerd.grpc.v1.gc"),
 ];
 
 /// Call this from the binary so the linker keeps this crate and its registrations.

@@ -191,6 +191,47 @@ pub trait NamespaceStore: Send + Sync {
     /// # Errors
     /// Not found; failed precondition when it still holds content or snapshots.
     fn delete(&self, name: &str) -> Result<(), Error>;
+
+    /// As [`create`](Self::create), and publishes `/namespaces/create` in `events_in` once
+    /// the change has committed, in commit order with that namespace's other events (the
+    /// Namespaces service's call). A store without events only creates.
+    ///
+    /// # Errors
+    /// As [`create`](Self::create).
+    fn create_publishing(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        events_in: &str,
+    ) -> Result<(), Error> {
+        let _ = events_in;
+        self.create(name, labels)
+    }
+
+    /// As [`update_labels`](Self::update_labels), publishing `/namespaces/update` as
+    /// [`create_publishing`](Self::create_publishing) does.
+    ///
+    /// # Errors
+    /// As [`update_labels`](Self::update_labels).
+    fn update_labels_publishing(
+        &self,
+        name: &str,
+        changes: &[(String, Option<String>)],
+        events_in: &str,
+    ) -> Result<(), Error> {
+        let _ = events_in;
+        self.update_labels(name, changes)
+    }
+
+    /// As [`delete`](Self::delete), publishing `/namespaces/delete` as
+    /// [`create_publishing`](Self::create_publishing) does.
+    ///
+    /// # Errors
+    /// As [`delete`](Self::delete).
+    fn delete_publishing(&self, name: &str, events_in: &str) -> Result<(), Error> {
+        let _ = events_in;
+        self.delete(name)
+    }
 }
 
 /// Applies containerd's label field paths to `labels`.

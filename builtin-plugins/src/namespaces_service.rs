@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use plinth_api::containerd::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
 use plinth_api::containerd::services::namespaces::v1::namespaces_server::{
     Namespaces, NamespacesServer,
 };
@@ -23,7 +22,6 @@ use crate::namespaces::{NamespaceStore, validate_identifier};
 #[derive(Clone)]
 struct Service {
     store: Arc<dyn NamespaceStore>,
-    events: Option<Arc<dyn crate::events::Publisher>>,
 }
 
 /// The namespace a namespace event is published in: the request's `containerd-namespace`
@@ -111,18 +109,9 @@ impl Namespaces for Service {
         let publish_in = event_namespace(&request, &namespace.name);
         self.run(move |s| {
             let labels: BTreeMap<String, String> = namespace.labels.clone().into_iter().collect();
-            s.store.create(&namespace.name, &labels)?;
+            s.store
+                .create_publishing(&namespace.name, &labels, &publish_in)?;
             let created = s.namespace(&namespace.name)?;
-            let event = NamespaceCreate {
-                name: created.name.clone(),
-                labels: created.labels.clone(),
-            };
-            crate::events::publish(
-                s.events.as_deref(),
-                &publish_in,
-                "/namespaces/create",
-                &event,
-            );
             Ok(CreateNamespaceResponse {
                 namespace: Some(created),
             })
@@ -170,10 +159,8 @@ impl Namespaces for Service {
                     )));
                 }
             }
-            s.store.update_labels(&namespace.name, &changes)?;
+            s.store.update_labels_publishing(&namespace.name, &changes, &publish_in)?;
             let updated = s.namespace(&namespace.name)?;
-            let event = NamespaceUpdate { name: updated.name.clone(), labels: updated.labels.clone() };
-            crate::events::publish(s.events.as_deref(), &publish_in, "/namespaces/update", &event);
             Ok(UpdateNamespaceResponse { namespace: Some(updated) })
         }).await
     }
@@ -183,14 +170,7 @@ impl Namespaces for Service {
         let publish_in = event_namespace(&request, &name);
         self.run(move |s| {
             validate_identifier("namespace", &name)?;
-            s.store.delete(&name)?;
-            let event = NamespaceDelete { name };
-            crate::events::publish(
-                s.events.as_deref(),
-                &publish_in,
-                "/namespaces/delete",
-                &event,
-            );
+            s.store.delete_publishing(&name, &publish_in)?;
             Ok(())
         })
         .await
@@ -205,9 +185,8 @@ impl GrpcService for Service {
 
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let store: Arc<dyn NamespaceStore> = ctx.get_single(types::METADATA)?;
-    let events = crate::events::publisher(ctx);
     Ok(Instance::new(
-        Arc::new(Service { store, events }) as Arc<dyn GrpcService>
+        Arc::new(Service { store }) as Arc<dyn GrpcService>
     ))
 }
 
@@ -270,7 +249,6 @@ mod tests {
                 created: Mutex::new(Some(sender)),
                 waiting: Mutex::new(receiver),
             }),
-            events: None,
         };
         let lister = service.clone();
         let list = tokio::spawn(async move {

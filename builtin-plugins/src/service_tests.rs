@@ -39,6 +39,8 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::content::ContentStore;
 use crate::content::local::LocalStore;
+use crate::error::Error;
+use crate::gc::{Run, Scheduler, Stats};
 use crate::leases::LEASE_HEADER;
 use crate::metadata::{Metadata, SharingPolicy};
 use crate::namespaces::{NAMESPACE_HEADER, validate_identifier};
@@ -65,6 +67,11 @@ impl Drop for Served {
 }
 
 async fn serve() -> Served {
+    serve_with(None).await
+}
+
+/// The services, their synchronous deletes waiting for `gc`.
+async fn serve_with(gc: Option<Arc<dyn Scheduler>>) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let content: Arc<dyn ContentStore> =
         Arc::new(LocalStore::open(&dir.path().join("content")).unwrap());
@@ -82,9 +89,9 @@ async fn serve() -> Served {
     let socket = dir.path().join("plinthd.sock");
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     let router = tonic::transport::Server::builder()
-        .add_service(crate::images_service::server(metadata.clone()))
+        .add_service(crate::images_service::server(metadata.clone(), gc.clone()))
         .add_service(crate::containers_service::server(metadata.clone()))
-        .add_service(crate::leases_service::server(metadata.clone()))
+        .add_service(crate::leases_service::server(metadata.clone(), gc))
         .add_service(crate::snapshots_service::server(metadata));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -595,7 +602,7 @@ async fn images_update_refuses_bad_paths_missing_images_and_invalid_results() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn images_delete_removes_the_record_and_accepts_sync() {
+async fn images_delete_removes_the_record_and_refuses_sync_without_a_gc_scheduler() {
     let mut served = serve().await;
     for name in ["alpine", "busybox"] {
         let image = image(name, "", target(INDEX, 1, 10, ""));
@@ -606,7 +613,9 @@ async fn images_delete_removes_the_record_and_accepts_sync() {
         ("b", "alpine", false, Code::NotFound, &["alpine", "busybox"]),
         ("a", "alpine", false, Code::Ok, &["busybox"]),
         ("a", "alpine", false, Code::NotFound, &["busybox"]),
-        ("a", "busybox", true, Code::Ok, &[]),
+        // Nothing to wait for: refused, and nothing deleted.
+        ("a", "busybox", true, Code::FailedPrecondition, &["busybox"]),
+        ("a", "busybox", false, Code::Ok, &[]),
         ("a", "", false, Code::NotFound, &[]),
     ];
     for (namespace, name, sync, expected, left) in table {
@@ -1329,7 +1338,9 @@ async fn leases_delete_removes_the_lease_and_its_resources() {
         ("b", "l", false, Code::NotFound, &["l", "m"]),
         ("a", "l", false, Code::Ok, &["m"]),
         ("a", "l", false, Code::NotFound, &["m"]),
-        ("a", "m", true, Code::Ok, &[]),
+        // Nothing to wait for: refused, and nothing deleted.
+        ("a", "m", true, Code::FailedPrecondition, &["m"]),
+        ("a", "m", false, Code::Ok, &[]),
     ];
     for (namespace, id, sync, expected, left) in table {
         let result = served.delete_lease(namespace, id, *sync).await;
@@ -1830,4 +1841,229 @@ async fn every_call_needs_a_valid_namespace() {
             assert_eq!(got, expected, "{call} with namespace header {header:?}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Synchronous deletes and the GC scheduler
+
+/// A GC scheduler whose collections end when the test releases them, each with `outcome`;
+/// every call is announced on `calls`.
+struct GatedScheduler {
+    calls: tokio::sync::mpsc::UnboundedSender<()>,
+    gate: tokio::sync::Semaphore,
+    outcome: Result<Stats, Error>,
+}
+
+impl GatedScheduler {
+    fn new(
+        outcome: Result<Stats, Error>,
+    ) -> (
+        Arc<GatedScheduler>,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+    ) {
+        let (calls, called) = tokio::sync::mpsc::unbounded_channel();
+        let scheduler = GatedScheduler {
+            calls,
+            gate: tokio::sync::Semaphore::new(0),
+            outcome,
+        };
+        (Arc::new(scheduler), called)
+    }
+
+    /// Lets one collection end.
+    fn release(&self) {
+        self.gate.add_permits(1);
+    }
+}
+
+#[tonic::async_trait]
+impl Scheduler for GatedScheduler {
+    async fn schedule_and_wait(&self) -> Result<Stats, Error> {
+        let _ = self.calls.send(());
+        self.gate
+            .acquire()
+            .await
+            .expect("the gate stays open")
+            .forget();
+        self.outcome.clone()
+    }
+
+    fn last(&self) -> Option<Run> {
+        None
+    }
+}
+
+/// Asserts that `status` refuses a sync delete of `what` for want of a scheduler, saying
+/// how to get one.
+fn assert_no_scheduler(status: &Status, what: &str) {
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    for needed in [
+        what,
+        "io.containerd.gc.v1.scheduler",
+        "gc-scheduler",
+        "without sync",
+    ] {
+        assert!(status.message().contains(needed), "{needed}: {status:?}");
+    }
+}
+
+/// How long a call that must not answer yet is given to answer anyway.
+const NO_ANSWER_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Runs a sync delete through `delete` against services whose GC scheduler is gated, and
+/// checks that the delete has committed when the scheduler is asked (`gone` says whether
+/// the object is gone), that no answer comes while the collection runs, and that the answer
+/// comes once it ends. `sync: false` must not ask the scheduler at all.
+async fn check_sync_delete<F, G>(
+    mut served: Served,
+    gc: &GatedScheduler,
+    mut called: tokio::sync::mpsc::UnboundedReceiver<()>,
+    delete: F,
+    gone: G,
+) where
+    F: Fn(Served, bool) -> tokio::task::JoinHandle<(Served, Result<(), Status>)>,
+    G: AsyncFn(&mut Served) -> bool,
+{
+    let answered = delete(served, false).await.unwrap();
+    served = answered.0;
+    assert_eq!(answered.1.map_err(|s| s.code()), Ok(()), "no sync");
+    assert!(
+        called.try_recv().is_err(),
+        "a delete without sync asked for a collection"
+    );
+
+    let mut call = delete(served, true);
+    called.recv().await.expect("the scheduler is asked");
+    let early = tokio::time::timeout(NO_ANSWER_WINDOW, &mut call).await;
+    assert!(
+        early.is_err(),
+        "answered before the collection ended: {:?}",
+        early.map(|joined| joined.map(|(_, answer)| answer))
+    );
+    gc.release();
+    let (mut served, answer) = call.await.unwrap();
+    assert_eq!(answer.map_err(|s| s.code()), Ok(()));
+    assert!(gone(&mut served).await, "deleted");
+    assert!(called.try_recv().is_err(), "one collection per sync delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_delete_with_sync_answers_after_a_collection_that_includes_it() {
+    let (gc, called) = GatedScheduler::new(Ok(Stats::default()));
+    let mut served = serve_with(Some(gc.clone())).await;
+    for name in ["alpine", "busybox"] {
+        let image = image(name, "", target(INDEX, 1, 10, ""));
+        served.create_image("a", Some(image)).await.unwrap();
+    }
+    let delete = |mut served: Served, sync: bool| {
+        tokio::spawn(async move {
+            let name = if sync { "busybox" } else { "alpine" };
+            let request = ns(
+                "a",
+                DeleteImageRequest {
+                    name: name.into(),
+                    sync,
+                },
+            );
+            let answer = served.images.delete(request).await.map(|_| ());
+            (served, answer)
+        })
+    };
+    let gone =
+        async |served: &mut Served| served.get_image("a", "busybox").await == Err(Code::NotFound);
+    check_sync_delete(served, &gc, called, delete, gone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_delete_with_sync_answers_after_a_collection_that_includes_it() {
+    let (gc, called) = GatedScheduler::new(Ok(Stats::default()));
+    let mut served = serve_with(Some(gc.clone())).await;
+    for id in ["l", "m"] {
+        served.create_lease("a", id, kv("")).await.unwrap();
+    }
+    let delete = |mut served: Served, sync: bool| {
+        tokio::spawn(async move {
+            let id = if sync { "m" } else { "l" };
+            let request = ns(
+                "a",
+                DeleteRequest {
+                    id: id.into(),
+                    sync,
+                },
+            );
+            let answer = served.leases.delete(request).await.map(|_| ());
+            (served, answer)
+        })
+    };
+    let gone = async |served: &mut Served| served.lease_ids("a", &[]).await == Ok(vec![]);
+    check_sync_delete(served, &gc, called, delete, gone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_deletes_report_a_failed_collection_after_deleting() {
+    let failure = Error::unavailable("garbage collection failed: disk gone");
+    let (gc, _called) = GatedScheduler::new(Err(failure));
+    gc.release();
+    gc.release();
+    let mut served = serve_with(Some(gc.clone())).await;
+    let alpine = image("alpine", "", target(INDEX, 1, 10, ""));
+    served.create_image("a", Some(alpine)).await.unwrap();
+    served.create_lease("a", "l", kv("")).await.unwrap();
+
+    let request = ns(
+        "a",
+        DeleteImageRequest {
+            name: "alpine".into(),
+            sync: true,
+        },
+    );
+    let status = served.images.delete(request).await.unwrap_err();
+    let request = ns(
+        "a",
+        DeleteRequest {
+            id: "l".into(),
+            sync: true,
+        },
+    );
+    let lease_status = served.leases.delete(request).await.unwrap_err();
+    for (status, what) in [(status, "image \"alpine\""), (lease_status, "lease \"l\"")] {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(
+            status.message(),
+            format!(
+                "{what} was deleted, but the collection a sync delete waits for failed: garbage collection failed: disk gone"
+            )
+        );
+    }
+    assert_eq!(served.get_image("a", "alpine").await, Err(Code::NotFound));
+    assert_eq!(served.lease_ids("a", &[]).await, Ok(vec![]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_deletes_without_a_gc_scheduler_are_refused_and_delete_nothing() {
+    let mut served = serve().await;
+    let alpine = image("alpine", "", target(INDEX, 1, 10, ""));
+    served.create_image("a", Some(alpine)).await.unwrap();
+    served.create_lease("a", "l", kv("")).await.unwrap();
+
+    let request = ns(
+        "a",
+        DeleteImageRequest {
+            name: "alpine".into(),
+            sync: true,
+        },
+    );
+    let status = served.images.delete(request).await.unwrap_err();
+    assert_no_scheduler(&status, "image \"alpine\"");
+    let request = ns(
+        "a",
+        DeleteRequest {
+            id: "l".into(),
+            sync: true,
+        },
+    );
+    let status = served.leases.delete(request).await.unwrap_err();
+    assert_no_scheduler(&status, "lease \"l\"");
+    assert_eq!(served.image_names("a", &[]).await, Ok(strings(&["alpine"])));
+    assert_eq!(served.lease_ids("a", &[]).await, Ok(strings(&["l"])));
 }

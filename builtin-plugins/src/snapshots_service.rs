@@ -4,7 +4,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use plinth_api::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use plinth_api::containerd::services::snapshots::v1::snapshots_server::{
     Snapshots, SnapshotsServer,
 };
@@ -35,9 +34,6 @@ struct Service {
     /// Serving raw (plinthd as a proxy target): the namespace header is ignored, the stores
     /// are asked with an empty namespace, and they resolve any snapshotter name themselves.
     raw: bool,
-    /// Where prepares, commits and removes are published (as containerd 1.6 does: views,
-    /// updates and cleanups publish nothing).
-    events: Option<Arc<dyn crate::events::Publisher>>,
 }
 
 /// containerd's Snapshots service over `stores` without namespaces: every request, whatever
@@ -45,37 +41,17 @@ struct Service {
 /// snapshotters raw.
 #[cfg(feature = "proxy")]
 pub(crate) fn raw_server(stores: Arc<dyn NamespacedStores>) -> SnapshotsServer<impl Snapshots> {
-    SnapshotsServer::new(Service {
-        stores,
-        raw: true,
-        events: None,
-    })
+    SnapshotsServer::new(Service { stores, raw: true })
 }
 
 /// containerd's Snapshots service over `stores`, namespaced and leased by the request
-/// headers, publishing no events: for in-process tests.
+/// headers: for in-process tests.
 #[cfg(test)]
 pub(crate) fn server(stores: Arc<dyn NamespacedStores>) -> SnapshotsServer<impl Snapshots> {
-    SnapshotsServer::new(Service {
-        stores,
-        raw: false,
-        events: None,
-    })
+    SnapshotsServer::new(Service { stores, raw: false })
 }
 
 impl Service {
-    /// Publishes `event` in the request's namespace (none when serving raw).
-    fn publish<T, M: crate::events::Event>(
-        &self,
-        request: &tonic::Request<T>,
-        topic: &str,
-        event: &M,
-    ) {
-        if let Ok(namespace) = namespaces::from_request(request) {
-            crate::events::publish(self.events.as_deref(), &namespace, topic, event);
-        }
-    }
-
     fn snapshotter<T>(
         &self,
         request: &tonic::Request<T>,
@@ -106,11 +82,6 @@ impl Snapshots for Service {
         let mounts = snapshotter
             .prepare(&r.key, &r.parent, convert::labels(&r.labels))
             .await?;
-        let event = SnapshotPrepare {
-            key: r.key.clone(),
-            parent: r.parent.clone(),
-        };
-        self.publish(&request, "/snapshot/prepare", &event);
         Ok(tonic::Response::new(PrepareSnapshotResponse {
             mounts: convert::mounts(&mounts),
         }))
@@ -144,21 +115,12 @@ impl Snapshots for Service {
         snapshotter
             .commit(&r.name, &r.key, convert::labels(&r.labels))
             .await?;
-        let event = SnapshotCommit {
-            key: r.key.clone(),
-            name: r.name.clone(),
-        };
-        self.publish(&request, "/snapshot/commit", &event);
         Ok(tonic::Response::new(()))
     }
 
     async fn remove(&self, request: tonic::Request<RemoveSnapshotRequest>) -> Reply<()> {
         let snapshotter = self.snapshotter(&request, &request.get_ref().snapshotter)?;
         snapshotter.remove(&request.get_ref().key).await?;
-        let event = SnapshotRemove {
-            key: request.get_ref().key.clone(),
-        };
-        self.publish(&request, "/snapshot/remove", &event);
         Ok(tonic::Response::new(()))
     }
 
@@ -231,12 +193,9 @@ impl GrpcService for Service {
 #[cfg(feature = "snapshots-service")]
 fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
     let stores: Arc<dyn NamespacedStores> = ctx.get_single(types::METADATA)?;
-    let events = crate::events::publisher(ctx);
-    Ok(Instance::new(Arc::new(Service {
-        stores,
-        raw: false,
-        events,
-    }) as Arc<dyn GrpcService>))
+    Ok(Instance::new(
+        Arc::new(Service { stores, raw: false }) as Arc<dyn GrpcService>
+    ))
 }
 
 #[cfg(feature = "snapshots-service")]

@@ -442,6 +442,31 @@ pub struct Start {
     pub paths_in_config: bool,
 }
 
+/// The GC scheduler's section the harness adds to the config of every daemon it starts whose
+/// config does not name the scheduler itself: a collection only when one is asked for (a
+/// synchronous delete, `plinthctl gc`) or a lease expires. Most tests store through `ctr`,
+/// which gives what it writes no lease and no `containerd.io/gc.root` label: a scheduler with
+/// containerd's defaults (in every default build of plinthd) would collect it under the
+/// tests' feet, as containerd's would. In containerd's terms: no start-up collection, changes
+/// never count, and a deletion waits for an interval tick — and there is none before a
+/// collection was asked for. Tests of garbage collection configure the scheduler themselves.
+pub const MANUAL_GC: &str = "\n[plugins.\"io.containerd.gc.v1.scheduler\"]\nstartup_delay = \"0s\"\nmutation_threshold = 0\ndeletion_threshold = 9223372036854775807\n";
+
+/// `config` with [`MANUAL_GC`] appended, when it is a version 2 or 3 config that does not
+/// name the scheduler (in a section or in `disabled_plugins`); otherwise `config` as it is.
+/// What the harness writes at start; a test that rewrites a running daemon's config for a
+/// reload writes this too, or the reload would give the scheduler containerd's defaults.
+pub fn with_manual_gc(config: &str) -> String {
+    let versioned = config
+        .lines()
+        .any(|line| matches!(line.replace(' ', "").as_str(), "version=2" | "version=3"));
+    if versioned && !config.contains("io.containerd.gc.v1.scheduler") {
+        format!("{config}{MANUAL_GC}")
+    } else {
+        config.to_string()
+    }
+}
+
 /// The top-level config lines that put a daemon in `dir` as [`start`] puts it there with
 /// flags: `root`, `state` and `grpc.address`.
 pub fn paths_config(dir: &Path) -> String {
@@ -486,11 +511,11 @@ pub fn start_program_in(
 ) -> Result<Daemon, (String, Option<ExitStatus>)> {
     let socket = dir.path().join("plinthd.sock");
     let config = dir.path().join("config.toml");
-    let mut text = if options.config.is_empty() {
-        "version = 3\n".to_string()
+    let mut text = with_manual_gc(if options.config.is_empty() {
+        "version = 3\n"
     } else {
-        options.config
-    };
+        &options.config
+    });
     let mut command = Command::new(program);
     command.arg("--config").arg(&config);
     if options.paths_in_config {

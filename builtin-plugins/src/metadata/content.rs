@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use plinth_api::containerd::events::ContentDelete;
 use redb::{ReadableTable, WriteTransaction};
 
 use super::schema::{CONTENT, CONTENT_LABELS};
@@ -301,7 +302,13 @@ impl ContentStore for NamespacedContent {
                 }
             }
             write_labels(&txn, &namespace, d.as_str(), &Labels::new())?;
-            txn.commit()
+            let slot = metadata.slot(&namespace);
+            txn.commit()?;
+            let event = ContentDelete {
+                digest: d.to_string(),
+            };
+            slot.publish(metadata.publication(&namespace, "/content/delete", event));
+            Ok(())
         })
         .await?;
         self.metadata.mutated(true);

@@ -15,6 +15,7 @@ mod gc_tests;
 #[cfg(all(test, feature = "content-local", feature = "snapshotter-native"))]
 mod model_tests;
 mod objects;
+mod order;
 mod records;
 mod schema;
 mod snapshots;
@@ -24,6 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use plinth_api::containerd::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
 use redb::ReadableTable;
 
@@ -76,6 +78,12 @@ pub struct Metadata {
     snapshotters: BTreeMap<String, Arc<dyn Snapshotter>>,
     policy: SharingPolicy,
     gc: gc::GcState,
+    /// Slots that put each namespace's events in commit order.
+    order: Arc<order::Order>,
+    /// Where events go (none without an exchange).
+    events: std::sync::RwLock<Option<Arc<dyn crate::events::Publisher>>>,
+    /// Runs as each slot is taken, under the writer lock: nothing, except in tests.
+    on_slot: Arc<dyn Fn(&str) + Send + Sync>,
 }
 
 impl std::fmt::Debug for Metadata {
@@ -93,6 +101,38 @@ impl std::fmt::Debug for Metadata {
 use crate::redb_store::{Db, storage, with_db_views};
 
 impl Metadata {
+    /// Publishes the events of later changes through `publisher` (the plugin does this at
+    /// init with the loaded exchange, if any).
+    pub fn set_publisher(&self, publisher: Option<Arc<dyn crate::events::Publisher>>) {
+        *self
+            .events
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = publisher;
+    }
+
+    /// A slot in `namespace`'s event order: take it while holding the writer lock, just
+    /// before the commit (see `order`).
+    fn slot(&self, namespace: &str) -> order::Slot {
+        (self.on_slot)(namespace);
+        self.order.take(namespace)
+    }
+
+    /// The publication of `event` on `topic` in `namespace`, to fill a slot with.
+    fn publication<M: crate::events::Event>(
+        &self,
+        namespace: &str,
+        topic: &'static str,
+        event: M,
+    ) -> impl FnOnce() + Send + 'static {
+        let publisher = self
+            .events
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let namespace = namespace.to_string();
+        move || crate::events::publish(publisher.as_deref(), &namespace, topic, &event)
+    }
+
     /// Held across every snapshot change in `namespace`: it touches the backend and the
     /// records, and one at a time per namespace keeps them in step (a parent and its children
     /// are always in one namespace; the running instance and its replacement share the
@@ -170,6 +210,9 @@ impl Metadata {
             snapshotters,
             policy,
             gc: gc::GcState::default(),
+            order: Arc::default(),
+            events: std::sync::RwLock::default(),
+            on_slot: Arc::new(|_| {}),
         })
     }
 
@@ -204,8 +247,14 @@ fn holds<V: redb::Value + 'static>(
         .is_some_and(|(k, _)| k.value().0 == namespace))
 }
 
-impl NamespaceStore for Metadata {
-    fn create(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<(), Error> {
+impl Metadata {
+    /// Creates namespace `name`, publishing its event in `events_in` if given.
+    fn create_namespace(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        events_in: Option<&str>,
+    ) -> Result<(), Error> {
         validate_identifier("namespace", name)?;
         for (key, value) in labels {
             validate_label(key, value)?;
@@ -226,7 +275,87 @@ impl NamespaceStore for Metadata {
                     .map_err(storage)?;
             }
         }
-        txn.commit()
+        let slot = events_in.map(|ns| self.slot(ns));
+        txn.commit()?;
+        if let (Some(slot), Some(ns)) = (slot, events_in) {
+            let event = NamespaceCreate {
+                name: name.to_string(),
+                labels: labels.clone().into_iter().collect(),
+            };
+            slot.publish(self.publication(ns, "/namespaces/create", event));
+        }
+        Ok(())
+    }
+
+    /// Applies label `changes` to namespace `name`, publishing its event in `events_in`.
+    fn update_namespace(
+        &self,
+        name: &str,
+        changes: &[(String, Option<String>)],
+        events_in: Option<&str>,
+    ) -> Result<(), Error> {
+        for (key, value) in changes {
+            validate_label(key, value.as_deref().unwrap_or(""))?;
+        }
+        let txn = self.db.begin_write()?;
+        let labels = {
+            let namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
+            if namespaces.get(name).map_err(storage)?.is_none() {
+                return Err(Error::not_found(format!("namespace {name:?}: not found")));
+            }
+            let mut table = txn.open_table(NAMESPACE_LABELS).map_err(storage)?;
+            for (key, value) in changes {
+                match value {
+                    Some(value) => {
+                        table
+                            .insert((name, key.as_str()), value.as_str())
+                            .map_err(storage)?;
+                    }
+                    None => {
+                        table.remove((name, key.as_str())).map_err(storage)?;
+                    }
+                }
+            }
+            Metadata::labels_in(&table, name)?
+        };
+        let slot = events_in.map(|ns| self.slot(ns));
+        txn.commit()?;
+        if let (Some(slot), Some(ns)) = (slot, events_in) {
+            let event = NamespaceUpdate {
+                name: name.to_string(),
+                labels: labels.into_iter().collect(),
+            };
+            slot.publish(self.publication(ns, "/namespaces/update", event));
+        }
+        Ok(())
+    }
+}
+
+impl NamespaceStore for Metadata {
+    fn create(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<(), Error> {
+        self.create_namespace(name, labels, None)
+    }
+
+    fn create_publishing(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        events_in: &str,
+    ) -> Result<(), Error> {
+        self.create_namespace(name, labels, Some(events_in))
+    }
+
+    fn update_labels_publishing(
+        &self,
+        name: &str,
+        changes: &[(String, Option<String>)],
+        events_in: &str,
+    ) -> Result<(), Error> {
+        self.update_namespace(name, changes, Some(events_in))
+    }
+
+    fn delete_publishing(&self, name: &str, events_in: &str) -> Result<(), Error> {
+        self.delete_namespace(name, Some(events_in))
     }
 
     fn ensure(&self, name: &str) -> Result<(), Error> {
@@ -256,30 +385,7 @@ impl NamespaceStore for Metadata {
     }
 
     fn update_labels(&self, name: &str, changes: &[(String, Option<String>)]) -> Result<(), Error> {
-        for (key, value) in changes {
-            validate_label(key, value.as_deref().unwrap_or(""))?;
-        }
-        let txn = self.db.begin_write()?;
-        {
-            let namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
-            if namespaces.get(name).map_err(storage)?.is_none() {
-                return Err(Error::not_found(format!("namespace {name:?}: not found")));
-            }
-            let mut table = txn.open_table(NAMESPACE_LABELS).map_err(storage)?;
-            for (key, value) in changes {
-                match value {
-                    Some(value) => {
-                        table
-                            .insert((name, key.as_str()), value.as_str())
-                            .map_err(storage)?;
-                    }
-                    None => {
-                        table.remove((name, key.as_str())).map_err(storage)?;
-                    }
-                }
-            }
-        }
-        txn.commit()
+        self.update_namespace(name, changes, None)
     }
 
     fn list(&self) -> Result<Vec<(String, Labels)>, Error> {
@@ -297,6 +403,13 @@ impl NamespaceStore for Metadata {
     }
 
     fn delete(&self, name: &str) -> Result<(), Error> {
+        self.delete_namespace(name, None)
+    }
+}
+
+impl Metadata {
+    /// Deletes namespace `name` if it is empty, publishing its event in `events_in`.
+    fn delete_namespace(&self, name: &str, events_in: Option<&str>) -> Result<(), Error> {
         let txn = self.db.begin_write()?;
         {
             let mut namespaces = txn.open_table(NAMESPACES).map_err(storage)?;
@@ -341,7 +454,15 @@ impl NamespaceStore for Metadata {
                 labels.remove((name, key.as_str())).map_err(storage)?;
             }
         }
-        txn.commit()
+        let slot = events_in.map(|ns| self.slot(ns));
+        txn.commit()?;
+        if let (Some(slot), Some(ns)) = (slot, events_in) {
+            let event = NamespaceDelete {
+                name: name.to_string(),
+            };
+            slot.publish(self.publication(ns, "/namespaces/delete", event));
+        }
+        Ok(())
     }
 }
 
@@ -428,6 +549,9 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
         snapshotters,
         policy,
     )?);
+    // The metadata publishes the events of its changes itself: only it knows their commit
+    // order (see `order`).
+    metadata.set_publisher(crate::events::publisher(ctx));
     let exports = &mut ctx.meta_mut().exports;
     exports.insert("path".to_string(), path.display().to_string());
     exports.insert(
@@ -445,7 +569,7 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
 
 register!(
     Registration::new(types::METADATA, "redb", init)
-        .requires(&[types::CONTENT, types::SNAPSHOTTER])
+        .requires(&[types::CONTENT, types::SNAPSHOTTER, types::EVENT])
         .config::<MetadataConfig>()
 );
 
@@ -584,6 +708,96 @@ mod tests {
             .unwrap();
         let reopened = Metadata::open(&path).unwrap();
         assert_eq!(reopened.list().unwrap().len(), 1);
+    }
+}
+
+#[cfg(all(test, feature = "event-exchange"))]
+mod event_order {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::Metadata;
+    use crate::event_exchange::MemoryExchange;
+    use crate::events::{Exchange, known_field_readers};
+    use crate::images::{Descriptor, Image, ImageStore};
+
+    thread_local! {
+        /// The image this thread is creating, for the commit log.
+        static CREATING: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+
+    /// Writers in one namespace, side by side: the events come out in the order the
+    /// changes committed (the commit log is written under the writer lock, as each change
+    /// takes its slot), though each writer publishes on its own thread after its commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_publish_in_commit_order() {
+        const WRITERS: usize = 6;
+        const EACH: usize = 150;
+        let dir = tempfile::tempdir().unwrap();
+        let committed: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = Arc::clone(&committed);
+        let mut metadata = Metadata::open(&dir.path().join("meta.db")).unwrap();
+        metadata.on_slot = Arc::new(move |namespace| {
+            if namespace == "a" {
+                log.lock()
+                    .unwrap()
+                    .push(CREATING.with(|c| c.borrow().clone()));
+            }
+        });
+        let metadata = Arc::new(metadata);
+        let exchange =
+            Arc::new(MemoryExchange::new(WRITERS * EACH * 2, known_field_readers()).unwrap());
+        metadata.set_publisher(Some(exchange.clone()));
+        let mut subscription = exchange.subscribe(&["namespace==a".to_string()]).unwrap();
+        let threads: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let metadata = Arc::clone(&metadata);
+                std::thread::spawn(move || {
+                    for n in 0..EACH {
+                        let name = format!("w{writer}-{n}");
+                        CREATING.with(|c| *c.borrow_mut() = name.clone());
+                        let target = Descriptor {
+                            media_type: "m".to_string(),
+                            digest: format!("sha256:{:064x}", writer * EACH + n),
+                            size: 1,
+                            annotations: BTreeMap::new(),
+                        };
+                        ImageStore::create(metadata.as_ref(), "a", Image::new(name, target))
+                            .unwrap();
+                        // Deletes interleave with the creates.
+                        if n % 10 == 0 {
+                            ImageStore::delete(metadata.as_ref(), "a", &format!("w{writer}-{n}"))
+                                .unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let expected = committed.lock().unwrap().clone();
+        let mut published = Vec::new();
+        while published.len() < expected.len() {
+            let envelope = subscription.recv().await.unwrap().unwrap();
+            let name = match envelope.topic.as_str() {
+                "/images/create" => {
+                    let event: plinth_api::containerd::events::ImageCreate =
+                        prost::Message::decode(envelope.event.value.as_slice()).unwrap();
+                    event.name
+                }
+                "/images/delete" => {
+                    let event: plinth_api::containerd::events::ImageDelete =
+                        prost::Message::decode(envelope.event.value.as_slice()).unwrap();
+                    event.name
+                }
+                other => panic!("unexpected topic {other}"),
+            };
+            published.push(name);
+        }
+        assert_eq!(expected.len(), WRITERS * (EACH + EACH / 10));
+        assert_eq!(published, expected, "events out of commit order");
     }
 }
 

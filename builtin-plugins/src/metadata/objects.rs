@@ -5,6 +5,10 @@
 
 use std::time::SystemTime;
 
+use plinth_api::containerd::events::container_create::Runtime as RuntimeEvent;
+use plinth_api::containerd::events::{
+    ContainerCreate, ContainerDelete, ContainerUpdate, ImageCreate, ImageDelete, ImageUpdate,
+};
 use prost::Message as _;
 use redb::{ReadableTable, Table, WriteTransaction};
 
@@ -175,14 +179,14 @@ fn read_record<M: prost::Message + Default>(
 }
 
 /// Removes the record `name` of `namespace` from `table` in one transaction, or
-/// `missing(name)`.
+/// `missing(name)`; returns the change's slot in the namespace's event order.
 fn remove_record(
     metadata: &Metadata,
     table: Records,
     namespace: &str,
     name: &str,
     missing: fn(&str) -> Error,
-) -> Result<(), Error> {
+) -> Result<super::order::Slot, Error> {
     let txn = metadata.db.begin_write()?;
     if txn
         .open_table(table)
@@ -193,7 +197,9 @@ fn remove_record(
     {
         return Err(missing(name));
     }
-    txn.commit()
+    let slot = metadata.slot(namespace);
+    txn.commit()?;
+    Ok(slot)
 }
 
 fn image_not_found(name: &str) -> Error {
@@ -240,8 +246,17 @@ impl ImageStore for Metadata {
                 .insert((namespace, image.name.as_str()), bytes.as_slice())
                 .map_err(storage)?;
         }
+        let slot = self.slot(namespace);
         txn.commit()?;
         self.mutated(false);
+        slot.publish(self.publication(
+            namespace,
+            "/images/create",
+            ImageCreate {
+                name: image.name.clone(),
+                labels: image.labels.clone().into_iter().collect(),
+            },
+        ));
         Ok(image)
     }
 
@@ -297,14 +312,27 @@ impl ImageStore for Metadata {
                 .map_err(storage)?;
             updated
         };
+        let slot = self.slot(namespace);
         txn.commit()?;
         self.mutated(false);
+        slot.publish(self.publication(
+            namespace,
+            "/images/update",
+            ImageUpdate {
+                name: updated.name.clone(),
+                labels: updated.labels.clone().into_iter().collect(),
+            },
+        ));
         Ok(updated)
     }
 
     fn delete(&self, namespace: &str, name: &str) -> Result<(), Error> {
-        remove_record(self, IMAGES, namespace, name, image_not_found)?;
+        let slot = remove_record(self, IMAGES, namespace, name, image_not_found)?;
         self.mutated(true);
+        let event = ImageDelete {
+            name: name.to_string(),
+        };
+        slot.publish(self.publication(namespace, "/images/delete", event));
         Ok(())
     }
 }
@@ -387,8 +415,21 @@ impl ContainerStore for Metadata {
                 .insert((namespace, id), bytes.as_slice())
                 .map_err(storage)?;
         }
+        let slot = self.slot(namespace);
         txn.commit()?;
         self.mutated(false);
+        slot.publish(self.publication(
+            namespace,
+            "/containers/create",
+            ContainerCreate {
+                id: container.id.clone(),
+                image: container.image.clone(),
+                runtime: Some(RuntimeEvent {
+                    name: container.runtime.name.clone(),
+                    options: container.runtime.options.clone(),
+                }),
+            },
+        ));
         Ok(container)
     }
 
@@ -463,14 +504,27 @@ impl ContainerStore for Metadata {
                 .map_err(storage)?;
             updated
         };
+        let slot = self.slot(namespace);
         txn.commit()?;
         self.mutated(false);
+        slot.publish(self.publication(
+            namespace,
+            "/containers/update",
+            ContainerUpdate {
+                id: updated.id.clone(),
+                image: updated.image.clone(),
+                labels: updated.labels.clone().into_iter().collect(),
+                snapshot_key: updated.snapshot_key.clone(),
+            },
+        ));
         Ok(updated)
     }
 
     fn delete(&self, namespace: &str, id: &str) -> Result<(), Error> {
-        remove_record(self, CONTAINERS, namespace, id, container_not_found)?;
+        let slot = remove_record(self, CONTAINERS, namespace, id, container_not_found)?;
         self.mutated(true);
+        let event = ContainerDelete { id: id.to_string() };
+        slot.publish(self.publication(namespace, "/containers/delete", event));
         Ok(())
     }
 }

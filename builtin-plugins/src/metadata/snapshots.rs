@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use plinth_api::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use redb::{ReadableTable, WriteTransaction};
 
 use super::schema::{
@@ -237,14 +238,15 @@ impl NamespacedSnapshotter {
     }
 
     /// Reserves the key and allocates a backend key, checking the parent. Returns the
-    /// backend key and the parent's backend key.
+    /// backend key, the parent's backend key and the change's slot in the namespace's event
+    /// order.
     async fn reserve(
         &self,
         key: &str,
         parent: &str,
         kind: Kind,
         labels: &Labels,
-    ) -> Result<(String, String), Error> {
+    ) -> Result<(String, String, super::order::Slot), Error> {
         validate_key("key", key)?;
         if !parent.is_empty() {
             validate_key("parent", parent)?;
@@ -305,14 +307,16 @@ impl NamespacedSnapshotter {
                 write_labels(&txn, &ns, &sn, &key, &labels)?;
                 (backend, parent_backend)
             };
+            let slot = metadata.slot(&ns);
             txn.commit()?;
-            Ok(result)
+            Ok((result.0, result.1, slot))
         })
         .await
     }
 
-    /// Removes the record of `key`, and the hold of this view's lease on it.
-    async fn drop_record(&self, key: &str) -> Result<(), Error> {
+    /// Removes the record of `key`, and the hold of this view's lease on it; returns the
+    /// change's slot in the namespace's event order.
+    async fn drop_record(&self, key: &str) -> Result<super::order::Slot, Error> {
         let (metadata, ns, sn, key) = (
             self.metadata.clone(),
             self.namespace.clone(),
@@ -324,7 +328,9 @@ impl NamespacedSnapshotter {
             let txn = metadata.db.begin_write()?;
             remove_record(&txn, &ns, &sn, &key)?;
             super::objects::unbind(&txn, &ns, lease.as_deref(), &kind_name, &key)?;
-            txn.commit()
+            let slot = metadata.slot(&ns);
+            txn.commit()?;
+            Ok(slot)
         })
         .await
     }
@@ -338,7 +344,7 @@ impl NamespacedSnapshotter {
     ) -> Result<Vec<Mount>, Error> {
         let backend = self.backend()?;
         let _guard = self.metadata.snapshot_lock(&self.namespace).await;
-        let (backend_key, backend_parent) = self.reserve(key, parent, kind, &labels).await?;
+        let (backend_key, backend_parent, slot) = self.reserve(key, parent, kind, &labels).await?;
         let result = match kind {
             Kind::View => {
                 backend
@@ -352,9 +358,21 @@ impl NamespacedSnapshotter {
             }
         };
         if result.is_err() {
+            drop(slot);
             let _ = self.drop_record(key).await;
         } else {
             self.metadata.mutated(false);
+            // A view publishes nothing, as in containerd.
+            if kind == Kind::Active {
+                let event = SnapshotPrepare {
+                    key: key.to_string(),
+                    parent: parent.to_string(),
+                };
+                let publication =
+                    self.metadata
+                        .publication(&self.namespace, "/snapshot/prepare", event);
+                slot.publish(publication);
+            }
         }
         result
     }
@@ -468,8 +486,9 @@ impl Snapshotter for NamespacedSnapshotter {
             key.to_string(),
             name.to_string(),
         );
+        let (key_owned, name_event) = (key.clone(), name.clone());
         let (lease, kind_name) = (self.lease.clone(), self.resource_kind());
-        blocking(move || {
+        let slot = blocking(move || {
             let txn = metadata.db.begin_write()?;
             // A collection may have removed the active snapshot since it was read (nothing
             // held it), and its parent with it: then there is nothing to commit, and the
@@ -490,10 +509,20 @@ impl Snapshotter for NamespacedSnapshotter {
             };
             insert_record(&txn, &ns, &sn, &name, &committed)?;
             write_labels(&txn, &ns, &sn, &name, &labels)?;
-            txn.commit()
+            let slot = metadata.slot(&ns);
+            txn.commit()?;
+            Ok(slot)
         })
         .await?;
         self.metadata.mutated(false);
+        let event = SnapshotCommit {
+            key: key_owned,
+            name: name_event,
+        };
+        slot.publish(
+            self.metadata
+                .publication(&self.namespace, "/snapshot/commit", event),
+        );
         Ok(())
     }
 
@@ -536,8 +565,15 @@ impl Snapshotter for NamespacedSnapshotter {
             Err(e) if e.category != plinth_core::Category::NotFound => return Err(e),
             _ => {}
         }
-        self.drop_record(key).await?;
+        let slot = self.drop_record(key).await?;
         self.metadata.mutated(true);
+        let event = SnapshotRemove {
+            key: key.to_string(),
+        };
+        slot.publish(
+            self.metadata
+                .publication(&self.namespace, "/snapshot/remove", event),
+        );
         Ok(())
     }
 

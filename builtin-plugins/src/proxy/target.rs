@@ -220,6 +220,9 @@ fn init(ctx: &mut InitContext) -> Result<Instance, InitError> {
             ctx.uri()
         )));
     }
+    // Blobs and snapshots here may now belong to another daemon's metadata: this daemon's
+    // collector must not remove what it finds without a record of its own.
+    crate::gc::set_served_raw();
     let content = match ctx.get_single::<dyn ContentStore>(types::CONTENT) {
         Ok(content) => Some(content),
         Err(LookupError::Required { inner, .. })

@@ -117,16 +117,18 @@ fn plugins_ls_offline_shows_order_and_disabled() {
             ("3", "native"),
             ("4", "overlayfs"),
             ("5", "redb"),
-            ("6", "containers"),
-            ("7", "content"),
-            ("8", "events"),
-            ("9", "images"),
-            ("10", "introspection"),
-            ("11", "manager"),
-            ("12", "leases"),
-            ("13", "namespaces"),
-            ("14", "snapshots"),
-            ("15", "proxy-target"),
+            ("6", "scheduler"),
+            ("7", "containers"),
+            ("8", "content"),
+            ("9", "events"),
+            ("10", "gc"),
+            ("11", "images"),
+            ("12", "introspection"),
+            ("13", "manager"),
+            ("14", "leases"),
+            ("15", "namespaces"),
+            ("16", "snapshots"),
+            ("17", "proxy-target"),
             ("-", "version"),
         ]
     );
@@ -160,6 +162,14 @@ fn config_check_refuses_values_a_plugin_does_not_allow_where_they_are_written() 
         (
             "version = 3\n[plugins.\"io.containerd.internal.v1.proxy-target\"]\naddress = \"tcp://127.0.0.1:9000\"\n",
             "c.toml:3:11: plugin io.containerd.internal.v1.proxy-target: address: \"tcp://127.0.0.1:9000\" is not a unix socket",
+        ),
+        (
+            "version = 3\n[plugins.\"io.containerd.gc.v1.scheduler\"]\nschedule_delay = \"soon\"\n",
+            "c.toml:3:18: plugin io.containerd.gc.v1.scheduler: schedule_delay: \"soon\" is not a duration: expected a number at \"soon\"; write e.g. \"5s\" (default \"0s\")",
+        ),
+        (
+            "version = 3\n[plugins.\"io.containerd.gc.v1.scheduler\"]\ndeletion_threshold = -1\n",
+            "c.toml:3:22: plugin io.containerd.gc.v1.scheduler: deletion_threshold: -1 is negative: use 0 (deletions wait for the next interval tick) or a number of deletions (default 0)",
         ),
         (
             "version = 3\n[debug]\nlevel = \"verbose\"\n",

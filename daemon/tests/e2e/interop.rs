@@ -31,9 +31,11 @@ const ALL: &[(&str, &str, &str)] = &[
     ("io.containerd.snapshotter.v1", "native", "ok"),
     ("io.containerd.snapshotter.v1", "overlayfs", "ok"),
     ("io.containerd.metadata.v1", "redb", "ok"),
+    ("io.containerd.gc.v1", "scheduler", "ok"),
     ("io.containerd.grpc.v1", "containers", "ok"),
     ("io.containerd.grpc.v1", "content", "ok"),
     ("io.containerd.grpc.v1", "events", "ok"),
+    ("io.containerd.grpc.v1", "gc", "ok"),
     ("io.containerd.grpc.v1", "images", "ok"),
     ("io.containerd.grpc.v1", "introspection", "ok"),
     ("io.containerd.lease.v1", "manager", "ok"),
@@ -56,6 +58,7 @@ fn check_plugin_listings(daemon: &Daemon, client: &dyn Fn(&[&str]) -> plinth_tes
                 ("io.containerd.grpc.v1", "containers", "ok"),
                 ("io.containerd.grpc.v1", "content", "ok"),
                 ("io.containerd.grpc.v1", "events", "ok"),
+                ("io.containerd.grpc.v1", "gc", "ok"),
                 ("io.containerd.grpc.v1", "images", "ok"),
                 ("io.containerd.grpc.v1", "introspection", "ok"),
                 ("io.containerd.grpc.v1", "leases", "ok"),
@@ -125,7 +128,7 @@ fn plinthctl_plugins_ls_shows_the_same() {
     let quiet = daemon.plinthctl(&["plugins", "ls", "-q"]);
     assert_eq!(
         quiet.ok(),
-        "content\nexchange\nnative\noverlayfs\nredb\ncontainers\ncontent\nevents\nimages\nintrospection\nmanager\nleases\nnamespaces\nsnapshots\nversion\nproxy-target\n"
+        "content\nexchange\nnative\noverlayfs\nredb\nscheduler\ncontainers\ncontent\nevents\ngc\nimages\nintrospection\nmanager\nleases\nnamespaces\nsnapshots\nversion\nproxy-target\n"
     );
 }
 
@@ -146,9 +149,11 @@ fn failed_plugins_show_as_error_with_their_cause() {
             owned(&[
                 ("io.containerd.content.v1", "content", "ok"),
                 ("io.containerd.event.v1", "exchange", "ok"),
+                ("io.containerd.gc.v1", "scheduler", "error"),
                 ("io.containerd.grpc.v1", "containers", "error"),
                 ("io.containerd.grpc.v1", "content", "error"),
                 ("io.containerd.grpc.v1", "events", "ok"),
+                ("io.containerd.grpc.v1", "gc", "error"),
                 ("io.containerd.grpc.v1", "images", "error"),
                 ("io.containerd.grpc.v1", "introspection", "ok"),
                 ("io.containerd.lease.v1", "manager", "error"),

@@ -238,7 +238,9 @@ fn readiness_and_reloads_are_sent_to_systemd() {
     // Type=notify-reload asks for) and READY=1.
     std::fs::write(
         daemon.dir().join("config.toml"),
-        "version = 3\ndisabled_plugins = [\"io.containerd.grpc.v1.version\"]\n",
+        plinth_tests::with_manual_gc(
+            "version = 3\ndisabled_plugins = [\"io.containerd.grpc.v1.version\"]\n",
+        ),
     )
     .unwrap();
     daemon.plinthctl(&["config", "reload"]).ok();

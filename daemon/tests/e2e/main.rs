@@ -6,6 +6,7 @@
 mod bad_input;
 mod commands;
 mod crash;
+mod gc;
 mod interop;
 mod lifecycle;
 mod load;

@@ -44,7 +44,7 @@ fn each_help_starts_with_its_own_words() {
         (
             "plinthctl",
             "Plinth's client for a running plinthd (or containerd): plugins, namespaces, \
-             content, snapshots",
+             content, snapshots, gc",
         ),
     ];
     for (name, first_line) in cases {

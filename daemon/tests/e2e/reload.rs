@@ -13,6 +13,8 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Writes the daemon's config file anew.
 fn write_config(daemon: &Daemon, text: &str) {
+    // With the scheduler's section the harness started the daemon with.
+    let text = plinth_tests::with_manual_gc(text);
     std::fs::write(daemon.dir().join("config.toml"), text).unwrap();
 }
 

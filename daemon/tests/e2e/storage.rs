@@ -625,7 +625,7 @@ fn a_silent_writer_loses_its_lock_after_the_idle_timeout_and_its_ingest_is_resum
     // streams opened from then on get the new time-out.
     std::fs::write(
         daemon.dir().join("config.toml"),
-        format!("version = 3\n{section}\"300ms\"\n"),
+        plinth_tests::with_manual_gc(&format!("version = 3\n{section}\"300ms\"\n")),
     )
     .unwrap();
     let applied = daemon.plinthctl(&["config", "reload"]);

@@ -20,15 +20,16 @@ use plinthd::paths::Defaults;
 
 mod config;
 mod content;
+mod gc;
 mod snapshots;
 
 /// Plinth's client for a running plinthd: plugins, version, namespaces, content, snapshots,
-/// config reloads.
+/// config reloads, garbage collection.
 #[derive(Debug, Parser)]
 #[command(
     name = "plinthctl",
     version,
-    about = "Plinth's client for a running plinthd (or containerd): plugins, namespaces, content, snapshots"
+    about = "Plinth's client for a running plinthd (or containerd): plugins, namespaces, content, snapshots, gc"
 )]
 struct Cli {
     /// Socket of the daemon [default: plinthd's default socket for this user]
@@ -72,6 +73,8 @@ enum Command {
         #[command(subcommand)]
         command: snapshots::SnapshotsCommand,
     },
+    /// Run a garbage collection now and print what it removed (plinthd only)
+    Gc,
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +218,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             snapshotter,
             command,
         } => snapshots::run(&client, &snapshotter, command).await,
+        Command::Gc => gc::run(&client).await,
     }
 }
 
