@@ -7,8 +7,17 @@
 //!   [`Metadata`] and by a small mark and sweep written here from containerd 1.6's rules
 //!   (`metadata/gc.go`, `gc/gc.go`): the survivors must be the same, records, blobs and
 //!   backend snapshots alike.
+//!   A failure lists the population; proptest prints its seed and saves it under
+//!   `proptest-regressions/`, where the next run tries it first.
 //! - Race tests: collections in a loop while writers ingest, prepare and commit, then create
-//!   images that refer to what they wrote; every image's graph must exist and verify.
+//!   images that refer to what they wrote (under leases, and without); a lease lets blobs go
+//!   and takes them back; snapshot commits race collections. Every image's graph must exist
+//!   and verify, and the last collection leave exactly what the images keep. The writers
+//!   wait for collections by their count, never for time.
+//! - Regressions: what the collector must do as containerd does (reading `gc.expire` as Go's
+//!   RFC 3339 parser does; running the snapshotter's cleanup).
+//!
+//! The crash test (SIGKILL during collections) is in `daemon/tests/e2e/crash.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
