@@ -17,7 +17,11 @@
 //! by default): create rates, one client and several, list and get latencies, deletes, every
 //! answer checked (see `metadata.rs`).
 //!
-//! `table` renders `--report` files of `run`, or of `metadata`, side by side in Markdown.
+//! `gc` measures one garbage collection over a large population (100 000 blobs by default,
+//! half of them unreachable) and how long it holds up writers beside it (see `gc.rs`).
+//!
+//! `table` renders `--report` files of `run`, of `metadata` or of `gc` side by side in
+//! Markdown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +42,7 @@ macro_rules! say {
 }
 
 mod check;
+mod gc;
 mod metadata;
 mod procstat;
 mod raw;
@@ -71,10 +76,13 @@ enum Command {
     /// Create many images and containers, time the Images and Containers calls over them,
     /// verify every answer, and remove them
     Metadata(metadata::MetadataArgs),
+    /// Write a large population under a lease, half of it reachable from images, delete the
+    /// lease and time the collection that follows, with writers beside it; check what stayed
+    Gc(gc::GcArgs),
     /// Render --report files side by side as a Markdown table
     Table {
-        /// Report files written by `run --report` (or all by `metadata --report`), one
-        /// column group each
+        /// Report files written by `run --report` (or all by `metadata --report`, or all by
+        /// `gc --report`), one column group each
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
@@ -167,10 +175,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
-/// A report of `run` or of `metadata`.
+/// A report of `run`, of `metadata` or of `gc`.
 #[derive(serde::Deserialize)]
 #[serde(untagged)]
 enum AnyReport {
+    Gc(gc::GcReport),
     Metadata(metadata::MetadataReport),
     Load(report::Report),
 }
@@ -178,22 +187,25 @@ enum AnyReport {
 /// The Markdown table of reports all of one kind.
 ///
 /// # Errors
-/// Reports of `run` and of `metadata` mixed.
+/// Reports of more than one kind mixed.
 fn any_table(reports: Vec<AnyReport>) -> anyhow::Result<String> {
     let mut load = Vec::new();
     let mut metadata = Vec::new();
+    let mut gc = Vec::new();
     for r in reports {
         match r {
             AnyReport::Load(r) => load.push(r),
             AnyReport::Metadata(r) => metadata.push(r),
+            AnyReport::Gc(r) => gc.push(r),
         }
     }
-    match (load.is_empty(), metadata.is_empty()) {
-        (false, false) => anyhow::bail!(
-            "reports of `run` and of `metadata` cannot share a table: give one kind at a time"
+    match (load.is_empty(), metadata.is_empty(), gc.is_empty()) {
+        (true, false, true) => Ok(metadata::table(&metadata)),
+        (true, true, false) => Ok(gc::table(&gc)),
+        (_, true, true) => Ok(report::table(&load)),
+        _ => anyhow::bail!(
+            "reports of `run`, of `metadata` and of `gc` cannot share a table: give one kind at a time"
         ),
-        (true, false) => Ok(metadata::table(&metadata)),
-        _ => Ok(report::table(&load)),
     }
 }
 
@@ -220,6 +232,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Check { address, journals } => check::check(&address, &journals).await,
             Command::Metadata(args) => metadata::metadata(args).await,
+            Command::Gc(args) => gc::gc(args).await,
             Command::Table { reports } => {
                 let mut loaded = Vec::new();
                 for path in &reports {
