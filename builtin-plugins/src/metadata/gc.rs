@@ -45,6 +45,9 @@ use crate::snapshots::Info;
 /// Blobs deleted per hold of the blob lock: content commits wait at most one batch.
 const BLOB_BATCH: usize = 256;
 
+/// Backend snapshots removed side by side.
+const SNAPSHOT_BATCH: usize = 64;
+
 /// The collector's state in [`Metadata`].
 pub(crate) struct GcState {
     callbacks: RwLock<Vec<MutationCallback>>,
@@ -703,8 +706,14 @@ impl Metadata {
                 Ok(out)
             })
             .await?;
+            // Side by side: each delete is a trip to the blocking pool.
+            let mut deletes = tokio::task::JoinSet::new();
             for digest in unheld {
-                match store.delete(&digest).await {
+                let store = Arc::clone(&store);
+                deletes.spawn(async move { store.delete(&digest).await });
+            }
+            while let Some(done) = deletes.join_next().await {
+                match done.map_err(|e| Error::internal(format!("a blob delete failed: {e}")))? {
                     Ok(()) => deleted += 1,
                     Err(e) if e.category == plinth_core::Category::NotFound => {}
                     Err(e) => return Err(e),
@@ -799,13 +808,28 @@ impl Metadata {
                     if leaves.is_empty() {
                         break;
                     }
-                    for leaf in leaves {
-                        match backend.remove(&leaf.name).await {
-                            Ok(()) => removed += 1,
-                            Err(e) if e.category == plinth_core::Category::NotFound => {}
-                            Err(e) => {
-                                tracing::warn!(snapshotter = %name, key = %leaf.name, error = %e, "collection could not remove a snapshot no record refers to");
-                                failures.push(format!("{name}: {}: {e}", leaf.name));
+                    // Leaves side by side, a bounded number at a time: a backend that
+                    // commits its own records durably shares one sync among them.
+                    for chunk in leaves.chunks(SNAPSHOT_BATCH) {
+                        let mut removals = tokio::task::JoinSet::new();
+                        for leaf in chunk {
+                            let (backend, key) = (Arc::clone(backend), leaf.name.clone());
+                            removals.spawn(async move {
+                                let result = backend.remove(&key).await;
+                                (key, result)
+                            });
+                        }
+                        while let Some(done) = removals.join_next().await {
+                            let (key, result) = done.map_err(|e| {
+                                Error::internal(format!("a snapshot removal failed: {e}"))
+                            })?;
+                            match result {
+                                Ok(()) => removed += 1,
+                                Err(e) if e.category == plinth_core::Category::NotFound => {}
+                                Err(e) => {
+                                    tracing::warn!(snapshotter = %name, key = %key, error = %e, "collection could not remove a snapshot no record refers to");
+                                    failures.push(format!("{name}: {key}: {e}"));
+                                }
                             }
                         }
                     }
