@@ -491,32 +491,29 @@ impl Graph {
     }
 }
 
-fn mark_read(txn: &redb::ReadTransaction, now: SystemTime) -> Result<Garbage, Error> {
-    let tables = Tables {
-        content: txn.open_table(CONTENT).map_err(storage)?,
-        content_labels: txn.open_table(CONTENT_LABELS).map_err(storage)?,
-        snapshots: txn.open_table(SNAPSHOTS).map_err(storage)?,
-        snapshot_labels: txn.open_table(SNAPSHOT_LABELS).map_err(storage)?,
-        images: txn.open_table(IMAGES).map_err(storage)?,
-        containers: txn.open_table(CONTAINERS).map_err(storage)?,
-        leases: txn.open_table(LEASES).map_err(storage)?,
-        resources: txn.open_table(LEASE_RESOURCES).map_err(storage)?,
+/// The collector's tables of a read or a write transaction (whose `open_table`s return
+/// different types, hence a macro rather than a function).
+macro_rules! tables_of {
+    ($txn:expr) => {
+        Tables {
+            content: $txn.open_table(CONTENT).map_err(storage)?,
+            content_labels: $txn.open_table(CONTENT_LABELS).map_err(storage)?,
+            snapshots: $txn.open_table(SNAPSHOTS).map_err(storage)?,
+            snapshot_labels: $txn.open_table(SNAPSHOT_LABELS).map_err(storage)?,
+            images: $txn.open_table(IMAGES).map_err(storage)?,
+            containers: $txn.open_table(CONTAINERS).map_err(storage)?,
+            leases: $txn.open_table(LEASES).map_err(storage)?,
+            resources: $txn.open_table(LEASE_RESOURCES).map_err(storage)?,
+        }
     };
-    Ok(tables.graph(now)?.mark())
+}
+
+fn mark_read(txn: &redb::ReadTransaction, now: SystemTime) -> Result<Garbage, Error> {
+    Ok(tables_of!(txn).graph(now)?.mark())
 }
 
 fn mark_write(txn: &redb::WriteTransaction, now: SystemTime) -> Result<Garbage, Error> {
-    let tables = Tables {
-        content: txn.open_table(CONTENT).map_err(storage)?,
-        content_labels: txn.open_table(CONTENT_LABELS).map_err(storage)?,
-        snapshots: txn.open_table(SNAPSHOTS).map_err(storage)?,
-        snapshot_labels: txn.open_table(SNAPSHOT_LABELS).map_err(storage)?,
-        images: txn.open_table(IMAGES).map_err(storage)?,
-        containers: txn.open_table(CONTAINERS).map_err(storage)?,
-        leases: txn.open_table(LEASES).map_err(storage)?,
-        resources: txn.open_table(LEASE_RESOURCES).map_err(storage)?,
-    };
-    Ok(tables.graph(now)?.mark())
+    Ok(tables_of!(txn).graph(now)?.mark())
 }
 
 /// Removes what `garbage` names in `txn`.
