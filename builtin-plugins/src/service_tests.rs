@@ -1933,7 +1933,14 @@ async fn check_sync_delete<F, G>(
     );
 
     let mut call = delete(served, true);
-    called.recv().await.expect("the scheduler is asked");
+    // Asked while the call is open, or the call answered without asking.
+    tokio::select! {
+        asked = called.recv() => asked.expect("the scheduler is asked"),
+        answered = &mut call => panic!(
+            "answered without a collection: {:?}",
+            answered.map(|(_, answer)| answer)
+        ),
+    }
     let early = tokio::time::timeout(NO_ANSWER_WINDOW, &mut call).await;
     assert!(
         early.is_err(),

@@ -45,6 +45,9 @@ use crate::snapshots::Info;
 /// Blobs deleted per hold of the blob lock: content commits wait at most one batch.
 const BLOB_BATCH: usize = 256;
 
+/// Backend snapshots removed side by side.
+const SNAPSHOT_BATCH: usize = 64;
+
 /// The collector's state in [`Metadata`].
 pub(crate) struct GcState {
     callbacks: RwLock<Vec<MutationCallback>>,
@@ -169,8 +172,53 @@ struct Graph {
 /// as in containerd).
 pub(crate) fn expiry(labels: &std::collections::BTreeMap<String, String>) -> Option<SystemTime> {
     let value = labels.get(LABEL_EXPIRE)?;
+    if !go_rfc3339(value) {
+        return None;
+    }
     let time: jiff::Timestamp = value.parse().ok()?;
     Some(SystemTime::from(time))
+}
+
+/// Whether Go's `time.Parse(time.RFC3339, value)` (containerd's reading of
+/// `containerd.io/gc.expire`) takes `value`: `YYYY-MM-DDTHH:MM:SS`, optional fractional
+/// seconds, then `Z` or `±HH:MM`. jiff takes more (a space or `t` for the `T`, no seconds,
+/// `z`, the basic format, an `[annotation]`), which containerd ignores, and so must we: a
+/// lease containerd never expires must not lose what it holds here.
+fn go_rfc3339(value: &str) -> bool {
+    let b = value.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    if !(digits(0..4)
+        && at(4, b'-')
+        && digits(5..7)
+        && at(7, b'-')
+        && digits(8..10)
+        && at(10, b'T')
+        && digits(11..13)
+        && at(13, b':')
+        && digits(14..16)
+        && at(16, b':')
+        && digits(17..19))
+    {
+        return false;
+    }
+    let mut rest = &b[19..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let n = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &fraction[n..];
+    }
+    rest == b"Z"
+        || (rest.len() == 6
+            && matches!(rest[0], b'+' | b'-')
+            && rest[1..3].iter().all(u8::is_ascii_digit)
+            && rest[3] == b':'
+            && rest[4..6].iter().all(u8::is_ascii_digit))
 }
 
 fn decode<M: prost::Message + Default>(what: &str, bytes: &[u8]) -> Result<M, Error> {
@@ -443,32 +491,29 @@ impl Graph {
     }
 }
 
-fn mark_read(txn: &redb::ReadTransaction, now: SystemTime) -> Result<Garbage, Error> {
-    let tables = Tables {
-        content: txn.open_table(CONTENT).map_err(storage)?,
-        content_labels: txn.open_table(CONTENT_LABELS).map_err(storage)?,
-        snapshots: txn.open_table(SNAPSHOTS).map_err(storage)?,
-        snapshot_labels: txn.open_table(SNAPSHOT_LABELS).map_err(storage)?,
-        images: txn.open_table(IMAGES).map_err(storage)?,
-        containers: txn.open_table(CONTAINERS).map_err(storage)?,
-        leases: txn.open_table(LEASES).map_err(storage)?,
-        resources: txn.open_table(LEASE_RESOURCES).map_err(storage)?,
+/// The collector's tables of a read or a write transaction (whose `open_table`s return
+/// different types, hence a macro rather than a function).
+macro_rules! tables_of {
+    ($txn:expr) => {
+        Tables {
+            content: $txn.open_table(CONTENT).map_err(storage)?,
+            content_labels: $txn.open_table(CONTENT_LABELS).map_err(storage)?,
+            snapshots: $txn.open_table(SNAPSHOTS).map_err(storage)?,
+            snapshot_labels: $txn.open_table(SNAPSHOT_LABELS).map_err(storage)?,
+            images: $txn.open_table(IMAGES).map_err(storage)?,
+            containers: $txn.open_table(CONTAINERS).map_err(storage)?,
+            leases: $txn.open_table(LEASES).map_err(storage)?,
+            resources: $txn.open_table(LEASE_RESOURCES).map_err(storage)?,
+        }
     };
-    Ok(tables.graph(now)?.mark())
+}
+
+fn mark_read(txn: &redb::ReadTransaction, now: SystemTime) -> Result<Garbage, Error> {
+    Ok(tables_of!(txn).graph(now)?.mark())
 }
 
 fn mark_write(txn: &redb::WriteTransaction, now: SystemTime) -> Result<Garbage, Error> {
-    let tables = Tables {
-        content: txn.open_table(CONTENT).map_err(storage)?,
-        content_labels: txn.open_table(CONTENT_LABELS).map_err(storage)?,
-        snapshots: txn.open_table(SNAPSHOTS).map_err(storage)?,
-        snapshot_labels: txn.open_table(SNAPSHOT_LABELS).map_err(storage)?,
-        images: txn.open_table(IMAGES).map_err(storage)?,
-        containers: txn.open_table(CONTAINERS).map_err(storage)?,
-        leases: txn.open_table(LEASES).map_err(storage)?,
-        resources: txn.open_table(LEASE_RESOURCES).map_err(storage)?,
-    };
-    Ok(tables.graph(now)?.mark())
+    Ok(tables_of!(txn).graph(now)?.mark())
 }
 
 /// Removes what `garbage` names in `txn`.
@@ -585,13 +630,19 @@ fn namespaces_in(txn: &redb::ReadTransaction) -> Result<Vec<String>, Error> {
 fn mark_and_sweep(db: &Db, between: &(dyn Fn() + Send + Sync)) -> Result<Swept, Error> {
     let start = Instant::now();
     let now = SystemTime::now();
-    // Read before the snapshot is taken: a commit counted after this may or may not be
-    // in the snapshot, and either way makes the sweep mark again (see `Db::commits`).
-    let seen = db.commits();
-    let garbage = {
-        let txn = db.begin_read()?;
-        mark_read(&txn, now)?
+    // The count and the snapshot are taken together under the writer lock: a commit is
+    // counted before it is visible, so only there is every counted commit in the snapshot
+    // (and every commit not in it counted later, which makes the sweep mark again). Writers
+    // wait only while the read transaction opens.
+    let (seen, read) = {
+        let writer = db.begin_write()?;
+        let seen = db.commits();
+        let read = db.begin_read()?;
+        drop(writer);
+        (seen, read)
     };
+    let garbage = mark_read(&read, now)?;
+    drop(read);
     let mark = start.elapsed();
     between();
     let start = Instant::now();
@@ -652,8 +703,14 @@ impl Metadata {
                 Ok(out)
             })
             .await?;
+            // Side by side: each delete is a trip to the blocking pool.
+            let mut deletes = tokio::task::JoinSet::new();
             for digest in unheld {
-                match store.delete(&digest).await {
+                let store = Arc::clone(&store);
+                deletes.spawn(async move { store.delete(&digest).await });
+            }
+            while let Some(done) = deletes.join_next().await {
+                match done.map_err(|e| Error::internal(format!("a blob delete failed: {e}")))? {
                     Ok(()) => deleted += 1,
                     Err(e) if e.category == plinth_core::Category::NotFound => {}
                     Err(e) => return Err(e),
@@ -712,25 +769,32 @@ impl Metadata {
         for (name, backend) in &self.snapshotters {
             let listed = backend.walk(&[]).await?;
             let referenced = self.referenced_backend_keys(name, None).await?;
-            // Orphans by namespace (the backend key's first component).
-            let mut by_namespace: HashMap<String, Vec<Info>> = HashMap::new();
+            // The namespaces with orphans (a backend key's first component).
+            let mut namespaces: BTreeSet<String> = BTreeSet::new();
             for info in listed {
                 if referenced.contains(&info.name)
                     || (only_swept && !swept.contains(&(name.clone(), info.name.clone())))
                 {
                     continue;
                 }
-                let ns = info.name.split('/').next().unwrap_or_default().to_string();
-                by_namespace.entry(ns).or_default().push(info);
+                namespaces.insert(info.name.split('/').next().unwrap_or_default().to_string());
             }
-            for (ns, orphans) in by_namespace {
+            for ns in namespaces {
                 let _guard = self.snapshot_lock(&ns).await;
-                // Checked again under the lock: a record written since the listing keeps
-                // its snapshot.
+                // Listed and checked again under the lock: a record written since the first
+                // listing keeps its snapshot, and a snapshot its change created meanwhile
+                // (whose record a sweep took) goes with its parent, children first.
                 let referenced = self.referenced_backend_keys(name, Some(&ns)).await?;
-                let mut orphans: Vec<Info> = orphans
+                let prefix = format!("{ns}/");
+                let mut orphans: Vec<Info> = backend
+                    .walk(&[])
+                    .await?
                     .into_iter()
-                    .filter(|info| !referenced.contains(&info.name))
+                    .filter(|info| {
+                        (info.name.starts_with(&prefix) || info.name == ns)
+                            && !referenced.contains(&info.name)
+                            && (!only_swept || swept.contains(&(name.clone(), info.name.clone())))
+                    })
                     .collect();
                 while !orphans.is_empty() {
                     let parents: BTreeSet<String> =
@@ -741,17 +805,43 @@ impl Metadata {
                     if leaves.is_empty() {
                         break;
                     }
-                    for leaf in leaves {
-                        match backend.remove(&leaf.name).await {
-                            Ok(()) => removed += 1,
-                            Err(e) if e.category == plinth_core::Category::NotFound => {}
-                            Err(e) => {
-                                tracing::warn!(snapshotter = %name, key = %leaf.name, error = %e, "collection could not remove a snapshot no record refers to");
-                                failures.push(format!("{name}: {}: {e}", leaf.name));
+                    // Leaves side by side, a bounded number at a time: a backend that
+                    // commits its own records durably shares one sync among them.
+                    for chunk in leaves.chunks(SNAPSHOT_BATCH) {
+                        let mut removals = tokio::task::JoinSet::new();
+                        for leaf in chunk {
+                            let (backend, key) = (Arc::clone(backend), leaf.name.clone());
+                            removals.spawn(async move {
+                                let result = backend.remove(&key).await;
+                                (key, result)
+                            });
+                        }
+                        while let Some(done) = removals.join_next().await {
+                            let (key, result) = done.map_err(|e| {
+                                Error::internal(format!("a snapshot removal failed: {e}"))
+                            })?;
+                            match result {
+                                Ok(()) => removed += 1,
+                                Err(e) if e.category == plinth_core::Category::NotFound => {}
+                                Err(e) => {
+                                    tracing::warn!(snapshotter = %name, key = %key, error = %e, "collection could not remove a snapshot no record refers to");
+                                    failures.push(format!("{name}: {key}: {e}"));
+                                }
                             }
                         }
                     }
                     orphans = rest;
+                }
+            }
+            if !only_swept {
+                // What the backend itself left half made or half removed (a crash inside
+                // its own remove), as containerd's collection ends with the snapshotter's
+                // cleanup; under every namespace's lock, as `Snapshotter::cleanup` is.
+                let _all = self.snapshot_lock_all().await;
+                match backend.cleanup().await {
+                    Ok(()) => {}
+                    Err(e) if e.category == plinth_core::Category::Unimplemented => {}
+                    Err(e) => failures.push(format!("{name}: cleanup: {e}")),
                 }
             }
         }

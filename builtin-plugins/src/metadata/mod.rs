@@ -11,6 +11,8 @@
 mod content;
 mod gc;
 #[cfg(all(test, feature = "content-local", feature = "snapshotter-native"))]
+mod gc_tests;
+#[cfg(all(test, feature = "content-local", feature = "snapshotter-native"))]
 mod model_tests;
 mod objects;
 mod order;

@@ -490,6 +490,12 @@ impl Snapshotter for NamespacedSnapshotter {
         let (lease, kind_name) = (self.lease.clone(), self.resource_kind());
         let slot = blocking(move || {
             let txn = metadata.db.begin_write()?;
+            // A collection may have removed the active snapshot since it was read (nothing
+            // held it), and its parent with it: then there is nothing to commit, and the
+            // backend's committed snapshot is left for the next collection to remove.
+            if get_record(&txn.open_table(SNAPSHOTS).map_err(storage)?, &ns, &sn, &key)?.is_none() {
+                return Err(not_found(&key));
+            }
             remove_record(&txn, &ns, &sn, &key)?;
             // The active snapshot is gone: the lease now holds the committed one instead.
             super::objects::unbind(&txn, &ns, lease.as_deref(), &kind_name, &key)?;
