@@ -45,8 +45,9 @@ use crate::snapshots::Info;
 /// Blobs deleted per hold of the blob lock: content commits wait at most one batch.
 const BLOB_BATCH: usize = 256;
 
-/// Backend snapshots removed side by side.
-const SNAPSHOT_BATCH: usize = 64;
+/// Backend snapshots removed per [`crate::snapshots::Snapshotter::remove_many`] call (one
+/// transaction of a backend with its own records), children before parents.
+const SNAPSHOT_BATCH: usize = 256;
 
 /// The collector's state in [`Metadata`].
 pub(crate) struct GcState {
@@ -780,57 +781,46 @@ impl Metadata {
                 namespaces.insert(info.name.split('/').next().unwrap_or_default().to_string());
             }
             for ns in namespaces {
-                let _guard = self.snapshot_lock(&ns).await;
-                // Listed and checked again under the lock: a record written since the first
-                // listing keeps its snapshot, and a snapshot its change created meanwhile
-                // (whose record a sweep took) goes with its parent, children first.
-                let referenced = self.referenced_backend_keys(name, Some(&ns)).await?;
-                let prefix = format!("{ns}/");
-                let mut orphans: Vec<Info> = backend
-                    .walk(&[])
-                    .await?
-                    .into_iter()
-                    .filter(|info| {
-                        (info.name.starts_with(&prefix) || info.name == ns)
-                            && !referenced.contains(&info.name)
-                            && (!only_swept || swept.contains(&(name.clone(), info.name.clone())))
-                    })
-                    .collect();
-                while !orphans.is_empty() {
-                    let parents: BTreeSet<String> =
-                        orphans.iter().map(|i| i.parent.clone()).collect();
-                    let (leaves, rest): (Vec<Info>, Vec<Info>) = orphans
+                // Listed and checked again under the namespace's lock: a record written since
+                // the first listing keeps its snapshot, and a snapshot its change created
+                // meanwhile (whose record a sweep took) goes with its parent.
+                let ordered = {
+                    let _guard = self.snapshot_lock(&ns).await;
+                    let referenced = self.referenced_backend_keys(name, Some(&ns)).await?;
+                    let prefix = format!("{ns}/");
+                    let orphans: Vec<Info> = backend
+                        .walk(&[])
+                        .await?
                         .into_iter()
-                        .partition(|i| !parents.contains(&i.name));
-                    if leaves.is_empty() {
-                        break;
-                    }
-                    // Leaves side by side, a bounded number at a time: a backend that
-                    // commits its own records durably shares one sync among them.
-                    for chunk in leaves.chunks(SNAPSHOT_BATCH) {
-                        let mut removals = tokio::task::JoinSet::new();
-                        for leaf in chunk {
-                            let (backend, key) = (Arc::clone(backend), leaf.name.clone());
-                            removals.spawn(async move {
-                                let result = backend.remove(&key).await;
-                                (key, result)
-                            });
-                        }
-                        while let Some(done) = removals.join_next().await {
-                            let (key, result) = done.map_err(|e| {
-                                Error::internal(format!("a snapshot removal failed: {e}"))
-                            })?;
-                            match result {
-                                Ok(()) => removed += 1,
-                                Err(e) if e.category == plinth_core::Category::NotFound => {}
-                                Err(e) => {
-                                    tracing::warn!(snapshotter = %name, key = %key, error = %e, "collection could not remove a snapshot no record refers to");
-                                    failures.push(format!("{name}: {key}: {e}"));
-                                }
+                        .filter(|info| {
+                            (info.name.starts_with(&prefix) || info.name == ns)
+                                && !referenced.contains(&info.name)
+                                && (!only_swept
+                                    || swept.contains(&(name.clone(), info.name.clone())))
+                        })
+                        .collect();
+                    children_first(orphans)
+                };
+                // Then a batch at a time, each under the lock again (so a snapshot change
+                // waits for one batch at most): a backend that commits its own records
+                // durably removes a batch in one transaction. What was an orphan under the
+                // lock stays one: backend keys are never reused, and a change needs its
+                // parent's record, which the sweep took.
+                for keys in ordered.chunks(SNAPSHOT_BATCH) {
+                    let results = {
+                        let _guard = self.snapshot_lock(&ns).await;
+                        backend.remove_many(keys).await
+                    };
+                    for (key, result) in keys.iter().zip(results) {
+                        match result {
+                            Ok(()) => removed += 1,
+                            Err(e) if e.category == plinth_core::Category::NotFound => {}
+                            Err(e) => {
+                                tracing::warn!(snapshotter = %name, key = %key, error = %e, "collection could not remove a snapshot no record refers to");
+                                failures.push(format!("{name}: {key}: {e}"));
                             }
                         }
                     }
-                    orphans = rest;
                 }
             }
             if !only_swept {
@@ -878,6 +868,24 @@ impl Metadata {
         })
         .await
     }
+}
+
+/// The keys of `orphans`, each child before its parent (a cycle, which a backend cannot
+/// hold, would be left out).
+fn children_first(mut orphans: Vec<Info>) -> Vec<String> {
+    let mut ordered = Vec::with_capacity(orphans.len());
+    while !orphans.is_empty() {
+        let parents: BTreeSet<String> = orphans.iter().map(|i| i.parent.clone()).collect();
+        let (leaves, rest): (Vec<Info>, Vec<Info>) = orphans
+            .into_iter()
+            .partition(|i| !parents.contains(&i.name));
+        if leaves.is_empty() {
+            break;
+        }
+        ordered.extend(leaves.into_iter().map(|i| i.name));
+        orphans = rest;
+    }
+    ordered
 }
 
 impl Metadata {

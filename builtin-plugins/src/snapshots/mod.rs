@@ -156,6 +156,19 @@ pub trait Snapshotter: Send + Sync {
     /// Not found; failed precondition when it has children.
     async fn remove(&self, key: &str) -> Result<(), Error>;
 
+    /// Removes several snapshots in the order given (a child may come before its parent),
+    /// one result per key: each fails alone as [`Snapshotter::remove`] would. The default
+    /// removes them one at a time; a backend that keeps its own records durably removes
+    /// them in one transaction, so that a collection pays one sync per batch, not one per
+    /// snapshot.
+    async fn remove_many(&self, keys: &[String]) -> Vec<Result<(), Error>> {
+        let mut results = Vec::with_capacity(keys.len());
+        for key in keys {
+            results.push(self.remove(key).await);
+        }
+        results
+    }
+
     /// Every snapshot matching any filter (containerd's syntax over `kind`, `name`,
     /// `parent`, `labels.<key>`), sorted by name.
     ///

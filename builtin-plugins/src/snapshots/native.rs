@@ -250,6 +250,15 @@ impl Snapshotter for NativeSnapshotter {
         blocking(move || store.remove(&key)).await
     }
 
+    async fn remove_many(&self, keys: &[String]) -> Vec<Result<(), Error>> {
+        let store = Arc::clone(&self.store);
+        let owned = keys.to_vec();
+        match blocking(move || store.remove_many(&owned)).await {
+            Ok(results) => results,
+            Err(e) => keys.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
     async fn walk(&self, filters: &[String]) -> Result<Vec<Info>, Error> {
         let store = Arc::clone(&self.store);
         let filters = filters.to_vec();

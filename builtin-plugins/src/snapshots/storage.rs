@@ -545,36 +545,60 @@ impl MetaStore {
     /// # Errors
     /// Not found; failed precondition when it has children.
     pub(crate) fn remove(&self, key: &str) -> Result<(), Error> {
+        let mut results = self.remove_many(&[key.to_string()])?;
+        results.pop().unwrap_or(Ok(()))
+    }
+
+    /// Removes several snapshots' records in one write transaction (one sync for all of
+    /// them), in the order given, so a child may come before its parent; then, after the
+    /// commit, their directories. One result per key: a key that is missing or still has
+    /// children fails alone and the others are removed.
+    ///
+    /// # Errors
+    /// Storage failure, which removes none of them.
+    pub(crate) fn remove_many(&self, keys: &[String]) -> Result<Vec<Result<(), Error>>, Error> {
         let txn = self.db.begin_write()?;
-        let id = {
+        let mut results = Vec::with_capacity(keys.len());
+        let mut ids = Vec::new();
+        {
             let mut table = txn.open_table(SNAPSHOTS).map_err(storage)?;
-            let record = read_record(&table, key)?
-                .ok_or_else(|| Error::not_found(format!("snapshot {key:?}: not found")))?;
             let mut parents = txn.open_table(PARENTS).map_err(storage)?;
-            let child = parents
-                .range((record.id, 0)..=(record.id, u64::MAX))
-                .map_err(storage)?
-                .next()
-                .transpose()
-                .map_err(storage)?
-                .map(|(_, child)| child.value().to_string());
-            if let Some(child) = child {
-                return Err(Error::failed_precondition(format!(
-                    "cannot remove snapshot {key:?}: it has children (e.g. {child:?}); remove them first"
-                )));
+            for key in keys {
+                let Some(record) = read_record(&table, key)? else {
+                    results.push(Err(Error::not_found(format!(
+                        "snapshot {key:?}: not found"
+                    ))));
+                    continue;
+                };
+                let child = parents
+                    .range((record.id, 0)..=(record.id, u64::MAX))
+                    .map_err(storage)?
+                    .next()
+                    .transpose()
+                    .map_err(storage)?
+                    .map(|(_, child)| child.value().to_string());
+                if let Some(child) = child {
+                    results.push(Err(Error::failed_precondition(format!(
+                        "cannot remove snapshot {key:?}: it has children (e.g. {child:?}); remove them first"
+                    ))));
+                    continue;
+                }
+                if !record.parent.is_empty() {
+                    let parent = read_record(&table, &record.parent)?.ok_or_else(|| {
+                        storage(format!("parent {:?} of {key:?} is missing", record.parent))
+                    })?;
+                    parents.remove((parent.id, record.id)).map_err(storage)?;
+                }
+                table.remove(key.as_str()).map_err(storage)?;
+                ids.push(record.id);
+                results.push(Ok(()));
             }
-            if !record.parent.is_empty() {
-                let parent = read_record(&table, &record.parent)?.ok_or_else(|| {
-                    storage(format!("parent {:?} of {key:?} is missing", record.parent))
-                })?;
-                parents.remove((parent.id, record.id)).map_err(storage)?;
-            }
-            table.remove(key).map_err(storage)?;
-            record.id
-        };
+        }
         txn.commit()?;
-        remove_dir_logged(&self.dir_of(id));
-        Ok(())
+        for id in ids {
+            remove_dir_logged(&self.dir_of(id));
+        }
+        Ok(results)
     }
 
     /// Removes every entry of `<root>/snapshots` that no record names. Holds the write
@@ -910,6 +934,58 @@ mod tests {
         store.remove("b").unwrap();
         store.remove("c").unwrap();
         assert!(store.stat("c").is_err());
+    }
+
+    /// One transaction for a batch: a child before its parent goes, a missing key and a
+    /// parent whose child is not in the batch fail alone, and only the removed snapshots'
+    /// directories are gone.
+    #[test]
+    fn remove_many_takes_children_before_parents_and_fails_each_key_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(dir.path()).unwrap();
+        let none = Labels::new();
+        let mut ids = BTreeMap::new();
+        for (key, parent) in [("p", ""), ("q", "")] {
+            let active = format!("{key}-active");
+            store
+                .create(Kind::Active, &active, parent, &none, make_dir(&store))
+                .unwrap();
+            store
+                .commit(key, &active, &none, |_| Ok(Usage::default()))
+                .unwrap();
+        }
+        for (key, parent) in [("c", "p"), ("d", "q")] {
+            let snapshot = store
+                .create(Kind::Active, key, parent, &none, make_dir(&store))
+                .unwrap();
+            ids.insert(key, snapshot.id);
+        }
+        ids.insert("p", store.stat("p").unwrap().0);
+        let keys: Vec<String> = ["c", "p", "missing", "q"].map(String::from).to_vec();
+        let results = store.remove_many(&keys).unwrap();
+        let categories: Vec<Option<Category>> = results
+            .iter()
+            .map(|r| r.as_ref().err().map(|e| e.category))
+            .collect();
+        assert_eq!(
+            categories,
+            [
+                None,
+                None,
+                Some(Category::NotFound),
+                Some(Category::FailedPrecondition)
+            ]
+        );
+        let left: Vec<String> = store
+            .walk(&[])
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(left, ["d", "q"]);
+        assert!(!store.dir_of(ids["c"]).exists());
+        assert!(!store.dir_of(ids["p"]).exists());
+        assert!(store.dir_of(ids["d"]).exists());
     }
 
     #[test]
