@@ -20,6 +20,7 @@ const PROTO_FILES: &[&str] = &[
     "services/leases/v1/leases.proto",
     "services/images/v1/images.proto",
     "services/containers/v1/containers.proto",
+    "services/diff/v1/diff.proto",
     "events/namespace.proto",
     "events/image.proto",
     "events/container.proto",

@@ -127,6 +127,14 @@ pub mod containerd {
             }
         }
 
+        /// The diff service (`containerd.services.diff`).
+        pub mod diff {
+            /// Version 1 (`containerd.services.diff.v1`).
+            pub mod v1 {
+                include_generated!("containerd.services.diff.v1");
+            }
+        }
+
         /// The images service (`containerd.services.images`).
         pub mod images {
             /// Version 1 (`containerd.services.images.v1`), with the image event payloads

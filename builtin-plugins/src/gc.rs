@@ -64,6 +64,10 @@ pub struct Stats {
     pub sweep: Duration,
     /// Removing blobs and backend snapshots, outside any transaction.
     pub backend: Duration,
+    /// The part of `backend` spent on blobs.
+    pub blob_removal: Duration,
+    /// The part of `backend` spent on snapshots (their snapshotters' cleanup included).
+    pub snapshot_removal: Duration,
     /// Whether writes that landed between the mark and the sweep made the sweep mark again,
     /// inside its write transaction.
     pub remarked: bool,

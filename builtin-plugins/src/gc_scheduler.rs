@@ -712,10 +712,12 @@ pub fn removed_text(stats: &Stats) -> String {
 /// How long a collection's phases took, in words.
 pub fn phases_text(stats: &Stats) -> String {
     format!(
-        "mark {}, sweep {}, backend {}{}",
+        "mark {}, sweep {}, backend {} (blobs {}, snapshots {}){}",
         go_duration(stats.mark),
         go_duration(stats.sweep),
         go_duration(stats.backend),
+        go_duration(stats.blob_removal),
+        go_duration(stats.snapshot_removal),
         if stats.remarked {
             " (marked again in the sweep)"
         } else {

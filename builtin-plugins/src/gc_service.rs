@@ -100,6 +100,8 @@ mod tests {
             mark: Duration::from_micros(1_500),
             sweep: Duration::from_secs(2),
             backend: Duration::from_nanos(7),
+            blob_removal: Duration::from_nanos(4),
+            snapshot_removal: Duration::from_nanos(3),
             remarked: true,
             next_expiry: Some(expiry),
         };

@@ -340,8 +340,42 @@ impl Inner {
         Ok(found)
     }
 
+    /// The digests the blob directory names, sorted; other names are left out (as `walk`
+    /// leaves them out).
+    fn digests(&self) -> Result<Vec<Digest>, Error> {
+        let dir = self.blob_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(format_args!("reading {}", dir.display()), &e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| io_error(format_args!("reading {}", dir.display()), &e))?;
+            if let Ok(digest) =
+                Digest::parse(&format!("sha256:{}", entry.file_name().to_string_lossy()))
+            {
+                found.push(digest);
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
     fn delete(&self, digest: &Digest) -> Result<(), Error> {
         let _blobs = lock_ignoring_poison(&self.blobs);
+        self.delete_locked(digest)
+    }
+
+    /// [`Inner::delete`] of each, under one hold of the blob lock.
+    fn delete_many(&self, digests: &[Digest]) -> Vec<Result<(), Error>> {
+        let _blobs = lock_ignoring_poison(&self.blobs);
+        digests.iter().map(|d| self.delete_locked(d)).collect()
+    }
+
+    /// Deletes a blob and its labels file; the caller holds the blob lock.
+    fn delete_locked(&self, digest: &Digest) -> Result<(), Error> {
         let path = self.blob_path(digest);
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -829,6 +863,19 @@ impl ContentStore for LocalStore {
         blocking(move || inner.delete(&digest)).await
     }
 
+    async fn digests(&self) -> Result<Vec<Digest>, Error> {
+        let inner = Arc::clone(&self.inner);
+        blocking(move || inner.digests()).await
+    }
+
+    async fn delete_many(&self, digests: &[Digest]) -> Vec<Result<(), Error>> {
+        let (inner, owned) = (Arc::clone(&self.inner), digests.to_vec());
+        match blocking(move || Ok(inner.delete_many(&owned))).await {
+            Ok(results) => results,
+            Err(e) => digests.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
     async fn read_at(&self, digest: &Digest, offset: u64, length: usize) -> Result<Vec<u8>, Error> {
         let (inner, digest) = (Arc::clone(&self.inner), digest.clone());
         blocking(move || inner.read_at(&digest, offset, length)).await
@@ -1275,6 +1322,47 @@ mod tests {
             (statuses[0].reference.as_str(), statuses[0].offset),
             ("valid", 4)
         );
+    }
+
+    /// `digests` lists what `walk` lists, names only; `delete_many` deletes each blob with
+    /// its labels file, and a missing one fails alone.
+    #[tokio::test]
+    async fn digests_and_delete_many_agree_with_walk_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut committed = Vec::new();
+        for (i, data) in ["one", "two", "three"].into_iter().enumerate() {
+            let mut writer = store.writer(&format!("w{i}"), 0, None).await.unwrap();
+            writer.write(data.as_bytes()).await.unwrap();
+            let labels: Labels = [("n".to_string(), i.to_string())].into();
+            committed.push(writer.commit(0, None, labels).await.unwrap());
+        }
+        fs::write(dir.path().join("blobs/sha256/not-a-digest"), b"x").unwrap();
+        let walked: Vec<Digest> = store
+            .walk(&[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.digest)
+            .collect();
+        let mut sorted = committed.clone();
+        sorted.sort();
+        assert_eq!(store.digests().await.unwrap(), sorted);
+        assert_eq!(walked, sorted);
+
+        let missing = Digest::parse(&format!("sha256:{}", "0".repeat(64))).unwrap();
+        let asked = [committed[0].clone(), missing, committed[2].clone()];
+        let results = store.delete_many(&asked).await;
+        let categories: Vec<Option<Category>> = results
+            .iter()
+            .map(|r| r.as_ref().err().map(|e| e.category))
+            .collect();
+        assert_eq!(categories, [None, Some(Category::NotFound), None]);
+        assert_eq!(store.digests().await.unwrap(), [committed[1].clone()]);
+        // The labels files went with their blobs.
+        let inner = LocalStore::open(dir.path()).unwrap();
+        assert!(!inner.inner.sidecar_path(&committed[0]).exists());
+        assert!(inner.inner.sidecar_path(&committed[1]).exists());
     }
 
     #[tokio::test]

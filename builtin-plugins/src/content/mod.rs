@@ -184,6 +184,32 @@ pub trait ContentStore: Send + Sync {
     /// Not found.
     async fn delete(&self, digest: &Digest) -> Result<(), Error>;
 
+    /// The digest of every blob, sorted: what [`ContentStore::walk`] without filters lists,
+    /// without the rest of each blob's info (a garbage collection needs no more). The default
+    /// takes them from `walk`; a store that can list names alone does so.
+    ///
+    /// # Errors
+    /// As [`ContentStore::walk`].
+    async fn digests(&self) -> Result<Vec<Digest>, Error> {
+        Ok(self
+            .walk(&[])
+            .await?
+            .into_iter()
+            .map(|info| info.digest)
+            .collect())
+    }
+
+    /// Deletes several blobs, one result per digest, each as [`ContentStore::delete`]
+    /// would. The default deletes them one at a time; a local store does them in one trip
+    /// to its I/O thread.
+    async fn delete_many(&self, digests: &[Digest]) -> Vec<Result<(), Error>> {
+        let mut results = Vec::with_capacity(digests.len());
+        for digest in digests {
+            results.push(self.delete(digest).await);
+        }
+        results
+    }
+
     /// Up to `length` bytes of a blob from `offset` (fewer at the end; none past it).
     ///
     /// # Errors

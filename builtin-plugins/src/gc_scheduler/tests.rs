@@ -589,6 +589,8 @@ async fn exports_show_the_policy_and_the_last_collection() {
         mark: ms(1),
         sweep: Duration::from_micros(1500),
         backend: secs(2),
+        blob_removal: ms(1500),
+        snapshot_removal: ms(500),
         remarked: false,
         next_expiry: None,
     };
@@ -618,7 +620,7 @@ async fn exports_show_the_policy_and_the_last_collection() {
     assert_eq!(exports["last_run_duration"], "2.0025s");
     assert_eq!(
         exports["last_run_phases"],
-        "mark 1ms, sweep 1.5ms, backend 2s"
+        "mark 1ms, sweep 1.5ms, backend 2s (blobs 1.5s, snapshots 500ms)"
     );
     assert_eq!(
         exports["last_run_removed"],

@@ -704,14 +704,9 @@ impl Metadata {
                 Ok(out)
             })
             .await?;
-            // Side by side: each delete is a trip to the blocking pool.
-            let mut deletes = tokio::task::JoinSet::new();
-            for digest in unheld {
-                let store = Arc::clone(&store);
-                deletes.spawn(async move { store.delete(&digest).await });
-            }
-            while let Some(done) = deletes.join_next().await {
-                match done.map_err(|e| Error::internal(format!("a blob delete failed: {e}")))? {
+            // One trip to the store's I/O thread for the batch.
+            for result in store.delete_many(&unheld).await {
+                match result {
                     Ok(()) => deleted += 1,
                     Err(e) if e.category == plinth_core::Category::NotFound => {}
                     Err(e) => return Err(e),
@@ -736,7 +731,7 @@ impl Metadata {
                 .collect();
             return self.delete_unheld_blobs(digests).await;
         }
-        let listed = store.walk(&[]).await?;
+        let listed = store.digests().await?;
         let db = Arc::clone(&self.db);
         let held: HashSet<String> = blocking(move || {
             let txn = db.begin_read()?;
@@ -751,7 +746,6 @@ impl Metadata {
         .await?;
         let unheld: Vec<Digest> = listed
             .into_iter()
-            .map(|info| info.digest)
             .filter(|digest| !held.contains(digest.as_str()))
             .collect();
         self.delete_unheld_blobs(unheld).await
@@ -900,6 +894,7 @@ impl Metadata {
         };
         let start = Instant::now();
         let blobs = self.collect_blobs(&swept.garbage.content, only_swept).await;
+        let blob_removal = start.elapsed();
         let backend_snapshots = self
             .collect_snapshots(&swept.garbage.backend, only_swept)
             .await;
@@ -912,6 +907,8 @@ impl Metadata {
             mark: swept.mark,
             sweep: swept.sweep,
             backend: start.elapsed(),
+            blob_removal,
+            snapshot_removal: start.elapsed() - blob_removal,
             remarked: swept.remarked,
             next_expiry: swept.garbage.next_expiry,
         };
@@ -924,6 +921,8 @@ impl Metadata {
             mark_ms = stats.mark.as_secs_f64() * 1e3,
             sweep_ms = stats.sweep.as_secs_f64() * 1e3,
             backend_ms = stats.backend.as_secs_f64() * 1e3,
+            blob_removal_ms = stats.blob_removal.as_secs_f64() * 1e3,
+            snapshot_removal_ms = stats.snapshot_removal.as_secs_f64() * 1e3,
             remarked = stats.remarked,
             "collected"
         );
