@@ -64,9 +64,10 @@ pub struct Stats {
     pub sweep: Duration,
     /// Removing blobs and backend snapshots, outside any transaction.
     pub backend: Duration,
-    /// The part of `backend` spent on blobs.
+    /// How long removing blobs took (side by side with snapshots, within `backend`).
     pub blob_removal: Duration,
-    /// The part of `backend` spent on snapshots (their snapshotters' cleanup included).
+    /// How long removing backend snapshots took, their snapshotters' cleanup included (side
+    /// by side with blobs, within `backend`).
     pub snapshot_removal: Duration,
     /// Whether writes that landed between the mark and the sweep made the sweep mark again,
     /// inside its write transaction.

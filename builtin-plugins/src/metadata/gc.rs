@@ -864,6 +864,12 @@ impl Metadata {
     }
 }
 
+/// What `work` gives, and the time from `start` until it finished.
+async fn timed<T>(start: Instant, work: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let result = work.await;
+    (result, start.elapsed())
+}
+
 /// The keys of `orphans`, each child before its parent (a cycle, which a backend cannot
 /// hold, would be left out).
 fn children_first(mut orphans: Vec<Info>) -> Vec<String> {
@@ -893,11 +899,17 @@ impl Metadata {
             blocking(move || mark_and_sweep(&db, between.as_ref())).await?
         };
         let start = Instant::now();
-        let blobs = self.collect_blobs(&swept.garbage.content, only_swept).await;
-        let blob_removal = start.elapsed();
-        let backend_snapshots = self
-            .collect_snapshots(&swept.garbage.backend, only_swept)
-            .await;
+        // Blobs and snapshots side by side: different files, different locks.
+        let ((blobs, blob_removal), (backend_snapshots, snapshot_removal)) = tokio::join!(
+            timed(
+                start,
+                self.collect_blobs(&swept.garbage.content, only_swept)
+            ),
+            timed(
+                start,
+                self.collect_snapshots(&swept.garbage.backend, only_swept)
+            ),
+        );
         let stats = Stats {
             content: swept.garbage.content.len() as u64,
             snapshots: swept.garbage.snapshots.len() as u64,
@@ -908,7 +920,7 @@ impl Metadata {
             sweep: swept.sweep,
             backend: start.elapsed(),
             blob_removal,
-            snapshot_removal: start.elapsed() - blob_removal,
+            snapshot_removal,
             remarked: swept.remarked,
             next_expiry: swept.garbage.next_expiry,
         };
