@@ -75,6 +75,9 @@
 //!   except an existing directory when the entry is a directory too: then the two merge and
 //!   the entry's metadata is applied to the existing directory. A regular file is always a new
 //!   inode: writing never goes through an existing hard link or symbolic link.
+//! - A hard link gets no metadata of its own: it shares its target's inode, whose entry
+//!   set it (containerd applies the link's header again, which chowns the inode and so
+//!   clears a `security.capability` the link's header does not repeat).
 //! - Mode: all twelve bits (setuid, setgid, sticky included), set after the owner (a `chown`
 //!   clears setuid). Ownership: the entry's uid and gid when the process runs as root (euid
 //!   0); otherwise the owner is left as created (the applying user), as `tar
@@ -732,7 +735,12 @@ impl<'o> Applier<'o> {
                 None
             }
         };
-        self.metadata(&meta, dir, base, opened.as_ref())?;
+        // A hard link shares its target's inode, whose metadata its own entry set: applying
+        // the link's header too would chown it again (clearing security.capability and
+        // setuid when the header does not carry them).
+        if kind != Kind::HardLink {
+            self.metadata(&meta, dir, base, opened.as_ref())?;
+        }
         if kind == Kind::Dir {
             self.dirs.push((components.clone(), meta.times));
         }
@@ -782,10 +790,7 @@ impl<'o> Applier<'o> {
         base: &OsStr,
         opened: Option<&OwnedFd>,
     ) -> Result<(), Error> {
-        let is_symlink = meta.kind == Kind::Symlink
-            || (meta.kind == Kind::HardLink
-                && in_root::type_of(dir, base).map_err(|e| self.os(meta, "stat", e))?
-                    == Some(FileType::Symlink));
+        let is_symlink = meta.kind == Kind::Symlink;
         if self.owners {
             let (uid, gid) = (
                 Some(rustix::fs::Uid::from_raw(meta.uid)),
