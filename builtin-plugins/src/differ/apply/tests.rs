@@ -1252,3 +1252,414 @@ fn public_types_are_send_and_sync() {
     check::<Whiteouts>();
     check::<Compression>();
 }
+
+/// What a hostile layer must come to.
+enum Outcome {
+    /// Applied, inside the root: each (path in the root, what is there). `$OUT` in a path is
+    /// the absolute path of the sentinel directory outside, without its leading `/`; what is
+    /// there: file content, `-> target` for a symlink, `<absent>`, `<dir>`.
+    Contained(&'static [(&'static str, &'static str)]),
+    /// Refused: the error is InvalidArgument and its message holds this and the entry's name.
+    Refused(&'static str, &'static str),
+}
+
+/// One hostile case: layers built with the absolute path of the directory outside.
+struct Hostile {
+    case: &'static str,
+    whiteouts: Whiteouts,
+    layers: fn(&str) -> Vec<Layer>,
+    outcome: Outcome,
+}
+
+fn one(build: impl FnOnce(&mut Layer) -> &mut Layer) -> Vec<Layer> {
+    let mut layer = Layer::new();
+    build(&mut layer);
+    vec![layer]
+}
+
+fn hostile_cases() -> Vec<Hostile> {
+    use Outcome::*;
+    use Whiteouts::*;
+    vec![
+        Hostile {
+            case: "dot-dot name",
+            whiteouts: Native,
+            layers: |_| one(|l| l.file("../escape", "pwned")),
+            outcome: Contained(&[("escape", "pwned")]),
+        },
+        Hostile {
+            case: "many dot-dots",
+            whiteouts: Native,
+            layers: |_| one(|l| l.file("../../../../../../../tmp/escape", "pwned")),
+            outcome: Contained(&[("tmp/escape", "pwned")]),
+        },
+        Hostile {
+            case: "dot-dot in the middle",
+            whiteouts: Native,
+            layers: |_| one(|l| l.file("a/../../outside/secret", "pwned")),
+            outcome: Contained(&[("outside/secret", "pwned"), ("a", "<absent>")]),
+        },
+        Hostile {
+            case: "absolute name",
+            whiteouts: Native,
+            layers: |out| {
+                let name = format!("{out}/secret");
+                one(|l| l.file(&name, "pwned"))
+            },
+            outcome: Contained(&[("$OUT/secret", "pwned")]),
+        },
+        Hostile {
+            case: "PAX path record with dot-dots over an innocent header name",
+            whiteouts: Native,
+            layers: |_| {
+                one(|l| {
+                    l.raw(
+                        b"innocent",
+                        EntryType::Regular,
+                        Fields {
+                            data: b"pwned",
+                            pax: vec![("path", b"../../outside/secret")],
+                            ..Fields::default()
+                        },
+                    )
+                })
+            },
+            outcome: Contained(&[("outside/secret", "pwned"), ("innocent", "<absent>")]),
+        },
+        Hostile {
+            case: "names that are the root",
+            whiteouts: Native,
+            layers: |_| one(|l| l.dir("./").dir("/").dir("..").file("../", "")),
+            outcome: Contained(&[]),
+        },
+        Hostile {
+            case: "absolute symlink, written through in the same layer",
+            whiteouts: Native,
+            layers: |out| {
+                one(|l| {
+                    l.symlink("esc", out)
+                        .file("esc/secret", "pwned")
+                        .file("esc/dir/x", "pwned")
+                })
+            },
+            outcome: Contained(&[
+                ("$OUT/secret", "pwned"),
+                ("$OUT/dir/x", "pwned"),
+                ("esc", "-> /$OUT"),
+            ]),
+        },
+        Hostile {
+            case: "relative symlink climbing out, written through",
+            whiteouts: Native,
+            layers: |_| one(|l| l.symlink("up", "../../../..").file("up/outside/secret", "pwned")),
+            outcome: Contained(&[("outside/secret", "pwned")]),
+        },
+        Hostile {
+            case: "symlink of an earlier layer, written through",
+            whiteouts: Native,
+            layers: |out| {
+                let mut first = Layer::new();
+                first.dir("sub/").symlink("sub/esc", out);
+                let mut second = Layer::new();
+                second.file("sub/esc/secret", "pwned");
+                vec![first, second]
+            },
+            outcome: Contained(&[("$OUT/secret", "pwned"), ("sub/esc", "-> /$OUT")]),
+        },
+        Hostile {
+            case: "chained symlinks, absolute and relative",
+            whiteouts: Native,
+            layers: |out| {
+                let third = format!("/..//../{out}/dir");
+                one(|l| {
+                    l.symlink("l1", "l2")
+                        .dir("d/")
+                        .symlink("l2", "d/../../l3")
+                        .symlink("l3", &third)
+                        .file("l1/x", "pwned")
+                })
+            },
+            outcome: Contained(&[("$OUT/dir/x", "pwned")]),
+        },
+        Hostile {
+            case: "symlink through /proc/self/root",
+            whiteouts: Native,
+            layers: |out| {
+                let target = format!("/proc/self/root{out}");
+                one(|l| l.symlink("p", &target).file("p/secret", "pwned"))
+            },
+            outcome: Contained(&[("proc/self/root/$OUT/secret", "pwned")]),
+        },
+        Hostile {
+            case: "dangling symlink: its target is created inside",
+            whiteouts: Native,
+            layers: |_| one(|l| l.symlink("d", "/nonexistent/deeper").file("d/file", "x")),
+            outcome: Contained(&[("nonexistent/deeper/file", "x")]),
+        },
+        Hostile {
+            case: "file over a symlink to an outside file replaces the symlink",
+            whiteouts: Native,
+            layers: |out| {
+                let target = format!("{out}/secret");
+                one(|l| l.symlink("s", &target).file("s", "pwned"))
+            },
+            outcome: Contained(&[("s", "pwned")]),
+        },
+        Hostile {
+            case: "directory over a symlink to an outside directory replaces the symlink",
+            whiteouts: Native,
+            layers: |out| one(|l| l.symlink("d", out).dir("d/").file("d/secret", "pwned")),
+            outcome: Contained(&[("d", "<dir>"), ("d/secret", "pwned")]),
+        },
+        Hostile {
+            case: "hard link to a dot-dot name outside",
+            whiteouts: Native,
+            layers: |_| one(|l| l.hardlink("h", "../outside/secret")),
+            outcome: Refused("does not exist in the snapshot", "h"),
+        },
+        Hostile {
+            case: "hard link to an absolute name outside",
+            whiteouts: Native,
+            layers: |out| {
+                let target = format!("{out}/secret");
+                one(|l| l.hardlink("h", &target))
+            },
+            outcome: Refused("does not exist in the snapshot", "h"),
+        },
+        Hostile {
+            case: "hard link through a symlink pointing outside",
+            whiteouts: Native,
+            layers: |out| one(|l| l.symlink("esc", out).hardlink("h", "esc/secret")),
+            outcome: Refused("does not exist in the snapshot", "h"),
+        },
+        Hostile {
+            case: "hard link from a subdirectory climbing out",
+            whiteouts: Native,
+            layers: |_| one(|l| l.dir("sub/").hardlink("sub/h", "sub/../../outside/secret")),
+            outcome: Refused("does not exist in the snapshot", "sub/h"),
+        },
+        Hostile {
+            case: "hard link through a symlink to the root is contained",
+            whiteouts: Native,
+            layers: |_| {
+                one(|l| {
+                    l.symlink("esc", "/")
+                        .file("inner", "mine")
+                        .hardlink("h", "esc/inner")
+                })
+            },
+            outcome: Contained(&[("h", "mine")]),
+        },
+        Hostile {
+            case: "hard link to a symlink pointing outside links the symlink itself",
+            whiteouts: Native,
+            layers: |out| {
+                let target = format!("{out}/secret");
+                one(|l| l.symlink("s", &target).hardlink("h", "s"))
+            },
+            outcome: Contained(&[("h", "-> /$OUT/secret")]),
+        },
+        Hostile {
+            case: "hard link to itself",
+            whiteouts: Native,
+            layers: |_| one(|l| l.file("f", "x").hardlink("f", "f")),
+            outcome: Refused("hard link to itself", "f"),
+        },
+        Hostile {
+            case: "hard link to a directory",
+            whiteouts: Native,
+            layers: |_| one(|l| l.dir("d/").hardlink("h", "d")),
+            outcome: Refused("is a directory", "h"),
+        },
+        Hostile {
+            case: "whiteout with dot-dots",
+            whiteouts: Native,
+            layers: |_| {
+                let mut first = Layer::new();
+                first.file("secret", "lower");
+                let mut second = Layer::new();
+                second.file("../.wh.secret", "").file("../../outside/.wh.dir", "");
+                vec![first, second]
+            },
+            outcome: Contained(&[("secret", "<absent>"), ("outside", "<dir>")]),
+        },
+        Hostile {
+            case: "absolute whiteout",
+            whiteouts: Native,
+            layers: |out| {
+                let name = format!("{out}/.wh.secret");
+                one(|l| l.file(&name, "").file("/.wh.outside", ""))
+            },
+            outcome: Contained(&[("$OUT", "<dir>")]),
+        },
+        Hostile {
+            case: "whiteouts through a symlinked directory of an earlier layer",
+            whiteouts: Native,
+            layers: |out| {
+                let mut first = Layer::new();
+                first.symlink("esc", out);
+                let mut second = Layer::new();
+                second
+                    .file("esc/.wh.secret", "")
+                    .file("esc/.wh.dir", "")
+                    .file("esc/.wh.link", "");
+                vec![first, second]
+            },
+            outcome: Contained(&[("$OUT", "<dir>"), ("esc", "-> /$OUT")]),
+        },
+        Hostile {
+            case: "opaque marker through a symlinked directory",
+            whiteouts: Native,
+            layers: |out| {
+                let mut first = Layer::new();
+                first.symlink("esc", out);
+                let mut second = Layer::new();
+                second.file("esc/.wh..wh..opq", "");
+                vec![first, second]
+            },
+            outcome: Contained(&[("$OUT", "<dir>"), ("esc", "-> /$OUT")]),
+        },
+        Hostile {
+            case: "overlay whiteout with dot-dots",
+            whiteouts: Overlay,
+            layers: |_| one(|l| l.file("../../outside/.wh.secret", "")),
+            outcome: Contained(&[("outside/secret", "<whiteout>")]),
+        },
+        Hostile {
+            case: "overlay whiteout and opaque marker through a symlink",
+            whiteouts: Overlay,
+            layers: |out| {
+                one(|l| {
+                    l.symlink("esc", out)
+                        .file("esc/.wh.secret", "")
+                        .file("esc/dir/.wh..wh..opq", "")
+                })
+            },
+            outcome: Contained(&[("$OUT/secret", "<whiteout>"), ("$OUT/dir", "<dir>")]),
+        },
+        Hostile {
+            case: "whiteout of nothing",
+            whiteouts: Native,
+            layers: |_| one(|l| l.file(".wh.", "")),
+            outcome: Refused("would delete the directory itself", ".wh."),
+        },
+        Hostile {
+            case: "whiteout of the parent",
+            whiteouts: Native,
+            layers: |_| one(|l| l.file("sub/.wh..", "")),
+            outcome: Refused("would delete the directory itself", "sub/.wh.."),
+        },
+        Hostile {
+            case: "whiteout of the directory itself",
+            whiteouts: Overlay,
+            layers: |_| one(|l| l.file("sub/.wh...", "")),
+            outcome: Refused("would delete the directory itself", "sub/.wh..."),
+        },
+        Hostile {
+            case: "path through a file",
+            whiteouts: Native,
+            layers: |_| one(|l| l.file("f", "x").file("f/x", "y")),
+            outcome: Refused("not a directory", "f/x"),
+        },
+        Hostile {
+            case: "symlink loop",
+            whiteouts: Native,
+            layers: |_| one(|l| l.symlink("loop", "loop").file("loop/x", "y")),
+            outcome: Refused("symbolic links", "loop/x"),
+        },
+        Hostile {
+            case: "symlink ping-pong",
+            whiteouts: Native,
+            layers: |_| one(|l| l.symlink("a", "b/x").symlink("b", "a/y").file("a/z", "")),
+            outcome: Refused("symbolic links", "a/z"),
+        },
+        Hostile {
+            case: "unsupported entry type",
+            whiteouts: Native,
+            layers: |_| {
+                one(|l| {
+                    l.raw(
+                        b"volume",
+                        EntryType::new(b'V'),
+                        Fields::default(),
+                    )
+                })
+            },
+            outcome: Refused("unsupported tar entry type", "volume"),
+        },
+    ]
+}
+
+/// Every hostile case, with both resolvers: nothing outside the root changes, and the
+/// outcome (contained where, or refused why) is the one documented.
+#[test]
+fn hostile_layers_never_touch_anything_outside_the_root() {
+    require_root();
+    for hostile in hostile_cases() {
+        for resolver in RESOLVERS {
+            let place = Place::new();
+            let out = place.outside();
+            let before = place.around();
+            let layers: Vec<Vec<u8>> = (hostile.layers)(&out).iter().map(Layer::tar).collect();
+            let options = ApplyOptions {
+                whiteouts: hostile.whiteouts,
+                ..ApplyOptions::default()
+            };
+            let result = apply_layers(&place.root(), &layers, &options, resolver);
+            let case = format!("{} ({resolver:?})", hostile.case);
+            assert_eq!(
+                place.around(),
+                before,
+                "{case}: something outside the root changed"
+            );
+            match (&hostile.outcome, result) {
+                (Outcome::Contained(expected), Ok(())) => {
+                    for (path, what) in *expected {
+                        let path = place
+                            .root()
+                            .join(path.replace("$OUT", out.trim_start_matches('/')));
+                        let meta = std::fs::symlink_metadata(&path);
+                        match *what {
+                            "<absent>" => assert!(meta.is_err(), "{case}: {path:?} exists"),
+                            "<dir>" => assert!(meta.unwrap().is_dir(), "{case}: {path:?}"),
+                            "<whiteout>" => {
+                                let meta = meta.unwrap();
+                                assert!(
+                                    meta.file_type().is_char_device() && meta.rdev() == 0,
+                                    "{case}: {path:?} is no whiteout"
+                                );
+                            }
+                            link if link.starts_with("-> ") => {
+                                let expected = link[3..].replace("$OUT", out.trim_start_matches('/'));
+                                assert_eq!(
+                                    std::fs::read_link(&path).unwrap(),
+                                    Path::new(&expected),
+                                    "{case}"
+                                );
+                            }
+                            content => assert_eq!(
+                                std::fs::read_to_string(&path).unwrap(),
+                                content,
+                                "{case}: {path:?}"
+                            ),
+                        }
+                    }
+                }
+                (Outcome::Refused(why, entry), Err(error)) => {
+                    assert_eq!(error.category, Category::InvalidArgument, "{case}: {error}");
+                    assert!(error.message.contains(why), "{case}: {error}");
+                    assert!(
+                        error.message.contains(&format!("{entry:?}")),
+                        "{case}: the error does not name {entry:?}: {error}"
+                    );
+                }
+                (Outcome::Contained(_), Err(error)) => {
+                    panic!("{case}: expected contained, got {error}")
+                }
+                (Outcome::Refused(why, _), Ok(())) => {
+                    panic!("{case}: expected refused ({why}), got applied")
+                }
+            }
+        }
+    }
+}
