@@ -298,13 +298,16 @@ fn walk(base: &Path, dir: &Path, visit: &mut dyn FnMut(&str, String)) {
         visit(
             &relative,
             format!(
-                "{:o} {}:{} {} {} {} {content:?}",
+                "{:o} {}:{} {} links {} m {}.{} c {}.{} {content:?}",
                 meta.mode(),
                 meta.uid(),
                 meta.gid(),
                 meta.ino(),
+                meta.nlink(),
                 meta.mtime(),
-                meta.mtime_nsec()
+                meta.mtime_nsec(),
+                meta.ctime(),
+                meta.ctime_nsec()
             ),
         );
         if meta.is_dir() && relative != "root" {
@@ -1662,4 +1665,69 @@ fn hostile_layers_never_touch_anything_outside_the_root() {
             }
         }
     }
+}
+
+/// The no-escape property over random layers: random names (with `..`, `.`, empty and
+/// absolute parts), symlinks to random places outside and inside, hard links, whiteouts and
+/// opaque markers, in two layers, in both forms, with both resolvers. Whatever the outcome,
+/// nothing outside the root changes, and a refusal is InvalidArgument.
+#[test]
+fn random_layers_never_touch_anything_outside_the_root() {
+    use proptest::prelude::*;
+    require_root();
+    let component = prop::sample::select(vec!["a", "b", "esc", "..", ".", "", "secret", "dir"]);
+    let name = prop::collection::vec(component, 1..5).prop_map(|parts| parts.join("/"));
+    let absolute = any::<bool>();
+    let target = prop::sample::select(vec![
+        "$OUT", "$OUT/dir", "$OUT/secret", "/", "..", "../..", "../../outside", "a", "esc/..",
+        "/proc/self/root$OUT",
+    ]);
+    let op = (0..7u8, name, absolute, target);
+    let layers = prop::collection::vec(prop::collection::vec(op, 1..12), 1..3);
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 96,
+        ..proptest::test_runner::Config::default()
+    });
+    runner
+        .run(&(layers, any::<bool>()), |(layers, overlay_form)| {
+            for resolver in RESOLVERS {
+                let place = Place::new();
+                let out = place.outside();
+                let built: Vec<Vec<u8>> = layers
+                    .iter()
+                    .map(|ops| {
+                        let mut layer = Layer::new();
+                        for (kind, name, absolute, target) in ops {
+                            let name = if *absolute { format!("/{name}") } else { name.clone() };
+                            let target = target.replace("$OUT", &out);
+                            let (parent, base) = match name.rsplit_once('/') {
+                                Some((parent, base)) => (format!("{parent}/"), base.to_string()),
+                                None => (String::new(), name.clone()),
+                            };
+                            match kind {
+                                0 => layer.file(&name, "pwned"),
+                                1 => layer.dir(&name),
+                                2 | 3 => layer.symlink(&name, &target),
+                                4 => layer.hardlink(&name, &target),
+                                5 => layer.file(&format!("{parent}.wh.{base}"), ""),
+                                _ => layer.file(&format!("{name}/.wh..wh..opq"), ""),
+                            };
+                        }
+                        layer.tar()
+                    })
+                    .collect();
+                let before = place.around();
+                let options = ApplyOptions {
+                    whiteouts: if overlay_form { Whiteouts::Overlay } else { Whiteouts::Native },
+                    ..ApplyOptions::default()
+                };
+                let result = apply_layers(&place.root(), &built, &options, resolver);
+                prop_assert_eq!(place.around(), before, "outside changed ({:?})", resolver);
+                if let Err(error) = result {
+                    prop_assert_eq!(error.category, Category::InvalidArgument, "{}", error);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
 }
