@@ -24,6 +24,7 @@
 //! | `containers-service` | yes | `io.containerd.grpc.v1.containers`: containerd's Containers service, records only (needs a metadata plugin) |
 //! | `gc-scheduler` | yes | `io.containerd.gc.v1.scheduler`: containerd's garbage collection scheduler over the metadata plugin's collector; expired leases are collected on time; synchronous deletes wait for it |
 //! | `gc-service` | yes | `io.containerd.grpc.v1.gc`: plinthd's own GC service, a collection on demand (`plinthctl gc`; needs a GC scheduler) |
+//! | `differ-walking` | no | `io.containerd.differ.v1.walking`: layers compared into tar (+gzip, +zstd) and applied |
 //! | `testsuite` | no | the conformance suites `content::testsuite` and `snapshots::testsuite` |
 
 pub mod containerd;
@@ -41,6 +42,8 @@ mod content_service;
     feature = "leases-service"
 ))]
 pub mod convert;
+#[cfg(feature = "differ-walking")]
+pub mod differ;
 pub mod error;
 #[cfg(feature = "event-exchange")]
 pub mod event_exchange;
