@@ -132,7 +132,7 @@ fn set_xattr(root: &Path, path: &str, name: &str, value: &[u8]) {
 fn mknod(root: &Path, path: &str, file_type: rustix::fs::FileType, major: u32, minor: u32) {
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join(path),
+        root.join(path),
         file_type,
         rustix::fs::Mode::from_raw_mode(0o640),
         rustix::fs::makedev(major, minor),
@@ -1072,7 +1072,7 @@ fn an_overlay_upper_is_compared_through_the_overlay() {
     let mut out = Vec::new();
     diff_mounts(
         &[bind(&parent, "ro")],
-        &[overlay.clone()],
+        std::slice::from_ref(&overlay),
         &root.join("mounts"),
         MEDIA_TYPE_LAYER,
         &WriteDiffOptions::default(),
