@@ -359,6 +359,11 @@ const CASES: &[(&str, Setup, &[&str])] = &[
         &["d etc/", "- etc/top-again", "h top => etc/top-again"],
     ),
     (
+        "a new later name for an unchanged file: the earlier name carries the file",
+        |u| fs::hard_link(u.join("etc/hosts"), u.join("zz")).unwrap(),
+        &["d etc/", "- etc/hosts", "h zz => etc/hosts"],
+    ),
+    (
         "a fifo and device nodes",
         |u| {
             mknod(u, "fifo", rustix::fs::FileType::Fifo, 0, 0);
