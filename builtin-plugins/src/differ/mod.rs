@@ -6,7 +6,13 @@
 //!   of the parent) or the overlay form (a 0/0 character device, `trusted.overlay.opaque`),
 //!   verified against the compressed digest and the diff id, and never writing outside the
 //!   directory.
+//! - [`compare`]: two directory trees (or two sets of snapshot mounts) into an OCI layer: a
+//!   tar stream of what was added, modified and deleted (OCI whiteouts), compressed as asked,
+//!   written into a content store with its `containerd.io/uncompressed` label.
 //!
-//! Layers here follow the OCI image spec's layer format.
+//! Layers here follow the OCI image spec's layer format
+//! (`application/vnd.oci.image.layer.v1.tar`, `+gzip`, `+zstd`, and Docker's
+//! `application/vnd.docker.image.rootfs.diff.tar.gzip`).
 
 pub mod apply;
+pub mod compare;
