@@ -7,6 +7,7 @@ mod bad_input;
 mod commands;
 mod crash;
 mod gc;
+mod images;
 mod interop;
 mod lifecycle;
 mod load;
