@@ -55,8 +55,11 @@ pub(super) fn symlink(path: &str, target: &str) -> Entry {
     entry(path, Node::Symlink(target.into()), 0o777)
 }
 
+/// A hard link whose header repeats its target's mode (0755, root's): containerd applies a
+/// link's header to the shared inode again, plinthd leaves the inode as its own entry set it
+/// (see `differ/apply.rs`), so the tests keep the two equal.
 pub(super) fn hard_link(path: &str, target: &str) -> Entry {
-    entry(path, Node::HardLink(target.into()), 0o644)
+    entry(path, Node::HardLink(target.into()), 0o755)
 }
 
 pub(super) fn whiteout(path: &str) -> Entry {
@@ -154,14 +157,20 @@ pub(super) fn tar(entries: &[Entry]) -> Vec<u8> {
 /// Writes the name bytes as they are (`Header::set_path` refuses `..`).
 fn set_raw_name(header: &mut tar::Header, name: &str) {
     let field = &mut header.as_old_mut().name;
-    assert!(name.len() < field.len(), "name too long for the test: {name}");
+    assert!(
+        name.len() < field.len(),
+        "name too long for the test: {name}"
+    );
     field.fill(0);
     field[..name.len()].copy_from_slice(name.as_bytes());
 }
 
 fn set_raw_link(header: &mut tar::Header, target: &str) {
     let field = &mut header.as_old_mut().linkname;
-    assert!(target.len() < field.len(), "link too long for the test: {target}");
+    assert!(
+        target.len() < field.len(),
+        "link too long for the test: {target}"
+    );
     field.fill(0);
     field[..target.len()].copy_from_slice(target.as_bytes());
 }
@@ -415,7 +424,10 @@ fn apply_entry(tree: &mut Tree, lower: &Tree, entry: &Entry) {
             mtime: Some(MTIME as i64),
             ..base
         },
-        Node::Dir => Expected { kind: "dir", ..base },
+        Node::Dir => Expected {
+            kind: "dir",
+            ..base
+        },
         Node::Symlink(target) => Expected {
             kind: "symlink",
             mode: 0o777,
@@ -493,7 +505,11 @@ pub(super) fn hostile_image(outside: &Path) -> Image {
     ];
     let relative_outside = outside.trim_start_matches('/');
     let second = vec![
-        file("escape/through-absolute", b"through an absolute symlink\n", 0o644),
+        file(
+            "escape/through-absolute",
+            b"through an absolute symlink\n",
+            0o644,
+        ),
         file(
             &format!("climb/{relative_outside}/through-relative"),
             b"through a relative symlink\n",
