@@ -140,6 +140,19 @@ pub fn mounts(mounts: &[Mount]) -> Vec<MountMessage> {
         .collect()
 }
 
+/// Mounts from the wire.
+pub fn mounts_from(mounts: Vec<MountMessage>) -> Vec<Mount> {
+    mounts
+        .into_iter()
+        .map(|m| Mount {
+            mount_type: m.r#type,
+            source: m.source,
+            target: m.target,
+            options: m.options,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

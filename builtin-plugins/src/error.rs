@@ -68,6 +68,11 @@ impl Error {
         Error::new(Category::DataLoss, message)
     }
 
+    /// Unimplemented: a request this build cannot serve (a media type, a mount type).
+    pub fn unimplemented(message: impl Into<String>) -> Self {
+        Error::new(Category::Unimplemented, message)
+    }
+
     /// Anything else.
     pub fn internal(message: impl Into<String>) -> Self {
         Error::new(Category::Internal, message)

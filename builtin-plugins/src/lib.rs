@@ -24,7 +24,8 @@
 //! | `containers-service` | yes | `io.containerd.grpc.v1.containers`: containerd's Containers service, records only (needs a metadata plugin) |
 //! | `gc-scheduler` | yes | `io.containerd.gc.v1.scheduler`: containerd's garbage collection scheduler over the metadata plugin's collector; expired leases are collected on time; synchronous deletes wait for it |
 //! | `gc-service` | yes | `io.containerd.grpc.v1.gc`: plinthd's own GC service, a collection on demand (`plinthctl gc`; needs a GC scheduler) |
-//! | `differ-walking` | no | `io.containerd.differ.v1.walking`: layers compared into tar (+gzip, +zstd) and applied |
+//! | `differ-walking` | yes | `io.containerd.differ.v1.walking`: layers applied onto snapshot mounts (tar, +gzip, +zstd; whiteouts in overlay's form on overlay mounts; nothing written outside the snapshot) and mounts compared into layers (needs a metadata plugin) |
+//! | `diff-service` | yes | `io.containerd.grpc.v1.diff`: containerd's Diff service, Apply and Diff (needs a differ) |
 //! | `testsuite` | no | the conformance suites `content::testsuite` and `snapshots::testsuite` |
 
 pub mod containerd;
@@ -39,7 +40,8 @@ mod content_service;
     feature = "proxy",
     feature = "images-service",
     feature = "containers-service",
-    feature = "leases-service"
+    feature = "leases-service",
+    feature = "diff-service"
 ))]
 pub mod convert;
 #[cfg(feature = "differ-walking")]
@@ -73,6 +75,8 @@ mod snapshots_service;
 
 #[cfg(feature = "containers-service")]
 mod containers_service;
+#[cfg(feature = "diff-service")]
+mod diff_service;
 #[cfg(feature = "events-service")]
 mod events_service;
 #[cfg(feature = "images-service")]
@@ -154,6 +158,8 @@ pub const FEATURES: &[(&str, bool)] = &[
     ("containers-service", cfg!(feature = "containers-service")),
     ("gc-scheduler", cfg!(feature = "gc-scheduler")),
     ("gc-service", cfg!(feature = "gc-service")),
+    ("differ-walking", cfg!(feature = "differ-walking")),
+    ("diff-service", cfg!(feature = "diff-service")),
 ];
 
 /// The URIs of the plugins each feature contributes, to tell a user which feature to enable
@@ -180,6 +186,8 @@ pub const FEATURE_PLUGINS: &[(&str, &str)] = &[
     ("containers-service", "io.containerd.grpc.v1.containers"),
     ("gc-scheduler", "io.containerd.gc.v1.scheduler"),
     ("gc-service", "io.containerd.grpc.v1.gc"),
+    ("differ-walking", "io.containerd.differ.v1.walking"),
+    ("diff-service", "io.containerd.grpc.v1.diff"),
 ];
 
 /// Call this from the binary so the linker keeps this crate and its registrations.

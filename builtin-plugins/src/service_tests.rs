@@ -16,6 +16,8 @@ use plinth_api::containerd::services::containers::v1::{
     Container as ContainerMessage, CreateContainerRequest, DeleteContainerRequest,
     GetContainerRequest, ListContainersRequest, UpdateContainerRequest,
 };
+#[cfg(all(feature = "diff-service", feature = "differ-walking"))]
+use plinth_api::containerd::services::diff::v1::diff_client::DiffClient;
 use plinth_api::containerd::services::images::v1::images_client::ImagesClient;
 use plinth_api::containerd::services::images::v1::{
     CreateImageRequest, DeleteImageRequest, GetImageRequest, Image as ImageMessage,
@@ -50,6 +52,11 @@ use crate::snapshots::native::NativeSnapshotter;
 /// The four services on a socket in a temporary directory, and a client of each; the server
 /// stops when this is dropped.
 struct Served {
+    #[cfg(all(feature = "diff-service", feature = "differ-walking"))]
+    diff: DiffClient<Channel>,
+    /// The metadata plugin behind the services, for writing layers into its content store.
+    #[cfg(all(feature = "diff-service", feature = "differ-walking"))]
+    content: Arc<Metadata>,
     images: ImagesClient<Channel>,
     containers: ContainersClient<Channel>,
     leases: LeasesClient<Channel>,
@@ -86,13 +93,24 @@ async fn serve_with(gc: Option<Arc<dyn Scheduler>>) -> Served {
         )
         .unwrap(),
     );
+    #[cfg(all(feature = "diff-service", feature = "differ-walking"))]
+    let metadata_for_tests = metadata.clone();
     let socket = dir.path().join("plinthd.sock");
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     let router = tonic::transport::Server::builder()
         .add_service(crate::images_service::server(metadata.clone(), gc.clone()))
         .add_service(crate::containers_service::server(metadata.clone()))
-        .add_service(crate::leases_service::server(metadata.clone(), gc))
-        .add_service(crate::snapshots_service::server(metadata));
+        .add_service(crate::leases_service::server(metadata.clone(), gc));
+    #[cfg(all(feature = "diff-service", feature = "differ-walking"))]
+    let router = {
+        let differ = crate::differ::plugin::WalkingDiffer::new(
+            metadata.clone(),
+            crate::differ::apply::Limits::default(),
+            dir.path().join("mounts"),
+        );
+        router.add_service(crate::diff_service::server(Arc::new(differ)))
+    };
+    let router = router.add_service(crate::snapshots_service::server(metadata));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
@@ -105,6 +123,10 @@ async fn serve_with(gc: Option<Arc<dyn Scheduler>>) -> Served {
     });
     let channel = connect(&socket).await;
     Served {
+        #[cfg(all(feature = "diff-service", feature = "differ-walking"))]
+        diff: DiffClient::new(channel.clone()),
+        #[cfg(all(feature = "diff-service", feature = "differ-walking"))]
+        content: metadata_for_tests.clone(),
         images: ImagesClient::new(channel.clone()),
         containers: ContainersClient::new(channel.clone()),
         leases: LeasesClient::new(channel.clone()),
@@ -2073,4 +2095,369 @@ async fn sync_deletes_without_a_gc_scheduler_are_refused_and_delete_nothing() {
     assert_no_scheduler(&status, "lease \"l\"");
     assert_eq!(served.image_names("a", &[]).await, Ok(strings(&["alpine"])));
     assert_eq!(served.lease_ids("a", &[]).await, Ok(strings(&["l"])));
+}
+
+/// The Diff service against the native snapshotter through the Snapshots service, as
+/// `ctr`'s unpacker and `ctr snapshots diff` use them: a layer applied onto an active
+/// snapshot's mounts, a change compared into a layer, that layer applied elsewhere
+/// reproducing it; and each refusal with containerd's code.
+#[cfg(all(feature = "diff-service", feature = "differ-walking"))]
+mod diff {
+    use std::io::Write as _;
+
+    use plinth_api::containerd::services::diff::v1::{ApplyRequest, DiffRequest};
+    use plinth_api::containerd::types::Mount as MountMessage;
+
+    use super::*;
+    use crate::namespaces::NamespacedStores;
+
+    const NS: &str = "diff";
+
+    fn ns<T>(message: T) -> Request<T> {
+        with_headers(&[(NAMESPACE_HEADER, NS)], message)
+    }
+
+    /// A gzipped tar layer of `entries` (path, contents; a path ending in `/` is a
+    /// directory), with its digest.
+    fn layer(entries: &[(&str, &str)]) -> (Vec<u8>, String) {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut header = tar::Header::new_ustar();
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(1_700_000_000);
+            if path.ends_with('/') {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_size(0);
+                builder
+                    .append_data(&mut header, path, std::io::empty())
+                    .unwrap();
+            } else {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(0o644);
+                header.set_size(data.len() as u64);
+                builder
+                    .append_data(&mut header, path, data.as_bytes())
+                    .unwrap();
+            }
+        }
+        let tar = builder.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let bytes = gz.finish().unwrap();
+        let digest = crate::content::Digest::of(&bytes).to_string();
+        (bytes, digest)
+    }
+
+    async fn store(served: &Served, bytes: &[u8]) {
+        let content = served.content.clone().content(NS).unwrap();
+        let mut writer = content.writer("layer", 0, None).await.unwrap();
+        writer.write(bytes).await.unwrap();
+        match writer
+            .commit(0, None, crate::namespaces::Labels::new())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.category == plinth_core::Category::AlreadyExists => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    async fn prepare(served: &mut Served, key: &str, parent: &str) -> Vec<MountMessage> {
+        served
+            .snapshots
+            .prepare(ns(PrepareSnapshotRequest {
+                snapshotter: "native".into(),
+                key: key.into(),
+                parent: parent.into(),
+                labels: HashMap::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts
+    }
+
+    async fn commit(served: &mut Served, name: &str, key: &str) {
+        served
+            .snapshots
+            .commit(ns(CommitSnapshotRequest {
+                snapshotter: "native".into(),
+                name: name.into(),
+                key: key.into(),
+                labels: HashMap::new(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+    }
+
+    fn gz_descriptor(digest: &str, size: usize) -> DescriptorMessage {
+        DescriptorMessage {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: digest.into(),
+            size: size as i64,
+            annotations: HashMap::new(),
+        }
+    }
+
+    /// Every file under `root`: relative path → contents (directories as `/`).
+    fn tree(root: &Path) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.strip_prefix(root).unwrap().display().to_string();
+                if path.is_dir() {
+                    out.insert(format!("{name}/"), String::new());
+                    stack.push(path);
+                } else {
+                    out.insert(name, std::fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    fn source(mounts: &[MountMessage]) -> &Path {
+        assert_eq!(mounts.len(), 1, "{mounts:?}");
+        Path::new(&mounts[0].source)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_layer_applied_compared_and_applied_again_reproduces_the_change() {
+        let mut served = serve().await;
+        let (bytes, digest) = layer(&[("etc/", ""), ("etc/a", "one"), ("etc/b", "two")]);
+        store(&served, &bytes).await;
+        let mounts = prepare(&mut served, "extract-1", "").await;
+        let applied = served
+            .diff
+            .apply(ns(ApplyRequest {
+                diff: Some(gz_descriptor(&digest, bytes.len())),
+                mounts: mounts.clone(),
+                payloads: HashMap::new(),
+                sync_fs: true,
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .applied
+            .unwrap();
+        assert_eq!(applied.media_type, "application/vnd.oci.image.layer.v1.tar");
+        let expected_base = BTreeMap::from([
+            ("etc/".to_string(), String::new()),
+            ("etc/a".to_string(), "one".to_string()),
+            ("etc/b".to_string(), "two".to_string()),
+        ]);
+        assert_eq!(tree(source(&mounts)), expected_base);
+        commit(&mut served, "base", "extract-1").await;
+
+        // A change in an active snapshot on it, compared against a view of the base.
+        let work = prepare(&mut served, "work", "base").await;
+        let root = source(&work).to_path_buf();
+        std::fs::write(root.join("etc/a"), "changed").unwrap();
+        std::fs::remove_file(root.join("etc/b")).unwrap();
+        std::fs::write(root.join("new"), "added").unwrap();
+        let view = served
+            .snapshots
+            .view(ns(ViewSnapshotRequest {
+                snapshotter: "native".into(),
+                key: "base-view".into(),
+                parent: "base".into(),
+                labels: HashMap::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        let written = served
+            .diff
+            .diff(ns(DiffRequest {
+                left: view,
+                right: work.clone(),
+                media_type: String::new(),
+                r#ref: String::new(),
+                labels: HashMap::from([("x".to_string(), "y".to_string())]),
+                source_date_epoch: None,
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .diff
+            .unwrap();
+        assert_eq!(
+            written.media_type, "application/vnd.oci.image.layer.v1.tar+gzip",
+            "containerd's default"
+        );
+        let info = served
+            .content
+            .clone()
+            .content(NS)
+            .unwrap()
+            .info(&crate::content::Digest::parse(&written.digest).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(info.size, written.size);
+        assert_eq!(info.labels.get("x").map(String::as_str), Some("y"));
+        assert!(
+            info.labels.contains_key("containerd.io/uncompressed"),
+            "{info:?}"
+        );
+
+        // Applied onto another snapshot of the base, it makes the same tree.
+        let again = prepare(&mut served, "again", "base").await;
+        let reapplied = served
+            .diff
+            .apply(ns(ApplyRequest {
+                diff: Some(written.clone()),
+                mounts: again.clone(),
+                payloads: HashMap::new(),
+                sync_fs: false,
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .applied
+            .unwrap();
+        assert_eq!(
+            Some(&reapplied.digest),
+            info.labels.get("containerd.io/uncompressed"),
+            "the diff id Apply reports is the label Diff wrote"
+        );
+        assert_eq!(tree(source(&again)), tree(&root));
+        assert_eq!(
+            tree(source(&again)),
+            BTreeMap::from([
+                ("etc/".to_string(), String::new()),
+                ("etc/a".to_string(), "changed".to_string()),
+                ("new".to_string(), "added".to_string()),
+            ])
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refusals_have_containerds_codes_and_write_nothing() {
+        let mut served = serve().await;
+        let (bytes, digest) = layer(&[("f", "data")]);
+        store(&served, &bytes).await;
+        prepare(&mut served, "active", "").await;
+        commit(&mut served, "committed", "active").await;
+        let target = prepare(&mut served, "target", "committed").await;
+        let view = served
+            .snapshots
+            .view(ns(ViewSnapshotRequest {
+                snapshotter: "native".into(),
+                key: "view".into(),
+                parent: "committed".into(),
+                labels: HashMap::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        let missing = format!("sha256:{}", "0".repeat(64));
+        let cases: Vec<(&str, ApplyRequest, Code)> = vec![
+            (
+                "a blob the namespace does not hold",
+                ApplyRequest {
+                    diff: Some(gz_descriptor(&missing, 10)),
+                    mounts: target.clone(),
+                    ..Default::default()
+                },
+                Code::NotFound,
+            ),
+            (
+                "an unknown media type",
+                ApplyRequest {
+                    diff: Some(DescriptorMessage {
+                        media_type: "application/x-unknown".into(),
+                        ..gz_descriptor(&digest, bytes.len())
+                    }),
+                    mounts: target.clone(),
+                    ..Default::default()
+                },
+                Code::Unimplemented,
+            ),
+            (
+                "payloads",
+                ApplyRequest {
+                    diff: Some(gz_descriptor(&digest, bytes.len())),
+                    mounts: target.clone(),
+                    payloads: HashMap::from([("decrypt".to_string(), Any::default())]),
+                    sync_fs: false,
+                },
+                Code::Unimplemented,
+            ),
+            (
+                "a read-only view",
+                ApplyRequest {
+                    diff: Some(gz_descriptor(&digest, bytes.len())),
+                    mounts: view.clone(),
+                    ..Default::default()
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                "a wrong size",
+                ApplyRequest {
+                    diff: Some(gz_descriptor(&digest, bytes.len() + 1)),
+                    mounts: target.clone(),
+                    ..Default::default()
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "no descriptor",
+                ApplyRequest {
+                    mounts: target.clone(),
+                    ..Default::default()
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                "a digest that does not parse",
+                ApplyRequest {
+                    diff: Some(gz_descriptor("sha256:nope", bytes.len())),
+                    mounts: target.clone(),
+                    ..Default::default()
+                },
+                Code::InvalidArgument,
+            ),
+        ];
+        for (what, request, code) in cases {
+            let status = served.diff.apply(ns(request)).await.unwrap_err();
+            assert_eq!(status.code(), code, "{what}: {status:?}");
+            assert!(
+                tree(source(&target)).is_empty(),
+                "{what}: nothing was written"
+            );
+        }
+        // The same blob from a namespace that does not hold it is not found.
+        let status = served
+            .diff
+            .apply(with_headers(
+                &[(NAMESPACE_HEADER, "other")],
+                ApplyRequest {
+                    diff: Some(gz_descriptor(&digest, bytes.len())),
+                    mounts: target.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        let status = served
+            .diff
+            .diff(ns(DiffRequest {
+                left: view,
+                right: target,
+                media_type: "application/x-unknown".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    }
 }

@@ -9,6 +9,8 @@
 //! - [`compare`]: two directory trees (or two sets of snapshot mounts) into an OCI layer: a
 //!   tar stream of what was added, modified and deleted (OCI whiteouts), compressed as asked,
 //!   written into a content store with its `containerd.io/uncompressed` label.
+//! - [`plugin`]: the plugin, both over the metadata plugin's namespaced stores, behind the
+//!   [`Differ`](plugin::Differ) interface that `io.containerd.grpc.v1.diff` serves.
 //!
 //! Layers here follow the OCI image spec's layer format
 //! (`application/vnd.oci.image.layer.v1.tar`, `+gzip`, `+zstd`, and Docker's
@@ -16,3 +18,4 @@
 
 pub mod apply;
 pub mod compare;
+pub mod plugin;

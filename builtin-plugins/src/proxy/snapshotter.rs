@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use plinth_api::containerd::services::snapshots::v1 as api;
 use plinth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
-use plinth_api::containerd::types::Mount as MountMessage;
 use plinth_api::prost_types::FieldMask;
 use tonic::transport::Channel;
 
@@ -81,19 +80,6 @@ impl ProxySnapshotter {
     }
 }
 
-/// Mounts from the wire.
-fn mounts_from(mounts: Vec<MountMessage>) -> Vec<Mount> {
-    mounts
-        .into_iter()
-        .map(|m| Mount {
-            mount_type: m.r#type,
-            source: m.source,
-            target: m.target,
-            options: m.options,
-        })
-        .collect()
-}
-
 fn wire_labels(labels: Labels) -> std::collections::HashMap<String, String> {
     labels.into_iter().collect()
 }
@@ -157,7 +143,9 @@ impl Snapshotter for ProxySnapshotter {
             })
             .await
             .map_err(|s| self.fail("mounts", s))?;
-        Ok(mounts_from(self.remote.ok(reply.into_inner()).mounts))
+        Ok(convert::mounts_from(
+            self.remote.ok(reply.into_inner()).mounts,
+        ))
     }
 
     async fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>, Error> {
@@ -171,7 +159,9 @@ impl Snapshotter for ProxySnapshotter {
             })
             .await
             .map_err(|s| self.fail("prepare", s))?;
-        Ok(mounts_from(self.remote.ok(reply.into_inner()).mounts))
+        Ok(convert::mounts_from(
+            self.remote.ok(reply.into_inner()).mounts,
+        ))
     }
 
     async fn view(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>, Error> {
@@ -185,7 +175,9 @@ impl Snapshotter for ProxySnapshotter {
             })
             .await
             .map_err(|s| self.fail("view", s))?;
-        Ok(mounts_from(self.remote.ok(reply.into_inner()).mounts))
+        Ok(convert::mounts_from(
+            self.remote.ok(reply.into_inner()).mounts,
+        ))
     }
 
     async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<(), Error> {
