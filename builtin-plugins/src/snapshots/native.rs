@@ -8,7 +8,9 @@
 //! The copy keeps regular files, directories, symlinks and hard links, with modes (including
 //! set-id bits), ownership and times. Special files (devices, FIFOs, sockets) are copied by
 //! `cp -a`, because creating them needs `mknod(2)` and this crate has no `unsafe`. Extended
-//! attributes are not copied for the same reason.
+//! attributes are copied (after the owner: a `chown` clears `security.capability`), and a
+//! symlink keeps its own times, as containerd's copy does: otherwise the comparer would see
+//! every symlink and every file with attributes of a copied snapshot as changed.
 
 use std::collections::HashMap;
 use std::fs::{self, FileTimes};
@@ -141,12 +143,30 @@ fn copy_tree(source: &Path, target: &Path) -> io::Result<()> {
             } else if file_type.is_symlink() {
                 std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
                 std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
+                copy_xattrs(&from, &to)?;
+                let times = rustix::fs::Timestamps {
+                    last_access: rustix::fs::Timespec {
+                        tv_sec: meta.atime(),
+                        tv_nsec: meta.atime_nsec(),
+                    },
+                    last_modification: rustix::fs::Timespec {
+                        tv_sec: meta.mtime(),
+                        tv_nsec: meta.mtime_nsec(),
+                    },
+                };
+                rustix::fs::utimensat(
+                    rustix::fs::CWD,
+                    &to,
+                    &times,
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )?;
             } else if let Some(first) = hard_links.get(&(meta.dev(), meta.ino())) {
                 fs::hard_link(first, &to)?;
             } else {
                 if file_type.is_file() {
                     fs::copy(&from, &to)?;
                     copy_attributes(&meta, &to)?;
+                    copy_xattrs(&from, &to)?;
                 } else {
                     copy_special(&from, &to)?;
                 }
@@ -158,6 +178,33 @@ fn copy_tree(source: &Path, target: &Path) -> io::Result<()> {
     }
     for (from, to) in directories.iter().rev() {
         copy_attributes(&fs::symlink_metadata(from)?, to)?;
+        copy_xattrs(from, to)?;
+    }
+    Ok(())
+}
+
+/// Copies every extended attribute of `from` onto `to` (neither followed). A name the target
+/// filesystem refuses (`ENOTSUP`), or a `user.` one on a symlink (`EPERM`), is left out.
+fn copy_xattrs(from: &Path, to: &Path) -> io::Result<()> {
+    let size = match rustix::fs::llistxattr_query(from) {
+        Ok(size) => size,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if size == 0 {
+        return Ok(());
+    }
+    let mut names = vec![0u8; size];
+    let size = rustix::fs::llistxattr(from, &mut names[..])?;
+    for name in names[..size].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name);
+        let length = rustix::fs::lgetxattr_query(from, name)?;
+        let mut value = vec![0u8; length];
+        let length = rustix::fs::lgetxattr(from, name, &mut value[..])?;
+        match rustix::fs::lsetxattr(to, name, &value[..length], rustix::fs::XattrFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::PERM) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
