@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use crate::error::Error;
-use crate::namespaces::{Labels, validate_identifier, validate_label};
+use crate::namespaces::{Labels, validate_label};
 
 /// The gRPC metadata key that carries the lease a call's new objects are bound to.
 pub const LEASE_HEADER: &str = "containerd-lease";
@@ -96,9 +96,18 @@ impl Resource {
 /// # Errors
 /// Invalid argument naming what is wrong.
 pub fn validate_lease(id: &str, labels: &Labels) -> Result<(), Error> {
-    validate_identifier("lease id", id)?;
+    validate_lease_id(id)?;
     for (key, value) in labels {
         validate_label(key, value).map_err(|e| Error::invalid(format!("lease {id:?}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A lease id is any non-empty text, as in containerd 1.6 (which checks nothing else):
+/// `ctr images mount IMAGE /abs/target` names its lease by the target path.
+fn validate_lease_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() {
+        return Err(Error::invalid("lease id must be provided"));
     }
     Ok(())
 }
@@ -114,7 +123,7 @@ pub fn from_request<T>(request: &tonic::Request<T>) -> Result<Option<String>, Er
     let id = value
         .to_str()
         .map_err(|_| Error::invalid(format!("{LEASE_HEADER} header is not valid text")))?;
-    validate_identifier("lease id", id)?;
+    validate_lease_id(id)?;
     Ok(Some(id.to_string()))
 }
 
