@@ -103,11 +103,21 @@ pub fn validate_lease(id: &str, labels: &Labels) -> Result<(), Error> {
     Ok(())
 }
 
+/// The longest lease id accepted, in bytes (a path, at most, in practice).
+pub const MAX_LEASE_ID: usize = 4096;
+
 /// A lease id is any non-empty text, as in containerd 1.6 (which checks nothing else):
-/// `ctr images mount IMAGE /abs/target` names its lease by the target path.
+/// `ctr images mount IMAGE /abs/target` names its lease by the target path. plinthd also
+/// bounds its length.
 fn validate_lease_id(id: &str) -> Result<(), Error> {
     if id.is_empty() {
         return Err(Error::invalid("lease id must be provided"));
+    }
+    if id.len() > MAX_LEASE_ID {
+        return Err(Error::invalid(format!(
+            "lease id of {} bytes is too long: use at most {MAX_LEASE_ID}",
+            id.len()
+        )));
     }
     Ok(())
 }

@@ -45,6 +45,10 @@ const EXTENSIONS: [&str; 2] = ["e0", "e1"];
 const LEASE_IDS: [&str; 3] = ["l0", "l1", "l2"];
 /// Not an identifier: refused wherever one is checked.
 const BAD_ID: &str = "bad/id";
+/// Not a lease id (too long; any other non-empty text is one, as in containerd).
+fn bad_lease_id() -> String {
+    "l".repeat(crate::leases::MAX_LEASE_ID + 1)
+}
 /// Regular expressions for `~=` filters: plain words, so that they match as substrings.
 const SUBSTRINGS: [&str; 7] = ["app", "index", "1", "v0", "runc", "l1", "c"];
 
@@ -1202,14 +1206,14 @@ impl Run {
                 // Mostly a known id; sometimes none (the store picks one) or a bad one.
                 let id = match rng.below(12) {
                     0 => String::new(),
-                    1 => BAD_ID.to_string(),
+                    1 => bad_lease_id(),
                     _ => rng.pick(&LEASE_IDS).to_string(),
                 };
                 let mut labels = random_labels(rng);
                 if rng.one_in(10) {
                     labels.insert(String::new(), "v0".to_string());
                 }
-                let predicted = if id == BAD_ID || labels.contains_key("") {
+                let predicted = if id == bad_lease_id() || labels.contains_key("") {
                     Some(Category::InvalidArgument)
                 } else {
                     model
