@@ -95,6 +95,9 @@ fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Threads at most that one [`ContentStore::delete_many`] call removes files on.
+const DELETE_THREADS: usize = 4;
+
 fn io_error(what: impl std::fmt::Display, error: &io::Error) -> Error {
     if crate::error::out_of_space(error) {
         return Error::resource_exhausted(format!(
@@ -372,7 +375,7 @@ impl Inner {
     /// its name in its already open directory (a garbage collection deletes tens of
     /// thousands: a full path resolved for each would be most of the work).
     fn delete_many(&self, digests: &[Digest]) -> Vec<Result<(), Error>> {
-        use rustix::fs::{AtFlags, Mode, OFlags};
+        use rustix::fs::{Mode, OFlags};
         let _blobs = lock_ignoring_poison(&self.blobs);
         let open_dir = |dir: &Path| {
             rustix::fs::open(
@@ -396,34 +399,63 @@ impl Inner {
             }
         };
         let sidecar_dir = open_dir(&self.sidecar_dir()).ok();
-        digests
-            .iter()
-            .map(|digest| {
-                match rustix::fs::unlinkat(&blob_dir, digest.hex(), AtFlags::empty()) {
-                    Ok(()) => {}
-                    Err(rustix::io::Errno::NOENT) => {
-                        return Err(Error::not_found(format!("content {digest}: not found")));
-                    }
-                    Err(e) => {
-                        let path = self.blob_path(digest);
-                        return Err(io_error(
-                            format_args!("removing {}", path.display()),
-                            &e.into(),
-                        ));
-                    }
+        let unlink = |digest: &Digest| self.unlink_by_name(&blob_dir, sidecar_dir.as_ref(), digest);
+        // Side by side on a few threads: a removal's freeing of the file happens outside the
+        // directory's lock, so threads overlap it (the lock is held all the same).
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(DELETE_THREADS);
+        if threads < 2 || digests.len() < 64 {
+            return digests.iter().map(unlink).collect();
+        }
+        let per_thread = digests.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = digests
+                .chunks(per_thread)
+                .map(|chunk| scope.spawn(move || chunk.iter().map(unlink).collect::<Vec<_>>()))
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| {
+                    worker.join().unwrap_or_else(|_| {
+                        vec![Err(Error::internal("a blob deletion thread panicked"))]
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Removes one blob and its labels file by name in their open directories.
+    fn unlink_by_name(
+        &self,
+        blob_dir: &rustix::fd::OwnedFd,
+        sidecar_dir: Option<&rustix::fd::OwnedFd>,
+        digest: &Digest,
+    ) -> Result<(), Error> {
+        use rustix::fs::AtFlags;
+        match rustix::fs::unlinkat(blob_dir, digest.hex(), AtFlags::empty()) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOENT) => {
+                return Err(Error::not_found(format!("content {digest}: not found")));
+            }
+            Err(e) => {
+                let path = self.blob_path(digest);
+                return Err(io_error(
+                    format_args!("removing {}", path.display()),
+                    &e.into(),
+                ));
+            }
+        }
+        if let Some(dir) = sidecar_dir {
+            match rustix::fs::unlinkat(dir, digest.hex(), AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => {
+                    let path = self.sidecar_path(digest);
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove labels file");
                 }
-                if let Some(dir) = &sidecar_dir {
-                    match rustix::fs::unlinkat(dir, digest.hex(), AtFlags::empty()) {
-                        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-                        Err(e) => {
-                            let path = self.sidecar_path(digest);
-                            tracing::warn!(path = %path.display(), error = %e, "could not remove labels file");
-                        }
-                    }
-                }
-                Ok(())
-            })
-            .collect()
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a blob and its labels file; the caller holds the blob lock.
@@ -1415,6 +1447,30 @@ mod tests {
         let inner = LocalStore::open(dir.path()).unwrap();
         assert!(!inner.inner.sidecar_path(&committed[0]).exists());
         assert!(inner.inner.sidecar_path(&committed[1]).exists());
+
+        // Enough for several threads: each answer in its digest's place.
+        let mut asked = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..200 {
+            let data = format!("blob {i}");
+            if i % 7 == 3 {
+                asked.push(Digest::of(data.as_bytes()));
+                expected.push(Some(Category::NotFound));
+                continue;
+            }
+            let mut writer = store.writer(&format!("many{i}"), 0, None).await.unwrap();
+            writer.write(data.as_bytes()).await.unwrap();
+            asked.push(writer.commit(0, None, Labels::new()).await.unwrap());
+            expected.push(None);
+        }
+        let categories: Vec<Option<Category>> = store
+            .delete_many(&asked)
+            .await
+            .iter()
+            .map(|r| r.as_ref().err().map(|e| e.category))
+            .collect();
+        assert_eq!(categories, expected);
+        assert_eq!(store.digests().await.unwrap(), [committed[1].clone()]);
     }
 
     #[tokio::test]

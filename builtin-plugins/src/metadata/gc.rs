@@ -43,7 +43,7 @@ use crate::redb_store::Db;
 use crate::snapshots::Info;
 
 /// Blobs deleted per hold of the blob lock: content commits wait at most one batch.
-const BLOB_BATCH: usize = 256;
+const BLOB_BATCH: usize = 1024;
 
 /// Backend snapshots removed per [`crate::snapshots::Snapshotter::remove_many`] call (one
 /// transaction of a backend with its own records), children before parents.
