@@ -5,12 +5,13 @@
 //! (through the Diff API) on another parent, `containers create` on the image's chain,
 //! `images rm` and a collection leaving nothing behind, a hostile layer that stays inside
 //! its snapshot, and the same archive beside the real containerd: same digests, same
-//! snapshot chain, same trees.
+//! snapshot chain, same trees. `images/registry.rs`: pull and push against a real registry.
 //!
 //! Every test runs against any daemon through [`Server`] (plinthd or containerd), so the
 //! tests themselves are checked against containerd.
 
 mod archive;
+mod registry;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt as _;
