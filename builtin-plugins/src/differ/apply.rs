@@ -278,6 +278,11 @@ pub struct ApplyOptions {
     /// The digest its uncompressed tar stream must have (the image config's diff id), if
     /// known.
     pub expected_diff_id: Option<Digest>,
+    /// In the overlay form, the overlay's lower directories, top first: a directory the
+    /// layer names only as the parent of an entry is created in the upper directory with the
+    /// mode, owner and extended attributes of the lower directory it stands over (not 0755,
+    /// which would change the merged view). Only looked at, never written.
+    pub lower_dirs: Vec<std::path::PathBuf>,
 }
 
 /// What an apply read.
@@ -332,6 +337,18 @@ pub(crate) fn apply_with(
             &io::Error::from(e),
         )
     })?;
+    let in_root = match options.whiteouts {
+        Whiteouts::Overlay => in_root.with_lowers(&options.lower_dirs).map_err(|e| {
+            Error::io(
+                format_args!(
+                    "opening the lower directories {:?} of the overlay to apply a layer onto",
+                    options.lower_dirs
+                ),
+                &io::Error::from(e),
+            )
+        })?,
+        Whiteouts::Native => in_root,
+    };
     let state = StreamState::default();
     let mut compressed = Hashing {
         inner: layer,

@@ -145,11 +145,12 @@ impl WalkingDiffer {
     }
 }
 
-/// Where a layer goes for `mounts`, and in which whiteout form.
+/// Where a layer goes for `mounts`, in which whiteout form, and (for an overlay) its lower
+/// directories, top first.
 ///
 /// # Errors
 /// See the module docs.
-pub fn apply_target(mounts: &[Mount]) -> Result<(PathBuf, Whiteouts), Error> {
+pub fn apply_target(mounts: &[Mount]) -> Result<(PathBuf, Whiteouts, Vec<PathBuf>), Error> {
     let [mount] = mounts else {
         return Err(Error::unimplemented(format!(
             "cannot apply a layer onto {} mounts: the walking differ applies onto one bind or \
@@ -168,7 +169,7 @@ pub fn apply_target(mounts: &[Mount]) -> Result<(PathBuf, Whiteouts), Error> {
                 mount.source
             )));
         }
-        return Ok((PathBuf::from(&mount.source), Whiteouts::Native));
+        return Ok((PathBuf::from(&mount.source), Whiteouts::Native, Vec::new()));
     }
     if mount.mount_type == "overlay" {
         let upper = mount
@@ -181,7 +182,13 @@ pub fn apply_target(mounts: &[Mount]) -> Result<(PathBuf, Whiteouts), Error> {
                      view): apply onto an active snapshot",
                 )
             })?;
-        return Ok((PathBuf::from(upper), Whiteouts::Overlay));
+        let lowers = mount
+            .options
+            .iter()
+            .find_map(|o| o.strip_prefix("lowerdir="))
+            .map(|dirs| dirs.split(':').map(PathBuf::from).collect())
+            .unwrap_or_default();
+        return Ok((PathBuf::from(upper), Whiteouts::Overlay, lowers));
     }
     Err(Error::unimplemented(format!(
         "cannot apply a layer onto a mount of type {:?}: the walking differ applies onto bind \
@@ -254,7 +261,7 @@ impl Differ for WalkingDiffer {
         sync_fs: bool,
     ) -> Result<Descriptor, Error> {
         apply::compression_of(&layer.media_type)?;
-        let (root, whiteouts) = apply_target(&mounts)?;
+        let (root, whiteouts, lower_dirs) = apply_target(&mounts)?;
         let store = self.stores.clone().content(namespace)?;
         let info = store.info(&layer.digest).await.map_err(|e| {
             Error::new(
@@ -273,6 +280,7 @@ impl Differ for WalkingDiffer {
             limits: self.limits,
             expected_digest: Some(layer.digest.clone()),
             expected_diff_id: None,
+            lower_dirs,
         };
         let reader = BlobReader {
             store,
@@ -363,23 +371,31 @@ mod tests {
         let overlay = mount(
             "overlay",
             "overlay",
-            &["workdir=/s/2/work", "upperdir=/s/2/fs", "lowerdir=/s/1/fs"],
+            &[
+                "workdir=/s/3/work",
+                "upperdir=/s/3/fs",
+                "lowerdir=/s/2/fs:/s/1/fs",
+            ],
         );
-        let ok: &[(Vec<Mount>, (&str, Whiteouts))] = &[
+        let ok: &[(Vec<Mount>, (&str, Whiteouts, &[&str]))] = &[
             (
                 vec![mount("bind", "/s/1/fs", &["rbind", "rw"])],
-                ("/s/1/fs", Whiteouts::Native),
+                ("/s/1/fs", Whiteouts::Native, &[]),
             ),
             (
                 vec![mount("none", "/s/1/fs", &["rbind"])],
-                ("/s/1/fs", Whiteouts::Native),
+                ("/s/1/fs", Whiteouts::Native, &[]),
             ),
-            (vec![overlay], ("/s/2/fs", Whiteouts::Overlay)),
+            (
+                vec![overlay],
+                ("/s/3/fs", Whiteouts::Overlay, &["/s/2/fs", "/s/1/fs"]),
+            ),
         ];
-        for (mounts, (root, form)) in ok {
+        for (mounts, (root, form, lowers)) in ok {
+            let lowers: Vec<PathBuf> = lowers.iter().map(PathBuf::from).collect();
             assert_eq!(
                 apply_target(mounts).unwrap(),
-                (PathBuf::from(root), *form),
+                (PathBuf::from(root), *form, lowers),
                 "{mounts:?}"
             );
         }

@@ -47,6 +47,9 @@ pub(super) struct InRoot {
     root: OwnedFd,
     /// Whether `openat2` is still worth trying (false once it said ENOSYS).
     openat2: Cell<bool>,
+    /// The lower directories under an overlay upper root, top first: a directory the walk
+    /// creates takes its mode, owner and attributes from the first of them that holds it.
+    lowers: Vec<OwnedFd>,
 }
 
 impl InRoot {
@@ -61,7 +64,79 @@ impl InRoot {
         Ok(InRoot {
             root,
             openat2: Cell::new(resolver == Resolver::Auto),
+            lowers: Vec::new(),
         })
+    }
+
+    /// Opens the lower directories of an overlay whose upper directory is the root, top
+    /// first (see [`InRoot::lowers`]).
+    pub(super) fn with_lowers(mut self, lowers: &[std::path::PathBuf]) -> Result<InRoot, Errno> {
+        for lower in lowers {
+            self.lowers.push(fs::open(
+                lower,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?);
+        }
+        Ok(self)
+    }
+
+    /// The directory at `names` in the first lower that has anything there, if that is a
+    /// directory; every component opened with `O_NOFOLLOW`, so nothing outside a lower is
+    /// looked at. A lower with something else there (a whiteout, a file, a link) hides the
+    /// lowers under it.
+    fn lower_dir(&self, names: &[OsString]) -> Option<OwnedFd> {
+        'lowers: for lower in &self.lowers {
+            let mut dir = rustix::io::fcntl_dupfd_cloexec(lower, 0).ok()?;
+            for name in names {
+                match type_of(dir.as_fd(), name) {
+                    Ok(Some(FileType::Directory)) => {
+                        dir = open_dir_nofollow(dir.as_fd(), name).ok()?;
+                    }
+                    // Missing here: the lowers below may have it, unless this directory is
+                    // opaque (it hides them).
+                    Ok(None) if !is_opaque(dir.as_fd()) => continue 'lowers,
+                    // Anything else (a whiteout, a file, a link, an opaque directory without
+                    // it) hides the path in every lower below.
+                    Ok(_) | Err(_) => return None,
+                }
+            }
+            return Some(dir);
+        }
+        None
+    }
+
+    /// Gives `created` (a directory the walk just made at `names`) the mode, owner and
+    /// extended attributes of the lower directory it stands over, if any, so that the merged
+    /// view keeps them (overlayfs shows the upper directory's). overlayfs's own attributes
+    /// are not copied.
+    fn copy_up_attributes(&self, names: &[OsString], created: BorrowedFd<'_>) -> Result<(), Errno> {
+        let Some(lower) = self.lower_dir(names) else {
+            return Ok(());
+        };
+        let stat = fs::fstat(&lower)?;
+        if rustix::process::geteuid().is_root() {
+            fs::fchown(
+                created,
+                Some(rustix::process::Uid::from_raw(stat.st_uid)),
+                Some(rustix::process::Gid::from_raw(stat.st_gid)),
+            )?;
+        }
+        fs::fchmod(created, Mode::from_raw_mode(stat.st_mode & 0o7777))?;
+        let mut list = vec![0u8; 64 * 1024];
+        let len = fs::flistxattr(&lower, &mut list)?;
+        for name in list[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            let name = OsStr::from_bytes(name);
+            if name.as_bytes().starts_with(b"trusted.overlay.") {
+                continue;
+            }
+            let mut value = vec![0u8; 64 * 1024];
+            let Ok(size) = fs::fgetxattr(&lower, name, &mut value) else {
+                continue;
+            };
+            fs::fsetxattr(created, name, &value[..size], fs::XattrFlags::empty())?;
+        }
+        Ok(())
     }
 
     /// Opens the directory at `components` (clean names: no `.`, `..` or empty ones) inside
@@ -167,8 +242,11 @@ impl InRoot {
                         Err(e) => return Err(fail(&here, e)),
                     }
                     let fd = open_dir_nofollow(top, &name).map_err(|e| fail(&here, e))?;
-                    // Exactly 0755, whatever the process's umask.
+                    // Exactly 0755, whatever the process's umask; over a lower directory,
+                    // that directory's mode, owner and attributes.
                     fs::fchmod(&fd, Mode::from_raw_mode(IMPLICIT_DIR_MODE))
+                        .map_err(|e| fail(&here, e))?;
+                    self.copy_up_attributes(&here, fd.as_fd())
                         .map_err(|e| fail(&here, e))?;
                     stack.push(fd);
                     names.push(name);
@@ -191,6 +269,12 @@ pub(super) fn open_dir_nofollow(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Own
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
+}
+
+/// Whether the directory `dir` is an opaque overlay directory (`trusted.overlay.opaque=y`).
+fn is_opaque(dir: BorrowedFd<'_>) -> bool {
+    let mut value = [0u8; 2];
+    matches!(fs::fgetxattr(dir, "trusted.overlay.opaque", &mut value), Ok(1) if value[0] == b'y')
 }
 
 /// The type of `name` in `dir`, not following a symbolic link; `None` when it does not exist.

@@ -985,6 +985,101 @@ fn overlay_whiteouts_become_devices_and_the_opaque_attribute() {
     }
 }
 
+/// In the overlay form a directory the layer names only as a parent is created over the
+/// lower one it hides with that directory's mode, owner and attributes (the merged view keeps
+/// them); a whiteout or an opaque directory in a higher lower hides the ones below it; a path
+/// no lower has gets 0755; the lowers are never written.
+#[test]
+fn overlay_parents_take_the_lower_directorys_attributes() {
+    require_root();
+    use std::os::unix::fs::chown;
+    let lowers = tempfile::tempdir().unwrap();
+    let (top, bottom) = (lowers.path().join("top"), lowers.path().join("bottom"));
+    for dir in [
+        "top/etc",
+        "bottom/etc",
+        "bottom/opt/deep",
+        "bottom/gone",
+        "top/opq",
+        "bottom/opq/inner",
+    ] {
+        std::fs::create_dir_all(lowers.path().join(dir)).unwrap();
+    }
+    let set = |path: &Path, mode: u32, owner: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        chown(path, Some(owner), Some(owner + 1)).unwrap();
+    };
+    set(&top.join("etc"), 0o750, 7);
+    rustix::fs::setxattr(
+        top.join("etc"),
+        "user.k",
+        b"v",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::setxattr(
+        top.join("etc"),
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    set(&bottom.join("etc"), 0o700, 9);
+    set(&bottom.join("opt"), 0o1775, 3);
+    set(&bottom.join("opt/deep"), 0o711, 4);
+    set(&bottom.join("gone"), 0o700, 5);
+    set(&bottom.join("opq/inner"), 0o700, 6);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &top.join("gone"),
+        FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .unwrap();
+    rustix::fs::setxattr(
+        top.join("opq"),
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let before = render(lowers.path());
+    let mut layer = Layer::new();
+    layer
+        .file("etc/new", "x")
+        .file("opt/deep/new", "x")
+        .file("gone/new", "x")
+        .file("opq/inner/new", "x")
+        .file("fresh/new", "x");
+    let options = ApplyOptions {
+        lower_dirs: vec![top.clone(), bottom.clone()],
+        ..overlay()
+    };
+    for resolver in RESOLVERS {
+        let place = Place::new();
+        apply_with(&layer.tar()[..], TAR, &place.root(), &options, resolver).unwrap();
+        assert_tree(
+            &place.render(),
+            r#"
+            d 750 7:8 etc/ {user.k=v}
+            f 644 0:0 etc/new "x"
+            d 755 0:0 fresh/
+            f 644 0:0 fresh/new "x"
+            d 755 0:0 gone/
+            f 644 0:0 gone/new "x"
+            d 755 0:0 opq/
+            d 755 0:0 opq/inner/
+            f 644 0:0 opq/inner/new "x"
+            d 1775 3:4 opt/
+            d 711 4:5 opt/deep/
+            f 644 0:0 opt/deep/new "x"
+            "#,
+        );
+    }
+    assert_eq!(render(lowers.path()), before, "the lowers are only read");
+}
+
 /// Layer after layer on the native form gives what overlayfs shows of the overlay form: the
 /// same layers, both ways.
 #[test]
