@@ -377,7 +377,9 @@ mod tests {
                 "lowerdir=/s/2/fs:/s/1/fs",
             ],
         );
-        let ok: &[(Vec<Mount>, (&str, Whiteouts, &[&str]))] = &[
+        // mounts → (root, form, lower directories)
+        type Target<'a> = (&'a str, Whiteouts, &'a [&'a str]);
+        let ok: &[(Vec<Mount>, Target<'_>)] = &[
             (
                 vec![mount("bind", "/s/1/fs", &["rbind", "rw"])],
                 ("/s/1/fs", Whiteouts::Native, &[]),

@@ -1031,7 +1031,7 @@ fn overlay_parents_take_the_lower_directorys_attributes() {
     set(&bottom.join("opq/inner"), 0o700, 6);
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &top.join("gone"),
+        top.join("gone"),
         FileType::CharacterDevice,
         rustix::fs::Mode::empty(),
         0,
