@@ -1,5 +1,5 @@
-//! The plugin `io.containerd.differ.v1.walking`: [`apply`](super::apply) and
-//! [`compare`](super::compare) over the metadata plugin's namespaced stores, behind the
+//! The plugin `io.containerd.differ.v1.walking`: [the applier](super::apply) and
+//! [the comparer](super::compare) over the metadata plugin's namespaced stores, behind the
 //! [`Differ`] interface the Diff service serves.
 //!
 //! Apply takes the layer from the namespace's content store and writes it where the mounts
