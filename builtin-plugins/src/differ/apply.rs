@@ -92,6 +92,10 @@
 //! - Devices: created with `mknod` where the process may (`CAP_MKNOD`); where it may not
 //!   (not root, a user namespace) the entry is skipped with a warning and counted in
 //!   [`Applied::skipped_devices`]. Fifos need no privilege and are always created.
+//! - Extended attributes of an existing directory that a directory entry merges with: those
+//!   the entry does not carry are removed (but overlayfs's own and the host's SELinux label,
+//!   which no layer carries: `compare::SKIPPED_XATTR_PREFIXES`), so that a layer that removes
+//!   an attribute from a directory removes it in the native form too. containerd leaves them.
 //! - A directory that a layer names something inside of, without an entry of its own, is
 //!   created with mode 0755 (containerd's choice); in the overlay form it then hides the
 //!   attributes of the lower layers' directory of that name.
@@ -161,6 +165,7 @@ use sha2::Digest as _;
 
 pub(crate) use self::in_root::Resolver;
 use self::in_root::{InRoot, ResolveFailure};
+use super::compare::SKIPPED_XATTR_PREFIXES;
 use crate::Error;
 use crate::content::Digest;
 
@@ -741,10 +746,61 @@ impl<'o> Applier<'o> {
         if kind != Kind::HardLink {
             self.metadata(&meta, dir, base, opened.as_ref())?;
         }
+        if let (Some(FileType::Directory), Some(fd)) = (existing, opened.as_ref()) {
+            if kind == Kind::Dir {
+                self.remove_other_xattrs(&meta, fd)?;
+            }
+        }
         if kind == Kind::Dir {
             self.dirs.push((components.clone(), meta.times));
         }
         self.unpacked.insert((dir_id.0, dir_id.1, base.clone()));
+        Ok(())
+    }
+
+    /// An existing directory that a directory entry merges with: removes the extended
+    /// attributes the entry does not carry (the entry says the directory's whole state, as it
+    /// does for a new one), except those no layer carries ([`SKIPPED_XATTR_PREFIXES`]:
+    /// overlayfs's own, such as an opaque marker this layer set, and the host's SELinux
+    /// label).
+    fn remove_other_xattrs(&self, meta: &Meta, fd: &OwnedFd) -> Result<(), Error> {
+        let mut names = Vec::new();
+        loop {
+            let size = fs::flistxattr_query(fd)
+                .map_err(|e| self.os(meta, "listing the extended attributes", e))?;
+            names.resize(size, 0);
+            match fs::flistxattr(fd, &mut names[..]) {
+                Ok(n) => {
+                    names.truncate(n);
+                    break;
+                }
+                // Grew since the query: ask again.
+                Err(Errno::RANGE) => {}
+                Err(e) => return Err(self.os(meta, "listing the extended attributes", e)),
+            }
+        }
+        for name in names.split(|b| *b == 0).filter(|name| !name.is_empty()) {
+            let carried = meta.xattrs.iter().any(|(key, _)| key.as_bytes() == name);
+            let skipped = SKIPPED_XATTR_PREFIXES
+                .iter()
+                .any(|prefix| name.starts_with(prefix.as_bytes()));
+            if carried || skipped {
+                continue;
+            }
+            match fs::fremovexattr(fd, OsStr::from_bytes(name)) {
+                Ok(()) | Err(Errno::NODATA) => {}
+                Err(e) => {
+                    return Err(self.os(
+                        meta,
+                        &format!(
+                            "removing the extended attribute {:?} the entry does not carry",
+                            String::from_utf8_lossy(name)
+                        ),
+                        e,
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 

@@ -829,6 +829,48 @@ fn entries_replace_what_the_lower_layers_hold() {
     }
 }
 
+/// Found by the property test (`differ/roundtrip_tests.rs`): a directory entry over an
+/// existing directory set the attributes it carries but kept those it no longer carries, so a
+/// layer could not remove an attribute from a directory in the native form.
+#[test]
+fn a_directory_entry_over_an_existing_directory_drops_the_attributes_it_does_not_carry() {
+    require_root();
+    let mut lower = Layer::new();
+    lower.raw(
+        b"dir/",
+        EntryType::Directory,
+        Fields {
+            mode: 0o755,
+            pax: vec![
+                ("SCHILY.xattr.user.gone", b"1"),
+                ("SCHILY.xattr.user.kept", b"old"),
+            ],
+            ..Fields::default()
+        },
+    );
+    let mut upper = Layer::new();
+    upper.raw(
+        b"dir/",
+        EntryType::Directory,
+        Fields {
+            mode: 0o755,
+            pax: vec![("SCHILY.xattr.user.kept", b"new")],
+            ..Fields::default()
+        },
+    );
+    for resolver in RESOLVERS {
+        let place = Place::new();
+        apply_layers(
+            &place.root(),
+            &[lower.tar(), upper.tar()],
+            &native(),
+            resolver,
+        )
+        .unwrap();
+        assert_tree(&place.render(), "d 755 0:0 dir/ {user.kept=new}");
+    }
+}
+
 #[test]
 fn native_whiteouts_delete_from_the_lower_layers_only() {
     let mut lower = Layer::new();
