@@ -315,8 +315,8 @@ fn change() -> impl Strategy<Value = Change> {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        prop::collection::vec(addition(), 1..25),
-        prop::collection::vec(change(), 1..15),
+        prop::collection::vec(addition(), 1..40),
+        prop::collection::vec(change(), 1..20),
         prop::sample::select(MEDIA_TYPES),
         any::<bool>(),
     )
