@@ -68,8 +68,11 @@
 //!
 //! Regular files (also GNU sparse and contiguous ones), directories, symbolic links, hard
 //! links, character and block devices, fifos; PAX and GNU long names and link names; PAX
-//! `SCHILY.xattr.*` extended attributes; PAX `uid`/`gid`/`mtime`/`atime`. Sockets cannot be in
-//! a tar; PAX global headers are skipped; any other entry type is refused, naming it.
+//! `SCHILY.xattr.*` extended attributes; PAX `uid`/`gid`/`mtime`/`atime`. PAX records are
+//! read by their lengths, so a value may hold any byte (the `tar` crate's own reader splits
+//! them at newlines, which a binary `security.capability` can hold: its records are not
+//! used). Sockets cannot be in a tar; PAX global headers are skipped; any other entry type
+//! is refused, naming it.
 //!
 //! - An existing entry of the same name is removed first (a directory with all it holds),
 //!   except an existing directory when the entry is a directory too: then the two merge and
@@ -92,6 +95,10 @@
 //! - Devices: created with `mknod` where the process may (`CAP_MKNOD`); where it may not
 //!   (not root, a user namespace) the entry is skipped with a warning and counted in
 //!   [`Applied::skipped_devices`]. Fifos need no privilege and are always created.
+//! - Extended attributes of an existing directory that a directory entry merges with: those
+//!   the entry does not carry are removed (but overlayfs's own and the host's SELinux label,
+//!   which no layer carries: `compare::SKIPPED_XATTR_PREFIXES`), so that a layer that removes
+//!   an attribute from a directory removes it in the native form too. containerd leaves them.
 //! - A directory that a layer names something inside of, without an entry of its own, is
 //!   created with mode 0755 (containerd's choice); in the overlay form it then hides the
 //!   attributes of the lower layers' directory of that name.
@@ -145,7 +152,7 @@ mod in_root;
 #[cfg(test)]
 mod tests;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -161,6 +168,7 @@ use sha2::Digest as _;
 
 pub(crate) use self::in_root::Resolver;
 use self::in_root::{InRoot, ResolveFailure};
+use super::compare::SKIPPED_XATTR_PREFIXES;
 use crate::Error;
 use crate::content::Digest;
 
@@ -384,6 +392,8 @@ pub(crate) fn apply_with(
                 .map_err(|e| stream_error(&state, options, &e))?;
             loop {
                 state.metadata_from.set(Some(state.uncompressed.get()));
+                state.metadata_start.set(state.uncompressed.get());
+                state.metadata.borrow_mut().clear();
                 let next = tar_entries.next();
                 state.metadata_from.set(None);
                 let Some(entry) = next else { break };
@@ -455,6 +465,10 @@ struct StreamState {
     uncompressed: Cell<u64>,
     /// While the tar reader reads an entry's headers: where they began.
     metadata_from: Cell<Option<u64>>,
+    /// Where the last entry's headers began, and the bytes read from there through its own
+    /// header: the applier reads the PAX records from them (see [`ExtendedHeaders`]).
+    metadata_start: Cell<u64>,
+    metadata: RefCell<Vec<u8>>,
     /// A limit passed (the reader's error says the same, but the tar reader may rewrap it).
     exceeded: Cell<Option<Exceeded>>,
     /// The layer's own reader failed (not the data in it).
@@ -511,6 +525,12 @@ impl<R: Read> Read for Uncompressed<'_, R> {
         }
         self.state.uncompressed.set(total);
         self.hasher.update(&buf[..n]);
+        if self.state.metadata_from.get().is_some() {
+            self.state
+                .metadata
+                .borrow_mut()
+                .extend_from_slice(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -619,7 +639,17 @@ impl<'o> Applier<'o> {
         entry: &mut tar::Entry<'_, R>,
         state: &StreamState,
     ) -> Result<(), Error> {
-        let name_bytes = entry.path_bytes().into_owned();
+        let extended = ExtendedHeaders::read(&state.metadata.borrow(), state.metadata_start.get())
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "layer entry {:?}: PAX records: {e}",
+                    String::from_utf8_lossy(&entry.path_bytes())
+                ))
+            })?;
+        let name_bytes = match extended.record(b"path") {
+            Some(path) if !extended.gnu_long_name => path.to_vec(),
+            _ => entry.path_bytes().into_owned(),
+        };
         let shown = String::from_utf8_lossy(&name_bytes).into_owned();
         let entry_type = entry.header().entry_type();
         let kind = match entry_type {
@@ -650,7 +680,7 @@ impl<'o> Applier<'o> {
             tracing::debug!(entry = %shown, "layer entry names the root: ignored");
             return Ok(());
         };
-        let meta = read_meta(entry, shown, kind)?;
+        let meta = read_meta(entry, &extended, shown, kind)?;
         let base_bytes = base.as_bytes();
         if base_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
             return self.whiteout(parent, base, &meta);
@@ -758,10 +788,61 @@ impl<'o> Applier<'o> {
         if kind != Kind::HardLink {
             self.metadata(&meta, dir, base, opened.as_ref())?;
         }
+        if let (Some(FileType::Directory), Some(fd)) = (existing, opened.as_ref()) {
+            if kind == Kind::Dir {
+                self.remove_other_xattrs(&meta, fd)?;
+            }
+        }
         if kind == Kind::Dir {
             self.dirs.push((components.clone(), meta.times));
         }
         self.unpacked.insert((dir_id.0, dir_id.1, base.clone()));
+        Ok(())
+    }
+
+    /// An existing directory that a directory entry merges with: removes the extended
+    /// attributes the entry does not carry (the entry says the directory's whole state, as it
+    /// does for a new one), except those no layer carries ([`SKIPPED_XATTR_PREFIXES`]:
+    /// overlayfs's own, such as an opaque marker this layer set, and the host's SELinux
+    /// label).
+    fn remove_other_xattrs(&self, meta: &Meta, fd: &OwnedFd) -> Result<(), Error> {
+        let mut names = Vec::new();
+        loop {
+            let size = fs::flistxattr_query(fd)
+                .map_err(|e| self.os(meta, "listing the extended attributes", e))?;
+            names.resize(size, 0);
+            match fs::flistxattr(fd, &mut names[..]) {
+                Ok(n) => {
+                    names.truncate(n);
+                    break;
+                }
+                // Grew since the query: ask again.
+                Err(Errno::RANGE) => {}
+                Err(e) => return Err(self.os(meta, "listing the extended attributes", e)),
+            }
+        }
+        for name in names.split(|b| *b == 0).filter(|name| !name.is_empty()) {
+            let carried = meta.xattrs.iter().any(|(key, _)| key.as_bytes() == name);
+            let skipped = SKIPPED_XATTR_PREFIXES
+                .iter()
+                .any(|prefix| name.starts_with(prefix.as_bytes()));
+            if carried || skipped {
+                continue;
+            }
+            match fs::fremovexattr(fd, OsStr::from_bytes(name)) {
+                Ok(()) | Err(Errno::NODATA) => {}
+                Err(e) => {
+                    return Err(self.os(
+                        meta,
+                        &format!(
+                            "removing the extended attribute {:?} the entry does not carry",
+                            String::from_utf8_lossy(name)
+                        ),
+                        e,
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1091,6 +1172,7 @@ fn resolve_error(display: &str, what: &str, failure: &ResolveFailure) -> Error {
 /// The entry's header, PAX records included.
 fn read_meta<R: Read>(
     entry: &mut tar::Entry<'_, R>,
+    extended: &ExtendedHeaders,
     display: String,
     kind: Kind,
 ) -> Result<Meta, Error> {
@@ -1099,8 +1181,25 @@ fn read_meta<R: Read>(
     };
     let header = entry.header();
     let mode = header.mode().map_err(|e| bad("mode", &e))?;
-    let uid = header.uid().map_err(|e| bad("uid", &e))?;
-    let gid = header.gid().map_err(|e| bad("gid", &e))?;
+    let pax_id = |key: &[u8]| -> Result<Option<u64>, Error> {
+        extended
+            .record(key)
+            .map(|value| {
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|value| value.parse().ok())
+                    .ok_or_else(|| bad("PAX records", &"an owner that is not a decimal number"))
+            })
+            .transpose()
+    };
+    let uid = match pax_id(b"uid")? {
+        Some(uid) => uid,
+        None => header.uid().map_err(|e| bad("uid", &e))?,
+    };
+    let gid = match pax_id(b"gid")? {
+        Some(gid) => gid,
+        None => header.gid().map_err(|e| bad("gid", &e))?,
+    };
     let (uid, gid) = match (u32::try_from(uid), u32::try_from(gid)) {
         (Ok(uid), Ok(gid)) => (uid, gid),
         _ => {
@@ -1127,27 +1226,23 @@ fn read_meta<R: Read>(
         ),
         _ => (0, 0),
     };
-    let link = entry.link_name_bytes().map(|link| link.into_owned());
+    let link = match extended.record(b"linkpath") {
+        Some(link) if !extended.gnu_long_link => Some(link.to_vec()),
+        _ => entry.link_name_bytes().map(|link| link.into_owned()),
+    };
     let mut accessed = None;
     let mut xattrs = Vec::new();
-    if let Some(extensions) = entry.pax_extensions().map_err(|e| bad("PAX records", &e))? {
-        for extension in extensions {
-            let extension = extension.map_err(|e| bad("PAX records", &e))?;
-            let key = extension.key_bytes();
-            if let Some(name) = key.strip_prefix(PAX_XATTR_PREFIX.as_bytes()) {
-                xattrs.push((
-                    OsString::from_vec(name.to_vec()),
-                    extension.value_bytes().to_vec(),
-                ));
-            } else if key == b"mtime" {
-                modified = pax_time(extension.value_bytes())
-                    .ok_or_else(|| bad("PAX mtime", &"not a decimal number of seconds"))?;
-            } else if key == b"atime" {
-                accessed = Some(
-                    pax_time(extension.value_bytes())
-                        .ok_or_else(|| bad("PAX atime", &"not a decimal number of seconds"))?,
-                );
-            }
+    for (key, value) in &extended.records {
+        if let Some(name) = key.strip_prefix(PAX_XATTR_PREFIX.as_bytes()) {
+            xattrs.push((OsString::from_vec(name.to_vec()), value.clone()));
+        } else if key == b"mtime" {
+            modified = pax_time(value)
+                .ok_or_else(|| bad("PAX mtime", &"not a decimal number of seconds"))?;
+        } else if key == b"atime" {
+            accessed = Some(
+                pax_time(value)
+                    .ok_or_else(|| bad("PAX atime", &"not a decimal number of seconds"))?,
+            );
         }
     }
     // containerd's rule: the access time is the later of atime and mtime.
@@ -1173,6 +1268,94 @@ fn read_meta<R: Read>(
         },
         xattrs,
     })
+}
+
+/// The extended headers that came before an entry's own header: its PAX records, read by
+/// their lengths as POSIX says. (The `tar` crate's reader splits records at newlines, which
+/// a value may hold, as a binary `security.capability` can: tar-rs issue #428. Its records
+/// are not used.)
+#[derive(Debug, Default)]
+struct ExtendedHeaders {
+    /// Key, value; a later record of a key overrides an earlier one.
+    records: PaxRecords,
+    /// A GNU long name came too (it wins over a PAX `path`, as in Go and the tar crate).
+    gnu_long_name: bool,
+    /// A GNU long link name came too.
+    gnu_long_link: bool,
+}
+
+impl ExtendedHeaders {
+    /// Reads them from `stream`, the uncompressed stream from the offset `start` through the
+    /// entry's own header (what the tar reader read for the entry; it starts with the
+    /// previous entry's padding).
+    fn read(stream: &[u8], start: u64) -> Result<ExtendedHeaders, String> {
+        const BLOCK: usize = 512;
+        let mut extended = ExtendedHeaders::default();
+        let mut at = (BLOCK - (start % BLOCK as u64) as usize) % BLOCK;
+        while let Some(block) = stream.get(at..at + BLOCK) {
+            let header = tar::Header::from_byte_slice(block);
+            let size = header
+                .entry_size()
+                .ok()
+                .and_then(|size| usize::try_from(size).ok())
+                .ok_or("an extended header's size is not a number")?;
+            let data = at + BLOCK;
+            match header.entry_type() {
+                tar::EntryType::XHeader => {
+                    let records = data
+                        .checked_add(size)
+                        .and_then(|end| stream.get(data..end))
+                        .ok_or("the extended header ends before its size")?;
+                    extended.records = parse_pax_records(records)?;
+                }
+                tar::EntryType::GNULongName => extended.gnu_long_name = true,
+                tar::EntryType::GNULongLink => extended.gnu_long_link = true,
+                _ => break,
+            }
+            at = data.saturating_add(size.div_ceil(BLOCK).saturating_mul(BLOCK));
+        }
+        Ok(extended)
+    }
+
+    /// The value of the last record of `key`.
+    fn record(&self, key: &[u8]) -> Option<&[u8]> {
+        self.records
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, value)| value.as_slice())
+    }
+}
+
+/// PAX records: key, value.
+type PaxRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// PAX records, `<length> <key>=<value>\n` each, the length (decimal) counting the whole
+/// record; the value may hold any byte.
+fn parse_pax_records(mut data: &[u8]) -> Result<PaxRecords, String> {
+    let mut records = Vec::new();
+    // Some writers pad the header's data with NULs.
+    while !data.iter().all(|b| *b == 0) {
+        let space = data
+            .iter()
+            .position(|b| *b == b' ')
+            .ok_or("a record without a length")?;
+        let length: usize = std::str::from_utf8(&data[..space])
+            .ok()
+            .and_then(|digits| digits.parse().ok())
+            .ok_or("a record whose length is not a decimal number")?;
+        if length <= space + 1 || length > data.len() || data[length - 1] != b'\n' {
+            return Err("a record whose length does not match its text".into());
+        }
+        let body = &data[space + 1..length - 1];
+        let equals = body
+            .iter()
+            .position(|b| *b == b'=')
+            .ok_or("a record without '='")?;
+        records.push((body[..equals].to_vec(), body[equals + 1..].to_vec()));
+        data = &data[length..];
+    }
+    Ok(records)
 }
 
 /// A PAX time: decimal seconds with an optional fraction, possibly negative.

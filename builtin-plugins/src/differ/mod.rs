@@ -12,6 +12,10 @@
 //! - [`plugin`]: the plugin, both over the metadata plugin's namespaced stores, behind the
 //!   [`Differ`](plugin::Differ) interface that `io.containerd.grpc.v1.diff` serves.
 //!
+//! The property test `roundtrip_tests.rs` ties the two together: for random trees and random
+//! changes, comparing and then applying (onto a copy, or as a mounted overlay upper directory)
+//! reproduces the changed tree exactly.
+//!
 //! Layers here follow the OCI image spec's layer format
 //! (`application/vnd.oci.image.layer.v1.tar`, `+gzip`, `+zstd`, and Docker's
 //! `application/vnd.docker.image.rootfs.diff.tar.gzip`).
@@ -19,3 +23,5 @@
 pub mod apply;
 pub mod compare;
 pub mod plugin;
+#[cfg(test)]
+mod roundtrip_tests;

@@ -829,6 +829,88 @@ fn entries_replace_what_the_lower_layers_hold() {
     }
 }
 
+/// Found by the property test (`differ/roundtrip_tests.rs`): a directory entry over an
+/// existing directory set the attributes it carries but kept those it no longer carries, so a
+/// layer could not remove an attribute from a directory in the native form.
+#[test]
+fn a_directory_entry_over_an_existing_directory_drops_the_attributes_it_does_not_carry() {
+    require_root();
+    let mut lower = Layer::new();
+    lower.raw(
+        b"dir/",
+        EntryType::Directory,
+        Fields {
+            mode: 0o755,
+            pax: vec![
+                ("SCHILY.xattr.user.gone", b"1"),
+                ("SCHILY.xattr.user.kept", b"old"),
+            ],
+            ..Fields::default()
+        },
+    );
+    let mut upper = Layer::new();
+    upper.raw(
+        b"dir/",
+        EntryType::Directory,
+        Fields {
+            mode: 0o755,
+            pax: vec![("SCHILY.xattr.user.kept", b"new")],
+            ..Fields::default()
+        },
+    );
+    for resolver in RESOLVERS {
+        let place = Place::new();
+        apply_layers(
+            &place.root(),
+            &[lower.tar(), upper.tar()],
+            &native(),
+            resolver,
+        )
+        .unwrap();
+        assert_tree(&place.render(), "d 755 0:0 dir/ {user.kept=new}");
+    }
+}
+
+/// Found by the property test (`differ/roundtrip_tests.rs`): a PAX value may hold any byte.
+/// The tar crate's reader splits records at newlines (tar-rs issue #428), so a value with one
+/// (a binary `security.capability` granting capabilities 1 and 3 holds 0x0a) failed the
+/// apply, and the records after it (Go writes them sorted: `SCHILY.xattr.*` before `path`
+/// and `uid`) were silently lost: a truncated name, owner 0.
+#[test]
+fn pax_values_may_hold_newlines_and_the_records_after_them_still_count() {
+    require_root();
+    let capability: &[u8] =
+        b"\x01\x00\x00\x02\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    let name = format!("dir/{}", "n".repeat(120));
+    let mut layer = Layer::new();
+    layer.dir("dir/").raw(
+        name.as_bytes(),
+        EntryType::Regular,
+        Fields {
+            mode: 0o755,
+            data: b"x",
+            pax: vec![
+                ("SCHILY.xattr.security.capability", capability),
+                ("SCHILY.xattr.user.note", b"one\ntwo"),
+                ("uid", b"3000000"),
+            ],
+            ..Fields::default()
+        },
+    );
+    for resolver in RESOLVERS {
+        let place = Place::new();
+        apply_layers(&place.root(), &[layer.tar()], &native(), resolver).unwrap();
+        assert_tree(
+            &place.render(),
+            &format!(
+                "d 755 0:0 dir/\n\
+                 f 755 3000000:0 {name} \"x\" \
+                 {{security.capability=0x010000020a000000000000000000000000000000,user.note=0x6f6e650a74776f}}"
+            ),
+        );
+    }
+}
+
 #[test]
 fn native_whiteouts_delete_from_the_lower_layers_only() {
     let mut lower = Layer::new();
