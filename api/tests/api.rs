@@ -115,6 +115,13 @@ const SERVICES: &[(&str, &[Method<'static>])] = &[
             ("Delete", ".containerd.services.containers.v1.DeleteContainerRequest", ".google.protobuf.Empty", false, false),
         ],
     ),
+    (
+        "containerd.services.diff.v1.Diff",
+        &[
+            ("Apply", ".containerd.services.diff.v1.ApplyRequest", ".containerd.services.diff.v1.ApplyResponse", false, false),
+            ("Diff", ".containerd.services.diff.v1.DiffRequest", ".containerd.services.diff.v1.DiffResponse", false, false),
+        ],
+    ),
 ];
 
 /// Fields of key messages: message, field name, field number, type as written in a proto.
@@ -301,6 +308,18 @@ const FIELDS: &[(&str, &str, i32, &str)] = &[
     ("containerd.events.SnapshotCommit", "key", 1, "string"),
     ("containerd.events.SnapshotCommit", "name", 2, "string"),
     ("containerd.events.SnapshotRemove", "key", 1, "string"),
+    ("containerd.services.diff.v1.ApplyRequest", "diff", 1, ".containerd.types.Descriptor"),
+    ("containerd.services.diff.v1.ApplyRequest", "mounts", 2, "repeated .containerd.types.Mount"),
+    ("containerd.services.diff.v1.ApplyRequest", "payloads", 3, "map<string, .google.protobuf.Any>"),
+    ("containerd.services.diff.v1.ApplyRequest", "sync_fs", 4, "bool"),
+    ("containerd.services.diff.v1.ApplyResponse", "applied", 1, ".containerd.types.Descriptor"),
+    ("containerd.services.diff.v1.DiffRequest", "left", 1, "repeated .containerd.types.Mount"),
+    ("containerd.services.diff.v1.DiffRequest", "right", 2, "repeated .containerd.types.Mount"),
+    ("containerd.services.diff.v1.DiffRequest", "media_type", 3, "string"),
+    ("containerd.services.diff.v1.DiffRequest", "ref", 4, "string"),
+    ("containerd.services.diff.v1.DiffRequest", "labels", 5, "map<string, string>"),
+    ("containerd.services.diff.v1.DiffRequest", "source_date_epoch", 6, ".google.protobuf.Timestamp"),
+    ("containerd.services.diff.v1.DiffResponse", "diff", 3, ".containerd.types.Descriptor"),
     ("google.rpc.Status", "code", 1, "int32"),
     ("google.rpc.Status", "message", 2, "string"),
     ("google.rpc.Status", "details", 3, "repeated .google.protobuf.Any"),
@@ -334,6 +353,7 @@ const FILE_NAMES: &[&str] = &[
     "services/leases/v1/leases.proto",
     "services/images/v1/images.proto",
     "services/containers/v1/containers.proto",
+    "services/diff/v1/diff.proto",
     "events/namespace.proto",
     "events/image.proto",
     "events/container.proto",
