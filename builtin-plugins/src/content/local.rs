@@ -306,14 +306,18 @@ impl Inner {
         Ok(current)
     }
 
-    fn walk(&self, filter: &FilterSet) -> Result<Vec<Info>, Error> {
+    /// Calls `each` with every entry of the blob directory named by a digest (a missing
+    /// directory holds none); other names are logged and left out.
+    fn each_blob_entry(
+        &self,
+        mut each: impl FnMut(Digest, &fs::DirEntry) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let dir = self.blob_dir();
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
-            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) if is_not_found(&e) => return Ok(()),
             Err(e) => return Err(io_error(format_args!("reading {}", dir.display()), &e)),
         };
-        let mut found = Vec::new();
         for entry in entries {
             let entry =
                 entry.map_err(|e| io_error(format_args!("reading {}", dir.display()), &e))?;
@@ -322,11 +326,19 @@ impl Inner {
                 tracing::warn!(path = %entry.path().display(), "ignoring a file that is not named by its digest");
                 continue;
             };
+            each(digest, &entry)?;
+        }
+        Ok(())
+    }
+
+    fn walk(&self, filter: &FilterSet) -> Result<Vec<Info>, Error> {
+        let mut found = Vec::new();
+        self.each_blob_entry(|digest, entry| {
             let meta = match entry.metadata() {
                 Ok(meta) if meta.is_file() => meta,
-                Ok(_) => continue,
+                Ok(_) => return Ok(()),
                 // Deleted while we walked.
-                Err(e) if is_not_found(&e) => continue,
+                Err(e) if is_not_found(&e) => return Ok(()),
                 Err(e) => {
                     return Err(io_error(
                         format_args!("reading {}", entry.path().display()),
@@ -338,30 +350,23 @@ impl Inner {
             if filter.matches(|path| info_field(&info, path)) {
                 found.push(info);
             }
-        }
+            Ok(())
+        })?;
         found.sort_by(|a, b| a.digest.cmp(&b.digest));
         Ok(found)
     }
 
-    /// The digests the blob directory names, sorted; other names are left out (as `walk`
-    /// leaves them out).
+    /// The digests the blob directory names, sorted (what `walk` lists without filters,
+    /// names only: no `stat` or labels read per blob).
     fn digests(&self) -> Result<Vec<Digest>, Error> {
-        let dir = self.blob_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(io_error(format_args!("reading {}", dir.display()), &e)),
-        };
         let mut found = Vec::new();
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| io_error(format_args!("reading {}", dir.display()), &e))?;
-            if let Ok(digest) =
-                Digest::parse(&format!("sha256:{}", entry.file_name().to_string_lossy()))
-            {
+        self.each_blob_entry(|digest, entry| {
+            // The directory entry's own type (no `stat`); files only, as `walk`.
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
                 found.push(digest);
             }
-        }
+            Ok(())
+        })?;
         found.sort();
         Ok(found)
     }
