@@ -310,13 +310,17 @@ median() {
     awk -v o="$1" -v d="$2" -v col="$3" '$2 == o && $3 == d { print $col }' "$work/results" | sort -g \
         | awk '{ v[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
-echo
-echo "| plinthd ÷ containerd (medians of $rounds rounds) | throughput | daemon CPU |"
-echo "|---|---:|---:|"
+ratio_header=0
 for operation in "${operations[@]}"; do
     p_wall=$(median "$operation" plinthd 4)
     c_wall=$(median "$operation" containerd 4)
     [[ -n $p_wall && -n $c_wall ]] || continue
+    if (( ! ratio_header )); then
+        echo
+        echo "| plinthd ÷ containerd (medians of $rounds rounds) | throughput | daemon CPU |"
+        echo "|---|---:|---:|"
+        ratio_header=1
+    fi
     p_cpu=$(median "$operation" plinthd 5)
     c_cpu=$(median "$operation" containerd 5)
     awk -v op="$operation" -v pw="$p_wall" -v cw="$c_wall" -v pc="$p_cpu" -v cc="$c_cpu" \
