@@ -20,6 +20,10 @@
 //! `gc` measures one garbage collection over a large population (100 000 blobs by default,
 //! half of them unreachable) and how long it holds up writers beside it (see `gc.rs`).
 //!
+//! `image-archive` writes a generated OCI image layout archive (10 gzip layers, 1 GiB of
+//! small and large files by default), the same bytes for the same seed, for the import
+//! benchmark (see `image_archive.rs`).
+//!
 //! `table` renders `--report` files of `run`, of `metadata` or of `gc` side by side in
 //! Markdown.
 
@@ -43,6 +47,7 @@ macro_rules! say {
 
 mod check;
 mod gc;
+mod image_archive;
 mod metadata;
 mod procstat;
 mod raw;
@@ -79,6 +84,9 @@ enum Command {
     /// Write a large population under a lease, half of it reachable from images, delete the
     /// lease and time the collection that follows, with writers beside it; check what stayed
     Gc(gc::GcArgs),
+    /// Write a generated OCI image layout archive (gzip layers of many small files and a
+    /// few large ones), the same bytes for the same arguments, and print its digests as JSON
+    ImageArchive(image_archive::ImageArchiveArgs),
     /// Render --report files side by side as a Markdown table
     Table {
         /// Report files written by `run --report` (or all by `metadata --report`, or all by
@@ -233,6 +241,7 @@ fn main() -> ExitCode {
             Command::Check { address, journals } => check::check(&address, &journals).await,
             Command::Metadata(args) => metadata::metadata(args).await,
             Command::Gc(args) => gc::gc(args).await,
+            Command::ImageArchive(args) => image_archive::image_archive(args),
             Command::Table { reports } => {
                 let mut loaded = Vec::new();
                 for path in &reports {
