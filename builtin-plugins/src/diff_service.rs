@@ -18,8 +18,7 @@ use plinth_api::containerd::types::Descriptor as DescriptorMessage;
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
 
 use crate::convert::{self, labels};
-use crate::differ::compare::{CompareRequest, Descriptor, WriteDiffOptions};
-use crate::differ::plugin::Differ;
+use crate::diff::{CompareRequest, Descriptor, Differ, WriteDiffOptions};
 use crate::error::Error;
 use crate::grpc::{GrpcService, MessageLimits};
 use crate::namespaces;

@@ -44,6 +44,7 @@ mod content_service;
     feature = "diff-service"
 ))]
 pub mod convert;
+pub mod diff;
 #[cfg(feature = "differ-walking")]
 pub mod differ;
 pub mod error;

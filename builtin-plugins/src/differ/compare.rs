@@ -84,7 +84,6 @@ use plinth_core::Category;
 
 use crate::content::{ContentStore, Digest};
 use crate::error::Error;
-use crate::namespaces::Labels;
 use crate::snapshots::Mount;
 
 /// An uncompressed OCI layer.
@@ -521,16 +520,7 @@ fn xattrs(path: &Path) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, Error> {
 // ---------------------------------------------------------------------------------------
 // The tar stream
 
-/// How [`write_diff_with`] writes entries; the default is containerd's.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WriteDiffOptions {
-    /// Modification times later than this are written as this (containerd's
-    /// `SourceDateEpoch`, for reproducible layers). Whiteouts always have time 0.
-    pub source_date_epoch: Option<SystemTime>,
-    /// Keep the nanoseconds of modification times (in a PAX `mtime` record). Off by default:
-    /// containerd truncates times to whole seconds.
-    pub sub_second_times: bool,
-}
+pub use crate::diff::{CompareRequest, Descriptor, WriteDiffOptions};
 
 /// What [`write_diff`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1122,33 +1112,6 @@ pub fn write_layer(
 
 // ---------------------------------------------------------------------------------------
 // Into the content store
-
-/// A comparison's request, as containerd's Diff service takes it (`DiffRequest` without the
-/// mounts).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CompareRequest {
-    /// The layer's media type; empty: [`DEFAULT_MEDIA_TYPE`] (tar+gzip), as containerd.
-    pub media_type: String,
-    /// The ingest ref to write under; empty: a unique one, aborted if the comparison fails.
-    /// A given ref is truncated first (containerd's behaviour) and left for a retry on
-    /// failure.
-    pub reference: String,
-    /// Labels for the committed blob; a compressed layer's get [`LABEL_UNCOMPRESSED`] too.
-    pub labels: Labels,
-    /// How entries are written.
-    pub options: WriteDiffOptions,
-}
-
-/// An OCI descriptor of a committed layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Descriptor {
-    /// The layer's media type.
-    pub media_type: String,
-    /// Its digest.
-    pub digest: Digest,
-    /// Its size in bytes.
-    pub size: i64,
-}
 
 /// Compares `lower` with `upper` into a layer written into `store`, as containerd's walking
 /// differ does: the layer streams into a writer of the request's ref (the walk runs on

@@ -35,8 +35,9 @@ use plinth_core::registration::{ConfigViolation, ValidateConfig};
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
 
 use super::apply::{self, ApplyOptions, Limits, Whiteouts};
-use super::compare::{self, CompareRequest, Descriptor};
+use super::compare;
 use crate::content::{ContentStore, Digest};
+pub use crate::diff::{CompareRequest, Descriptor, Differ};
 use crate::error::Error;
 use crate::namespaces::NamespacedStores;
 use crate::snapshots::Mount;
@@ -49,44 +50,6 @@ pub const MEDIA_TYPE_APPLIED: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// How much of a blob one read of the content store takes while applying.
 const READ_CHUNK: usize = 1 << 20;
-
-/// A differ: containerd's `diff.Applier` and `diff.Comparer`, per namespace.
-#[tonic::async_trait]
-pub trait Differ: Send + Sync {
-    /// Applies the layer `layer` (a blob of `namespace`'s content store) onto `mounts` (an
-    /// active snapshot's); the answer describes the uncompressed layer (its digest is the
-    /// diff id). `sync_fs`: the filesystem is synced before the answer.
-    ///
-    /// # Errors
-    /// Not found for a missing blob; unimplemented for a media type or mounts this differ
-    /// cannot apply; failed precondition for read-only mounts; data loss when the blob's
-    /// bytes do not match its digest; invalid argument for a layer that is not a valid
-    /// (compressed) tar stream or holds an entry that cannot be written; resource exhausted
-    /// past a limit or on a full disk. After an error the mounts may hold part of the
-    /// layer: the caller discards the snapshot.
-    async fn apply(
-        &self,
-        namespace: &str,
-        layer: &Descriptor,
-        mounts: Vec<Mount>,
-        sync_fs: bool,
-    ) -> Result<Descriptor, Error>;
-
-    /// Writes what changed from `left` to `right` as a layer into `namespace`'s content
-    /// store (bound to `lease` when given), as `request` says.
-    ///
-    /// # Errors
-    /// Unimplemented for an unknown media type; the mounts cannot be mounted or read; the
-    /// content store refuses the write.
-    async fn compare(
-        &self,
-        namespace: &str,
-        lease: Option<&str>,
-        left: Vec<Mount>,
-        right: Vec<Mount>,
-        request: CompareRequest,
-    ) -> Result<Descriptor, Error>;
-}
 
 /// The plugin's config section.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

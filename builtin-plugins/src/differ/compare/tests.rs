@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::*;
+use crate::namespaces::Labels;
 
 /// The fixed modification time every entry gets in a finished tree (whole seconds: so that
 /// equal-sized files are compared by content, not trusted for their times).
