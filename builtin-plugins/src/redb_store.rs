@@ -959,7 +959,20 @@ mod tests {
             )
         );
         drop(other);
-        let older = Db::open(&path, 1, tables).expect("not held any more");
+        // Not held any more. A child another test forks in this process between our open and
+        // its exec holds a copy of the descriptor, and so the lock, for a moment: wait it out.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let older = loop {
+            match Db::open(&path, 1, tables) {
+                Err(e)
+                    if e.category == plinth_core::Category::Unavailable
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.expect("not held any more"),
+            }
+        };
         assert!(opened_early(&older));
         let expected = format!(
             "{} has schema version 2, newer than this build's 1: use a newer plinthd",
