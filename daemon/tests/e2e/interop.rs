@@ -27,13 +27,15 @@ fn owned(rows: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
 /// Every plugin of the default build, in init order.
 const ALL: &[(&str, &str, &str)] = &[
     ("io.containerd.content.v1", "content", "ok"),
-    ("io.containerd.event.v1", "exchange", "ok"),
     ("io.containerd.snapshotter.v1", "native", "ok"),
     ("io.containerd.snapshotter.v1", "overlayfs", "ok"),
+    ("io.containerd.event.v1", "exchange", "ok"),
     ("io.containerd.metadata.v1", "redb", "ok"),
+    ("io.containerd.differ.v1", "walking", "ok"),
     ("io.containerd.gc.v1", "scheduler", "ok"),
     ("io.containerd.grpc.v1", "containers", "ok"),
     ("io.containerd.grpc.v1", "content", "ok"),
+    ("io.containerd.grpc.v1", "diff", "ok"),
     ("io.containerd.grpc.v1", "events", "ok"),
     ("io.containerd.grpc.v1", "gc", "ok"),
     ("io.containerd.grpc.v1", "images", "ok"),
@@ -57,6 +59,7 @@ fn check_plugin_listings(daemon: &Daemon, client: &dyn Fn(&[&str]) -> plinth_tes
             &[
                 ("io.containerd.grpc.v1", "containers", "ok"),
                 ("io.containerd.grpc.v1", "content", "ok"),
+                ("io.containerd.grpc.v1", "diff", "ok"),
                 ("io.containerd.grpc.v1", "events", "ok"),
                 ("io.containerd.grpc.v1", "gc", "ok"),
                 ("io.containerd.grpc.v1", "images", "ok"),
@@ -128,7 +131,7 @@ fn plinthctl_plugins_ls_shows_the_same() {
     let quiet = daemon.plinthctl(&["plugins", "ls", "-q"]);
     assert_eq!(
         quiet.ok(),
-        "content\nexchange\nnative\noverlayfs\nredb\nscheduler\ncontainers\ncontent\nevents\ngc\nimages\nintrospection\nmanager\nleases\nnamespaces\nsnapshots\nversion\nproxy-target\n"
+        "content\nnative\noverlayfs\nexchange\nredb\nwalking\nscheduler\ncontainers\ncontent\ndiff\nevents\ngc\nimages\nintrospection\nmanager\nleases\nnamespaces\nsnapshots\nversion\nproxy-target\n"
     );
 }
 
@@ -148,10 +151,12 @@ fn failed_plugins_show_as_error_with_their_cause() {
             // Without the metadata plugin nothing pulls the stores forward: URI order.
             owned(&[
                 ("io.containerd.content.v1", "content", "ok"),
+                ("io.containerd.differ.v1", "walking", "error"),
                 ("io.containerd.event.v1", "exchange", "ok"),
                 ("io.containerd.gc.v1", "scheduler", "error"),
                 ("io.containerd.grpc.v1", "containers", "error"),
                 ("io.containerd.grpc.v1", "content", "error"),
+                ("io.containerd.grpc.v1", "diff", "error"),
                 ("io.containerd.grpc.v1", "events", "ok"),
                 ("io.containerd.grpc.v1", "gc", "error"),
                 ("io.containerd.grpc.v1", "images", "error"),
