@@ -5,7 +5,7 @@
 # changed on purpose) must make some test fail; a mutant that survives is either killed by a
 # new test or explained, one line each, in TESTING.md.
 #
-# Usage: ./scripts/mutants.sh [GROUP...]   groups: content metadata gc snapshots storage loader reload (default: all)
+# Usage: ./scripts/mutants.sh [GROUP...]   groups: content metadata gc snapshots storage differ loader reload (default: all)
 #        ./scripts/mutants.sh --list [GROUP...]   only list the mutants
 #        ./scripts/mutants.sh [GROUP...] -- [CARGO-MUTANTS ARGS...]
 #          e.g. `-- --in-place` to mutate this tree and reuse its warm target dir (then do
@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
   groups+=("$1")
   shift
 done
-[ ${#groups[@]} -gt 0 ] || groups=(content metadata gc snapshots storage loader reload)
+[ ${#groups[@]} -gt 0 ] || groups=(content metadata gc snapshots storage differ loader reload)
 
 # Each group: the crate whose tests judge the mutants, the features those tests need, the
 # files mutated, and which functions in them (a regex over cargo-mutants' mutant names).
@@ -90,6 +90,17 @@ run_group() {
       filter=''
       re='.'
       ;;
+    differ)
+      # Applying a layer (every path resolved under the root, whiteouts, limits) and
+      # comparing two trees into one, and the Diff service's checks of what it is given;
+      # judged by the differ's tests (the hostile-layer table, the round trips) and the
+      # service's.
+      package=plinth-builtin-plugins
+      features=differ-walking,diff-service,metadata-redb,content-local,snapshotter-native,snapshotter-overlayfs,testsuite
+      files=(builtin-plugins/src/differ/apply.rs builtin-plugins/src/differ/apply/in_root.rs builtin-plugins/src/differ/compare.rs builtin-plugins/src/differ/plugin.rs builtin-plugins/src/diff_service.rs)
+      filter='diff'
+      re='.'
+      ;;
     loader)
       package=plinth-dynamic-loader
       features=
@@ -106,7 +117,7 @@ run_group() {
       re='.'
       ;;
     *)
-      echo "unknown group $group (content, metadata, gc, snapshots, storage, loader, reload)" >&2
+      echo "unknown group $group (content, metadata, gc, snapshots, storage, differ, loader, reload)" >&2
       exit 2
       ;;
   esac
