@@ -2322,6 +2322,57 @@ mod diff {
             "the diff id Apply reports is the label Diff wrote"
         );
         assert_eq!(tree(source(&again)), tree(&root));
+
+        // With a source date epoch, what changed after it carries the epoch as its time.
+        let left = served
+            .snapshots
+            .view(ns(ViewSnapshotRequest {
+                snapshotter: "native".into(),
+                key: "base-view-2".into(),
+                parent: "base".into(),
+                labels: HashMap::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts;
+        let clamped = served
+            .diff
+            .diff(ns(DiffRequest {
+                left,
+                right: work.clone(),
+                media_type: String::new(),
+                r#ref: String::new(),
+                labels: HashMap::new(),
+                source_date_epoch: Some(prost_types::Timestamp {
+                    seconds: 1_000_000,
+                    nanos: 0,
+                }),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .diff
+            .unwrap();
+        assert_ne!(clamped.digest, written.digest);
+        let epoch = prepare(&mut served, "epoch", "base").await;
+        served
+            .diff
+            .apply(ns(ApplyRequest {
+                diff: Some(clamped),
+                mounts: epoch.clone(),
+                payloads: HashMap::new(),
+                sync_fs: false,
+            }))
+            .await
+            .unwrap();
+        let mtime = std::os::unix::fs::MetadataExt::mtime(
+            &std::fs::symlink_metadata(source(&epoch).join("new")).unwrap(),
+        );
+        assert_eq!(
+            mtime, 1_000_000,
+            "the epoch clamps the time of what changed"
+        );
         assert_eq!(
             tree(source(&again)),
             BTreeMap::from([

@@ -1928,3 +1928,43 @@ fn random_layers_never_touch_anything_outside_the_root() {
         })
         .unwrap();
 }
+
+/// The resolver follows as many symbolic links as the kernel does (40) and no more, with
+/// both resolvers, and a lookup that may not create leaves a missing directory missing.
+#[test]
+fn resolution_follows_forty_links_and_creates_nothing_unless_asked() {
+    for resolver in RESOLVERS {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::os::unix::fs::symlink("d", root.join("l0")).unwrap();
+        for i in 1..=40 {
+            std::os::unix::fs::symlink(format!("l{}", i - 1), root.join(format!("l{i}"))).unwrap();
+        }
+        let in_root = in_root::InRoot::open(root, resolver).unwrap();
+        let name = |s: &str| vec![std::ffi::OsString::from(s)];
+        // l39 → … → l0 → d: 40 links.
+        in_root
+            .open_dir(&name("l39"), false)
+            .unwrap_or_else(|f| panic!("{resolver:?}: 40 links refused: {:?}", f.errno));
+        let failure = in_root.open_dir(&name("l40"), false).unwrap_err();
+        assert_eq!(
+            failure.errno,
+            rustix::io::Errno::LOOP,
+            "{resolver:?}: 41 links"
+        );
+
+        let missing = [
+            std::ffi::OsString::from("missing"),
+            std::ffi::OsString::from("x"),
+        ];
+        let failure = in_root.open_dir(&missing, false).unwrap_err();
+        assert_eq!(failure.errno, rustix::io::Errno::NOENT, "{resolver:?}");
+        assert!(
+            !root.join("missing").exists(),
+            "{resolver:?}: a lookup without create made a directory"
+        );
+        in_root.open_dir(&missing, true).unwrap();
+        assert!(root.join("missing/x").is_dir(), "{resolver:?}");
+    }
+}
