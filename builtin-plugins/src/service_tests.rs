@@ -2174,6 +2174,21 @@ mod diff {
             .mounts
     }
 
+    async fn view(served: &mut Served, key: &str, parent: &str) -> Vec<MountMessage> {
+        served
+            .snapshots
+            .view(ns(ViewSnapshotRequest {
+                snapshotter: "native".into(),
+                key: key.into(),
+                parent: parent.into(),
+                labels: HashMap::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .mounts
+    }
+
     async fn commit(served: &mut Served, name: &str, key: &str) {
         served
             .snapshots
@@ -2255,22 +2270,11 @@ mod diff {
         std::fs::write(root.join("etc/a"), "changed").unwrap();
         std::fs::remove_file(root.join("etc/b")).unwrap();
         std::fs::write(root.join("new"), "added").unwrap();
-        let view = served
-            .snapshots
-            .view(ns(ViewSnapshotRequest {
-                snapshotter: "native".into(),
-                key: "base-view".into(),
-                parent: "base".into(),
-                labels: HashMap::new(),
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-            .mounts;
+        let base_view = view(&mut served, "base-view", "base").await;
         let written = served
             .diff
             .diff(ns(DiffRequest {
-                left: view,
+                left: base_view,
                 right: work.clone(),
                 media_type: String::new(),
                 r#ref: String::new(),
@@ -2324,18 +2328,7 @@ mod diff {
         assert_eq!(tree(source(&again)), tree(&root));
 
         // With a source date epoch, what changed after it carries the epoch as its time.
-        let left = served
-            .snapshots
-            .view(ns(ViewSnapshotRequest {
-                snapshotter: "native".into(),
-                key: "base-view-2".into(),
-                parent: "base".into(),
-                labels: HashMap::new(),
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-            .mounts;
+        let left = view(&mut served, "base-view-2", "base").await;
         let clamped = served
             .diff
             .diff(ns(DiffRequest {
