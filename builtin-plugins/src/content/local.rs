@@ -95,9 +95,6 @@ fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Threads at most that one [`ContentStore::delete_many`] call removes files on.
-const DELETE_THREADS: usize = 4;
-
 fn io_error(what: impl std::fmt::Display, error: &io::Error) -> Error {
     if crate::error::out_of_space(error) {
         return Error::resource_exhausted(format!(
@@ -405,28 +402,10 @@ impl Inner {
         };
         let sidecar_dir = open_dir(&self.sidecar_dir()).ok();
         let unlink = |digest: &Digest| self.unlink_by_name(&blob_dir, sidecar_dir.as_ref(), digest);
-        // Side by side on a few threads: a removal's freeing of the file happens outside the
-        // directory's lock, so threads overlap it (the lock is held all the same).
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(DELETE_THREADS);
-        if threads < 2 || digests.len() < 64 {
-            return digests.iter().map(unlink).collect();
-        }
-        let per_thread = digests.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = digests
-                .chunks(per_thread)
-                .map(|chunk| scope.spawn(move || chunk.iter().map(unlink).collect::<Vec<_>>()))
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|worker| {
-                    worker.join().unwrap_or_else(|_| {
-                        vec![Err(Error::internal("a blob deletion thread panicked"))]
-                    })
-                })
-                .collect()
+        // Side by side on several threads: a removal waits mostly for the disk (see
+        // `crate::removal`), and frees the file outside the directory's lock.
+        crate::removal::on_threads(digests, unlink, || {
+            Err(Error::internal("a blob deletion thread panicked"))
         })
     }
 

@@ -595,9 +595,15 @@ impl MetaStore {
             }
         }
         txn.commit()?;
-        for id in ids {
-            remove_dir_logged(&self.dir_of(id));
-        }
+        // The directories side by side (a removal waits mostly for the disk: see
+        // `crate::removal`); one left behind is logged, and cleanup takes it later.
+        crate::removal::on_threads(
+            &ids,
+            |&id| remove_dir_logged(&self.dir_of(id)),
+            || {
+                tracing::warn!("a snapshot directory removal thread panicked; cleanup will retry");
+            },
+        );
         Ok(results)
     }
 
