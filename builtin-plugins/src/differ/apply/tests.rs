@@ -1387,23 +1387,21 @@ fn decompression_bombs_stop_at_the_configured_limits() {
     )
     .unwrap();
 
+    // Ten entries fit a limit of ten; the eleventh is one too many.
+    let ten_entries = ApplyOptions {
+        limits: Limits {
+            max_entries: 10,
+            ..Limits::default()
+        },
+        ..native()
+    };
     let mut many = Layer::new();
-    for i in 0..11 {
+    for i in 0..10 {
         many.file(&format!("f{i}"), "");
     }
-    let error = apply(
-        &many.tar()[..],
-        TAR,
-        &Place::new().root(),
-        &ApplyOptions {
-            limits: Limits {
-                max_entries: 10,
-                ..Limits::default()
-            },
-            ..native()
-        },
-    )
-    .unwrap_err();
+    apply(&many.tar()[..], TAR, &Place::new().root(), &ten_entries).unwrap();
+    many.file("f10", "");
+    let error = apply(&many.tar()[..], TAR, &Place::new().root(), &ten_entries).unwrap_err();
     assert_eq!(error.category, Category::ResourceExhausted);
     assert!(error.message.contains("max_entries"), "{error}");
 
