@@ -1419,6 +1419,21 @@ fn decompression_bombs_stop_at_the_configured_limits() {
     let error = apply(&fat.tar()[..], TAR, &Place::new().root(), &native()).unwrap_err();
     assert_eq!(error.category, Category::InvalidArgument);
     assert!(error.message.contains("metadata"), "{error}");
+    // What counts is each entry's own metadata, wherever in the layer it starts: an entry
+    // with an extended header after 9 MiB of file data applies.
+    let mut late = Layer::new();
+    late.file("data", &"d".repeat(9 << 20));
+    late.raw(
+        b"late",
+        EntryType::Regular,
+        Fields {
+            pax: vec![("SCHILY.xattr.user.small", b"v")],
+            ..Fields::default()
+        },
+    );
+    let place = Place::new();
+    apply(&late.tar()[..], TAR, &place.root(), &native()).unwrap();
+    assert!(place.root().join("late").exists());
 }
 
 #[test]
