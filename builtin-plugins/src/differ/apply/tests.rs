@@ -1436,6 +1436,46 @@ fn decompression_bombs_stop_at_the_configured_limits() {
     assert!(place.root().join("late").exists());
 }
 
+/// A layer source that gives `good` bytes and then fails (a broken disk or connection).
+struct FailingAfter<'a> {
+    good: &'a [u8],
+}
+
+impl std::io::Read for FailingAfter<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.good.is_empty() {
+            return Err(std::io::Error::other("the source broke"));
+        }
+        let n = buf.len().min(self.good.len());
+        buf[..n].copy_from_slice(&self.good[..n]);
+        self.good = &self.good[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_source_that_fails_is_an_io_error_not_a_bad_layer() {
+    let mut layer = Layer::new();
+    layer.file("a", &"a".repeat(4096));
+    layer.file("b", "b");
+    let tar = layer.tar();
+    let error = apply(
+        FailingAfter { good: &tar[..2048] },
+        TAR,
+        &Place::new().root(),
+        &native(),
+    )
+    .unwrap_err();
+    assert_eq!(error.category, Category::Internal, "{error}");
+    assert!(
+        error.message.contains("reading the layer") && error.message.contains("the source broke"),
+        "{error}"
+    );
+    // A layer that is cut short where the source ends cleanly is the layer's fault.
+    let error = apply(&tar[..2048], TAR, &Place::new().root(), &native()).unwrap_err();
+    assert_eq!(error.category, Category::InvalidArgument, "{error}");
+}
+
 #[test]
 fn public_types_are_send_and_sync() {
     fn check<T: Send + Sync>() {}
