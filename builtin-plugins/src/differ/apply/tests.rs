@@ -113,16 +113,22 @@ impl Layer {
         header.set_device_minor(fields.device.1).unwrap();
         header.set_cksum();
         if !pax.is_empty() {
-            let records = pax_records(&pax);
-            let mut pax_header = tar::Header::new_ustar();
-            pax_header.as_old_mut().name[..9].copy_from_slice(b"PaxHeader");
-            pax_header.set_size(records.len() as u64);
-            pax_header.set_entry_type(EntryType::XHeader);
-            pax_header.set_mode(0o644);
-            pax_header.set_cksum();
-            self.header(&pax_header, &records);
+            self.pax(&pax);
         }
         self.header(&header, fields.data);
+        self
+    }
+
+    /// A PAX extended header (for the entry that follows) holding `records`.
+    fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        let records = pax_records(records);
+        let mut pax_header = tar::Header::new_ustar();
+        pax_header.as_old_mut().name[..9].copy_from_slice(b"PaxHeader");
+        pax_header.set_size(records.len() as u64);
+        pax_header.set_entry_type(EntryType::XHeader);
+        pax_header.set_mode(0o644);
+        pax_header.set_cksum();
+        self.header(&pax_header, &records);
         self
     }
 
@@ -764,6 +770,29 @@ fn long_names_from_gnu_and_pax_records() {
         std::fs::metadata(root.join("hard")).unwrap().ino(),
         std::fs::metadata(root.join(&deep)).unwrap().ino()
     );
+}
+
+/// An entry named by both a PAX `path` record and a GNU long-name record takes the GNU name,
+/// as Go's archive/tar (containerd's reader) does.
+#[test]
+fn a_gnu_long_name_wins_over_a_pax_path() {
+    let gnu = format!("{}/gnu", ["gnu-directory-name"; 7].join("/"));
+    let mut layer = Layer::new();
+    layer.pax(&[("path", b"pax-name")]).gnu_long(
+        gnu.as_bytes(),
+        EntryType::Regular,
+        Fields {
+            data: b"gnu",
+            ..Fields::default()
+        },
+    );
+    let place = Place::new();
+    apply(&layer.tar()[..], TAR, &place.root(), &native()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(place.root().join(&gnu)).unwrap(),
+        "gnu"
+    );
+    assert!(!place.root().join("pax-name").exists());
 }
 
 /// containerd's rules: an existing directory merges with a directory entry; anything else
