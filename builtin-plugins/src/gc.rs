@@ -69,8 +69,8 @@ pub struct Stats {
     /// How long removing backend snapshots took, their snapshotters' cleanup included (side
     /// by side with blobs, within `backend`).
     pub snapshot_removal: Duration,
-    /// Whether writes that landed between the mark and the sweep made the sweep mark again,
-    /// inside its write transaction.
+    /// Whether writes landed between the mark and the sweep, so that the sweep checked again,
+    /// inside its write transaction, what they could have made reachable.
     pub remarked: bool,
     /// The earliest `containerd.io/gc.expire` of a lease still live after the collection:
     /// a scheduler collects again then.

@@ -719,7 +719,7 @@ pub fn phases_text(stats: &Stats) -> String {
         go_duration(stats.blob_removal),
         go_duration(stats.snapshot_removal),
         if stats.remarked {
-            " (marked again in the sweep)"
+            " (writes raced the mark: the sweep checked what they touched)"
         } else {
             ""
         }

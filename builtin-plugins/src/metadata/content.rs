@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use plinth_api::containerd::events::ContentDelete;
 use redb::{ReadableTable, WriteTransaction};
 
+use super::gc::Barrier;
 use super::schema::{CONTENT, CONTENT_LABELS};
 use super::{Metadata, SharingPolicy, blocking, from_nanos, now_nanos, storage};
 use crate::content::{ContentStore, ContentWriter, Digest, Info, Status, validate_ref};
@@ -52,7 +53,14 @@ impl NamespacedContent {
         blocking(move || {
             let txn = metadata.db.begin_write()?;
             super::objects::ensure_namespace(&txn, &namespace)?;
-            super::objects::bind(&txn, &namespace, Some(&lease), kind, &id)?;
+            super::objects::bind(
+                &txn,
+                &metadata.gc.barrier,
+                &namespace,
+                Some(&lease),
+                kind,
+                &id,
+            )?;
             txn.commit()
         })
         .await
@@ -121,12 +129,16 @@ fn labels_of(
     Ok(labels)
 }
 
+/// Replaces the labels of a blob record (noted by the collector's barrier: they may refer to
+/// what a running collection found unreachable).
 fn write_labels(
     txn: &WriteTransaction,
+    barrier: &Barrier,
     namespace: &str,
     digest: &str,
     labels: &Labels,
 ) -> Result<(), Error> {
+    barrier.content(namespace, digest);
     let mut table = txn.open_table(CONTENT_LABELS).map_err(storage)?;
     let old: Vec<String> = labels_of(&table, namespace, digest)?.into_keys().collect();
     for key in old {
@@ -184,9 +196,22 @@ fn add_record(
             )
             .map_err(storage)?;
     }
-    write_labels(&txn, namespace, digest.as_str(), labels)?;
+    write_labels(
+        &txn,
+        &metadata.gc.barrier,
+        namespace,
+        digest.as_str(),
+        labels,
+    )?;
     if let Some(lease) = place.lease {
-        super::objects::bind(&txn, namespace, Some(lease), "content", digest.as_str())?;
+        super::objects::bind(
+            &txn,
+            &metadata.gc.barrier,
+            namespace,
+            Some(lease),
+            "content",
+            digest.as_str(),
+        )?;
         txn.open_table(super::schema::LEASE_RESOURCES)
             .map_err(storage)?
             .remove((namespace, lease, "ingests", place.reference))
@@ -238,7 +263,13 @@ impl ContentStore for NamespacedContent {
                     )
                     .map_err(storage)?;
             }
-            write_labels(&txn, &namespace, digest.as_str(), &current.labels)?;
+            write_labels(
+                &txn,
+                &metadata.gc.barrier,
+                &namespace,
+                digest.as_str(),
+                &current.labels,
+            )?;
             txn.commit()?;
             NamespacedContent::record(&metadata, &namespace, &digest)?
                 .ok_or_else(|| Error::not_found(format!("content digest {digest}: not found")))
@@ -301,7 +332,13 @@ impl ContentStore for NamespacedContent {
                     return Err(Error::not_found(format!("content digest {d}: not found")));
                 }
             }
-            write_labels(&txn, &namespace, d.as_str(), &Labels::new())?;
+            write_labels(
+                &txn,
+                &metadata.gc.barrier,
+                &namespace,
+                d.as_str(),
+                &Labels::new(),
+            )?;
             let slot = metadata.slot(&namespace);
             txn.commit()?;
             let event = ContentDelete {

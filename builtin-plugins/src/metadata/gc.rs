@@ -8,10 +8,10 @@
 //!    marked. Writers go on meanwhile.
 //! 2. **Sweep**, in one write transaction: the unmarked blob and snapshot records and the
 //!    expired leases (with their resources) are removed. If any write committed between the
-//!    mark's snapshot and the sweep's transaction (the database's commit count says so), the
-//!    mark is run again inside the write transaction first, over what it sees: a write
-//!    that raced the mark can make an unmarked record reachable, and only a mark under the
-//!    writer lock can see every such write. Writers wait for this transaction only.
+//!    mark's snapshot and the sweep's transaction (the database's commit count says so), it
+//!    may have made an unmarked record reachable: the sweep first walks, inside its
+//!    transaction, from what those writes noted in the [`Barrier`] and keeps what it
+//!    reaches. Writers wait for this transaction only.
 //! 3. **Backend removal**, outside any transaction: blobs of the content store that no
 //!    record of any namespace holds are deleted, and backend snapshots that no record refers
 //!    to are removed, children first. Each is checked again under the lock that the writes
@@ -59,6 +59,8 @@ pub(crate) struct GcState {
     blobs: tokio::sync::RwLock<()>,
     /// Runs between the mark and the sweep: nothing, except in tests.
     between: Arc<dyn Fn() + Send + Sync>,
+    /// What writes touched between a collection's mark and its sweep.
+    pub(crate) barrier: Arc<Barrier>,
 }
 
 impl Default for GcState {
@@ -68,6 +70,7 @@ impl Default for GcState {
             running: tokio::sync::Mutex::default(),
             blobs: tokio::sync::RwLock::default(),
             between: Arc::new(|| {}),
+            barrier: Arc::default(),
         }
     }
 }
@@ -151,7 +154,7 @@ struct SnapshotNode {
     refs: Refs,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Node {
     Content(ContentId),
     Snapshot(SnapshotId),
@@ -167,6 +170,116 @@ struct Graph {
     /// Leases to remove: (namespace, id).
     expired: Vec<(String, String)>,
     next_expiry: Option<SystemTime>,
+}
+
+/// The write barrier: while a collection is between its mark's snapshot and its sweep, every
+/// write transaction notes here, before it commits, the blobs and snapshots it may have made
+/// reachable (see [`Barrier::content`] and its siblings for what each kind of write notes).
+/// The sweep then checks again only what is reachable from them, not the whole database.
+///
+/// Why that is enough: if a record left unmarked by the mark is reachable when the sweep
+/// runs, some reference on its path (a label, a parent, an image's target, a container's
+/// snapshot, a lease's resource) or some root was written after the mark's snapshot. The
+/// last one written on the path points at an object every write of such a reference notes;
+/// from there to the record, every reference is older than the mark and so leads only
+/// through objects that were unmarked too. So the sweep walks from the noted objects through
+/// unmarked ones only, in its own write transaction, and keeps what it reaches.
+///
+/// Arming and taking happen under the database's writer lock, as every note does (a note is
+/// written inside a write transaction), so a write is noted exactly when it commits after
+/// the mark's snapshot and before the sweep.
+#[derive(Default)]
+pub(crate) struct Barrier {
+    touched: std::sync::Mutex<Option<Touched>>,
+}
+
+/// What the writes since the mark noted.
+#[derive(Debug, Default)]
+struct Touched {
+    nodes: Vec<Node>,
+    /// Leases created since the mark (an expired lease deleted and created again under its
+    /// old id must not be swept as the old one).
+    leases: HashSet<(String, String)>,
+    /// More was noted than [`BARRIER_LIMIT`]: the sweep marks everything again instead.
+    overflow: bool,
+}
+
+/// Objects the barrier notes before the sweep marks everything again instead.
+const BARRIER_LIMIT: usize = 1 << 16;
+
+impl Barrier {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Touched>> {
+        self.touched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts noting (a collection took its mark's snapshot).
+    fn arm(&self) {
+        *self.lock() = Some(Touched::default());
+    }
+
+    /// Stops noting and returns what was noted since [`Barrier::arm`].
+    fn take(&self) -> Option<Touched> {
+        self.lock().take()
+    }
+
+    fn note(&self, nodes: impl IntoIterator<Item = Node>) {
+        if let Some(touched) = self.lock().as_mut() {
+            for node in nodes {
+                if touched.nodes.len() >= BARRIER_LIMIT {
+                    touched.overflow = true;
+                    return;
+                }
+                touched.nodes.push(node);
+            }
+        }
+    }
+
+    /// A blob record written (created, or its labels changed) in `namespace`.
+    pub(crate) fn content(&self, namespace: &str, digest: &str) {
+        self.note([Node::Content((namespace.to_string(), digest.to_string()))]);
+    }
+
+    /// A snapshot record written (created, committed, or its labels changed): its parent and
+    /// labels are read again from it.
+    pub(crate) fn snapshot(&self, namespace: &str, snapshotter: &str, key: &str) {
+        self.note([Node::Snapshot((
+            namespace.to_string(),
+            snapshotter.to_string(),
+            key.to_string(),
+        ))]);
+    }
+
+    /// A resource added to a lease: `kind` as in the lease's resources table (`content`,
+    /// `snapshots/<snapshotter>`; ingests are never collected).
+    pub(crate) fn resource(&self, namespace: &str, kind: &str, id: &str) {
+        if kind == "content" {
+            self.content(namespace, id);
+        } else if let Some(snapshotter) = kind.strip_prefix("snapshots/") {
+            self.snapshot(namespace, snapshotter, id);
+        }
+    }
+
+    /// An image, container or lease written with these labels: what their
+    /// `containerd.io/gc.ref.*` labels name.
+    pub(crate) fn labels(
+        &self,
+        namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) {
+        let refs = Refs::of(labels);
+        let mut nodes = Vec::new();
+        push_refs(&mut nodes, namespace, &refs);
+        self.note(nodes.into_iter().map(|(node, _)| node));
+    }
+
+    /// A lease created: it is not the expired lease of the same id the mark may have found.
+    pub(crate) fn lease(&self, namespace: &str, id: &str) {
+        if let Some(touched) = self.lock().as_mut() {
+            touched
+                .leases
+                .insert((namespace.to_string(), id.to_string()));
+        }
+    }
 }
 
 /// A lease's expiry: `None` when it has none or it does not parse (then it never expires,
@@ -394,9 +507,8 @@ fn push_refs(out: &mut Vec<(Node, bool)>, ns: &str, refs: &Refs) {
 #[derive(Debug, Default)]
 struct Garbage {
     content: Vec<ContentId>,
-    snapshots: Vec<SnapshotId>,
-    /// The backend names of `snapshots`: (snapshotter, name).
-    backend: HashSet<(String, String)>,
+    /// Each with its backend snapshot's name.
+    snapshots: Vec<(SnapshotId, String)>,
     leases: Vec<(String, String)>,
     next_expiry: Option<SystemTime>,
 }
@@ -447,19 +559,14 @@ impl Graph {
             .filter(|id| !content_marked.contains(id))
             .cloned()
             .collect();
-        let garbage_snapshots: Vec<SnapshotId> = snapshots
-            .keys()
-            .filter(|id| !snapshot_marked.contains(id))
-            .cloned()
-            .collect();
-        let backend = garbage_snapshots
+        let garbage_snapshots = snapshots
             .iter()
-            .map(|id| (id.1.clone(), snapshots[id].backend.clone()))
+            .filter(|(id, _)| !snapshot_marked.contains(id))
+            .map(|(id, node)| (id.clone(), node.backend.clone()))
             .collect();
         Garbage {
             content: garbage_content,
             snapshots: garbage_snapshots,
-            backend,
             leases: expired.clone(),
             next_expiry: *next_expiry,
         }
@@ -491,6 +598,105 @@ impl Graph {
         out
     }
 }
+
+impl Garbage {
+    /// The backend snapshots of the swept snapshot records: (snapshotter, name).
+    fn backend(&self) -> HashSet<(String, String)> {
+        self.snapshots
+            .iter()
+            .map(|((_, sn, _), backend)| (sn.clone(), backend.clone()))
+            .collect()
+    }
+
+    /// Keeps what the writes noted in `touched` made reachable since the mark: walks, in
+    /// `txn`, from each noted object through unmarked ones (see [`Barrier`] for why that is
+    /// enough). Returns how many objects it visited.
+    fn recheck(&mut self, txn: &redb::WriteTransaction, touched: Touched) -> Result<u64, Error> {
+        let content_labels = txn.open_table(CONTENT_LABELS).map_err(storage)?;
+        let snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
+        let snapshot_labels = txn.open_table(SNAPSHOT_LABELS).map_err(storage)?;
+        let (kept, visited) = {
+            let unmarked_content: HashSet<&ContentId> = self.content.iter().collect();
+            let unmarked_snapshots: HashSet<&SnapshotId> =
+                self.snapshots.iter().map(|(id, _)| id).collect();
+            let mut kept_content: HashSet<ContentId> = HashSet::new();
+            let mut kept_snapshots: HashSet<SnapshotId> = HashSet::new();
+            let mut expanded: HashSet<Node> = HashSet::new();
+            let mut stack: Vec<(Node, bool)> =
+                touched.nodes.into_iter().map(|node| (node, true)).collect();
+            while let Some((node, noted)) = stack.pop() {
+                let unmarked = match &node {
+                    Node::Content(id) => unmarked_content.contains(id),
+                    Node::Snapshot(id) => unmarked_snapshots.contains(id),
+                };
+                if !(noted || unmarked) || expanded.contains(&node) {
+                    continue;
+                }
+                let mut next = Vec::new();
+                match &node {
+                    Node::Content((ns, digest)) => {
+                        let mut refs = Refs::default();
+                        for item in content_labels
+                            .range((ns.as_str(), digest.as_str(), GC_LABELS)..)
+                            .map_err(storage)?
+                        {
+                            let (key, value) = item.map_err(storage)?;
+                            let (n, d, label) = key.value();
+                            if n != ns || d != digest || !label.starts_with(GC_LABELS) {
+                                break;
+                            }
+                            refs.add(label, value.value());
+                        }
+                        push_refs(&mut next, ns, &refs);
+                    }
+                    Node::Snapshot((ns, sn, name)) => {
+                        let key = (ns.as_str(), sn.as_str(), name.as_str());
+                        if let Some(value) = snapshots.get(key).map_err(storage)? {
+                            let (_, parent, _, _, _) = value.value();
+                            if !parent.is_empty() {
+                                next.push((
+                                    Node::Snapshot((ns.clone(), sn.clone(), parent.to_string())),
+                                    false,
+                                ));
+                            }
+                        }
+                        let mut refs = Refs::default();
+                        for item in snapshot_labels
+                            .range((ns.as_str(), sn.as_str(), name.as_str(), GC_LABELS)..)
+                            .map_err(storage)?
+                        {
+                            let (key, value) = item.map_err(storage)?;
+                            let (n, s, k, label) = key.value();
+                            if n != ns || s != sn || k != name || !label.starts_with(GC_LABELS) {
+                                break;
+                            }
+                            refs.add(label, value.value());
+                        }
+                        push_refs(&mut next, ns, &refs);
+                    }
+                }
+                if unmarked {
+                    match &node {
+                        Node::Content(id) => kept_content.insert(id.clone()),
+                        Node::Snapshot(id) => kept_snapshots.insert(id.clone()),
+                    };
+                }
+                expanded.insert(node);
+                stack.extend(next.into_iter().map(|(node, _)| (node, false)));
+            }
+            ((kept_content, kept_snapshots), expanded.len() as u64)
+        };
+        let (kept_content, kept_snapshots) = kept;
+        self.content.retain(|id| !kept_content.contains(id));
+        self.snapshots
+            .retain(|(id, _)| !kept_snapshots.contains(id));
+        self.leases.retain(|lease| !touched.leases.contains(lease));
+        Ok(visited)
+    }
+}
+
+/// The prefix of the labels collection reads.
+const GC_LABELS: &str = "containerd.io/gc.";
 
 /// The collector's tables of a read or a write transaction (whose `open_table`s return
 /// different types, hence a macro rather than a function).
@@ -545,7 +751,7 @@ fn sweep(txn: &redb::WriteTransaction, garbage: &Garbage) -> Result<(), Error> {
     {
         let mut snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
         let mut labels = txn.open_table(SNAPSHOT_LABELS).map_err(storage)?;
-        for (ns, sn, key) in &garbage.snapshots {
+        for ((ns, sn, key), _) in &garbage.snapshots {
             snapshots
                 .remove((ns.as_str(), sn.as_str(), key.as_str()))
                 .map_err(storage)?;
@@ -594,7 +800,12 @@ struct Swept {
     garbage: Garbage,
     mark: Duration,
     sweep: Duration,
+    /// Writes landed between the mark and the sweep, which checked again what they touched.
     remarked: bool,
+    /// They touched more than the barrier holds: the sweep marked everything again.
+    full_remark: bool,
+    /// Objects the sweep's check of the touched ones visited.
+    rechecked: u64,
 }
 
 /// Whether any namespace holds `digest`, in `txn`.
@@ -625,36 +836,59 @@ fn namespaces_in(txn: &redb::ReadTransaction) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
-/// Steps 1 and 2: mark over a read snapshot, sweep in a write transaction (marking again
-/// inside it when writes landed in between). `between` runs between the two (tests race
-/// writes there).
-fn mark_and_sweep(db: &Db, between: &(dyn Fn() + Send + Sync)) -> Result<Swept, Error> {
+/// Stops the barrier from noting when a collection ends before its sweep took the notes.
+struct Disarm<'b>(&'b Barrier);
+
+impl Drop for Disarm<'_> {
+    fn drop(&mut self) {
+        self.0.take();
+    }
+}
+
+/// Steps 1 and 2: mark over a read snapshot, sweep in a write transaction (checking again,
+/// inside it, what writes in between touched: see [`Barrier`]). `between` runs between the
+/// two (tests race writes there).
+fn mark_and_sweep(
+    db: &Db,
+    barrier: &Barrier,
+    between: &(dyn Fn() + Send + Sync),
+) -> Result<Swept, Error> {
     let start = Instant::now();
     let now = SystemTime::now();
-    // The count and the snapshot are taken together under the writer lock: a commit is
-    // counted before it is visible, so only there is every counted commit in the snapshot
-    // (and every commit not in it counted later, which makes the sweep mark again). Writers
-    // wait only while the read transaction opens.
-    let (seen, read) = {
+    // The count, the snapshot and the barrier's arming together under the writer lock: a
+    // commit is counted before it is visible, so only there is every counted commit in the
+    // snapshot, and every write not in it noted by the barrier (and counted later, which
+    // makes the sweep check). Writers wait only while the read transaction opens.
+    let (seen, read, disarm) = {
         let writer = db.begin_write()?;
         let seen = db.commits();
         let read = db.begin_read()?;
+        barrier.arm();
+        let disarm = Disarm(barrier);
         drop(writer);
-        (seen, read)
+        (seen, read, disarm)
     };
-    let garbage = mark_read(&read, now)?;
+    let mut garbage = mark_read(&read, now)?;
     drop(read);
     let mark = start.elapsed();
     between();
     let start = Instant::now();
     let txn = db.begin_write()?;
-    // Holding the writer lock: no commit is counted until this one.
+    // Holding the writer lock: nothing is noted or counted until this transaction ends.
+    let touched = barrier.take();
+    drop(disarm);
     let remarked = db.commits() != seen;
-    let garbage = if remarked {
-        mark_write(&txn, now)?
-    } else {
-        garbage
-    };
+    let mut full_remark = false;
+    let mut rechecked = 0;
+    if remarked {
+        match touched {
+            Some(touched) if !touched.overflow => rechecked = garbage.recheck(&txn, touched)?,
+            _ => {
+                full_remark = true;
+                garbage = mark_write(&txn, now)?;
+            }
+        }
+    }
     sweep(&txn, &garbage)?;
     txn.commit()?;
     Ok(Swept {
@@ -662,6 +896,8 @@ fn mark_and_sweep(db: &Db, between: &(dyn Fn() + Send + Sync)) -> Result<Swept, 
         mark,
         sweep: start.elapsed(),
         remarked,
+        full_remark,
+        rechecked,
     })
 }
 
@@ -896,19 +1132,18 @@ impl Metadata {
         let swept = {
             let db = Arc::clone(&self.db);
             let between = Arc::clone(&self.gc.between);
-            blocking(move || mark_and_sweep(&db, between.as_ref())).await?
+            let barrier = Arc::clone(&self.gc.barrier);
+            blocking(move || mark_and_sweep(&db, &barrier, between.as_ref())).await?
         };
         let start = Instant::now();
+        let swept_backend = swept.garbage.backend();
         // Blobs and snapshots side by side: different files, different locks.
         let ((blobs, blob_removal), (backend_snapshots, snapshot_removal)) = tokio::join!(
             timed(
                 start,
                 self.collect_blobs(&swept.garbage.content, only_swept)
             ),
-            timed(
-                start,
-                self.collect_snapshots(&swept.garbage.backend, only_swept)
-            ),
+            timed(start, self.collect_snapshots(&swept_backend, only_swept)),
         );
         let stats = Stats {
             content: swept.garbage.content.len() as u64,
@@ -936,6 +1171,8 @@ impl Metadata {
             blob_removal_ms = stats.blob_removal.as_secs_f64() * 1e3,
             snapshot_removal_ms = stats.snapshot_removal.as_secs_f64() * 1e3,
             remarked = stats.remarked,
+            full_remark = swept.full_remark,
+            rechecked = swept.rechecked,
             "collected"
         );
         blobs?;
@@ -965,6 +1202,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::containers::ContainerStore;
     use crate::content::ContentStore;
     use crate::content::local::LocalStore;
     use crate::images::{Descriptor, Image, ImageStore};
@@ -1247,7 +1485,7 @@ mod tests {
     }
 
     /// A write that lands between the mark and the sweep and makes an unmarked blob
-    /// reachable keeps it: the sweep marks again.
+    /// reachable keeps it: the sweep checks what the write touched.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reference_written_after_the_mark_keeps_its_blob() {
         type Late = Option<(Arc<Metadata>, Digest)>;
@@ -1268,6 +1506,359 @@ mod tests {
         assert!(has_blob(&f, "a", &late).await);
         assert!(in_store(&f, &late).await);
         assert!(!has_blob(&f, "a", &stray).await);
+    }
+
+    /// One write raced between the mark and the sweep: it makes an unmarked object reachable
+    /// (and with it what that object refers to, itself unmarked), and the sweep, checking
+    /// only what the barrier noted, keeps exactly that and still removes the rest.
+    struct Raced {
+        case: &'static str,
+        /// The write, run between the mark and the sweep.
+        write: fn(&Arc<Metadata>, &Population),
+        /// Whether it makes the blob pair (`target` → `leaf`) reachable; otherwise it makes
+        /// the snapshot pair (`s2` on `s1`) reachable.
+        keeps_blobs: bool,
+    }
+
+    /// What every case starts from: `target` (whose label refers to `leaf`) and the chain
+    /// `s1` ← `s2` unreachable; `root` (gc.root), the image `img` on it, the container `ctr`,
+    /// the lease `held` reachable or harmless; the lease `old` expired; `stray` unreachable.
+    struct Population {
+        target: Digest,
+        root: Digest,
+    }
+
+    fn container(id: &str) -> crate::containers::Container {
+        crate::containers::Container::new(
+            id,
+            "io.containerd.runc.v2",
+            prost_types::Any {
+                type_url: "types.test/spec".to_string(),
+                value: Vec::new(),
+            },
+        )
+    }
+
+    fn on_runtime(work: impl std::future::Future<Output = ()>) {
+        tokio::runtime::Handle::current().block_on(work);
+    }
+
+    fn raced_writes() -> Vec<Raced> {
+        fn ref_target(p: &Population) -> Labels {
+            labels(&[("containerd.io/gc.ref.content.x", p.target.as_str())])
+        }
+        vec![
+            Raced {
+                case: "image created on the target",
+                write: |m, p| {
+                    ImageStore::create(m.as_ref(), "a", image("late", &p.target)).unwrap();
+                },
+                keeps_blobs: true,
+            },
+            Raced {
+                case: "image updated to the target",
+                write: |m, p| {
+                    ImageStore::update(
+                        m.as_ref(),
+                        "a",
+                        image("img", &p.target),
+                        &["target".into()],
+                    )
+                    .unwrap();
+                },
+                keeps_blobs: true,
+            },
+            Raced {
+                case: "image created with a label naming the target",
+                write: |m, p| {
+                    let mut late = image("late", &p.root);
+                    late.labels = ref_target(p);
+                    ImageStore::create(m.as_ref(), "a", late).unwrap();
+                },
+                keeps_blobs: true,
+            },
+            Raced {
+                case: "container created on s2",
+                write: |m, _| {
+                    let mut late = container("late");
+                    late.snapshotter = "native".into();
+                    late.snapshot_key = "s2".into();
+                    ContainerStore::create(m.as_ref(), "a", late).unwrap();
+                },
+                keeps_blobs: false,
+            },
+            Raced {
+                case: "container updated with a label naming the target",
+                write: |m, p| {
+                    let mut ctr = container("ctr");
+                    ctr.labels = ref_target(p);
+                    ContainerStore::update(m.as_ref(), "a", ctr, &["labels".into()]).unwrap();
+                },
+                keeps_blobs: true,
+            },
+            Raced {
+                case: "lease created with a label naming the target",
+                write: |m, p| {
+                    LeaseManager::create(m.as_ref(), "a", "late", ref_target(p)).unwrap();
+                },
+                keeps_blobs: true,
+            },
+            Raced {
+                case: "target added to a lease",
+                write: |m, p| {
+                    let resource = Resource {
+                        kind: "content".into(),
+                        id: p.target.as_str().into(),
+                    };
+                    LeaseManager::add_resource(m.as_ref(), "a", "held", &resource).unwrap();
+                },
+                keeps_blobs: true,
+            },
+            Raced {
+                case: "s2 added to a lease",
+                write: |m, _| {
+                    let resource = Resource {
+                        kind: "snapshots/native".into(),
+                        id: "s2".into(),
+                    };
+                    LeaseManager::add_resource(m.as_ref(), "a", "held", &resource).unwrap();
+                },
+                keeps_blobs: false,
+            },
+            Raced {
+                case: "expired lease deleted and created again holding the target",
+                write: |m, p| {
+                    LeaseManager::delete(m.as_ref(), "a", "old").unwrap();
+                    LeaseManager::create(m.as_ref(), "a", "old", Labels::new()).unwrap();
+                    let resource = Resource {
+                        kind: "content".into(),
+                        id: p.target.as_str().into(),
+                    };
+                    LeaseManager::add_resource(m.as_ref(), "a", "old", &resource).unwrap();
+                },
+                keeps_blobs: true,
+            },
+            Raced {
+                case: "gc.root label set on the target",
+                write: |m, p| {
+                    let target = p.target.clone();
+                    on_runtime(async move {
+                        let store = Arc::clone(m).content("a").unwrap();
+                        let mut info = store.info(&target).await.unwrap();
+                        info.labels
+                            .insert("containerd.io/gc.root".into(), "yes".into());
+                        store
+                            .update(info, &["labels.containerd.io/gc.root".into()])
+                            .await
+                            .unwrap();
+                    });
+                },
+                keeps_blobs: true,
+            },
+            Raced {
+                case: "label naming the target set on a reachable blob",
+                write: |m, p| {
+                    let (root, label) = (p.root.clone(), ref_target(p));
+                    on_runtime(async move {
+                        let store = Arc::clone(m).content("a").unwrap();
+                        let mut info = store.info(&root).await.unwrap();
+                        info.labels.extend(label);
+                        store
+                            .update(info, &["labels.containerd.io/gc.ref.content.x".into()])
+                            .await
+                            .unwrap();
+                    });
+                },
+                keeps_blobs: true,
+            },
+            Raced {
+                case: "blob committed with gc.root and a label naming the target",
+                write: |m, p| {
+                    let mut with = ref_target(p);
+                    with.insert("containerd.io/gc.root".into(), "yes".into());
+                    on_runtime(async move {
+                        let store = Arc::clone(m).content("a").unwrap();
+                        let mut writer = store.writer("late", 0, None).await.unwrap();
+                        writer.write(b"late").await.unwrap();
+                        writer.commit(0, None, with).await.unwrap();
+                        writer.close().await.unwrap();
+                    });
+                },
+                keeps_blobs: true,
+            },
+            Raced {
+                case: "snapshot prepared on s2 with gc.root",
+                write: |m, _| {
+                    on_runtime(async move {
+                        let sn = Arc::clone(m).snapshotter("a", "native").unwrap();
+                        sn.prepare("late", "s2", labels(&[("containerd.io/gc.root", "yes")]))
+                            .await
+                            .unwrap();
+                    });
+                },
+                keeps_blobs: false,
+            },
+            Raced {
+                case: "gc.root label set on s2",
+                write: |m, _| {
+                    on_runtime(async move {
+                        let sn = Arc::clone(m).snapshotter("a", "native").unwrap();
+                        let mut info = sn.stat("s2").await.unwrap();
+                        info.labels
+                            .insert("containerd.io/gc.root".into(), "yes".into());
+                        sn.update(info, &["labels.containerd.io/gc.root".into()])
+                            .await
+                            .unwrap();
+                    });
+                },
+                keeps_blobs: false,
+            },
+            Raced {
+                case: "active snapshot on s2 committed with gc.root",
+                write: |m, _| {
+                    on_runtime(async move {
+                        let sn = Arc::clone(m).snapshotter("a", "native").unwrap();
+                        sn.commit("done", "act", labels(&[("containerd.io/gc.root", "yes")]))
+                            .await
+                            .unwrap();
+                    });
+                },
+                keeps_blobs: false,
+            },
+        ]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_between_mark_and_sweep_keep_what_they_reach_and_nothing_more() {
+        for raced in raced_writes() {
+            type Slot = Option<(Arc<Metadata>, Population, fn(&Arc<Metadata>, &Population))>;
+            let slot: Arc<std::sync::Mutex<Slot>> = Arc::default();
+            let hook = Arc::clone(&slot);
+            let between: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                if let Some((metadata, population, write)) = hook.lock().unwrap().take() {
+                    write(&metadata, &population);
+                }
+            });
+            let f = fixture(SharingPolicy::Shared, Some(between));
+            let leaf = blob(&f, "a", "leaf", Labels::new()).await;
+            let target = blob(
+                &f,
+                "a",
+                "target",
+                labels(&[("containerd.io/gc.ref.content.l", leaf.as_str())]),
+            )
+            .await;
+            let root = blob(&f, "a", "root", labels(&[("containerd.io/gc.root", "x")])).await;
+            let stray = blob(&f, "a", "stray", Labels::new()).await;
+            committed(&f, "a", "s1", "").await;
+            committed(&f, "a", "s2", "s1").await;
+            Arc::clone(&f.metadata)
+                .snapshotter("a", "native")
+                .unwrap()
+                .prepare("act", "s2", Labels::new())
+                .await
+                .unwrap();
+            let m = f.metadata.as_ref();
+            ImageStore::create(m, "a", image("img", &root)).unwrap();
+            ContainerStore::create(m, "a", container("ctr")).unwrap();
+            LeaseManager::create(m, "a", "held", Labels::new()).unwrap();
+            LeaseManager::create(
+                m,
+                "a",
+                "old",
+                labels(&[("containerd.io/gc.expire", "2000-01-01T00:00:00Z")]),
+            )
+            .unwrap();
+            let population = Population {
+                target: target.clone(),
+                root: root.clone(),
+            };
+            *slot.lock().unwrap() = Some((Arc::clone(&f.metadata), population, raced.write));
+            let stats = f.metadata.collect().await.unwrap();
+            let case = raced.case;
+            assert!(
+                slot.lock().unwrap().is_none(),
+                "{case}: the write did not run"
+            );
+            assert!(stats.remarked, "{case}: {stats:?}");
+            for (digest, what) in [(&target, "target"), (&leaf, "leaf")] {
+                assert_eq!(
+                    has_blob(&f, "a", digest).await,
+                    raced.keeps_blobs,
+                    "{case}: {what}"
+                );
+                assert_eq!(
+                    in_store(&f, digest).await,
+                    raced.keeps_blobs,
+                    "{case}: {what} in the store"
+                );
+            }
+            let left = snapshots(&f, "a").await;
+            for key in ["s1", "s2"] {
+                assert_eq!(
+                    left.contains(key),
+                    !raced.keeps_blobs,
+                    "{case}: {key} (left: {left:?})"
+                );
+            }
+            assert!(has_blob(&f, "a", &root).await, "{case}");
+            // The expired lease goes, unless the write made a new one of its id.
+            let leases: BTreeSet<String> = LeaseManager::list(m, "a", &[])
+                .unwrap()
+                .into_iter()
+                .map(|lease| lease.id)
+                .collect();
+            assert!(leases.contains("held"), "{case}: {leases:?}");
+            assert_eq!(
+                leases.contains("old"),
+                case.starts_with("expired lease"),
+                "{case}: {leases:?}"
+            );
+            assert!(!has_blob(&f, "a", &stray).await, "{case}: stray kept");
+            assert!(
+                !in_store(&f, &stray).await,
+                "{case}: stray kept in the store"
+            );
+        }
+    }
+
+    #[test]
+    fn the_barrier_notes_only_while_armed_and_overflows_to_a_full_mark() {
+        let barrier = Barrier::default();
+        barrier.content("a", "d");
+        barrier.arm();
+        barrier.content("a", "d1");
+        barrier.snapshot("a", "native", "k");
+        barrier.resource("a", "snapshots/native", "k2");
+        barrier.resource("a", "ingests", "ref");
+        barrier.labels(
+            "a",
+            &labels(&[
+                ("containerd.io/gc.ref.content.x", "d2"),
+                ("containerd.io/gc.ref.snapshot.native", "k3"),
+                ("other", "d3"),
+            ]),
+        );
+        barrier.lease("a", "l");
+        let touched = barrier.take().unwrap();
+        let c = |d: &str| Node::Content(("a".into(), d.into()));
+        let sn = |k: &str| Node::Snapshot(("a".into(), "native".into(), k.into()));
+        assert_eq!(
+            touched.nodes,
+            [c("d1"), sn("k"), sn("k2"), c("d2"), sn("k3")]
+        );
+        assert!(touched.leases.contains(&("a".to_string(), "l".to_string())));
+        assert!(!touched.overflow);
+        assert!(barrier.take().is_none(), "taking disarms");
+        barrier.content("a", "after");
+        assert!(barrier.take().is_none(), "nothing is noted unarmed");
+        barrier.arm();
+        for i in 0..=BARRIER_LIMIT {
+            barrier.content("a", &i.to_string());
+        }
+        let touched = barrier.take().unwrap();
+        assert!(touched.overflow);
+        assert_eq!(touched.nodes.len(), BARRIER_LIMIT);
     }
 
     /// Blobs and backend snapshots no record refers to (a crash between a store's commit and

@@ -12,6 +12,7 @@ use plinth_api::containerd::events::{
 use prost::Message as _;
 use redb::{ReadableTable, Table, WriteTransaction};
 
+use super::gc::Barrier;
 use super::records::{ContainerRecord, ImageRecord, LeaseRecord};
 use super::schema::{CONTAINERS, IMAGES, LEASE_RESOURCES, LEASES, NAMESPACES};
 use super::{Metadata, from_nanos, now_nanos, storage, to_nanos};
@@ -35,6 +36,7 @@ pub(crate) fn ensure_namespace(txn: &WriteTransaction, namespace: &str) -> Resul
 /// Binds a new object to `lease` in `txn`: the lease must exist in `namespace`.
 pub(crate) fn bind(
     txn: &WriteTransaction,
+    barrier: &Barrier,
     namespace: &str,
     lease: Option<&str>,
     kind: &str,
@@ -43,6 +45,7 @@ pub(crate) fn bind(
     let Some(lease) = lease else {
         return Ok(());
     };
+    barrier.resource(namespace, kind, id);
     let leases = txn.open_table(LEASES).map_err(storage)?;
     if leases.get((namespace, lease)).map_err(storage)?.is_none() {
         return Err(lease_not_found(namespace, lease));
@@ -72,6 +75,20 @@ pub(crate) fn unbind(
         .remove((namespace, lease, kind, id))
         .map_err(storage)?;
     Ok(())
+}
+
+/// Notes for the collector's barrier what an image written in `txn` refers to.
+fn note_image(barrier: &Barrier, namespace: &str, image: &Image) {
+    barrier.content(namespace, &image.target.digest);
+    barrier.labels(namespace, &image.labels);
+}
+
+/// Notes for the collector's barrier what a container written in `txn` refers to.
+fn note_container(barrier: &Barrier, namespace: &str, container: &Container) {
+    if !container.snapshotter.is_empty() {
+        barrier.snapshot(namespace, &container.snapshotter, &container.snapshot_key);
+    }
+    barrier.labels(namespace, &container.labels);
 }
 
 fn lease_not_found(namespace: &str, lease: &str) -> Error {
@@ -245,6 +262,7 @@ impl ImageStore for Metadata {
             table
                 .insert((namespace, image.name.as_str()), bytes.as_slice())
                 .map_err(storage)?;
+            note_image(&self.gc.barrier, namespace, &image);
         }
         let slot = self.slot(namespace);
         txn.commit()?;
@@ -310,6 +328,7 @@ impl ImageStore for Metadata {
             table
                 .insert((namespace, image.name.as_str()), bytes.as_slice())
                 .map_err(storage)?;
+            note_image(&self.gc.barrier, namespace, &updated);
             updated
         };
         let slot = self.slot(namespace);
@@ -414,6 +433,7 @@ impl ContainerStore for Metadata {
             table
                 .insert((namespace, id), bytes.as_slice())
                 .map_err(storage)?;
+            note_container(&self.gc.barrier, namespace, &container);
         }
         let slot = self.slot(namespace);
         txn.commit()?;
@@ -502,6 +522,7 @@ impl ContainerStore for Metadata {
             table
                 .insert((namespace, id), bytes.as_slice())
                 .map_err(storage)?;
+            note_container(&self.gc.barrier, namespace, &updated);
             updated
         };
         let slot = self.slot(namespace);
@@ -616,6 +637,8 @@ impl LeaseManager for Metadata {
             table
                 .insert((namespace, id.as_str()), bytes.as_slice())
                 .map_err(storage)?;
+            self.gc.barrier.lease(namespace, &id);
+            self.gc.barrier.labels(namespace, &record.labels);
         }
         txn.commit()?;
         self.notify(crate::gc::Mutation {
@@ -667,7 +690,14 @@ impl LeaseManager for Metadata {
     fn add_resource(&self, namespace: &str, lease: &str, resource: &Resource) -> Result<(), Error> {
         resource.validate()?;
         let txn = self.db.begin_write()?;
-        bind(&txn, namespace, Some(lease), &resource.kind, &resource.id)?;
+        bind(
+            &txn,
+            &self.gc.barrier,
+            namespace,
+            Some(lease),
+            &resource.kind,
+            &resource.id,
+        )?;
         txn.commit()?;
         self.mutated(false);
         Ok(())

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use plinth_api::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
 use redb::{ReadableTable, WriteTransaction};
 
+use super::gc::Barrier;
 use super::schema::{
     SEQUENCES, SNAPSHOT_LABELS, SNAPSHOTS, SnapshotKey, SnapshotLabelKey, SnapshotValue,
 };
@@ -121,13 +122,17 @@ fn write_labels(
     Ok(())
 }
 
+/// Writes a snapshot record (noted by the collector's barrier: its parent and labels may
+/// refer to what a running collection found unreachable).
 fn insert_record(
     txn: &WriteTransaction,
+    barrier: &Barrier,
     namespace: &str,
     snapshotter: &str,
     key: &str,
     record: &Record,
 ) -> Result<(), Error> {
+    barrier.snapshot(namespace, snapshotter, key);
     let mut table = txn.open_table(SNAPSHOTS).map_err(storage)?;
     table
         .insert(
@@ -266,7 +271,14 @@ impl NamespacedSnapshotter {
             // snapshot (a missing lease or parent) creates nothing.
             let txn = metadata.db.begin_write()?;
             super::objects::ensure_namespace(&txn, &ns)?;
-            super::objects::bind(&txn, &ns, lease.as_deref(), &kind_name, &key)?;
+            super::objects::bind(
+                &txn,
+                &metadata.gc.barrier,
+                &ns,
+                lease.as_deref(),
+                &kind_name,
+                &key,
+            )?;
             let result = {
                 let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
                 if get_record(&table, &ns, &sn, &key)?.is_some() {
@@ -303,7 +315,7 @@ impl NamespacedSnapshotter {
                     created: now,
                     updated: now,
                 };
-                insert_record(&txn, &ns, &sn, &key, &record)?;
+                insert_record(&txn, &metadata.gc.barrier, &ns, &sn, &key, &record)?;
                 write_labels(&txn, &ns, &sn, &key, &labels)?;
                 (backend, parent_backend)
             };
@@ -401,7 +413,7 @@ impl Snapshotter for NamespacedSnapshotter {
         let (r, l) = (record.clone(), labels.clone());
         blocking(move || {
             let txn = metadata.db.begin_write()?;
-            insert_record(&txn, &ns, &sn, &key, &r)?;
+            insert_record(&txn, &metadata.gc.barrier, &ns, &sn, &key, &r)?;
             write_labels(&txn, &ns, &sn, &key, &l)?;
             txn.commit()
         })
@@ -458,7 +470,14 @@ impl Snapshotter for NamespacedSnapshotter {
         let (lease, kind_name) = (self.lease.clone(), self.resource_kind());
         let backend_name = blocking(move || {
             let txn = metadata.db.begin_write()?;
-            super::objects::bind(&txn, &ns, lease.as_deref(), &kind_name, &name_owned)?;
+            super::objects::bind(
+                &txn,
+                &metadata.gc.barrier,
+                &ns,
+                lease.as_deref(),
+                &kind_name,
+                &name_owned,
+            )?;
             let backend_name = {
                 let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
                 if get_record(&table, &ns, &sn, &name_owned)?.is_some() {
@@ -507,7 +526,7 @@ impl Snapshotter for NamespacedSnapshotter {
                 created: now,
                 updated: now,
             };
-            insert_record(&txn, &ns, &sn, &name, &committed)?;
+            insert_record(&txn, &metadata.gc.barrier, &ns, &sn, &name, &committed)?;
             write_labels(&txn, &ns, &sn, &name, &labels)?;
             let slot = metadata.slot(&ns);
             txn.commit()?;

@@ -2096,7 +2096,7 @@ mod tests {
     fn own_figures_from_plinthd_s_exports_and_containerd_s_log() {
         let exports = BTreeMap::from([(
             "scheduler.last_run_phases".to_string(),
-            "mark 4.527071ms, sweep 11.808588ms, backend 1m0.5s (marked again in the sweep)"
+            "mark 4.527071ms, sweep 11.808588ms, backend 1m0.5s (writes raced the mark: the sweep checked what they touched)"
                 .to_string(),
         )]);
         let own = own_from_exports(&exports);

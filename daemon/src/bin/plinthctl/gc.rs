@@ -81,7 +81,7 @@ fn describe(response: &CollectResponse) -> String {
         out,
         "phases: mark {mark:?}, sweep {sweep:?} (writers waited), backend {backend:?}{}",
         if response.remarked {
-            "; writes during the mark made the sweep mark again"
+            "; writes during the mark made the sweep check what they touched"
         } else {
             ""
         }
@@ -140,7 +140,7 @@ mod tests {
             describe(&response),
             "garbage collected in 2ms\n\
              removed: nothing (everything is reachable)\n\
-             phases: mark 2ms, sweep 0ns (writers waited), backend 0ns; writes during the mark made the sweep mark again\n\
+             phases: mark 2ms, sweep 0ns (writers waited), backend 0ns; writes during the mark made the sweep check what they touched\n\
              next lease expiry: 2033-05-18T03:33:20Z (the scheduler collects again then)\n"
         );
     }
