@@ -492,8 +492,11 @@ struct Hashing<'s, R> {
 
 impl<R: Read> Read for Hashing<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf).inspect_err(|_| {
-            self.state.source_failed.set(true);
+        let n = self.inner.read(buf).inspect_err(|e| {
+            // An interrupted read is tried again, not a failed source.
+            if e.kind() != io::ErrorKind::Interrupted {
+                self.state.source_failed.set(true);
+            }
         })?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;

@@ -1505,6 +1505,161 @@ fn a_source_that_fails_is_an_io_error_not_a_bad_layer() {
     assert_eq!(error.category, Category::InvalidArgument, "{error}");
 }
 
+/// A source that answers `Interrupted` once at `at` bytes, then goes on (a signal during a
+/// read): the applier reads again, and the layer applies whole.
+#[test]
+fn an_interrupted_read_is_retried() {
+    struct Interrupting<'a> {
+        data: &'a [u8],
+        at: usize,
+        interrupted: bool,
+    }
+    impl std::io::Read for Interrupting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if !self.interrupted && self.at == 0 {
+                self.interrupted = true;
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let limit = if self.interrupted { buf.len() } else { self.at };
+            let n = buf.len().min(limit).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            self.at = self.at.saturating_sub(n);
+            Ok(n)
+        }
+    }
+    let content = "a".repeat(4096);
+    let mut layer = Layer::new();
+    layer.file("a", &content).file("b", "b");
+    let tar = layer.tar();
+    // 1024: inside the first file's data (its header is the first 512 bytes).
+    let place = Place::new();
+    apply(
+        Interrupting {
+            data: &tar,
+            at: 1024,
+            interrupted: false,
+        },
+        TAR,
+        &place.root(),
+        &native(),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(place.root().join("a")).unwrap(),
+        content
+    );
+    assert_eq!(
+        std::fs::read_to_string(place.root().join("b")).unwrap(),
+        "b"
+    );
+}
+
+/// A GNU sparse entry: 512 bytes of data at the end of a file of `real_size` bytes, the rest
+/// a hole the reader fills with zeros.
+fn sparse(name: &str, real_size: u64) -> Layer {
+    let mut header = tar::Header::new_gnu();
+    header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(MTIME);
+    header.set_device_major(0).unwrap();
+    header.set_device_minor(0).unwrap();
+    header.set_entry_type(EntryType::GNUSparse);
+    header.set_size(512);
+    let gnu = header.as_gnu_mut().unwrap();
+    gnu.sparse[0].set_offset(real_size - 512);
+    gnu.sparse[0].set_length(512);
+    gnu.set_real_size(real_size);
+    header.set_cksum();
+    let mut layer = Layer::new();
+    layer.header(&header, &[b'x'; 512]);
+    layer
+}
+
+/// A sparse file writes more than the stream holds: what the files receive is held to
+/// max_uncompressed_size too, up to it exactly.
+#[test]
+fn sparse_files_are_held_to_the_size_limit() {
+    let limit = 1 << 20;
+    let options = ApplyOptions {
+        limits: Limits {
+            max_uncompressed_size: limit,
+            ..Limits::default()
+        },
+        ..native()
+    };
+    let place = Place::new();
+    apply(
+        &sparse("fits", limit).tar()[..],
+        TAR,
+        &place.root(),
+        &options,
+    )
+    .unwrap();
+    let written = std::fs::read(place.root().join("fits")).unwrap();
+    assert_eq!(written.len() as u64, limit);
+    assert!(written[..written.len() - 512].iter().all(|&b| b == 0));
+    assert!(written[written.len() - 512..].iter().all(|&b| b == b'x'));
+
+    let error = apply(
+        &sparse("bomb", 64 * limit).tar()[..],
+        TAR,
+        &Place::new().root(),
+        &options,
+    )
+    .unwrap_err();
+    assert_eq!(error.category, Category::ResourceExhausted, "{error}");
+    assert!(error.message.contains("into files"), "{error}");
+}
+
+/// A `user.*` attribute on a symbolic link cannot be set (Linux allows them on files and
+/// directories only): it is skipped, as containerd does, not a failed layer.
+#[test]
+fn a_user_xattr_on_a_symlink_is_skipped() {
+    let mut layer = Layer::new();
+    layer.raw(
+        b"link",
+        EntryType::Symlink,
+        Fields {
+            mode: 0o777,
+            link: b"target",
+            pax: vec![("SCHILY.xattr.user.note", b"v")],
+            ..Fields::default()
+        },
+    );
+    let place = Place::new();
+    apply(&layer.tar()[..], TAR, &place.root(), &native()).unwrap();
+    assert_eq!(
+        std::fs::read_link(place.root().join("link")).unwrap(),
+        Path::new("target")
+    );
+}
+
+/// Errors that are the layer's (a path through a file, a name too long) are InvalidArgument
+/// and say what is wrong; they are not reported as the host's I/O failures.
+#[test]
+fn entries_that_do_not_fit_the_tree_are_invalid_and_say_why() {
+    let mut through_file = Layer::new();
+    through_file.file("f", "file").hardlink("h", "f/x");
+    let error = apply(
+        &through_file.tar()[..],
+        TAR,
+        &Place::new().root(),
+        &native(),
+    )
+    .unwrap_err();
+    assert_eq!(error.category, Category::InvalidArgument, "{error}");
+    assert!(error.message.contains("not a directory"), "{error}");
+
+    let mut long = Layer::new();
+    long.file(&"n".repeat(300), "x");
+    let error = apply(&long.tar()[..], TAR, &Place::new().root(), &native()).unwrap_err();
+    assert_eq!(error.category, Category::InvalidArgument, "{error}");
+    assert!(error.message.contains("does not fit"), "{error}");
+}
+
 #[test]
 fn public_types_are_send_and_sync() {
     fn check<T: Send + Sync>() {}
