@@ -795,6 +795,38 @@ fn a_gnu_long_name_wins_over_a_pax_path() {
     assert!(!place.root().join("pax-name").exists());
 }
 
+/// Likewise for a link: a GNU long-link record wins over a PAX `linkpath`.
+#[test]
+fn a_gnu_long_link_wins_over_a_pax_linkpath() {
+    let target = format!("/{}", "g".repeat(150));
+    let mut long = tar::Header::new_gnu();
+    long.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    let mut data = target.as_bytes().to_vec();
+    data.push(0);
+    long.set_size(data.len() as u64);
+    long.set_entry_type(EntryType::GNULongLink);
+    long.set_mode(0o644);
+    long.set_cksum();
+    let mut layer = Layer::new();
+    layer.pax(&[("linkpath", b"pax-target")]);
+    layer.header(&long, &data);
+    layer.raw(
+        b"link",
+        EntryType::Symlink,
+        Fields {
+            mode: 0o777,
+            link: &target.as_bytes()[..100],
+            ..Fields::default()
+        },
+    );
+    let place = Place::new();
+    apply(&layer.tar()[..], TAR, &place.root(), &native()).unwrap();
+    assert_eq!(
+        std::fs::read_link(place.root().join("link")).unwrap(),
+        Path::new(&target)
+    );
+}
+
 /// containerd's rules: an existing directory merges with a directory entry; anything else
 /// is removed first, and nothing is written through an existing link.
 #[test]
