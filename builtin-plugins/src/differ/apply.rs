@@ -1364,9 +1364,10 @@ fn parse_pax_records(mut data: &[u8]) -> Result<PaxRecords, String> {
 /// A PAX time: decimal seconds with an optional fraction, possibly negative.
 fn pax_time(value: &[u8]) -> Option<Timespec> {
     let text = std::str::from_utf8(value).ok()?;
+    // One sign, `-` or `+`, as Go's strconv.ParseInt takes.
     let (negative, text) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
-        None => (false, text),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
     };
     let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
     if seconds.is_empty() || !seconds.bytes().all(|b| b.is_ascii_digit()) {

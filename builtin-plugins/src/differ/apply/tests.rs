@@ -723,8 +723,12 @@ fn times_are_set_and_directories_get_theirs_after_their_contents() {
 
 #[test]
 fn pax_times_parse_like_go() {
-    let table: [(&str, Option<(i64, i64)>); 8] = [
+    let table: [(&str, Option<(i64, i64)>); 11] = [
         ("12", Some((12, 0))),
+        // Go's strconv.ParseInt takes one sign, either.
+        ("+12", Some((12, 0))),
+        ("-+12", None),
+        ("+-12", None),
         ("12.5", Some((12, 500_000_000))),
         ("12.123456789999", Some((12, 123_456_789))),
         ("-1.5", Some((-2, 500_000_000))),
