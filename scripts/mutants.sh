@@ -64,6 +64,9 @@ confined() {
     done
     mount -o remount,bind,ro /
     mount -t tmpfs -o size=16g,mode=1777 tmpfs /tmp
+    # The working directory was resolved before the tree was mounted over itself: enter
+    # it again, through the writable mount.
+    cd "$PWD"
     exec "$@"' confined "$@"
 }
 
