@@ -976,6 +976,65 @@ fn bind_mounts_are_compared_read_only_and_always_unmounted() {
     assert!(mount_dirs(&temp_dir).is_empty(), "mount directories left");
 }
 
+/// The options of a snapshotter's mounts, read as a read-only mount for comparing needs
+/// them: flags kept (and the mount still read-only), containerd's internal `X-containerd.*`
+/// options refused, what only a writable or an id-mapped overlay needs left out.
+#[test]
+fn mount_options_are_kept_refused_or_left_out_as_a_read_only_mount_needs() {
+    let trees = changed_trees();
+    let temp = tempfile::tempdir().unwrap();
+    let mut flagged = bind(&trees.upper, "rw");
+    flagged
+        .options
+        .extend(["nosuid".to_string(), "nodev".to_string()]);
+    let mounted = TempMount::read_only(&[flagged], temp.path()).unwrap();
+    let path = mounted.path().to_path_buf();
+    let options = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|line| line.split(' ').nth(4) == Some(path.display().to_string().as_str()))
+        .and_then(|line| line.split(' ').nth(5).map(str::to_string))
+        .unwrap();
+    assert!(
+        options.split(',').any(|o| o == "ro") && options.contains("nosuid"),
+        "{options}"
+    );
+    assert_eq!(
+        fs::write(path.join("new"), "x").unwrap_err().raw_os_error(),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
+    drop(mounted);
+
+    let mut internal = bind(&trees.upper, "ro");
+    internal
+        .options
+        .push("X-containerd.mkdir.path=/somewhere".to_string());
+    let error = TempMount::read_only(&[internal], temp.path()).unwrap_err();
+    assert_eq!(error.category, Category::InvalidArgument, "{error}");
+    assert!(error.message.contains("internal option"), "{error}");
+
+    // An overlay as the overlayfs snapshotter hands out an active snapshot, id-mapped: the
+    // kernel knows neither uidmap nor gidmap, and a read-only mount has no upper.
+    let work = temp.path().join("work");
+    fs::create_dir(&work).unwrap();
+    let overlay = Mount {
+        mount_type: "overlay".to_string(),
+        source: "overlay".to_string(),
+        target: String::new(),
+        options: vec![
+            format!("workdir={}", work.display()),
+            format!("upperdir={}", trees.upper.display()),
+            format!("lowerdir={}", trees.lower.display()),
+            "uidmap=0:1000:1".to_string(),
+            "gidmap=0:1000:1".to_string(),
+        ],
+    };
+    let mounted = TempMount::read_only(&[overlay], temp.path()).unwrap();
+    assert_eq!(fs::read(mounted.path().join("new")).unwrap(), b"n");
+    drop(mounted);
+    assert!(mount_dirs(temp.path()).iter().all(|d| d == &work));
+}
+
 #[test]
 fn an_empty_lower_mount_set_is_an_empty_tree_and_mount_errors_name_the_mount() {
     let trees = changed_trees();
