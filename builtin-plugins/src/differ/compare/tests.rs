@@ -1035,6 +1035,51 @@ fn mount_options_are_kept_refused_or_left_out_as_a_read_only_mount_needs() {
     assert!(mount_dirs(temp.path()).iter().all(|d| d == &work));
 }
 
+/// Overlay options up to one page less its NUL go to mount(2); one byte more is refused
+/// with the reason (too many layers), not passed on for the kernel to cut.
+#[test]
+fn overlay_options_fill_one_page_and_no_more() {
+    let temp = tempfile::tempdir().unwrap();
+    let upper = temp.path().join("u");
+    fs::create_dir(&upper).unwrap();
+    fs::write(upper.join("f"), "f").unwrap();
+    // A lower directory whose path makes `lowerdir=<upper>:<lower>` exactly `total` bytes.
+    let lower_of = |total: usize, name: &str| -> PathBuf {
+        let fixed = "lowerdir=".len() + upper.as_os_str().len() + 1;
+        let mut lower = temp.path().join(name);
+        // Whole 200-byte components while at least one byte would be left for the last.
+        while lower.as_os_str().len() + 1 + 200 + 1 < total - fixed {
+            lower.push("d".repeat(200));
+        }
+        let rest = total - fixed - lower.as_os_str().len() - 1;
+        lower.push("e".repeat(rest));
+        assert_eq!(fixed + lower.as_os_str().len(), total);
+        fs::create_dir_all(&lower).unwrap();
+        lower
+    };
+    let overlay = |lower: &Path| Mount {
+        mount_type: "overlay".to_string(),
+        source: "overlay".to_string(),
+        target: String::new(),
+        options: vec![
+            format!("upperdir={}", upper.display()),
+            format!("lowerdir={}", lower.display()),
+        ],
+    };
+    let mounts = temp.path().join("mounts");
+    let fits = lower_of(4095, "fits");
+    let mounted = TempMount::read_only(&[overlay(&fits)], &mounts).unwrap();
+    assert_eq!(fs::read(mounted.path().join("f")).unwrap(), b"f");
+    drop(mounted);
+    let over = lower_of(4096, "over");
+    let error = TempMount::read_only(&[overlay(&over)], &mounts).unwrap_err();
+    assert_eq!(error.category, Category::Unimplemented, "{error}");
+    assert!(
+        error.message.contains("more than mount(2) takes"),
+        "{error}"
+    );
+}
+
 #[test]
 fn an_empty_lower_mount_set_is_an_empty_tree_and_mount_errors_name_the_mount() {
     let trees = changed_trees();
