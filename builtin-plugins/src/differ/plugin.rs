@@ -320,6 +320,55 @@ mod tests {
     use super::*;
     use plinth_core::Category;
 
+    /// A blob read back through the applier's reader in reads of every size, across the
+    /// store's chunks, is the blob.
+    #[test]
+    fn a_blob_reads_back_whole_in_reads_of_any_size() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ContentStore> =
+            Arc::new(crate::content::local::LocalStore::open(dir.path()).unwrap());
+        // Two chunks and a bit, in a pattern that shows any byte out of place.
+        let blob: Vec<u8> = (0..2 * READ_CHUNK + 4099)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let digest = runtime.block_on(async {
+            let mut writer = store.writer("blob", 0, None).await.unwrap();
+            writer.write(&blob).await.unwrap();
+            let digest = writer
+                .commit(blob.len() as i64, None, Default::default())
+                .await
+                .unwrap();
+            writer.close().await.unwrap();
+            digest
+        });
+        let mut reader = BlobReader {
+            store,
+            digest,
+            offset: 0,
+            buffer: Vec::new(),
+            position: 0,
+            done: false,
+            runtime: runtime.handle().clone(),
+        };
+        let mut read = Vec::new();
+        let sizes = [1, 7000, 100, 1 << 20, 3, 65536, 2 << 20];
+        for size in sizes.iter().cycle() {
+            let mut buffer = vec![0; *size];
+            let n = reader.read(&mut buffer).unwrap();
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&buffer[..n]);
+        }
+        assert_eq!(read.len(), blob.len());
+        assert!(read == blob, "the bytes read back differ from the blob");
+    }
+
     fn mount(kind: &str, source: &str, options: &[&str]) -> Mount {
         Mount {
             mount_type: kind.to_string(),
