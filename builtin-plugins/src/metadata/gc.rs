@@ -222,9 +222,11 @@ impl Barrier {
         self.lock().take()
     }
 
-    fn note(&self, nodes: impl IntoIterator<Item = Node>) {
+    /// Notes the nodes `nodes` makes, only while armed: unarmed (no collection between its
+    /// mark and its sweep, nearly always) a write pays one uncontended lock and nothing else.
+    fn note<I: IntoIterator<Item = Node>>(&self, nodes: impl FnOnce() -> I) {
         if let Some(touched) = self.lock().as_mut() {
-            for node in nodes {
+            for node in nodes() {
                 if touched.nodes.len() >= BARRIER_LIMIT {
                     touched.overflow = true;
                     return;
@@ -236,17 +238,19 @@ impl Barrier {
 
     /// A blob record written (created, or its labels changed) in `namespace`.
     pub(crate) fn content(&self, namespace: &str, digest: &str) {
-        self.note([Node::Content((namespace.to_string(), digest.to_string()))]);
+        self.note(|| [Node::Content((namespace.to_string(), digest.to_string()))]);
     }
 
     /// A snapshot record written (created, committed, or its labels changed): its parent and
     /// labels are read again from it.
     pub(crate) fn snapshot(&self, namespace: &str, snapshotter: &str, key: &str) {
-        self.note([Node::Snapshot((
-            namespace.to_string(),
-            snapshotter.to_string(),
-            key.to_string(),
-        ))]);
+        self.note(|| {
+            [Node::Snapshot((
+                namespace.to_string(),
+                snapshotter.to_string(),
+                key.to_string(),
+            ))]
+        });
     }
 
     /// A resource added to a lease: `kind` as in the lease's resources table (`content`,
@@ -266,10 +270,11 @@ impl Barrier {
         namespace: &str,
         labels: &std::collections::BTreeMap<String, String>,
     ) {
-        let refs = Refs::of(labels);
-        let mut nodes = Vec::new();
-        push_refs(&mut nodes, namespace, &refs);
-        self.note(nodes.into_iter().map(|(node, _)| node));
+        self.note(|| {
+            let mut nodes = Vec::new();
+            push_refs(&mut nodes, namespace, &Refs::of(labels));
+            nodes.into_iter().map(|(node, _)| node)
+        });
     }
 
     /// A lease created: it is not the expired lease of the same id the mark may have found.
