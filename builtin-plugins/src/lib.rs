@@ -70,12 +70,7 @@ pub mod proxy;
     feature = "snapshotter-overlayfs"
 ))]
 mod redb_store;
-#[cfg(any(
-    feature = "content-local",
-    feature = "snapshotter-native",
-    feature = "snapshotter-overlayfs"
-))]
-mod removal;
+pub mod removal;
 pub mod snapshots;
 #[cfg(any(feature = "snapshots-service", feature = "proxy"))]
 mod snapshots_service;

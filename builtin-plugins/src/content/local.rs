@@ -13,6 +13,8 @@
 //!     expected                the expected digest, when given (Plinth's addition)
 //! labels/sha256/<hex>         a blob's labels and times, when it has labels (Plinth's
 //!                             addition; containerd keeps labels in its metadata database)
+//! removing/<hex>[.labels]     blobs a collection deleted whose space is still being freed
+//!                             (Plinth's; emptied on open if a crash left anything there)
 //! ```
 //!
 //! `blobs/` and `ingest/` are containerd's: a containerd content root can be opened here and
@@ -28,7 +30,8 @@
 //! either complete or absent. Ingests are resumed by re-hashing their data, so whatever part
 //! of a write reached the disk is where the next writer continues. [`LocalStore::open`]
 //! removes ingest directories that lack `ref` or `data` (leftovers of a crash while creating
-//! or committing an ingest), temporary sidecar files, and sidecars whose blob is gone.
+//! or committing an ingest), temporary sidecar files, sidecars whose blob is gone, and
+//! whatever `removing/` still holds.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -44,6 +47,7 @@ use super::{ContentStore, ContentWriter, Digest, Info, Status, validate_stored_r
 use crate::error::Error;
 use crate::filters::FilterSet;
 use crate::namespaces::{Labels, apply_label_paths, validate_label};
+use crate::removal::Freeing;
 
 /// How long a second writer waits for the holder of a ref to close it.
 const LOCK_WAIT: Duration = Duration::from_secs(1);
@@ -213,7 +217,24 @@ impl Inner {
         })
     }
 
+    fn removing_dir(&self) -> PathBuf {
+        self.root.join("removing")
+    }
+
     fn remove_crash_leftovers(&self) -> Result<(), Error> {
+        let removing = self.removing_dir();
+        match fs::remove_dir_all(&removing) {
+            Ok(()) => {
+                tracing::info!(path = %removing.display(), "removed deleted blobs a crash left")
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(io_error(
+                    format_args!("removing {}", removing.display()),
+                    &e,
+                ));
+            }
+        }
         let ingest_root = self.ingest_root();
         let entries = fs::read_dir(&ingest_root)
             .map_err(|e| io_error(format_args!("reading {}", ingest_root.display()), &e))?;
@@ -407,6 +428,91 @@ impl Inner {
         crate::removal::on_threads(digests, unlink, || {
             Err(Error::internal("a blob deletion thread panicked"))
         })
+    }
+
+    /// [`Inner::delete_many`] that only renames each blob (and its labels file) into
+    /// `removing/` under the blob lock, and unlinks them there after it, in the background:
+    /// a rename frees no block, so the lock is held for no disk wait, and the answer does not
+    /// wait for the discards either.
+    fn detach_many(&self, digests: &[Digest]) -> (Vec<Result<(), Error>>, Freeing) {
+        use rustix::fs::{Mode, OFlags};
+        let open_dir = |dir: &Path| {
+            rustix::fs::open(
+                dir,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io_error(format_args!("opening {}", dir.display()), &e.into()))
+        };
+        let removing = self.removing_dir();
+        let _blobs = lock_ignoring_poison(&self.blobs);
+        let dirs = fs::create_dir_all(&removing)
+            .map_err(|e| io_error(format_args!("creating {}", removing.display()), &e))
+            .and_then(|()| Ok((open_dir(&self.blob_dir())?, open_dir(&removing)?)));
+        let (blob_dir, removing_dir) = match dirs {
+            Ok(dirs) => dirs,
+            Err(error) => {
+                return (
+                    digests.iter().map(|_| Err(error.clone())).collect(),
+                    Freeing::done(),
+                );
+            }
+        };
+        let sidecar_dir = open_dir(&self.sidecar_dir()).ok();
+        let mut results = Vec::with_capacity(digests.len());
+        let mut detached = Vec::with_capacity(digests.len());
+        for digest in digests {
+            match rustix::fs::renameat(&blob_dir, digest.hex(), &removing_dir, digest.hex()) {
+                Ok(()) => {
+                    detached.push(digest.hex().to_string());
+                    results.push(Ok(()));
+                }
+                Err(rustix::io::Errno::NOENT) => {
+                    results.push(Err(Error::not_found(format!(
+                        "content {digest}: not found"
+                    ))));
+                    continue;
+                }
+                Err(e) => {
+                    let path = self.blob_path(digest);
+                    results.push(Err(io_error(
+                        format_args!("moving {} into {}", path.display(), removing.display()),
+                        &e.into(),
+                    )));
+                    continue;
+                }
+            }
+            if let Some(dir) = &sidecar_dir {
+                let labels = format!("{}.labels", digest.hex());
+                match rustix::fs::renameat(dir, digest.hex(), &removing_dir, &labels) {
+                    Ok(()) => detached.push(labels),
+                    Err(rustix::io::Errno::NOENT) => {}
+                    Err(e) => {
+                        let path = self.sidecar_path(digest);
+                        tracing::warn!(path = %path.display(), error = %e, "could not remove labels file");
+                    }
+                }
+            }
+        }
+        drop(_blobs);
+        let freeing = crate::removal::in_background(detached, move |name: &String| {
+            use rustix::fs::AtFlags;
+            match rustix::fs::unlinkat(&removing_dir, name.as_str(), AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                Err(e) => {
+                    let path = removing.join(name);
+                    tracing::warn!(path = %path.display(), error = %e, "could not free a deleted blob; the next open of the store removes it");
+                    Err(io_error(
+                        format_args!(
+                            "freeing deleted blob {} (the next open of the store removes it)",
+                            path.display()
+                        ),
+                        &e.into(),
+                    ))
+                }
+            }
+        });
+        (results, freeing)
     }
 
     /// Removes one blob and its labels file by name in their open directories.
@@ -944,6 +1050,17 @@ impl ContentStore for LocalStore {
         }
     }
 
+    async fn detach_many(&self, digests: &[Digest]) -> (Vec<Result<(), Error>>, Freeing) {
+        let (inner, owned) = (Arc::clone(&self.inner), digests.to_vec());
+        match blocking(move || Ok(inner.detach_many(&owned))).await {
+            Ok(answer) => answer,
+            Err(e) => (
+                digests.iter().map(|_| Err(e.clone())).collect(),
+                Freeing::done(),
+            ),
+        }
+    }
+
     async fn read_at(&self, digest: &Digest, offset: u64, length: usize) -> Result<Vec<u8>, Error> {
         let (inner, digest) = (Arc::clone(&self.inner), digest.clone());
         blocking(move || inner.read_at(&digest, offset, length)).await
@@ -1455,6 +1572,80 @@ mod tests {
             .collect();
         assert_eq!(categories, expected);
         assert_eq!(store.digests().await.unwrap(), [committed[1].clone()]);
+    }
+
+    /// `detach_many` answers as `delete_many` does, with the names gone at once; its
+    /// freeing empties `removing/`; a blob committed again after the answer is a new one the
+    /// freeing leaves alone; what a crash leaves in `removing/` goes at the next open.
+    #[tokio::test]
+    async fn detach_many_takes_the_names_at_once_and_frees_the_space_behind_the_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut asked = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..200 {
+            let data = format!("blob {i}");
+            if i % 9 == 4 {
+                asked.push(Digest::of(data.as_bytes()));
+                expected.push(Some(Category::NotFound));
+                continue;
+            }
+            let mut writer = store.writer(&format!("d{i}"), 0, None).await.unwrap();
+            writer.write(data.as_bytes()).await.unwrap();
+            let labels: Labels = [("n".to_string(), i.to_string())].into();
+            asked.push(writer.commit(0, None, labels).await.unwrap());
+            expected.push(None);
+        }
+        let kept = {
+            let mut writer = store.writer("kept", 0, None).await.unwrap();
+            writer.write(b"kept").await.unwrap();
+            writer.commit(0, None, Labels::new()).await.unwrap()
+        };
+        let (results, freeing) = store.detach_many(&asked).await;
+        let categories: Vec<Option<Category>> = results
+            .iter()
+            .map(|r| r.as_ref().err().map(|e| e.category))
+            .collect();
+        assert_eq!(categories, expected);
+        assert_eq!(store.digests().await.unwrap(), [kept]);
+        // Committed again before the space is freed: a new blob, which stays.
+        let again = {
+            let mut writer = store.writer("again", 0, None).await.unwrap();
+            writer.write(b"blob 0").await.unwrap();
+            writer.commit(0, None, Labels::new()).await.unwrap()
+        };
+        assert_eq!(again, asked[0]);
+        freeing.wait().await.unwrap();
+        let removing = dir.path().join("removing");
+        assert_eq!(fs::read_dir(&removing).unwrap().count(), 0, "all freed");
+        assert_eq!(store.read_at(&again, 0, 64).await.unwrap(), b"blob 0");
+        let inner = LocalStore::open(dir.path()).unwrap();
+        assert!(
+            !inner.inner.sidecar_path(&asked[1]).exists(),
+            "labels went too"
+        );
+
+        // What cannot be freed (here a directory where a blob should be) is the freeing's
+        // failure, naming where it was left.
+        let blob = dir.path().join("blobs/sha256").join(again.hex());
+        fs::remove_file(&blob).unwrap();
+        fs::create_dir(&blob).unwrap();
+        fs::write(blob.join("inside"), b"x").unwrap();
+        let (results, freeing) = store.detach_many(std::slice::from_ref(&again)).await;
+        assert!(results[0].is_ok());
+        let error = freeing.wait().await.unwrap_err();
+        let left = removing.join(again.hex());
+        assert!(
+            error.message.contains(&left.display().to_string()),
+            "{error}"
+        );
+        assert!(left.is_dir());
+
+        // A crash between the rename and the unlink: the next open frees it.
+        fs::create_dir_all(&removing).unwrap();
+        fs::write(removing.join("left"), b"x").unwrap();
+        drop(LocalStore::open(dir.path()).unwrap());
+        assert!(!removing.exists());
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use crate::error::Error;
 use crate::namespaces::Labels;
+use crate::removal::Freeing;
 
 #[cfg(feature = "content-local")]
 pub mod local;
@@ -208,6 +209,15 @@ pub trait ContentStore: Send + Sync {
             results.push(self.delete(digest).await);
         }
         results
+    }
+
+    /// [`ContentStore::delete_many`], answering as soon as the blobs are gone from the
+    /// store's view (a commit of the same digest after it answers makes a new blob), with
+    /// the [`Freeing`] of their space, which goes on behind the answer. A garbage collection
+    /// deletes its next batch while the last one's blocks are being freed. The default
+    /// deletes them all before answering.
+    async fn detach_many(&self, digests: &[Digest]) -> (Vec<Result<(), Error>>, Freeing) {
+        (self.delete_many(digests).await, Freeing::done())
     }
 
     /// Up to `length` bytes of a blob from `offset` (fewer at the end; none past it).

@@ -352,7 +352,7 @@ impl ContentStore for NamespacedContent {
         // The blob leaves the store once no namespace holds it (checked again under the
         // lock content commits hold, so a commit of it in another namespace keeps it).
         self.metadata
-            .delete_unheld_blobs(vec![digest.clone()])
+            .delete_unheld_blobs(vec![digest.clone()], false)
             .await?;
         Ok(())
     }

@@ -40,10 +40,55 @@ use crate::gc::{
     Mutation, MutationCallback, Stats,
 };
 use crate::redb_store::Db;
+use crate::removal::Freeing;
 use crate::snapshots::Info;
 
 /// Blobs deleted per hold of the blob lock: content commits wait at most one batch.
 const BLOB_BATCH: usize = 1024;
+
+/// Batches whose space is still being freed, at most, before the next one is detached: the
+/// disk has the next batch queued while the database commits or the lock is taken, and the
+/// threads freeing stay bounded (`crate::removal`).
+const FREEING: usize = 3;
+
+/// The [`Freeing`]s of the batches a collection has detached, at most [`FREEING`] of them.
+#[derive(Default)]
+struct Freeings(std::collections::VecDeque<Freeing>);
+
+impl Freeings {
+    /// Adds a batch's, first waiting for the oldest when [`FREEING`] are pending.
+    ///
+    /// # Errors
+    /// The oldest's failure.
+    async fn push(&mut self, freeing: Freeing) -> Result<(), Error> {
+        let oldest = if self.0.len() >= FREEING {
+            self.0.pop_front()
+        } else {
+            None
+        };
+        self.0.push_back(freeing);
+        match oldest {
+            Some(oldest) => oldest.wait().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every pending batch.
+    ///
+    /// # Errors
+    /// The first failure (after waiting for all of them).
+    async fn wait(&mut self) -> Result<(), Error> {
+        let mut first = Ok(());
+        while let Some(oldest) = self.0.pop_front() {
+            if let Err(e) = oldest.wait().await
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+}
 
 /// Backend snapshots removed per [`crate::snapshots::Snapshotter::remove_many`] call (one
 /// transaction of a backend with its own records), children before parents.
@@ -922,12 +967,22 @@ impl Metadata {
 
     /// Deletes from the content store those of `digests` no namespace holds, checked again
     /// under the blob lock (content commits hold it shared), in batches so that a commit
-    /// waits for one batch at most. Returns how many were deleted.
-    pub(crate) async fn delete_unheld_blobs(&self, digests: Vec<Digest>) -> Result<u64, Error> {
+    /// waits for one batch at most. With `detach` (a collection's many), each batch is
+    /// detached under the lock ([`crate::content::ContentStore::detach_many`]) and its space
+    /// freed behind it, up to [`FREEING`] batches at a time; without it (one client's
+    /// delete), each is deleted whole under the lock, whose failures name the blob's own
+    /// path. Returns, with how many were deleted, once all their space is freed.
+    pub(crate) async fn delete_unheld_blobs(
+        &self,
+        digests: Vec<Digest>,
+        detach: bool,
+    ) -> Result<u64, Error> {
         let Some(store) = self.content.clone() else {
             return Ok(0);
         };
         let mut deleted = 0;
+        let mut freeing = Freeings::default();
+        let mut failed = None;
         for batch in digests.chunks(BLOB_BATCH) {
             let _exclusive = self.gc.blobs.write().await;
             let db = Arc::clone(&self.db);
@@ -946,15 +1001,36 @@ impl Metadata {
             })
             .await?;
             // One trip to the store's I/O thread for the batch.
-            for result in store.delete_many(&unheld).await {
+            let results = if detach {
+                let (results, space) = store.detach_many(&unheld).await;
+                drop(_exclusive);
+                if let Err(e) = freeing.push(space).await {
+                    failed.get_or_insert(e);
+                }
+                results
+            } else {
+                store.delete_many(&unheld).await
+            };
+            for result in results {
                 match result {
                     Ok(()) => deleted += 1,
                     Err(e) if e.category == plinth_core::Category::NotFound => {}
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
             }
+            if failed.is_some() {
+                break;
+            }
         }
-        Ok(deleted)
+        if let Err(e) = freeing.wait().await {
+            failed.get_or_insert(e);
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(deleted),
+        }
     }
 
     /// Step 3 for content: every blob of the store that no record holds (only `swept`,
@@ -970,7 +1046,7 @@ impl Metadata {
                 .into_iter()
                 .filter_map(|d| Digest::parse(d).ok())
                 .collect();
-            return self.delete_unheld_blobs(digests).await;
+            return self.delete_unheld_blobs(digests, true).await;
         }
         let listed = store.digests().await?;
         let db = Arc::clone(&self.db);
@@ -989,7 +1065,7 @@ impl Metadata {
             .into_iter()
             .filter(|digest| !held.contains(digest.as_str()))
             .collect();
-        self.delete_unheld_blobs(unheld).await
+        self.delete_unheld_blobs(unheld, true).await
     }
 
     /// Step 3 for snapshots: every backend snapshot of every snapshotter that no record
@@ -1002,6 +1078,7 @@ impl Metadata {
     ) -> Result<u64, Error> {
         let mut removed = 0;
         let mut failures = Vec::new();
+        let mut freeing = Freeings::default();
         for (name, backend) in &self.snapshotters {
             let listed = backend.walk(&[]).await?;
             let referenced = self.referenced_backend_keys(name, None).await?;
@@ -1042,10 +1119,13 @@ impl Metadata {
                 // lock stays one: backend keys are never reused, and a change needs its
                 // parent's record, which the sweep took.
                 for keys in ordered.chunks(SNAPSHOT_BATCH) {
-                    let results = {
+                    let (results, space) = {
                         let _guard = self.snapshot_lock(&ns).await;
-                        backend.remove_many(keys).await
+                        backend.detach_many(keys).await
                     };
+                    if let Err(e) = freeing.push(space).await {
+                        failures.push(format!("{name}: {e}"));
+                    }
                     for (key, result) in keys.iter().zip(results) {
                         match result {
                             Ok(()) => removed += 1,
@@ -1057,6 +1137,11 @@ impl Metadata {
                         }
                     }
                 }
+            }
+            // Every directory freed before the cleanup (which would race to remove them)
+            // and before the collection answers.
+            if let Err(e) = freeing.wait().await {
+                failures.push(format!("{name}: {e}"));
             }
             if !only_swept {
                 // What the backend itself left half made or half removed (a crash inside

@@ -1046,6 +1046,28 @@ async fn check(population: Population) -> Result<(), String> {
             after.difference(&expected.survivors),
         );
     }
+    // What was removed is off the disk too when the collection answers: no blob waiting in
+    // the store's `removing/`, one backend directory per surviving snapshot that owns one
+    // (every one but a view of a parent: see `snapshots::native`).
+    let dir = stores.dir.path();
+    let waiting = std::fs::read_dir(dir.join("content/removing")).map_or(0, Iterator::count);
+    let directories = std::fs::read_dir(dir.join("native/snapshots")).map_or(0, Iterator::count);
+    let owners = stores
+        .native
+        .walk(&[])
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter(|info| info.kind != crate::snapshots::Kind::View || info.parent.is_empty())
+        .count();
+    if waiting != 0 || directories != owners {
+        return fail(
+            "the collection answered before its removals were off the disk",
+            format!(
+                "{waiting} blob(s) in removing/, {directories} snapshot directories for {owners} snapshots that own one"
+            ),
+        );
+    }
     let counted = Stats {
         content: removed(&before.content, &after.content),
         snapshots: removed(&before.snapshots, &after.snapshots),

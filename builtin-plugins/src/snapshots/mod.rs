@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use crate::error::Error;
 use crate::namespaces::Labels;
+use crate::removal::Freeing;
 
 #[cfg(feature = "snapshotter-native")]
 pub mod native;
@@ -167,6 +168,15 @@ pub trait Snapshotter: Send + Sync {
             results.push(self.remove(key).await);
         }
         results
+    }
+
+    /// [`Snapshotter::remove_many`], answering once the snapshots are gone from the
+    /// backend's records, with the [`Freeing`] of their directories, which goes on behind the
+    /// answer (a backend never reuses a removed snapshot's directory). A garbage collection
+    /// removes its next batch while the last one's directories are being freed. The default
+    /// removes everything before answering.
+    async fn detach_many(&self, keys: &[String]) -> (Vec<Result<(), Error>>, Freeing) {
+        (self.remove_many(keys).await, Freeing::done())
     }
 
     /// Every snapshot matching any filter (containerd's syntax over `kind`, `name`,

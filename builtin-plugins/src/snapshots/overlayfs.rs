@@ -557,6 +557,21 @@ impl Snapshotter for OverlaySnapshotter {
         }
     }
 
+    async fn detach_many(
+        &self,
+        keys: &[String],
+    ) -> (Vec<Result<(), Error>>, crate::removal::Freeing) {
+        let store = Arc::clone(&self.store);
+        let owned = keys.to_vec();
+        match blocking(move || store.detach_many(&owned)).await {
+            Ok(answer) => answer,
+            Err(e) => (
+                keys.iter().map(|_| Err(e.clone())).collect(),
+                crate::removal::Freeing::done(),
+            ),
+        }
+    }
+
     async fn walk(&self, filters: &[String]) -> Result<Vec<Info>, Error> {
         let store = Arc::clone(&self.store);
         let filters = filters.to_vec();

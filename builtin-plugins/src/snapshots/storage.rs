@@ -557,6 +557,41 @@ impl MetaStore {
     /// # Errors
     /// Storage failure, which removes none of them.
     pub(crate) fn remove_many(&self, keys: &[String]) -> Result<Vec<Result<(), Error>>, Error> {
+        let (results, dirs) = self.remove_records(keys)?;
+        // The directories side by side (a removal waits mostly for the disk: see
+        // `crate::removal`); one left behind is logged, and cleanup takes it later.
+        crate::removal::on_threads(
+            &dirs,
+            |dir| remove_dir_logged(dir),
+            || {
+                tracing::warn!("a snapshot directory removal thread panicked; cleanup will retry");
+            },
+        );
+        Ok(results)
+    }
+
+    /// [`MetaStore::remove_many`] that answers once the records are committed, with the
+    /// directories being removed behind the answer (see [`crate::removal::Freeing`]). No
+    /// record names them any more and ids are never reused, so nothing can reach them.
+    ///
+    /// # Errors
+    /// As [`MetaStore::remove_many`].
+    pub(crate) fn detach_many(
+        &self,
+        keys: &[String],
+    ) -> Result<(Vec<Result<(), Error>>, crate::removal::Freeing), Error> {
+        let (results, dirs) = self.remove_records(keys)?;
+        // A failure is logged and left to cleanup, as `remove_many` leaves it.
+        let freeing = crate::removal::in_background(dirs, |dir: &PathBuf| {
+            remove_dir_logged(dir);
+            Ok(())
+        });
+        Ok((results, freeing))
+    }
+
+    /// The records of [`MetaStore::remove_many`] in one committed transaction, with the
+    /// directories of those removed.
+    fn remove_records(&self, keys: &[String]) -> Result<Removed, Error> {
         let txn = self.db.begin_write()?;
         let mut results = Vec::with_capacity(keys.len());
         let mut ids = Vec::new();
@@ -595,16 +630,7 @@ impl MetaStore {
             }
         }
         txn.commit()?;
-        // The directories side by side (a removal waits mostly for the disk: see
-        // `crate::removal`); one left behind is logged, and cleanup takes it later.
-        crate::removal::on_threads(
-            &ids,
-            |&id| remove_dir_logged(&self.dir_of(id)),
-            || {
-                tracing::warn!("a snapshot directory removal thread panicked; cleanup will retry");
-            },
-        );
-        Ok(results)
+        Ok((results, ids.into_iter().map(|id| self.dir_of(id)).collect()))
     }
 
     /// Removes every entry of `<root>/snapshots` that no record names. Holds the write
@@ -660,6 +686,10 @@ pub(crate) fn default_platform() -> String {
     };
     format!("{}/{arch}", std::env::consts::OS)
 }
+
+/// What [`MetaStore::remove_records`] did: one result per key, and the directories of the
+/// snapshots it removed.
+type Removed = (Vec<Result<(), Error>>, Vec<PathBuf>);
 
 /// Removes a file or a directory tree; a missing one is fine.
 pub(crate) fn remove_path(path: &Path) -> std::io::Result<()> {
@@ -992,6 +1022,49 @@ mod tests {
         assert!(!store.dir_of(ids["c"]).exists());
         assert!(!store.dir_of(ids["p"]).exists());
         assert!(store.dir_of(ids["d"]).exists());
+    }
+
+    /// `detach_many` answers as `remove_many` does once the records are gone, and its
+    /// freeing removes every removed snapshot's directory and no other.
+    #[tokio::test]
+    async fn detach_many_answers_with_the_records_gone_and_frees_the_directories_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(dir.path()).unwrap();
+        let none = Labels::new();
+        let mut ids = Vec::new();
+        for i in 0..100 {
+            let key = format!("s{i}");
+            ids.push(
+                store
+                    .create(Kind::Active, &key, "", &none, make_dir(&store))
+                    .unwrap()
+                    .id,
+            );
+        }
+        let mut keys: Vec<String> = (0..99).map(|i| format!("s{i}")).collect();
+        keys.insert(50, "missing".to_string());
+        let (results, freeing) = store.detach_many(&keys).unwrap();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 99);
+        assert_eq!(
+            results[50].as_ref().unwrap_err().category,
+            Category::NotFound
+        );
+        let left: Vec<String> = store
+            .walk(&[])
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(left, ["s99"], "the records are gone when it answers");
+        freeing.wait().await.unwrap();
+        for id in &ids[..99] {
+            assert!(!store.dir_of(*id).exists(), "{id} freed");
+        }
+        assert!(store.dir_of(ids[99]).exists());
+        assert!(
+            store.cleanup().unwrap().is_empty(),
+            "nothing left for cleanup"
+        );
     }
 
     #[test]
