@@ -612,6 +612,39 @@ fn a_time_change_alone_is_a_modification_but_nanoseconds_equal_are_trusted() {
 }
 
 #[test]
+fn a_content_change_past_the_first_buffer_of_a_large_file_is_found() {
+    // Same size, same whole-second time: only the bytes tell, and they differ after the
+    // first 32 KiB read of each side.
+    let big = |changed: bool| {
+        let mut data = vec![b'a'; 100 * 1024];
+        if changed {
+            data[70 * 1024] = b'b';
+        }
+        String::from_utf8(data).unwrap()
+    };
+    let trees = Trees::new(|root| write(root, "big", &big(false), 0o644));
+    assert_eq!(lines(&trees.entries()), Vec::<&str>::new());
+    trees.change(|upper| write(upper, "big", &big(true), 0o644));
+    assert_eq!(lines(&trees.entries()), ["- big"]);
+}
+
+#[test]
+fn an_entry_that_vanished_is_none_and_any_other_lstat_failure_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "file", "x", 0o644);
+    assert!(lstat_in(dir.path(), Path::new("file")).unwrap().is_some());
+    assert!(lstat_in(dir.path(), Path::new("gone")).unwrap().is_none());
+    // ENOTDIR: the entry's parent is a file.
+    let error = lstat_in(dir.path(), Path::new("file/under")).unwrap_err();
+    assert!(
+        error
+            .message
+            .contains(&dir.path().join("file/under").display().to_string()),
+        "{error}"
+    );
+}
+
+#[test]
 fn a_name_starting_with_the_whiteout_prefix_is_refused() {
     let trees = Trees::new(base);
     trees.change(|u| write(u, "etc/.wh.sneaky", "x", 0o644));
