@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -642,6 +642,30 @@ fn an_entry_that_vanished_is_none_and_any_other_lstat_failure_an_error() {
             .contains(&dir.path().join("file/under").display().to_string()),
         "{error}"
     );
+}
+
+#[test]
+fn read_full_retries_an_interrupted_read_and_passes_on_any_other_failure() {
+    /// Answers from `script` in turn, then the end.
+    struct Scripted(Vec<io::Result<&'static [u8]>>);
+    impl Read for Scripted {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Ok(0);
+            }
+            let bytes = self.0.remove(0)?;
+            buffer[..bytes.len()].copy_from_slice(bytes);
+            Ok(bytes.len())
+        }
+    }
+    let interrupted = || io::Error::from(io::ErrorKind::Interrupted);
+    let mut buffer = [0; 8];
+    let mut reader = Scripted(vec![Ok(b"abc"), Err(interrupted()), Ok(b"de")]);
+    assert_eq!(read_full(&mut reader, &mut buffer).unwrap(), 5);
+    assert_eq!(&buffer[..5], b"abcde");
+    let mut reader = Scripted(vec![Ok(b"abc"), Err(io::Error::other("disk gone"))]);
+    let error = read_full(&mut reader, &mut buffer).unwrap_err();
+    assert_eq!(error.to_string(), "disk gone");
 }
 
 #[test]
