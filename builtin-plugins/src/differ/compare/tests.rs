@@ -669,6 +669,18 @@ fn read_full_retries_an_interrupted_read_and_passes_on_any_other_failure() {
 }
 
 #[test]
+fn open_regular_never_follows_a_symlink_even_to_the_inode_it_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "real", "data", 0o644);
+    let real = dir.path().join("real");
+    let metadata = fs::symlink_metadata(&real).unwrap();
+    assert!(open_regular(&real, &metadata).is_ok());
+    // The name now a link to the very file the walk saw: still refused.
+    symlink(dir.path(), "real", "link");
+    assert!(open_regular(&dir.path().join("link"), &metadata).is_err());
+}
+
+#[test]
 fn a_name_starting_with_the_whiteout_prefix_is_refused() {
     let trees = Trees::new(base);
     trees.change(|u| write(u, "etc/.wh.sneaky", "x", 0o644));
