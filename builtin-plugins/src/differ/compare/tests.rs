@@ -678,6 +678,15 @@ fn open_regular_never_follows_a_symlink_even_to_the_inode_it_expects() {
     // The name now a link to the very file the walk saw: still refused.
     symlink(dir.path(), "real", "link");
     assert!(open_regular(&dir.path().join("link"), &metadata).is_err());
+    // Another file of the same filesystem in its place (same device, another inode).
+    write(dir.path(), "other", "data", 0o644);
+    let error = open_regular(&dir.path().join("other"), &metadata).unwrap_err();
+    assert!(
+        error
+            .message
+            .contains("changed while it was being compared"),
+        "{error}"
+    );
 }
 
 #[test]
