@@ -41,34 +41,10 @@ while [ $# -gt 0 ]; do
 done
 [ ${#groups[@]} -gt 0 ] || groups=(content metadata gc snapshots storage differ loader reload)
 
-# Mutated code runs with this user's rights. As root, a mutant of the code that keeps writes
-# inside a directory can write anywhere: a mutant of the layer applier's name cleaning
-# removed the whole /etc of the machine running this (2026-12-01). So as root every run is
-# confined: a private mount namespace where / is read-only, with only this tree (target/
-# included: keep CARGO_TARGET_DIR inside it), cargo's and rustup's homes writable and a
-# fresh tmpfs on /tmp, where the tests make their directories. A write outside those fails
-# with EROFS, which fails the test: the mutant counts as caught, and nothing is lost.
-confined() {
-  if [ "$(id -u)" != 0 ] || [ -n "${PLINTH_MUTANTS_CONFINED:-}" ]; then
-    "$@"
-    return
-  fi
-  command -v unshare >/dev/null || {
-    echo "mutants: unshare (util-linux) is needed to confine a run as root" >&2
-    exit 1
-  }
-  PLINTH_MUTANTS_CONFINED=1 unshare --mount --propagation private -- bash -c '
-    set -e
-    for dir in "$PWD" "${CARGO_HOME:-$HOME/.cargo}" "${RUSTUP_HOME:-$HOME/.rustup}"; do
-      if [ -d "$dir" ]; then mount --bind "$dir" "$dir"; fi
-    done
-    mount -o remount,bind,ro /
-    mount -t tmpfs -o size=16g,mode=1777 tmpfs /tmp
-    # The working directory was resolved before the tree was mounted over itself: enter
-    # it again, through the writable mount.
-    cd "$PWD"
-    exec "$@"' confined "$@"
-}
+# Mutated code runs with this user's rights: as root every run is confined (see
+# scripts/confine.sh; a mutant of the layer applier once removed the machine's /etc).
+# shellcheck source=scripts/confine.sh
+source scripts/confine.sh
 
 # Each group: the crate whose tests judge the mutants, the features those tests need, the
 # files mutated, and which functions in them (a regex over cargo-mutants' mutant names).

@@ -137,6 +137,21 @@ pub mod __private {
     pub use crate::abi::{Header, entry};
 }
 
+/// The checks the loader makes of a file before the dynamic linker ever sees it, for
+/// Plinth's fuzz targets (`fuzz/`). Not part of the API.
+#[doc(hidden)]
+#[cfg(all(unix, not(target_vendor = "apple")))]
+pub mod __fuzz {
+    /// The ELF check of a library file: its class, byte order, type and that its loadable
+    /// segments lie within it.
+    ///
+    /// # Errors
+    /// What is wrong, in a sentence.
+    pub fn check_elf(path: &std::path::Path) -> Result<(), String> {
+        crate::elf::check(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
