@@ -2,13 +2,13 @@
 //! how the rest is applied (bits 0–1: sent as a plain tar, gzip- or zstd-compressed by this
 //! target, or as raw bytes that claim to be gzip; bit 2: the overlay form of whiteouts); the
 //! rest is the tar stream. It is applied into `root/`, which an earlier layer has left with
-//! a file, a directory, an absolute symlink to `/etc` and a relative one out to
-//! `../outside`, beside which `outside/` holds one file.
+//! a file, a directory and two symlinks out to `outside/` beside it (`abs`, by its absolute
+//! path; `rel`, as `../outside`), where one file lies.
 //!
 //! Properties: no panic; whatever the layer says, nothing but `root/` changes: `outside/`
 //! holds exactly its file with its bytes, and the temporary directory holds nothing else.
-//! (Run it confined, as `scripts/fuzz.sh` does: a bug here would write where it should not,
-//! and the check can only see the temporary directory.)
+//! (Run it confined, as `scripts/fuzz.sh` does: a bug here could write anywhere, and the
+//! check sees only the temporary directory, which is why both links lead into it.)
 
 use std::io::{Cursor, Write};
 use std::path::Path;
@@ -27,7 +27,7 @@ pub fn run(data: &[u8]) {
     let outside = dir.path().join("outside");
     std::fs::create_dir_all(root.join("etc")).expect("root/etc");
     std::fs::write(root.join("etc/passwd"), b"root:x:0:0").expect("root/etc/passwd");
-    std::os::unix::fs::symlink("/etc", root.join("abs")).expect("root/abs");
+    std::os::unix::fs::symlink(&outside, root.join("abs")).expect("root/abs");
     std::os::unix::fs::symlink("../outside", root.join("rel")).expect("root/rel");
     std::fs::create_dir(&outside).expect("outside");
     std::fs::write(outside.join("file"), SENTINEL).expect("outside/file");
