@@ -5,7 +5,7 @@
 # changed on purpose) must make some test fail; a mutant that survives is either killed by a
 # new test or explained, one line each, in TESTING.md.
 #
-# Usage: ./scripts/mutants.sh [GROUP...]   groups: content metadata gc snapshots storage differ loader reload (default: all)
+# Usage: ./scripts/mutants.sh [GROUP...]   groups: content metadata gc removal snapshots storage differ loader reload (default: all)
 #        ./scripts/mutants.sh --list [GROUP...]   only list the mutants
 #        ./scripts/mutants.sh [GROUP...] -- [CARGO-MUTANTS ARGS...]
 #          e.g. `-- --in-place` to mutate this tree and reuse its warm target dir (then do
@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
   groups+=("$1")
   shift
 done
-[ ${#groups[@]} -gt 0 ] || groups=(content metadata gc snapshots storage differ loader reload)
+[ ${#groups[@]} -gt 0 ] || groups=(content metadata gc removal snapshots storage differ loader reload)
 
 # Mutated code runs with this user's rights: as root every run is confined (see
 # scripts/confine.sh; a mutant of the layer applier once removed the machine's /etc).
@@ -58,7 +58,7 @@ run_group() {
       files=(builtin-plugins/src/content/local.rs)
       filter='content::'
       # The ingest → commit path and deletion; not listing, labels or formatting.
-      re='(commit|write|truncate|finish|close|write_file_atomic|sync_dir|open_ingest|resume_ingest|create_ingest|read_ingest_status|remove_crash_leftovers|delete|blob_path|ingest_dir|read_at)'
+      re='(commit|write|truncate|finish|close|write_file_atomic|sync_dir|open_ingest|resume_ingest|create_ingest|read_ingest_status|remove_crash_leftovers|delete|detach_many|removing_dir|blob_path|ingest_dir|read_at)'
       ;;
     metadata)
       package=plinth-builtin-plugins
@@ -77,12 +77,19 @@ run_group() {
       filter='metadata::'
       re='.'
       ;;
+    removal)
+      package=plinth-builtin-plugins
+      features=content-local,snapshotter-native,testsuite
+      files=(builtin-plugins/src/removal.rs)
+      filter=''
+      re='.'
+      ;;
     snapshots)
       package=plinth-builtin-plugins
       features=snapshotter-native,snapshotter-overlayfs,testsuite
       files=(builtin-plugins/src/snapshots/storage.rs builtin-plugins/src/snapshots/native.rs builtin-plugins/src/snapshots/overlayfs.rs)
       filter='snapshots::'
-      re='::(remove|cleanup)\b|fn (remove|cleanup)|in .*::(remove|cleanup)\b|remove_path|remove_dir_logged'
+      re='::(remove|cleanup)\b|fn (remove|cleanup)|in .*::(remove|cleanup)\b|remove_path|remove_dir_logged|detach_many|remove_records'
       ;;
     storage)
       # How every redb file is used: group commit (nothing acknowledged before its sync),
@@ -122,7 +129,7 @@ run_group() {
       re='.'
       ;;
     *)
-      echo "unknown group $group (content, metadata, gc, snapshots, storage, differ, loader, reload)" >&2
+      echo "unknown group $group (content, metadata, gc, removal, snapshots, storage, differ, loader, reload)" >&2
       exit 2
       ;;
   esac

@@ -196,7 +196,7 @@ const MAX_CALLS: usize = 32;
 const MAX_ANSWERS: usize = 64;
 /// How long one call may take before it is given up (a write that waits for a ref another
 /// call of the same input holds, say); not a failure.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Panics seen anywhere in the process since the daemon started.
 static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
