@@ -597,6 +597,33 @@ fn times_are_whole_seconds_unless_asked_and_clamped_to_the_source_date_epoch() {
 }
 
 #[test]
+fn sub_second_times_around_the_epoch_are_decimal_as_pax_writes_them() {
+    // -1.5 s is 2 s before the epoch plus half a second; 0.5 s has no sign.
+    for (seconds, nanoseconds, expected) in [
+        (-2, 500_000_000, &b"-1.5"[..]),
+        (-1, 1, b"-0.999999999"),
+        (0, 500_000_000, b"0.5"),
+        (1, 250_000_000, b"1.25"),
+    ] {
+        let trees = Trees::new(base);
+        trees.change(|u| write(u, "new", "n", 0o644));
+        set_mtime(&trees.upper.join("new"), seconds, nanoseconds);
+        let mut out = Vec::new();
+        let options = WriteDiffOptions {
+            sub_second_times: true,
+            ..WriteDiffOptions::default()
+        };
+        write_diff_with(&trees.lower, &trees.upper, &options, &mut out).unwrap();
+        let entry = read_tar(&out).remove(0);
+        assert_eq!(
+            entry.pax.get("mtime").map(Vec::as_slice),
+            Some(expected),
+            "{seconds} s {nanoseconds} ns"
+        );
+    }
+}
+
+#[test]
 fn a_time_change_alone_is_a_modification_but_nanoseconds_equal_are_trusted() {
     // containerd's rule: equal times with nanoseconds mean the file was not rewritten.
     let trees = Trees::new(base);
