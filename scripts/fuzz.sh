@@ -29,7 +29,8 @@ if ! cargo afl --version 2>/dev/null | grep -q "$version"; then
   cargo install --locked cargo-afl --version "$version"
 fi
 # AFL++ itself, built by cargo-afl under its data directory, once.
-if ! cargo afl fuzz -h >/dev/null 2>&1; then
+afl_help=$(cargo afl fuzz -h 2>&1 || true)
+if [[ $afl_help != *afl-fuzz* ]]; then
   echo "fuzz: building AFL++ (once)" >&2
   cargo afl config --build
 fi
