@@ -717,6 +717,74 @@ fn open_regular_never_follows_a_symlink_even_to_the_inode_it_expects() {
 }
 
 #[test]
+fn a_file_shorter_than_its_header_said_is_an_error_not_a_short_entry() {
+    let path = Path::new("/shrunk");
+    let mut reader = ExactReader {
+        inner: &b"abc"[..],
+        remaining: 5,
+        path,
+    };
+    let mut buffer = [0; 8];
+    assert_eq!(reader.read(&mut buffer).unwrap(), 3);
+    let error = reader.read(&mut buffer).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+    assert!(error.to_string().contains("/shrunk shrank"), "{error}");
+    // An empty buffer asks for nothing: no error, whatever is left.
+    assert_eq!(reader.read(&mut []).unwrap(), 0);
+    // Read to its length, the end is the end.
+    let mut whole = ExactReader {
+        inner: &b"abc"[..],
+        remaining: 3,
+        path,
+    };
+    assert_eq!(whole.read(&mut buffer).unwrap(), 3);
+    assert_eq!(whole.read(&mut buffer).unwrap(), 0);
+}
+
+#[test]
+fn pax_headers_are_named_as_go_names_them_and_only_names_past_100_bytes_need_one() {
+    let exactly_100 = "n".repeat(100);
+    let over_100 = "o".repeat(101);
+    let trees = Trees::new(base);
+    trees.change(|u| {
+        write(u, &exactly_100, "x", 0o644);
+        write(u, &format!("etc/{over_100}"), "x", 0o644);
+        symlink(u, &"t".repeat(100), "link100");
+    });
+    let (bytes, _) = trees.diff();
+    // Header by header, as written (the tar crate's reader would merge the PAX headers).
+    let mut pax_names = Vec::new();
+    let mut plain_names = Vec::new();
+    let mut offset = 0;
+    while offset + 512 <= bytes.len() && bytes[offset..offset + 512].iter().any(|&b| b != 0) {
+        let header = tar::Header::from_byte_slice(&bytes[offset..offset + 512]);
+        let name = String::from_utf8(header.path_bytes().into_owned()).unwrap();
+        if header.entry_type() == tar::EntryType::XHeader {
+            pax_names.push(name);
+        } else {
+            plain_names.push(name);
+        }
+        offset += 512
+            + usize::try_from(header.entry_size().unwrap())
+                .unwrap()
+                .div_ceil(512)
+                * 512;
+    }
+    // The header's own name is cut to the field's 100 bytes, as Go's writer cuts it.
+    assert_eq!(
+        pax_names,
+        [format!("etc/PaxHeaders.0/{over_100}")[..100].to_string()]
+    );
+    assert!(plain_names.contains(&exactly_100), "{plain_names:?}");
+    assert!(
+        plain_names.contains(&"link100".to_string()),
+        "{plain_names:?}"
+    );
+    assert_eq!(pax_header_name(b"top"), b"PaxHeaders.0/top");
+    assert_eq!(pax_header_name(b"a/b/dir/"), b"a/b/PaxHeaders.0/dir");
+}
+
+#[test]
 fn a_name_starting_with_the_whiteout_prefix_is_refused() {
     let trees = Trees::new(base);
     trees.change(|u| write(u, "etc/.wh.sneaky", "x", 0o644));
@@ -938,6 +1006,26 @@ mod content_store {
             labels.get(LABEL_UNCOMPRESSED),
             Some(&plain_stats.diff_id.to_string())
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_callers_ref_with_bytes_left_from_an_earlier_attempt_starts_over() {
+        let trees = changed_trees();
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let mut stale = store.writer("my-diff", 0, None).await.unwrap();
+        stale.write(b"bytes of an attempt that died").await.unwrap();
+        stale.close().await.unwrap();
+        let request = CompareRequest {
+            reference: "my-diff".to_string(),
+            media_type: MEDIA_TYPE_LAYER.to_string(),
+            ..CompareRequest::default()
+        };
+        let descriptor =
+            compare_into_content(&store, trees.lower.clone(), trees.upper.clone(), &request)
+                .await
+                .unwrap();
+        assert_eq!(blob(&store, &descriptor.digest).await, trees.diff().0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
