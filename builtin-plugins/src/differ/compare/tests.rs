@@ -785,6 +785,29 @@ fn pax_headers_are_named_as_go_names_them_and_only_names_past_100_bytes_need_one
 }
 
 #[test]
+fn the_layer_goes_to_the_content_writer_in_full_chunks_and_one_last_rest() {
+    use std::io::Write as _;
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(16);
+    let mut writer = ChannelWriter {
+        sender,
+        buffer: Vec::new(),
+    };
+    let data: Vec<u8> = (0..CHUNK_SIZE * 5 / 2).map(|i| (i % 251) as u8).collect();
+    for piece in data.chunks(7919) {
+        writer.write_all(piece).unwrap();
+    }
+    writer.send_buffer().unwrap();
+    drop(writer);
+    let mut chunks = Vec::new();
+    while let Some(chunk) = receiver.blocking_recv() {
+        chunks.push(chunk);
+    }
+    let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [CHUNK_SIZE, CHUNK_SIZE, CHUNK_SIZE / 2]);
+    assert_eq!(chunks.concat(), data);
+}
+
+#[test]
 fn a_name_starting_with_the_whiteout_prefix_is_refused() {
     let trees = Trees::new(base);
     trees.change(|u| write(u, "etc/.wh.sneaky", "x", 0o644));
