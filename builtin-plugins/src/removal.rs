@@ -139,10 +139,20 @@ pub(crate) fn in_background<T: Send + Sync + 'static>(
     }
 }
 
+#[cfg(any(
+    feature = "content-local",
+    feature = "snapshotter-native",
+    feature = "snapshotter-overlayfs"
+))]
 fn panicked() -> Result<(), Error> {
     Err(Error::internal("a removal thread panicked"))
 }
 
+#[cfg(any(
+    feature = "content-local",
+    feature = "snapshotter-native",
+    feature = "snapshotter-overlayfs"
+))]
 /// One answer for many: the first failure, with how many there were.
 fn summary(results: Vec<Result<(), Error>>) -> Result<(), Error> {
     let mut failures = results.into_iter().filter_map(Result::err);
