@@ -62,14 +62,12 @@ impl Namespaces for Service {
         &self,
         request: tonic::Request<GetNamespaceRequest>,
     ) -> Reply<GetNamespaceResponse> {
+        // A point read, on the thread that serves the call (ARCHITECTURE.md, "Point reads").
         let name = request.into_inner().name;
-        self.run(move |s| {
-            validate_identifier("namespace", &name)?;
-            Ok(GetNamespaceResponse {
-                namespace: Some(s.namespace(&name)?),
-            })
-        })
-        .await
+        validate_identifier("namespace", &name)?;
+        Ok(tonic::Response::new(GetNamespaceResponse {
+            namespace: Some(self.namespace(&name)?),
+        }))
     }
 
     async fn list(

@@ -449,8 +449,10 @@ pub struct Start {
 /// containerd's defaults (in every default build of plinthd) would collect it under the
 /// tests' feet, as containerd's would. In containerd's terms: no start-up collection, changes
 /// never count, and a deletion waits for an interval tick — and there is none before a
-/// collection was asked for. Tests of garbage collection configure the scheduler themselves.
-pub const MANUAL_GC: &str = "\n[plugins.\"io.containerd.gc.v1.scheduler\"]\nstartup_delay = \"0s\"\nmutation_threshold = 0\ndeletion_threshold = 9223372036854775807\n";
+/// collection was asked for, and after one the next is at least 1 000 s away (the interval is
+/// the average collection time divided by `pause_threshold`, here 10⁻¹²). Tests of garbage
+/// collection configure the scheduler themselves.
+pub const MANUAL_GC: &str = "\n[plugins.\"io.containerd.gc.v1.scheduler\"]\nstartup_delay = \"0s\"\nmutation_threshold = 0\ndeletion_threshold = 9223372036854775807\npause_threshold = 1e-12\n";
 
 /// `config` with [`MANUAL_GC`] appended, when it is a version 2 or 3 config that does not
 /// name the scheduler (in a section or in `disabled_plugins`); otherwise `config` as it is.

@@ -209,26 +209,20 @@ impl NamespacedSnapshotter {
             .ok_or_else(|| Error::invalid(format!("snapshotter not loaded: {}", self.name)))
     }
 
-    async fn record(&self, key: &str) -> Result<(Record, Labels), Error> {
-        let (metadata, ns, sn, key) = (
-            self.metadata.clone(),
-            self.namespace.clone(),
-            self.name.clone(),
-            key.to_string(),
-        );
-        blocking(move || {
-            let txn = metadata.db.begin_read()?;
-            let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
-            let record = get_record(&table, &ns, &sn, &key)?.ok_or_else(|| not_found(&key))?;
-            let labels = labels_of(
-                &txn.open_table(SNAPSHOT_LABELS).map_err(storage)?,
-                &ns,
-                &sn,
-                &key,
-            )?;
-            Ok((record, labels))
-        })
-        .await
+    /// The record of `key` and its labels: a point read of cached pages, on the thread that
+    /// serves the call (see ARCHITECTURE.md, "Point reads").
+    fn record(&self, key: &str) -> Result<(Record, Labels), Error> {
+        let (ns, sn) = (self.namespace.as_str(), self.name.as_str());
+        let txn = self.metadata.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
+        let record = get_record(&table, ns, sn, key)?.ok_or_else(|| not_found(key))?;
+        let labels = labels_of(
+            &txn.open_table(SNAPSHOT_LABELS).map_err(storage)?,
+            ns,
+            sn,
+            key,
+        )?;
+        Ok((record, labels))
     }
 
     fn info(key: &str, record: &Record, labels: Labels) -> Info {
@@ -394,14 +388,14 @@ impl NamespacedSnapshotter {
 impl Snapshotter for NamespacedSnapshotter {
     async fn stat(&self, key: &str) -> Result<Info, Error> {
         validate_key("key", key)?;
-        let (record, labels) = self.record(key).await?;
+        let (record, labels) = self.record(key)?;
         Ok(Self::info(key, &record, labels))
     }
 
     async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info, Error> {
         validate_key("key", &info.name)?;
         let _guard = self.metadata.snapshot_lock(&self.namespace).await;
-        let (mut record, mut labels) = self.record(&info.name).await?;
+        let (mut record, mut labels) = self.record(&info.name)?;
         apply_label_paths(&mut labels, &info.labels, fieldpaths)?;
         record.updated = now_nanos();
         let (metadata, ns, sn, key) = (
@@ -423,13 +417,13 @@ impl Snapshotter for NamespacedSnapshotter {
 
     async fn usage(&self, key: &str) -> Result<Usage, Error> {
         validate_key("key", key)?;
-        let (record, _) = self.record(key).await?;
+        let (record, _) = self.record(key)?;
         self.backend()?.usage(&record.backend).await
     }
 
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>, Error> {
         validate_key("key", key)?;
-        let (record, _) = self.record(key).await?;
+        let (record, _) = self.record(key)?;
         if record.kind == Kind::Committed {
             return Err(Error::failed_precondition(format!(
                 "snapshot {key:?} is committed: mount a view or an active snapshot of it"
@@ -454,7 +448,7 @@ impl Snapshotter for NamespacedSnapshotter {
         }
         let backend = self.backend()?;
         let _guard = self.metadata.snapshot_lock(&self.namespace).await;
-        let (record, _) = self.record(key).await?;
+        let (record, _) = self.record(key)?;
         if record.kind != Kind::Active {
             return Err(Error::failed_precondition(format!(
                 "snapshot {key:?} is {}: only active snapshots can be committed",
@@ -549,7 +543,7 @@ impl Snapshotter for NamespacedSnapshotter {
         validate_key("key", key)?;
         let backend = self.backend()?;
         let _guard = self.metadata.snapshot_lock(&self.namespace).await;
-        let (record, _) = self.record(key).await?;
+        let (record, _) = self.record(key)?;
         let (metadata, ns, sn, k) = (
             self.metadata.clone(),
             self.namespace.clone(),

@@ -267,13 +267,9 @@ impl Snapshotter for NativeSnapshotter {
     }
 
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>, Error> {
-        let store = Arc::clone(&self.store);
-        let key = key.to_string();
-        blocking(move || {
-            let snapshot = store.snapshot(&key)?;
-            Ok(NativeSnapshotter::mounts_of(&store, &snapshot))
-        })
-        .await
+        // A point read of cached pages (ARCHITECTURE.md, "Point reads").
+        let snapshot = self.store.snapshot(key)?;
+        Ok(NativeSnapshotter::mounts_of(&self.store, &snapshot))
     }
 
     async fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>, Error> {

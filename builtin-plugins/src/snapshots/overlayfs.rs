@@ -513,14 +513,13 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>, Error> {
-        let store = Arc::clone(&self.store);
-        let options = self.current_options();
-        let key = key.to_string();
-        blocking(move || {
-            let snapshot = store.snapshot(&key)?;
-            Ok(OverlaySnapshotter::mounts_of(&store, &options, &snapshot))
-        })
-        .await
+        // A point read of cached pages (ARCHITECTURE.md, "Point reads").
+        let snapshot = self.store.snapshot(key)?;
+        Ok(OverlaySnapshotter::mounts_of(
+            &self.store,
+            &self.current_options(),
+            &snapshot,
+        ))
     }
 
     async fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>, Error> {

@@ -50,6 +50,15 @@ fn sixteen_clients_for_twenty_seconds_meet_no_error_no_wrong_answer_and_leak_not
         "shared-read",
         "disconnect-write",
         "disconnect-read",
+        "image-create",
+        "image-get",
+        "image-list",
+        "image-update",
+        "image-delete",
+        "lease-create",
+        "lease-list-resources",
+        "lease-delete-sync",
+        "event-delivery",
     ] {
         let line = stdout
             .lines()
@@ -86,7 +95,7 @@ fn journaled_run(daemon: &Daemon) -> std::path::PathBuf {
 }
 
 #[test]
-fn the_journal_check_finds_a_lost_blob_and_one_never_acknowledged() {
+fn the_journal_check_finds_a_lost_blob_and_image_and_ones_never_acknowledged() {
     let daemon = start(Start::default());
     let journal = journaled_run(&daemon);
     let text = std::fs::read_to_string(&journal).unwrap();
@@ -118,6 +127,34 @@ fn the_journal_check_finds_a_lost_blob_and_one_never_acknowledged() {
         .ok()
         .trim()
         .to_string();
+    // An acknowledged image removed behind the journal's back, and one made by tagging it
+    // in another client's namespace, which no client acknowledged.
+    let images = parsed["models"][0]["images"].as_object().unwrap();
+    let lost_image = images
+        .keys()
+        .next()
+        .expect("the run created an image")
+        .clone();
+    let source = parsed["models"][1]["images"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .expect("the run created an image")
+        .clone();
+    daemon
+        .ctr(&["--namespace", "j-0", "images", "rm", &lost_image])
+        .ok();
+    daemon
+        .ctr(&[
+            "--namespace",
+            "j-1",
+            "images",
+            "tag",
+            &source,
+            "made-up-image",
+        ])
+        .ok();
     let check = load(&[
         "check",
         "--address",
@@ -125,6 +162,20 @@ fn the_journal_check_finds_a_lost_blob_and_one_never_acknowledged() {
         journal.to_str().unwrap(),
     ]);
     assert!(!check.status.success(), "{}", check.stdout);
+    assert!(
+        check
+            .stdout
+            .contains(&format!("j-0: acknowledged image {lost_image} is missing")),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check
+            .stdout
+            .contains("j-1: image made-up-image exists but its creation was never acknowledged"),
+        "{}",
+        check.stdout
+    );
     assert!(
         check
             .stdout
@@ -139,7 +190,7 @@ fn the_journal_check_finds_a_lost_blob_and_one_never_acknowledged() {
         "{}",
         check.stdout
     );
-    assert!(check.stdout.contains("; 2 problems"), "{}", check.stdout);
+    assert!(check.stdout.contains("; 4 problems"), "{}", check.stdout);
 }
 
 /// A reader of plinth-load's progress that stops reading (closes the pipe) does not fail the

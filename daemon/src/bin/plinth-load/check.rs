@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use plinth_api::containerd::services::content::v1::content_client::ContentClient;
 use plinth_api::containerd::services::content::v1::{ListContentRequest, ReadContentRequest};
+use plinth_api::containerd::services::images::v1::ListImagesRequest;
+use plinth_api::containerd::services::images::v1::images_client::ImagesClient;
 use plinth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use plinth_api::containerd::services::snapshots::v1::{Kind, ListSnapshotsRequest};
 use plinthd::client::{Client, status_error};
@@ -190,5 +192,49 @@ async fn check_model(
             ));
         }
     }
+    check_images(client, model, problems).await?;
     Ok((listed.len(), known))
+}
+
+/// Every acknowledged image is there with its target; none is there that was not.
+async fn check_images(
+    client: &Client,
+    model: &Model,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let ns = &model.namespace;
+    let listed: BTreeMap<String, (String, i64)> = ImagesClient::new(client.channel())
+        .list(client.request(ListImagesRequest::default())?)
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .images
+        .into_iter()
+        .map(|i| {
+            let target = i.target.unwrap_or_default();
+            (i.name, (target.digest, target.size))
+        })
+        .collect();
+    for (name, image) in &model.images {
+        match listed.get(name) {
+            None if !model.uncertain_images.contains(name) => {
+                problems.push(format!("{ns}: acknowledged image {name} is missing"));
+            }
+            Some((digest, size)) if *digest != image.target || *size as u64 != image.size => {
+                problems.push(format!(
+                    "{ns}: image {name} targets {digest} ({size} bytes), not {} ({} bytes)",
+                    image.target, image.size
+                ));
+            }
+            _ => {}
+        }
+    }
+    for name in listed.keys() {
+        if !model.images.contains_key(name) && !model.uncertain_images.contains(name) {
+            problems.push(format!(
+                "{ns}: image {name} exists but its creation was never acknowledged (or its deletion was)"
+            ));
+        }
+    }
+    Ok(())
 }

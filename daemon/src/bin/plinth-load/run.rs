@@ -64,6 +64,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
         let mut worker =
             Worker::connect(index, &prefix, seed, settings.clone(), counters.clone()).await?;
         worker.setup().await;
+        worker.subscribe().await;
         workers.push(worker);
     }
     if let Some(first) = workers.first_mut() {
@@ -95,10 +96,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
     ));
     let started = Instant::now();
     let deadline = started + args.duration;
-    let mut workers = run_all(workers, deadline).await?;
+    let workers = run_all(workers, deadline).await?;
     let elapsed = started.elapsed();
     stop.store(true, Ordering::SeqCst);
     let peak = sampler.await.context("the sampler panicked")?;
+    let mut workers = settle_all(workers).await?;
     let gone = workers.iter().any(|w| w.gone);
 
     let mut stats = Stats::default();
@@ -185,6 +187,24 @@ async fn run_all(workers: Vec<Worker>, deadline: Instant) -> anyhow::Result<Vec<
         .map(|mut w| {
             tokio::spawn(async move {
                 w.run_until(deadline).await;
+                w
+            })
+        })
+        .collect();
+    let mut workers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        workers.push(task.await.context("a client panicked")?);
+    }
+    Ok(workers)
+}
+
+/// Waits for the events every client is owed (not timed: the run is over).
+async fn settle_all(workers: Vec<Worker>) -> anyhow::Result<Vec<Worker>> {
+    let tasks: Vec<_> = workers
+        .into_iter()
+        .map(|mut w| {
+            tokio::spawn(async move {
+                w.settle_events().await;
                 w
             })
         })

@@ -13,6 +13,9 @@ use plinth_api::containerd::services::content::v1::{
     AbortRequest, DeleteContentRequest, Info, InfoRequest, ListContentRequest, ListStatusesRequest,
     ReadContentRequest, UpdateRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
+use plinth_api::containerd::services::events::v1::events_client::EventsClient;
+use plinth_api::containerd::services::images::v1::images_client::ImagesClient;
+use plinth_api::containerd::services::leases::v1::leases_client::LeasesClient;
 use plinth_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
 use plinth_api::containerd::services::namespaces::v1::{
     CreateNamespaceRequest, DeleteNamespaceRequest, GetNamespaceRequest, ListNamespacesRequest,
@@ -34,6 +37,11 @@ use tonic::{Code, Request, Status};
 
 use crate::report::Stats;
 use crate::rng::Rng;
+
+mod records;
+
+pub(crate) use records::ImageRecord;
+use records::{MAX_IMAGES, Subscription};
 
 /// Blobs a client keeps at most; past that an ingest becomes a delete.
 const MAX_BLOBS: usize = 32;
@@ -69,6 +77,12 @@ enum Op {
     SharedIngest,
     SharedRead,
     SharedDelete,
+    ImageCreate,
+    ImageGet,
+    ImageList,
+    ImageUpdate,
+    ImageDelete,
+    Lease,
     Disconnect,
 }
 
@@ -89,6 +103,12 @@ const MIX: &[(Op, usize)] = &[
     (Op::SharedIngest, 4),
     (Op::SharedRead, 4),
     (Op::SharedDelete, 2),
+    (Op::ImageCreate, 4),
+    (Op::ImageGet, 4),
+    (Op::ImageList, 2),
+    (Op::ImageUpdate, 2),
+    (Op::ImageDelete, 3),
+    (Op::Lease, 2),
     (Op::Disconnect, 3),
 ];
 
@@ -118,6 +138,12 @@ pub(crate) struct Model {
     pub(crate) chains: Vec<Vec<String>>,
     /// Snapshots (active, view or committed) whose creation or removal was not answered.
     pub(crate) uncertain_snapshots: BTreeSet<String>,
+    /// Images acknowledged as created (as last updated) and not deleted.
+    #[serde(default)]
+    pub(crate) images: BTreeMap<String, ImageRecord>,
+    /// Images whose creation, update or deletion was not answered.
+    #[serde(default)]
+    pub(crate) uncertain_images: BTreeSet<String>,
 }
 
 /// Counters every client adds to, for the progress line.
@@ -154,11 +180,18 @@ pub(crate) struct Worker {
     content: ContentClient<Channel>,
     snapshots: SnapshotsClient<Channel>,
     namespaces: NamespacesClient<Channel>,
+    images: ImagesClient<Channel>,
+    leases: LeasesClient<Channel>,
+    events: EventsClient<Channel>,
+    /// The client's subscription to its image creations ([`Worker::subscribe`]).
+    subscription: Option<Subscription>,
     shared_blobs: Vec<(String, Vec<u8>)>,
     counter: u64,
     counters: Arc<Counters>,
     /// When the next call may start (`Settings::pace`).
     next_call: Instant,
+    /// When the last call started (after its pacing wait).
+    last_call: Instant,
     /// What must be in the client's namespace.
     pub(crate) model: Model,
     /// What the client counted.
@@ -321,11 +354,16 @@ impl Worker {
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
             snapshots: SnapshotsClient::new(channel.clone()),
-            namespaces: NamespacesClient::new(channel),
+            namespaces: NamespacesClient::new(channel.clone()),
+            images: ImagesClient::new(channel.clone()),
+            leases: LeasesClient::new(channel.clone()),
+            events: EventsClient::new(channel),
+            subscription: None,
             shared_blobs,
             counter: 0,
             counters,
             next_call: Instant::now(),
+            last_call: Instant::now(),
             model: Model {
                 namespace,
                 snapshotter: settings.snapshotter.clone(),
@@ -376,6 +414,7 @@ impl Worker {
             self.next_call = self.next_call.max(now) + pace;
         }
         let start = Instant::now();
+        self.last_call = start;
         match call.await {
             Ok(value) => {
                 self.stats.ok(op, start.elapsed());
@@ -454,6 +493,13 @@ impl Worker {
         self.list_snapshots().await;
         self.namespace_cycle().await;
         self.shared_ingest().await;
+        self.image_create().await;
+        self.image_get().await;
+        self.image_list().await;
+        self.image_update().await;
+        self.image_delete().await;
+        // A collection: the daemon opens what it opens for one (every snapshotter's files).
+        self.lease_life(true).await;
         self.clean_up().await;
         self.model = Model {
             namespace: std::mem::take(&mut self.model.namespace),
@@ -491,11 +537,14 @@ impl Worker {
     /// One operation of the mix. A blob operation on an empty namespace ingests instead,
     /// and an ingest into a full one deletes.
     async fn step(&mut self) {
+        self.take_deliveries();
         let full = self.model.blobs.len() >= MAX_BLOBS;
         let empty = self.model.blobs.is_empty();
+        let images_full = self.model.images.len() >= MAX_IMAGES;
         let op = match self.pick() {
             Op::Ingest | Op::IngestLarge if full => Op::Delete,
             Op::Read | Op::Info | Op::Update | Op::Delete if empty => Op::Ingest,
+            Op::ImageCreate if images_full => Op::ImageDelete,
             op => op,
         };
         match op {
@@ -514,6 +563,12 @@ impl Worker {
             Op::SharedIngest => self.shared_ingest().await,
             Op::SharedRead => self.shared_read().await,
             Op::SharedDelete => self.shared_delete().await,
+            Op::ImageCreate => self.image_create().await,
+            Op::ImageGet => self.image_get().await,
+            Op::ImageList => self.image_list().await,
+            Op::ImageUpdate => self.image_update().await,
+            Op::ImageDelete => self.image_delete().await,
+            Op::Lease => self.lease_cycle().await,
             Op::Disconnect if self.rng.below(2) == 0 => self.disconnect_write().await,
             Op::Disconnect => self.disconnect_read().await,
         }
@@ -1365,6 +1420,7 @@ impl Worker {
     /// Removes what the client wrote and its namespace (not timed). Problems are printed, not
     /// counted.
     pub(crate) async fn clean_up(&mut self) {
+        self.clean_up_records().await;
         let snapshotter = self.settings.snapshotter.clone();
         let mut keys: Vec<String> = self.model.uncertain_snapshots.iter().cloned().collect();
         for chain in &self.model.chains {
