@@ -314,7 +314,9 @@ impl ContentStore for NamespacedContent {
             self.namespace.clone(),
             digest.clone(),
         );
-        blocking(move || {
+        // A blob no record holds, if this ends between the record and the store.
+        let leftover = self.metadata.gc.leftover();
+        let removed = blocking(move || {
             let txn = metadata.db.begin_write()?;
             {
                 let mut table = txn.open_table(CONTENT).map_err(storage)?;
@@ -341,13 +343,20 @@ impl ContentStore for NamespacedContent {
             slot.publish(metadata.publication(&namespace, "/content/delete", event));
             Ok(())
         })
-        .await?;
+        .await;
+        if let Err(e) = removed {
+            if e.category == plinth_core::Category::NotFound {
+                leftover.done();
+            }
+            return Err(e);
+        }
         self.metadata.mutated(true);
         // The blob leaves the store once no namespace holds it (checked again under the
         // lock content commits hold, so a commit of it in another namespace keeps it).
         self.metadata
             .delete_unheld_blobs(vec![digest.clone()], false)
             .await?;
+        leftover.done();
         Ok(())
     }
 
@@ -635,7 +644,13 @@ impl ContentWriter for NamespacedWriter {
         // From the store's commit (or the check that the shared blob is still there) to the
         // record's: a collection deletes no blob meanwhile (see `metadata::gc`).
         let metadata = Arc::clone(&self.metadata);
-        let _committing = metadata.gc.committing().await;
+        let committed_digest = match &self.ingest {
+            Ingest::Shared { digest, .. } => digest.clone(),
+            Ingest::Writing(inner) => expected.clone().unwrap_or_else(|| inner.digest()),
+        };
+        let _committing = metadata.gc.committing(&committed_digest).await;
+        // A blob the store commits below and no record holds, if this ends early.
+        let leftover = matches!(self.ingest, Ingest::Writing(_)).then(|| metadata.gc.leftover());
         if let Ingest::Shared {
             digest,
             size: shared_size,
@@ -696,7 +711,7 @@ impl ContentWriter for NamespacedWriter {
             digest.clone(),
         );
         let (lease, reference) = (self.lease.clone(), self.reference.clone());
-        blocking(move || {
+        let recorded = blocking(move || {
             let place = Place {
                 namespace: &namespace,
                 lease: lease.as_deref(),
@@ -704,7 +719,15 @@ impl ContentWriter for NamespacedWriter {
             };
             add_record(&metadata, &place, &d, size, &labels)
         })
-        .await?;
+        .await;
+        if let Some(leftover) = leftover {
+            // A record of the blob already there holds it as well as ours would.
+            match &recorded {
+                Err(e) if e.category != plinth_core::Category::AlreadyExists => {}
+                _ => leftover.done(),
+            }
+        }
+        recorded?;
         self.metadata.mutated(false);
         if let Ingest::Shared { committed, .. } = &mut self.ingest {
             *committed = true;

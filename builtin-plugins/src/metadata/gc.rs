@@ -94,18 +94,64 @@ impl Freeings {
 /// transaction of a backend with its own records), children before parents.
 const SNAPSHOT_BATCH: usize = 256;
 
+/// How many locks the blobs are spread over ([`GcState::committing`]).
+const BLOB_STRIPES: usize = 64;
+
+/// The stripe of `digest`'s blob lock: an FNV-1a hash of its text (any algorithm's).
+fn blob_stripe(digest: &Digest) -> usize {
+    let hash = digest
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    // The remainder is below BLOB_STRIPES.
+    #[allow(clippy::cast_possible_truncation)]
+    let stripe = (hash % BLOB_STRIPES as u64) as usize;
+    stripe
+}
+
 /// The collector's state in [`Metadata`].
 pub(crate) struct GcState {
     callbacks: RwLock<Vec<MutationCallback>>,
     /// Held for a whole collection: collections never overlap.
     running: tokio::sync::Mutex<()>,
     /// Shared by every content commit from the store's commit to the record's; exclusive
-    /// while blobs no record holds are deleted.
-    blobs: tokio::sync::RwLock<()>,
+    /// while blobs no record holds are deleted. One lock per stripe of digests
+    /// ([`blob_stripe`]): a client's delete of one blob holds up only the commits of its
+    /// stripe, not every commit in the daemon.
+    blobs: Vec<tokio::sync::RwLock<()>>,
     /// Runs between the mark and the sweep: nothing, except in tests.
     between: Arc<dyn Fn() + Send + Sync>,
     /// What writes touched between a collection's mark and its sweep.
     pub(crate) barrier: Arc<Barrier>,
+    /// The content store may hold a blob that no record holds and that no sweep will name
+    /// (containerd's dirty flag for content): left by a crash (so it starts set), or by a
+    /// commit or a delete that failed or was dropped between the store and the records. A
+    /// collection scans the whole store only while it is set; otherwise it deletes only the
+    /// blobs of the records its sweep removed, and takes no lock when there are none.
+    content_dirty: std::sync::atomic::AtomicBool,
+}
+
+/// Set while a content change is between the store and the records: dropped before
+/// [`Leftover::done`] (an error, or a call dropped mid-way), it marks the store as maybe
+/// holding a blob no record holds ([`GcState::content_dirty`]).
+pub(crate) struct Leftover<'a>(Option<&'a GcState>);
+
+impl Leftover<'_> {
+    /// The change reached the records (or left nothing behind).
+    pub(crate) fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Leftover<'_> {
+    fn drop(&mut self) {
+        if let Some(gc) = self.0 {
+            gc.content_dirty
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 impl Default for GcState {
@@ -113,17 +159,37 @@ impl Default for GcState {
         GcState {
             callbacks: RwLock::default(),
             running: tokio::sync::Mutex::default(),
-            blobs: tokio::sync::RwLock::default(),
+            blobs: (0..BLOB_STRIPES)
+                .map(|_| tokio::sync::RwLock::default())
+                .collect(),
             between: Arc::new(|| {}),
             barrier: Arc::default(),
+            content_dirty: std::sync::atomic::AtomicBool::new(true),
         }
     }
 }
 
 impl GcState {
-    /// Held by a content commit from the content store's commit to the record's.
-    pub(crate) async fn committing(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
-        self.blobs.read().await
+    /// Held by a content commit of `digest` from the content store's commit to the record's.
+    pub(crate) async fn committing(&self, digest: &Digest) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.blobs[blob_stripe(digest)].read().await
+    }
+
+    /// The blob locks of `digests`' stripes, exclusive, taken in stripe order (a commit
+    /// holds one stripe, so no two takers wait for each other).
+    async fn deleting(&self, digests: &[Digest]) -> Vec<tokio::sync::RwLockWriteGuard<'_, ()>> {
+        let stripes: BTreeSet<usize> = digests.iter().map(blob_stripe).collect();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            guards.push(self.blobs[stripe].write().await);
+        }
+        guards
+    }
+
+    /// Taken before a content change that touches the store and the records separately;
+    /// see [`Leftover`].
+    pub(crate) fn leftover(&self) -> Leftover<'_> {
+        Leftover(Some(self))
     }
 
     pub(crate) fn notify(&self, mutation: Mutation) {
@@ -984,7 +1050,7 @@ impl Metadata {
         let mut freeing = Freeings::default();
         let mut failed = None;
         for batch in digests.chunks(BLOB_BATCH) {
-            let _exclusive = self.gc.blobs.write().await;
+            let _exclusive = self.gc.deleting(batch).await;
             let db = Arc::clone(&self.db);
             let batch_owned = batch.to_vec();
             let unheld: Vec<Digest> = blocking(move || {
@@ -1028,7 +1094,13 @@ impl Metadata {
             failed.get_or_insert(e);
         }
         match failed {
-            Some(e) => Err(e),
+            Some(e) => {
+                // Some of them may still be in the store: the next collection looks.
+                self.gc
+                    .content_dirty
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                Err(e)
+            }
             None => Ok(deleted),
         }
     }
@@ -1040,7 +1112,14 @@ impl Metadata {
         let Some(store) = self.content.clone() else {
             return Ok(0);
         };
-        if only_swept {
+        // Taken before the listing: anything that sets it again after this is looked for
+        // by the next collection.
+        let dirty = !only_swept
+            && self
+                .gc
+                .content_dirty
+                .swap(false, std::sync::atomic::Ordering::SeqCst);
+        if !dirty {
             let digests: BTreeSet<&str> = swept.iter().map(|(_, d)| d.as_str()).collect();
             let digests = digests
                 .into_iter()
@@ -1048,6 +1127,20 @@ impl Metadata {
                 .collect();
             return self.delete_unheld_blobs(digests, true).await;
         }
+        let scanned = self.collect_unheld_blobs(store).await;
+        if scanned.is_err() {
+            self.gc
+                .content_dirty
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        scanned
+    }
+
+    /// Every blob of the store that no record holds, deleted.
+    async fn collect_unheld_blobs(
+        &self,
+        store: Arc<dyn crate::content::ContentStore>,
+    ) -> Result<u64, Error> {
         let listed = store.digests().await?;
         let db = Arc::clone(&self.db);
         let held: HashSet<String> = blocking(move || {
@@ -1217,7 +1310,7 @@ fn children_first(mut orphans: Vec<Info>) -> Vec<String> {
 impl Metadata {
     /// One collection; `only_swept`: remove from the backends only what the sweep removed
     /// records of (see [`crate::gc::set_served_raw`]).
-    async fn collect_now(&self, only_swept: bool) -> Result<Stats, Error> {
+    pub(crate) async fn collect_now(&self, only_swept: bool) -> Result<Stats, Error> {
         let _running = self.gc.running.lock().await;
         let swept = {
             let db = Arc::clone(&self.db);
@@ -1979,6 +2072,93 @@ mod tests {
         );
         assert!(!in_store(&f, &orphan).await);
         assert!(f.native.walk(&[]).await.unwrap().is_empty());
+    }
+
+    /// A collection scans the whole store only while something may have left a blob no
+    /// record holds (containerd's dirty flag): at first (a crash may have), and after a
+    /// content change that ended between the store and the records.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_store_is_scanned_only_after_something_may_have_left_a_blob() {
+        let f = fixture(SharingPolicy::Shared, None);
+        let mut writer = f.local.writer("raw", 0, None).await.unwrap();
+        writer.write(b"left by a crash").await.unwrap();
+        let crashed = writer.commit(0, None, Labels::new()).await.unwrap();
+        writer.close().await.unwrap();
+        assert_eq!(f.metadata.collect().await.unwrap().blobs, 1);
+        assert!(!in_store(&f, &crashed).await);
+        // Put in the store behind the records' back: not looked for while nothing says so.
+        let mut writer = f.local.writer("raw", 0, None).await.unwrap();
+        writer.write(b"unnoticed").await.unwrap();
+        let unnoticed = writer.commit(0, None, Labels::new()).await.unwrap();
+        writer.close().await.unwrap();
+        assert_eq!(f.metadata.collect().await.unwrap().blobs, 0);
+        f.metadata.gc.leftover().done();
+        assert_eq!(f.metadata.collect().await.unwrap().blobs, 0);
+        assert!(in_store(&f, &unnoticed).await);
+        // A change that ended half-way makes the next collection look, and only the next.
+        drop(f.metadata.gc.leftover());
+        assert_eq!(f.metadata.collect().await.unwrap().blobs, 1);
+        assert!(!in_store(&f, &unnoticed).await);
+        let mut writer = f.local.writer("raw", 0, None).await.unwrap();
+        writer.write(b"unnoticed again").await.unwrap();
+        let again = writer.commit(0, None, Labels::new()).await.unwrap();
+        writer.close().await.unwrap();
+        assert_eq!(f.metadata.collect().await.unwrap().blobs, 0);
+        assert!(in_store(&f, &again).await);
+    }
+
+    /// A commit that reaches the store but not the records (its lease was deleted while it
+    /// wrote) leaves a blob without a record, and the next collection removes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_that_fails_after_the_store_has_its_blob_collected() {
+        let f = fixture(SharingPolicy::Shared, None);
+        f.metadata.collect().await.unwrap();
+        let leases: &dyn LeaseManager = f.metadata.as_ref();
+        leases.create("a", "short", Labels::new()).unwrap();
+        let store = Arc::clone(&f.metadata)
+            .leased_content("a", Some("short"))
+            .unwrap();
+        let mut writer = store.writer("w", 0, None).await.unwrap();
+        writer.write(b"outlived its lease").await.unwrap();
+        leases.delete("a", "short").unwrap();
+        let error = writer.commit(0, None, Labels::new()).await.unwrap_err();
+        assert_eq!(error.category, plinth_core::Category::NotFound, "{error}");
+        let digest = writer.digest();
+        assert!(in_store(&f, &digest).await);
+        let stats = f.metadata.collect().await.unwrap();
+        assert_eq!(stats.blobs, 1, "{stats:?}");
+        assert!(!in_store(&f, &digest).await);
+    }
+
+    /// Every blob lock a deletion of a batch needs, whatever the stripes, and a commit of a
+    /// blob of another stripe does not wait for them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deletion_locks_the_stripes_of_its_blobs_only() {
+        let f = fixture(SharingPolicy::Shared, None);
+        let digests: Vec<Digest> = (0..200)
+            .map(|n: u64| Digest::parse(&format!("sha256:{:064x}", n * 7919)).unwrap())
+            .collect();
+        let stripes: BTreeSet<usize> = digests.iter().map(blob_stripe).collect();
+        assert!(stripes.len() > BLOB_STRIPES / 2, "{stripes:?}");
+        let held = f.metadata.gc.deleting(&digests[..1]).await;
+        assert_eq!(held.len(), 1);
+        let other = digests
+            .iter()
+            .find(|d| blob_stripe(d) != blob_stripe(&digests[0]))
+            .unwrap();
+        // Another stripe's commit goes ahead; the same stripe's waits.
+        drop(f.metadata.gc.committing(other).await);
+        assert!(
+            f.metadata.gc.blobs[blob_stripe(&digests[0])]
+                .try_read()
+                .is_err()
+        );
+        drop(held);
+        let all = f.metadata.gc.deleting(&digests).await;
+        assert_eq!(all.len(), stripes.len());
+        for stripe in &stripes {
+            assert!(f.metadata.gc.blobs[*stripe].try_read().is_err());
+        }
     }
 
     /// When the stores are served raw to other daemons, what has no record may be theirs: a
