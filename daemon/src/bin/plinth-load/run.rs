@@ -119,19 +119,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
             .with_context(|| format!("writing the journal {}", path.display()))?;
     } else if !args.keep && !gone {
         say!("plinth-load: removing what the clients wrote");
-        let tasks: Vec<_> = workers
-            .into_iter()
-            .map(|mut w| {
-                tokio::spawn(async move {
-                    w.clean_up().await;
-                    w
-                })
-            })
-            .collect();
-        workers = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            workers.push(task.await.context("a client panicked while cleaning up")?);
-        }
+        workers = on_each(workers, "cleaning up", |mut w| async move {
+            w.clean_up().await;
+            w
+        })
+        .await?;
         if let Some(first) = workers.first_mut() {
             first.clean_up_shared().await;
         }
@@ -182,36 +174,36 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
 
 /// Runs every client until `deadline`, each on a task of its own.
 async fn run_all(workers: Vec<Worker>, deadline: Instant) -> anyhow::Result<Vec<Worker>> {
-    let tasks: Vec<_> = workers
-        .into_iter()
-        .map(|mut w| {
-            tokio::spawn(async move {
-                w.run_until(deadline).await;
-                w
-            })
-        })
-        .collect();
-    let mut workers = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        workers.push(task.await.context("a client panicked")?);
-    }
-    Ok(workers)
+    on_each(workers, "running", move |mut w| async move {
+        w.run_until(deadline).await;
+        w
+    })
+    .await
 }
 
 /// Waits for the events every client is owed (not timed: the run is over).
 async fn settle_all(workers: Vec<Worker>) -> anyhow::Result<Vec<Worker>> {
-    let tasks: Vec<_> = workers
-        .into_iter()
-        .map(|mut w| {
-            tokio::spawn(async move {
-                w.settle_events().await;
-                w
-            })
-        })
-        .collect();
+    on_each(workers, "waiting for its events", |mut w| async move {
+        w.settle_events().await;
+        w
+    })
+    .await
+}
+
+/// Runs `work` on every client at once, each on a task of its own; the clients, in order,
+/// once all are done. `doing` names the work in the error a panic becomes.
+async fn on_each<F, Fut>(workers: Vec<Worker>, doing: &str, work: F) -> anyhow::Result<Vec<Worker>>
+where
+    F: Fn(Worker) -> Fut,
+    Fut: std::future::Future<Output = Worker> + Send + 'static,
+{
+    let tasks: Vec<_> = workers.into_iter().map(|w| tokio::spawn(work(w))).collect();
     let mut workers = Vec::with_capacity(tasks.len());
     for task in tasks {
-        workers.push(task.await.context("a client panicked")?);
+        workers.push(
+            task.await
+                .with_context(|| format!("a client panicked while {doing}"))?,
+        );
     }
     Ok(workers)
 }
