@@ -2095,6 +2095,23 @@ mod tests {
         f.metadata.gc.leftover().done();
         assert_eq!(f.metadata.collect().await.unwrap().blobs, 0);
         assert!(in_store(&f, &unnoticed).await);
+        // Neither do a delete of a blob the namespace does not have, nor a commit whose
+        // record is there already (both leave nothing behind).
+        let store = Arc::clone(&f.metadata).content("a").unwrap();
+        let error = store.delete(&unnoticed).await.unwrap_err();
+        assert_eq!(error.category, plinth_core::Category::NotFound, "{error}");
+        let root = Labels::from([(crate::gc::LABEL_ROOT.to_string(), "t".to_string())]);
+        let kept = blob(&f, "a", "kept", root.clone()).await;
+        let mut writer = store.writer("again", 0, None).await.unwrap();
+        writer.write(b"kept").await.unwrap();
+        let error = writer.commit(0, None, root).await.unwrap_err();
+        assert_eq!(
+            error.category,
+            plinth_core::Category::AlreadyExists,
+            "{error}"
+        );
+        assert_eq!(f.metadata.collect().await.unwrap().blobs, 0);
+        assert!(in_store(&f, &unnoticed).await && in_store(&f, &kept).await);
         // A change that ended half-way makes the next collection look, and only the next.
         drop(f.metadata.gc.leftover());
         assert_eq!(f.metadata.collect().await.unwrap().blobs, 1);
