@@ -1442,6 +1442,16 @@ mod tests {
         digest
     }
 
+    /// Puts `data` in the content store with no record (a crash's leftover, or another
+    /// daemon's blob in a store served raw).
+    async fn raw_blob(f: &Fixture, data: &[u8]) -> Digest {
+        let mut writer = f.local.writer("raw", 0, None).await.unwrap();
+        writer.write(data).await.unwrap();
+        let digest = writer.commit(0, None, Labels::new()).await.unwrap();
+        writer.close().await.unwrap();
+        digest
+    }
+
     /// Prepares `key` on `parent` and commits it as `name`.
     async fn committed(f: &Fixture, ns: &str, name: &str, parent: &str) {
         let snapshotter = Arc::clone(&f.metadata).snapshotter(ns, "native").unwrap();
@@ -2049,10 +2059,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn leftovers_without_records_are_removed() {
         let f = fixture(SharingPolicy::Shared, None);
-        let mut writer = f.local.writer("raw", 0, None).await.unwrap();
-        writer.write(b"no record").await.unwrap();
-        let orphan = writer.commit(0, None, Labels::new()).await.unwrap();
-        writer.close().await.unwrap();
+        let orphan = raw_blob(&f, b"no record").await;
         f.native
             .prepare("x/1/p-active", "", Labels::new())
             .await
@@ -2080,17 +2087,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_store_is_scanned_only_after_something_may_have_left_a_blob() {
         let f = fixture(SharingPolicy::Shared, None);
-        let mut writer = f.local.writer("raw", 0, None).await.unwrap();
-        writer.write(b"left by a crash").await.unwrap();
-        let crashed = writer.commit(0, None, Labels::new()).await.unwrap();
-        writer.close().await.unwrap();
+        let crashed = raw_blob(&f, b"left by a crash").await;
         assert_eq!(f.metadata.collect().await.unwrap().blobs, 1);
         assert!(!in_store(&f, &crashed).await);
         // Put in the store behind the records' back: not looked for while nothing says so.
-        let mut writer = f.local.writer("raw", 0, None).await.unwrap();
-        writer.write(b"unnoticed").await.unwrap();
-        let unnoticed = writer.commit(0, None, Labels::new()).await.unwrap();
-        writer.close().await.unwrap();
+        let unnoticed = raw_blob(&f, b"unnoticed").await;
         assert_eq!(f.metadata.collect().await.unwrap().blobs, 0);
         f.metadata.gc.leftover().done();
         assert_eq!(f.metadata.collect().await.unwrap().blobs, 0);
@@ -2116,10 +2117,7 @@ mod tests {
         drop(f.metadata.gc.leftover());
         assert_eq!(f.metadata.collect().await.unwrap().blobs, 1);
         assert!(!in_store(&f, &unnoticed).await);
-        let mut writer = f.local.writer("raw", 0, None).await.unwrap();
-        writer.write(b"unnoticed again").await.unwrap();
-        let again = writer.commit(0, None, Labels::new()).await.unwrap();
-        writer.close().await.unwrap();
+        let again = raw_blob(&f, b"unnoticed again").await;
         assert_eq!(f.metadata.collect().await.unwrap().blobs, 0);
         assert!(in_store(&f, &again).await);
     }
@@ -2183,10 +2181,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stores_served_raw_lose_only_what_the_sweep_removed() {
         let f = fixture(SharingPolicy::Shared, None);
-        let mut writer = f.local.writer("raw", 0, None).await.unwrap();
-        writer.write(b"another daemon's").await.unwrap();
-        let theirs = writer.commit(0, None, Labels::new()).await.unwrap();
-        writer.close().await.unwrap();
+        let theirs = raw_blob(&f, b"another daemon's").await;
         f.native.prepare("theirs", "", Labels::new()).await.unwrap();
         let ours = blob(&f, "a", "ours", Labels::new()).await;
         committed(&f, "a", "mine", "").await;
