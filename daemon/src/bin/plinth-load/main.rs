@@ -155,6 +155,11 @@ pub(crate) struct RunArgs {
     /// what grows during the measured run is then growth, not first use
     #[arg(long, value_parser = parse_duration)]
     pub warm_up: Option<Duration>,
+    /// Operations every client runs first, in order, before the random mix and whatever
+    /// --duration says (`ingest,image-create`; `--duration 0s` runs only these): a journal
+    /// that is sure to hold what a test needs
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) begin_with: Vec<crate::worker::Op>,
     /// How often to print progress to stderr
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub(crate) progress: Duration,

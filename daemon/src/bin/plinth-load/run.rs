@@ -10,7 +10,7 @@ use crate::RunArgs;
 use crate::check::Journal;
 use crate::procstat::{self, Sample};
 use crate::report::{Report, Resources, Stats};
-use crate::worker::{Counters, Settings, Worker};
+use crate::worker::{Counters, Op, Settings, Worker};
 
 /// How often the daemon's resources are read while the clients run.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -77,7 +77,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
             warm_up.as_secs_f64()
         );
         let deadline = Instant::now() + warm_up;
-        workers = run_all(workers, deadline).await?;
+        workers = run_all(workers, &[], deadline).await?;
         for w in &mut workers {
             w.stats = Stats::default();
         }
@@ -96,7 +96,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
     ));
     let started = Instant::now();
     let deadline = started + args.duration;
-    let workers = run_all(workers, deadline).await?;
+    let workers = run_all(workers, &args.begin_with, deadline).await?;
     let elapsed = started.elapsed();
     stop.store(true, Ordering::SeqCst);
     let peak = sampler.await.context("the sampler panicked")?;
@@ -172,11 +172,19 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
     Ok(report.passed())
 }
 
-/// Runs every client until `deadline`, each on a task of its own.
-async fn run_all(workers: Vec<Worker>, deadline: Instant) -> anyhow::Result<Vec<Worker>> {
-    on_each(workers, "running", move |mut w| async move {
-        w.run_until(deadline).await;
-        w
+/// Runs every client, each on a task of its own: `first`, then the mix until `deadline`.
+async fn run_all(
+    workers: Vec<Worker>,
+    first: &[Op],
+    deadline: Instant,
+) -> anyhow::Result<Vec<Worker>> {
+    let first: Arc<[Op]> = first.into();
+    on_each(workers, "running", move |mut w| {
+        let first = first.clone();
+        async move {
+            w.run_until(&first, deadline).await;
+            w
+        }
     })
     .await
 }

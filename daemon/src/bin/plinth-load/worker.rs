@@ -59,9 +59,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a resumed ingest waits for the daemon to release the dropped writer's lock.
 const UNLOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// The operations of the mix (see [`MIX`]).
-#[derive(Debug, Clone, Copy)]
-enum Op {
+/// The operations of the mix (see [`MIX`]); `--begin-with` names them in kebab case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Op {
     Ingest,
     IngestLarge,
     Read,
@@ -510,8 +510,15 @@ impl Worker {
         self.setup().await;
     }
 
-    /// Runs operations until `deadline` (or until the daemon is gone).
-    pub(crate) async fn run_until(&mut self, deadline: Instant) {
+    /// Runs `first` in order, whatever the deadline, then the mix until `deadline` (or
+    /// until the daemon is gone).
+    pub(crate) async fn run_until(&mut self, first: &[Op], deadline: Instant) {
+        for &op in first {
+            if self.gone {
+                return;
+            }
+            self.perform(op).await;
+        }
         while !self.gone && Instant::now() < deadline {
             self.step().await;
         }
@@ -534,14 +541,20 @@ impl Worker {
         Op::Ingest
     }
 
-    /// One operation of the mix. A blob operation on an empty namespace ingests instead,
-    /// and an ingest into a full one deletes.
+    /// One operation of the mix.
     async fn step(&mut self) {
+        let op = self.pick();
+        self.perform(op).await;
+    }
+
+    /// Runs `op`; a blob operation on an empty namespace ingests instead, and an ingest into
+    /// a full one deletes.
+    async fn perform(&mut self, op: Op) {
         self.take_deliveries();
         let full = self.model.blobs.len() >= MAX_BLOBS;
         let empty = self.model.blobs.is_empty();
         let images_full = self.model.images.len() >= MAX_IMAGES;
-        let op = match self.pick() {
+        let op = match op {
             Op::Ingest | Op::IngestLarge if full => Op::Delete,
             Op::Read | Op::Info | Op::Update | Op::Delete if empty => Op::Ingest,
             Op::ImageCreate if images_full => Op::ImageDelete,
