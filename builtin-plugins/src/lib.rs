@@ -28,17 +28,6 @@
 //! | `diff-service` | yes | `io.containerd.grpc.v1.diff`: containerd's Diff service, Apply and Diff (needs a differ) |
 //! | `testsuite` | no | the conformance suites `content::testsuite` and `snapshots::testsuite` |
 
-#[cfg(any(
-    feature = "content-local",
-    feature = "metadata-redb",
-    feature = "namespaces",
-    feature = "images-service",
-    feature = "containers-service",
-    feature = "leases-service",
-    feature = "snapshotter-native",
-    feature = "snapshotter-overlayfs"
-))]
-mod background;
 pub mod containerd;
 pub mod containers;
 pub mod content;
@@ -120,8 +109,8 @@ mod service_tests;
 pub use crate::error::Error;
 
 /// Runs blocking work (file or database I/O) on tokio's blocking pool, off the async worker
-/// threads that serve every call, at the lower priority of [`background`]; `what` names the
-/// work in the internal error that a panic in it becomes.
+/// threads that serve every call; `what` names the work in the internal error that a panic in
+/// it becomes.
 #[cfg(any(
     feature = "content-local",
     feature = "metadata-redb",
@@ -134,13 +123,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    let nice = background::target();
-    tokio::task::spawn_blocking(move || {
-        background::lower(nice);
-        work()
-    })
-    .await
-    .map_err(|e| Error::internal(format!("{what}: {e}")))?
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::internal(format!("{what}: {e}")))?
 }
 
 /// The version this build reports: the crate version.

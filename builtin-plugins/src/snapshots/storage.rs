@@ -737,11 +737,10 @@ pub(crate) fn disk_usage(root: &Path) -> Result<Usage, Error> {
 
 /// Runs blocking filesystem and database work off the async executor and awaits it.
 ///
-/// It runs on a thread of its own, at the lower priority of `crate::background`, rather than
-/// on tokio's blocking pool: the snapshotter features do not depend on tokio (the trait is
-/// runtime-agnostic), and a thread start is cheap next to the work. The work runs to
-/// completion even if the caller stops waiting, so an operation is never cut off half way. A
-/// panic in `work` becomes an internal error.
+/// It runs on a thread of its own rather than on tokio's blocking pool: the snapshotter
+/// features do not depend on tokio (the trait is runtime-agnostic), and a thread start is
+/// cheap next to the work. The work runs to completion even if the caller stops waiting, so
+/// an operation is never cut off half way. A panic in `work` becomes an internal error.
 ///
 /// # Errors
 /// What `work` returns; internal when the thread cannot start or `work` panics.
@@ -759,11 +758,9 @@ where
         waker: None,
     }));
     let writer = Arc::clone(&slot);
-    let nice = crate::background::target();
     std::thread::Builder::new()
         .name("snapshotter-io".to_string())
         .spawn(move || {
-            crate::background::lower(nice);
             let result = catch_unwind(AssertUnwindSafe(work))
                 .unwrap_or_else(|_| Err(Error::internal("snapshotter operation panicked")));
             let mut slot = writer.lock().unwrap_or_else(PoisonError::into_inner);
