@@ -128,6 +128,62 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::internal(format!("{what}: {e}")))?
 }
 
+/// Runs `work` on a thread of its own and awaits it: for work that blocks on other async
+/// work (a differ streaming a layer through a channel or reading a blob with `block_on`),
+/// which must not take one of the runtime's bounded blocking threads while it waits for
+/// another (see ARCHITECTURE.md, "Blocking work"), and for plugins that do not depend on
+/// tokio. The work runs to completion even if the caller stops waiting, so an operation is
+/// never cut off half way. A panic in `work` becomes an internal error naming `what`.
+///
+/// # Errors
+/// What `work` returns; internal when the thread cannot start or `work` panics.
+#[cfg(any(
+    feature = "snapshotter-native",
+    feature = "snapshotter-overlayfs",
+    feature = "differ-walking"
+))]
+pub(crate) async fn on_own_thread<T, F>(what: &'static str, work: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+{
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::task::{Poll, Waker};
+    struct Slot<T> {
+        result: Option<Result<T, Error>>,
+        waker: Option<Waker>,
+    }
+    let slot = Arc::new(Mutex::new(Slot {
+        result: None,
+        waker: None,
+    }));
+    let writer = Arc::clone(&slot);
+    std::thread::Builder::new()
+        .name(what.to_string())
+        .spawn(move || {
+            let result = catch_unwind(AssertUnwindSafe(work))
+                .unwrap_or_else(|_| Err(Error::internal(format!("{what}: panicked"))));
+            let mut slot = writer.lock().unwrap_or_else(PoisonError::into_inner);
+            slot.result = Some(result);
+            if let Some(waker) = slot.waker.take() {
+                waker.wake();
+            }
+        })
+        .map_err(|e| Error::internal(format!("{what}: starting a thread: {e}")))?;
+    std::future::poll_fn(|cx| {
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.result.take() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
 /// The version this build reports: the crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -192,6 +192,7 @@ pub fn serve(prepared: Prepared) -> anyhow::Result<()> {
     let root_lock = lock_root(&config.root)?;
     let serving = std::sync::atomic::AtomicBool::new(false);
     let result = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(prepared.options.blocking_threads())
         .enable_all()
         .thread_name("plinthd")
         .build()

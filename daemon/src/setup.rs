@@ -30,6 +30,27 @@ pub struct Options {
     /// Treat every config report (unknown keys, unknown plugins) as an error
     #[arg(long, global = true)]
     pub strict: bool,
+    /// Most threads for blocking work at once (file I/O, database transactions); more
+    /// queue [default: 3 per CPU]
+    #[arg(long, global = true, value_name = "N")]
+    pub blocking_threads: Option<std::num::NonZeroUsize>,
+}
+
+impl Options {
+    /// The size of the runtime's blocking pool: `--blocking-threads`, or three per CPU.
+    ///
+    /// Bounded, unlike tokio's default of 512: every blocking thread is scheduled by the
+    /// kernel as an equal of the two or so runtime threads that serve calls, so a hundred
+    /// threads of bulk work (ingest writes, commits) starve the cheap calls that run on the
+    /// runtime threads (BENCHMARKS.md, "Load"). Three per CPU keep the CPUs busy while some
+    /// of them wait for the disk.
+    #[must_use]
+    pub fn blocking_threads(&self) -> usize {
+        self.blocking_threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) * 3,
+            std::num::NonZeroUsize::get,
+        )
+    }
 }
 
 /// Everything resolved before anything is started.

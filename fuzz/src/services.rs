@@ -397,6 +397,7 @@ fn start() -> Daemon {
         state: Some(dir.join("state")),
         log_level: None,
         strict: true,
+        blocking_threads: None,
     };
     let prepared = plinthd::setup::prepare(&options).expect("preparing the daemon");
     std::thread::Builder::new()

@@ -54,6 +54,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(1);
 /// The buffer used to re-hash an ingest on resume.
 const REHASH_BUFFER: usize = 1 << 20;
 
+/// The largest range [`LocalStore::read_at`] copies on the calling (runtime) thread when the
+/// page cache holds it: a memory copy of this size takes tens of microseconds.
+const INLINE_READ_MAX: usize = 1 << 20;
 const DATA_FILE: &str = "data";
 const REF_FILE: &str = "ref";
 const STARTED_AT_FILE: &str = "startedat";
@@ -595,6 +598,50 @@ impl Inner {
         Ok(buffer)
     }
 
+    /// [`read_at`](Inner::read_at) without ever waiting for the disk: the whole range when
+    /// the kernel has the blob's path in its lookup cache and the bytes in its page cache
+    /// (the usual case for a blob written or read recently), `None` otherwise (and on any
+    /// error, which the blocking read then reports with its context). The path is opened
+    /// with `RESOLVE_CACHED` and read with `RWF_NOWAIT`, so the calling thread — a runtime
+    /// thread serving calls — is never parked in I/O; kernels and filesystems without
+    /// either flag answer `EAGAIN`/`EINVAL`/`EOPNOTSUPP`, which is `None` too.
+    fn read_cached(&self, digest: &Digest, offset: u64, length: usize) -> Option<Vec<u8>> {
+        debug_assert!(length <= INLINE_READ_MAX);
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        use rustix::io::ReadWriteFlags;
+        let path = self.blob_path(digest);
+        let file = rustix::fs::openat2(
+            rustix::fs::CWD,
+            &path,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::CACHED,
+        )
+        .ok()?;
+        let size = u64::try_from(rustix::fs::fstat(&file).ok()?.st_size).ok()?;
+        if offset > size {
+            return None;
+        }
+        let wanted = usize::try_from((size - offset).min(u64::try_from(length).ok()?)).ok()?;
+        let mut buffer = vec![0; wanted];
+        let mut filled = 0;
+        while filled < wanted {
+            let read = rustix::io::preadv2(
+                &file,
+                &mut [io::IoSliceMut::new(&mut buffer[filled..])],
+                offset + filled as u64,
+                ReadWriteFlags::NOWAIT,
+            )
+            .ok()?;
+            if read == 0 {
+                // Shorter than its size said: the blocking read reports it.
+                return None;
+            }
+            filled += read;
+        }
+        Some(buffer)
+    }
+
     fn status(&self, reference: &str) -> Result<Status, Error> {
         match read_ingest_status(&self.ingest_dir(reference))? {
             Some(status) if status.reference == reference => Ok(status),
@@ -1062,6 +1109,14 @@ impl ContentStore for LocalStore {
     }
 
     async fn read_at(&self, digest: &Digest, offset: u64, length: usize) -> Result<Vec<u8>, Error> {
+        // A range the page cache holds is copied on this thread: through the blocking pool
+        // a read would queue behind bulk work (ingest writes, commits) for longer than the
+        // copy takes. Larger ranges, and whatever the cache does not hold, go to the pool.
+        if length <= INLINE_READ_MAX
+            && let Some(data) = self.inner.read_cached(digest, offset, length)
+        {
+            return Ok(data);
+        }
         let (inner, digest) = (Arc::clone(&self.inner), digest.clone());
         blocking(move || inner.read_at(&digest, offset, length)).await
     }
@@ -1428,6 +1483,87 @@ mod tests {
             .unwrap_or_default();
         names.sort();
         names
+    }
+
+    async fn committed(store: &LocalStore, blob: &[u8]) -> Digest {
+        let mut writer = store.writer("cached", 0, None).await.unwrap();
+        writer.write(blob).await.unwrap();
+        let digest = writer.commit(0, None, Labels::new()).await.unwrap();
+        writer.close().await.unwrap();
+        digest
+    }
+
+    /// A blob just written is in the page cache: the cached read serves every range of it
+    /// as `read_at` would, and declines what only the blocking read can answer (a missing
+    /// blob, an offset past the end) so that it reports the error.
+    #[tokio::test]
+    async fn a_cached_read_serves_every_range_and_declines_the_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let blob: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let digest = committed(&store, &blob).await;
+        let size = blob.len() as u64;
+        for (offset, length) in [
+            (0, blob.len()),
+            (1000, 5000),
+            (150_000, 100_000),
+            (size, 10),
+        ] {
+            let at = usize::try_from(offset).unwrap();
+            let expected = &blob[at..(at + length).min(blob.len())];
+            assert_eq!(
+                store.inner.read_cached(&digest, offset, length).as_deref(),
+                Some(expected),
+                "offset {offset}, length {length}"
+            );
+            assert_eq!(
+                store.inner.read_at(&digest, offset, length).unwrap(),
+                expected
+            );
+        }
+        assert_eq!(store.inner.read_cached(&digest, size + 1, 10), None);
+        let missing = Digest::of(b"never written");
+        assert_eq!(store.inner.read_cached(&missing, 0, 10), None);
+        assert_eq!(
+            store.read_at(&missing, 0, 10).await.unwrap_err().category,
+            Category::NotFound
+        );
+    }
+
+    /// A read of cached bytes does not queue behind blocking work: with the runtime's only
+    /// blocking thread held until the read has answered, it still answers.
+    #[test]
+    fn a_cached_read_does_not_wait_for_the_blocking_pool() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = LocalStore::open(dir.path()).unwrap();
+            let blob = vec![7u8; 64 * 1024];
+            let digest = committed(&store, &blob).await;
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let (started, running) = tokio::sync::oneshot::channel();
+            let occupied = tokio::task::spawn_blocking(move || {
+                let _ = started.send(());
+                held.recv().unwrap();
+            });
+            running.await.unwrap();
+            let read = tokio::time::timeout(
+                Duration::from_secs(20),
+                store.read_at(&digest, 0, blob.len()),
+            )
+            .await;
+            release.send(()).unwrap();
+            occupied.await.unwrap();
+            assert_eq!(
+                read.expect("the read waited for the busy blocking pool")
+                    .unwrap(),
+                blob
+            );
+        });
     }
 
     /// A crash in the middle of an ingest: the writer is leaked (no close, no sync, no

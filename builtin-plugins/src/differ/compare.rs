@@ -1185,7 +1185,9 @@ async fn write_into_content(
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let options = request.options.clone();
         let job_media_type = media_type.clone();
-        let producer = tokio::task::spawn_blocking(move || {
+        // On a thread of its own, not the blocking pool: it waits for the writes below,
+        // which take the pool's threads (ARCHITECTURE.md, "Blocking work").
+        let producer = crate::on_own_thread("layer-diff", move || {
             let mut out = ChannelWriter {
                 sender,
                 buffer: Vec::with_capacity(CHUNK_SIZE),
@@ -1195,18 +1197,19 @@ async fn write_into_content(
                 .map_err(|e| Error::io("handing the layer to the content writer", &e))?;
             Ok::<_, Error>(stats)
         });
-        let mut write_error = None;
-        while let Some(chunk) = receiver.recv().await {
-            if let Err(e) = writer.write_owned(chunk).await {
-                write_error = Some(e);
-                break;
+        let consumer = async {
+            let mut write_error = None;
+            while let Some(chunk) = receiver.recv().await {
+                if let Err(e) = writer.write_owned(chunk).await {
+                    write_error = Some(e);
+                    break;
+                }
             }
-        }
-        // The producer stops at its next chunk once nobody receives.
-        drop(receiver);
-        let produced = producer
-            .await
-            .map_err(|e| Error::internal(format!("the layer comparison stopped: {e}")))?;
+            // The producer stops at its next chunk once nobody receives.
+            drop(receiver);
+            write_error
+        };
+        let (produced, write_error) = tokio::join!(producer, consumer);
         if let Some(e) = write_error {
             return Err(e);
         }

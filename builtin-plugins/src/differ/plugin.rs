@@ -255,15 +255,16 @@ impl Differ for WalkingDiffer {
             runtime: tokio::runtime::Handle::current(),
         };
         let media_type = layer.media_type.clone();
-        let applied = tokio::task::spawn_blocking(move || {
+        // On a thread of its own, not the blocking pool: its reader waits for the store's
+        // reads, which take the pool's threads (ARCHITECTURE.md, "Blocking work").
+        let applied = crate::on_own_thread("layer-apply", move || {
             let applied = apply::apply(reader, &media_type, &root, &options)?;
             if sync_fs {
                 sync_filesystem(&root)?;
             }
             Ok::<_, Error>(applied)
         })
-        .await
-        .map_err(|e| Error::internal(format!("applying a layer: {e}")))??;
+        .await?;
         tracing::debug!(
             layer = %layer.digest,
             diff_id = %applied.diff_id,

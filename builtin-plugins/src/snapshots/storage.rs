@@ -23,10 +23,8 @@
 //! present on disk, so a directory left by a crash is never mistaken for a new snapshot's.
 
 use std::collections::BTreeSet;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Poll, Waker};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
@@ -735,12 +733,9 @@ pub(crate) fn disk_usage(root: &Path) -> Result<Usage, Error> {
     Ok(usage)
 }
 
-/// Runs blocking filesystem and database work off the async executor and awaits it.
-///
-/// It runs on a thread of its own rather than on tokio's blocking pool: the snapshotter
-/// features do not depend on tokio (the trait is runtime-agnostic), and a thread start is
-/// cheap next to the work. The work runs to completion even if the caller stops waiting, so
-/// an operation is never cut off half way. A panic in `work` becomes an internal error.
+/// Runs blocking filesystem and database work off the async executor and awaits it, on a
+/// thread of its own ([`crate::on_own_thread`]): the snapshotter features do not depend on
+/// tokio (the trait is runtime-agnostic), and a thread start is cheap next to the work.
 ///
 /// # Errors
 /// What `work` returns; internal when the thread cannot start or `work` panics.
@@ -749,38 +744,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Error> + Send + 'static,
 {
-    struct Slot<T> {
-        result: Option<Result<T, Error>>,
-        waker: Option<Waker>,
-    }
-    let slot = Arc::new(Mutex::new(Slot {
-        result: None,
-        waker: None,
-    }));
-    let writer = Arc::clone(&slot);
-    std::thread::Builder::new()
-        .name("snapshotter-io".to_string())
-        .spawn(move || {
-            let result = catch_unwind(AssertUnwindSafe(work))
-                .unwrap_or_else(|_| Err(Error::internal("snapshotter operation panicked")));
-            let mut slot = writer.lock().unwrap_or_else(PoisonError::into_inner);
-            slot.result = Some(result);
-            if let Some(waker) = slot.waker.take() {
-                waker.wake();
-            }
-        })
-        .map_err(|e| Error::internal(format!("starting a snapshotter thread: {e}")))?;
-    std::future::poll_fn(|cx| {
-        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        match slot.result.take() {
-            Some(result) => Poll::Ready(result),
-            None => {
-                slot.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    })
-    .await
+    crate::on_own_thread("snapshotter-io", work).await
 }
 
 /// For each snapshotter's tests: its state survives reopening, and `cleanup` removes what a

@@ -80,6 +80,56 @@ fn sixteen_clients_for_twenty_seconds_meet_no_error_no_wrong_answer_and_leak_not
     assert_eq!(daemon.plinthctl(&["namespaces", "ls", "-q"]).ok(), "");
 }
 
+/// The blocking pool bounded to one thread (`--blocking-threads 1`): every kind of
+/// operation still completes, concurrently over 8 clients, with the right answers. A task on
+/// the pool that waited for another task on it would hang here (ARCHITECTURE.md, "Blocking
+/// work").
+#[test]
+fn one_blocking_thread_serves_every_kind_of_operation() {
+    let daemon = start(Start {
+        args: vec!["--blocking-threads".into(), "1".into()],
+        ..Start::default()
+    });
+    // Bounded: a hang fails the test (exit 124) instead of holding CI.
+    let plinth_load = binary("plinth-load");
+    let output = run(
+        std::path::Path::new("timeout"),
+        &[
+            "300",
+            plinth_load.to_str().unwrap(),
+            "run",
+            "--address",
+            &daemon.address(),
+            "--clients",
+            "8",
+            "--duration",
+            "0s",
+            "--disconnects",
+            "--begin-with",
+            "ingest,ingest-large,ingest-large,read,info,list,update,delete,snapshot,view,\
+         remove-chain,list-snapshots,namespace,shared-ingest,shared-read,shared-delete,\
+         image-create,image-get,image-list,image-update,image-delete,lease,lease,lease,\
+         disconnect,disconnect",
+        ],
+    );
+    let stdout = output.ok();
+    assert!(
+        stdout.contains(", 0 unexpected errors, 0 verification failures"),
+        "{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("ingest-commit"))
+        .unwrap_or_else(|| panic!("no ingest-commit row:\n{stdout}"));
+    let ok: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(ok >= 8, "{line}");
+    let zero = run(&binary("plinthd"), &["--blocking-threads", "0"]);
+    assert!(
+        !zero.status.success() && zero.stderr.contains("--blocking-threads"),
+        "zero threads is refused, naming the flag: {zero:?}"
+    );
+}
+
 /// The journal of a run in which each of two clients ingests a blob and creates an image on
 /// it, nothing else (a random mix of any length may leave a client with neither); `check`
 /// of it must pass on the untouched daemon.

@@ -970,6 +970,39 @@ mod content_store {
         store.read_at(digest, 0, info.size as usize).await.unwrap()
     }
 
+    /// The comparison streams its layer into the store through a channel: the side that
+    /// produces it must not hold one of the runtime's bounded blocking threads while it
+    /// waits for the writes, which take them. With a single blocking thread and a layer
+    /// several times the channel's size, the comparison still finishes.
+    #[test]
+    fn a_comparison_finishes_with_one_blocking_thread() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let trees = Trees::new(base);
+        trees.change(|u| fs::write(u.join("big"), vec![0x5a; 10 * CHUNK_SIZE]).unwrap());
+        let (plain, _) = trees.diff();
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let request = CompareRequest {
+            media_type: MEDIA_TYPE_LAYER.to_string(),
+            ..CompareRequest::default()
+        };
+        let descriptor = runtime.block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                compare_into_content(&store, trees.lower.clone(), trees.upper.clone(), &request),
+            )
+            .await
+            .expect("the comparison waited for the blocking thread it held")
+            .unwrap()
+        });
+        assert_eq!(descriptor.digest, Digest::of(&plain));
+        assert_eq!(runtime.block_on(blob(&store, &descriptor.digest)), plain);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_comparison_is_committed_with_its_uncompressed_label() {
         let trees = changed_trees();
