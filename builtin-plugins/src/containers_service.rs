@@ -18,6 +18,7 @@ use plinth_api::containerd::services::containers::v1::{
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
 use tokio_stream::Stream;
 
+use crate::Pool;
 use crate::containers::{Container, ContainerStore, Runtime};
 use crate::convert::{labels, time, timestamp};
 use crate::error::Error;
@@ -82,14 +83,17 @@ impl Service {
     /// Runs `f` with the request's namespace on the blocking pool (the store is a database).
     async fn run<R, T: Send + 'static>(
         &self,
+        pool: Pool,
         request: &tonic::Request<R>,
         f: impl FnOnce(&Service, &str) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, tonic::Status> {
         let namespace = namespaces::from_request(request)?;
         let service = self.clone();
-        crate::blocking("containers service worker", move || f(&service, &namespace))
-            .await
-            .map_err(Into::into)
+        crate::blocking_in(pool, "containers service worker", move || {
+            f(&service, &namespace)
+        })
+        .await
+        .map_err(Into::into)
     }
 }
 
@@ -129,7 +133,7 @@ impl Containers for Service {
         request: tonic::Request<ListContainersRequest>,
     ) -> Reply<ListContainersResponse> {
         let filters = request.get_ref().filters.clone();
-        self.run(&request, move |s, ns| {
+        self.run(Pool::Reads, &request, move |s, ns| {
             Ok(ListContainersResponse {
                 containers: s
                     .store
@@ -151,7 +155,9 @@ impl Containers for Service {
     ) -> Reply<Self::ListStreamStream> {
         let filters = request.get_ref().filters.clone();
         let containers = self
-            .run(&request, move |s, ns| s.store.list(ns, &filters))
+            .run(Pool::Reads, &request, move |s, ns| {
+                s.store.list(ns, &filters)
+            })
             .await?;
         // One message per container, so that no answer passes the message size limit
         // however many containers there are.
@@ -168,7 +174,7 @@ impl Containers for Service {
         request: tonic::Request<CreateContainerRequest>,
     ) -> Reply<CreateContainerResponse> {
         let wire = request.get_ref().container.clone();
-        self.run(&request, move |s, ns| {
+        self.run(Pool::Writes, &request, move |s, ns| {
             let wire = wire.ok_or_else(|| Error::invalid("container is required"))?;
             let created = s.store.create(ns, container(wire))?;
             Ok(CreateContainerResponse {
@@ -184,7 +190,7 @@ impl Containers for Service {
         request: tonic::Request<UpdateContainerRequest>,
     ) -> Reply<UpdateContainerResponse> {
         let body = request.get_ref().clone();
-        self.run(&request, move |s, ns| {
+        self.run(Pool::Writes, &request, move |s, ns| {
             let wire = body
                 .container
                 .ok_or_else(|| Error::invalid("container is required"))?;
@@ -203,7 +209,7 @@ impl Containers for Service {
 
     async fn delete(&self, request: tonic::Request<DeleteContainerRequest>) -> Reply<()> {
         let id = request.get_ref().id.clone();
-        self.run(&request, move |s, ns| {
+        self.run(Pool::Writes, &request, move |s, ns| {
             s.store.delete(ns, &id)?;
             Ok(())
         })

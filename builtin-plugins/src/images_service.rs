@@ -15,6 +15,7 @@ use plinth_api::containerd::services::images::v1::{
 use plinth_api::containerd::types::Descriptor as DescriptorMessage;
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
 
+use crate::Pool;
 use crate::convert::{labels, time, timestamp};
 use crate::error::Error;
 use crate::gc::Scheduler;
@@ -78,15 +79,18 @@ impl Service {
     /// Runs `f` with the request's namespace on the blocking pool (the store is a database).
     async fn run<R, T: Send + 'static>(
         &self,
+        pool: Pool,
         request: &tonic::Request<R>,
         f: impl FnOnce(&Service, &str) -> Result<T, Error> + Send + 'static,
     ) -> Reply<T> {
         let namespace = namespaces::from_request(request)?;
         let service = self.clone();
-        crate::blocking("images service worker", move || f(&service, &namespace))
-            .await
-            .map(tonic::Response::new)
-            .map_err(Into::into)
+        crate::blocking_in(pool, "images service worker", move || {
+            f(&service, &namespace)
+        })
+        .await
+        .map(tonic::Response::new)
+        .map_err(Into::into)
     }
 }
 
@@ -118,7 +122,7 @@ impl Images for Service {
 
     async fn list(&self, request: tonic::Request<ListImagesRequest>) -> Reply<ListImagesResponse> {
         let filters = request.get_ref().filters.clone();
-        self.run(&request, move |s, ns| {
+        self.run(Pool::Reads, &request, move |s, ns| {
             Ok(ListImagesResponse {
                 images: s
                     .store
@@ -136,7 +140,7 @@ impl Images for Service {
         request: tonic::Request<CreateImageRequest>,
     ) -> Reply<CreateImageResponse> {
         let wire = request.get_ref().image.clone();
-        self.run(&request, move |s, ns| {
+        self.run(Pool::Writes, &request, move |s, ns| {
             let wire = wire.ok_or_else(|| Error::invalid("image is required"))?;
             if wire.name.is_empty() {
                 return Err(Error::invalid("image name is required"));
@@ -154,7 +158,7 @@ impl Images for Service {
         request: tonic::Request<UpdateImageRequest>,
     ) -> Reply<UpdateImageResponse> {
         let body = request.get_ref().clone();
-        self.run(&request, move |s, ns| {
+        self.run(Pool::Writes, &request, move |s, ns| {
             let wire = body
                 .image
                 .ok_or_else(|| Error::invalid("image is required"))?;
@@ -181,7 +185,9 @@ impl Images for Service {
             None
         };
         let reply = self
-            .run(&request, move |s, ns| s.store.delete(ns, &name))
+            .run(Pool::Writes, &request, move |s, ns| {
+                s.store.delete(ns, &name)
+            })
             .await?;
         if let Some(gc) = gc {
             crate::gc::wait_after_delete(gc.as_ref(), &what).await?;

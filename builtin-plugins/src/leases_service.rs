@@ -35,6 +35,7 @@ mod service {
     };
     use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
 
+    use crate::Pool;
     use crate::convert::{labels, timestamp};
     use crate::error::Error;
     use crate::gc::Scheduler;
@@ -83,12 +84,13 @@ mod service {
         /// database).
         async fn run<R, T: Send + 'static>(
             &self,
+            pool: Pool,
             request: &tonic::Request<R>,
             f: impl FnOnce(&dyn LeaseManager, &str) -> Result<T, Error> + Send + 'static,
         ) -> Reply<T> {
             let namespace = namespaces::from_request(request)?;
             let manager = Arc::clone(&self.manager);
-            crate::blocking("leases service worker", move || {
+            crate::blocking_in(pool, "leases service worker", move || {
                 f(manager.as_ref(), &namespace)
             })
             .await
@@ -101,7 +103,7 @@ mod service {
     impl Leases for Service {
         async fn create(&self, request: tonic::Request<CreateRequest>) -> Reply<CreateResponse> {
             let body = request.get_ref().clone();
-            self.run(&request, move |m, ns| {
+            self.run(Pool::Writes, &request, move |m, ns| {
                 let lease = m.create(ns, &body.id, labels(&body.labels))?;
                 Ok(CreateResponse {
                     lease: Some(message(&lease)),
@@ -120,7 +122,9 @@ mod service {
             } else {
                 None
             };
-            let reply = self.run(&request, move |m, ns| m.delete(ns, &id)).await?;
+            let reply = self
+                .run(Pool::Writes, &request, move |m, ns| m.delete(ns, &id))
+                .await?;
             if let Some(gc) = gc {
                 crate::gc::wait_after_delete(gc.as_ref(), &what).await?;
             }
@@ -129,7 +133,7 @@ mod service {
 
         async fn list(&self, request: tonic::Request<ListRequest>) -> Reply<ListResponse> {
             let filters = request.get_ref().filters.clone();
-            self.run(&request, move |m, ns| {
+            self.run(Pool::Reads, &request, move |m, ns| {
                 Ok(ListResponse {
                     leases: m.list(ns, &filters)?.iter().map(message).collect(),
                 })
@@ -139,7 +143,7 @@ mod service {
 
         async fn add_resource(&self, request: tonic::Request<AddResourceRequest>) -> Reply<()> {
             let body = request.get_ref().clone();
-            self.run(&request, move |m, ns| {
+            self.run(Pool::Writes, &request, move |m, ns| {
                 m.add_resource(ns, &body.id, &resource(body.resource)?)
             })
             .await
@@ -150,7 +154,7 @@ mod service {
             request: tonic::Request<DeleteResourceRequest>,
         ) -> Reply<()> {
             let body = request.get_ref().clone();
-            self.run(&request, move |m, ns| {
+            self.run(Pool::Writes, &request, move |m, ns| {
                 m.delete_resource(ns, &body.id, &resource(body.resource)?)
             })
             .await
@@ -161,7 +165,7 @@ mod service {
             request: tonic::Request<ListResourcesRequest>,
         ) -> Reply<ListResourcesResponse> {
             let id = request.get_ref().id.clone();
-            self.run(&request, move |m, ns| {
+            self.run(Pool::Reads, &request, move |m, ns| {
                 Ok(ListResourcesResponse {
                     resources: m
                         .list_resources(ns, &id)?

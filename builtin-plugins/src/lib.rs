@@ -128,6 +128,106 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::internal(format!("{what}: {e}")))?
 }
 
+/// Which pool a service's database work runs on: [`blocking`] or [`blocking_read`].
+#[cfg(any(
+    feature = "namespaces",
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service"
+))]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pool {
+    /// Writes, and reads that precede a write: the bounded blocking pool.
+    Writes,
+    /// Lists: the read pool.
+    Reads,
+}
+
+/// `work` on `pool`.
+#[cfg(any(
+    feature = "namespaces",
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service"
+))]
+pub(crate) async fn blocking_in<T: Send + 'static>(
+    pool: Pool,
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    match pool {
+        Pool::Writes => blocking(what, work).await,
+        Pool::Reads => blocking_read(what, work).await,
+    }
+}
+
+/// Runs read-only database work that can be long (a list, a walk) on the read pool: a few
+/// threads of its own, so that a list never queues behind the writes on the bounded blocking
+/// pool (ARCHITECTURE.md, "Blocking work"), and never holds a thread the writes need. With
+/// the pool switched off ([`set_read_threads`] of 0) it runs as [`blocking`] does. `what`
+/// names the work in the internal error that a panic in it becomes. The work must not wait
+/// for other work on the read pool.
+#[cfg(any(
+    feature = "content-local",
+    feature = "metadata-redb",
+    feature = "namespaces",
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service"
+))]
+pub(crate) async fn blocking_read<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    static POOL: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    // A runtime that is never driven: only its blocking pool is used, which starts and
+    // retires its threads on demand like the main one.
+    let pool = POOL.get_or_init(|| {
+        let threads = read_threads();
+        if threads == 0 {
+            return None;
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(threads)
+            .thread_name("plinth-read")
+            .build()
+            .inspect_err(|error| {
+                tracing::warn!(%error, "no read pool; lists run on the blocking pool");
+            })
+            .ok()
+    });
+    match pool {
+        Some(pool) => pool
+            .spawn_blocking(work)
+            .await
+            .map_err(|e| Error::internal(format!("{what}: {e}")))?,
+        None => blocking(what, work).await,
+    }
+}
+
+static READ_THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Sets how many threads the read pool, which runs lists and walks apart from the writes,
+/// may use at once: `0` runs them on tokio's blocking pool with everything else. A host
+/// calls it once, before any plugin starts (plinthd: `--read-threads`); later calls change
+/// nothing. Unset, the pool has one thread per CPU.
+pub fn set_read_threads(threads: usize) {
+    let _ = READ_THREADS.set(threads);
+}
+
+#[cfg(any(
+    feature = "content-local",
+    feature = "metadata-redb",
+    feature = "namespaces",
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service"
+))]
+fn read_threads() -> usize {
+    *READ_THREADS
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+}
+
 /// Runs `work` on a thread of its own and awaits it: for work that blocks on other async
 /// work (a differ streaming a layer through a channel or reading a blob with `block_on`),
 /// which must not take one of the runtime's bounded blocking threads while it waits for
@@ -261,4 +361,54 @@ pub fn link() {
 pub fn finish_background_work() {
     #[cfg(feature = "snapshotter-overlayfs")]
     snapshots::overlayfs::finish_check_cleanups();
+}
+
+#[cfg(all(test, feature = "metadata-redb"))]
+mod pool_tests {
+    use super::*;
+
+    /// Lists run apart from the blocking pool: with the runtime's only blocking thread held
+    /// until the list has answered, it still answers; a panic in one is an internal error
+    /// naming the work, and the pool goes on serving.
+    #[test]
+    fn the_read_pool_serves_while_the_blocking_pool_is_full() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let (started, running) = tokio::sync::oneshot::channel();
+            let occupied = tokio::task::spawn_blocking(move || {
+                let _ = started.send(());
+                held.recv().unwrap();
+            });
+            running.await.unwrap();
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                blocking_read("a list", || {
+                    Ok(std::thread::current().name().map(str::to_owned))
+                }),
+            )
+            .await;
+            release.send(()).unwrap();
+            occupied.await.unwrap();
+            let thread = read
+                .expect("the list waited for the blocking pool")
+                .unwrap();
+            assert_eq!(thread.as_deref(), Some("plinth-read"));
+
+            let panicked = blocking_read::<()>("a broken list", || panic!("broken"))
+                .await
+                .unwrap_err();
+            assert_eq!(panicked.category, plinth_core::Category::Internal);
+            assert!(
+                panicked.message.contains("a broken list"),
+                "{}",
+                panicked.message
+            );
+            assert_eq!(blocking_read("again", || Ok(7)).await.unwrap(), 7);
+        });
+    }
 }

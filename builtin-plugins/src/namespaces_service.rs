@@ -14,6 +14,7 @@ use plinth_api::containerd::services::namespaces::v1::{
 };
 use plinth_core::{InitContext, InitError, Instance, Registration, register, types};
 
+use crate::Pool;
 use crate::error::Error;
 use crate::filters::FilterSet;
 use crate::grpc::{GrpcService, MessageLimits};
@@ -46,10 +47,11 @@ impl Service {
     /// file), which must not hold up the async workers serving other calls.
     async fn run<T: Send + 'static>(
         &self,
+        pool: Pool,
         f: impl FnOnce(&Service) -> Result<T, Error> + Send + 'static,
     ) -> Reply<T> {
         let service = self.clone();
-        crate::blocking("namespaces service worker", move || f(&service))
+        crate::blocking_in(pool, "namespaces service worker", move || f(&service))
             .await
             .map(tonic::Response::new)
             .map_err(Into::into)
@@ -75,7 +77,7 @@ impl Namespaces for Service {
         request: tonic::Request<ListNamespacesRequest>,
     ) -> Reply<ListNamespacesResponse> {
         let filter = request.into_inner().filter;
-        self.run(move |s| {
+        self.run(Pool::Reads, move |s| {
             let filters =
                 FilterSet::parse_all(&[filter]).map_err(|e| Error::invalid(e.to_string()))?;
             let namespaces = s
@@ -105,7 +107,7 @@ impl Namespaces for Service {
     ) -> Reply<CreateNamespaceResponse> {
         let namespace = request.get_ref().namespace.clone().unwrap_or_default();
         let publish_in = event_namespace(&request, &namespace.name);
-        self.run(move |s| {
+        self.run(Pool::Writes, move |s| {
             let labels: BTreeMap<String, String> = namespace.labels.clone().into_iter().collect();
             s.store
                 .create_publishing(&namespace.name, &labels, &publish_in)?;
@@ -132,7 +134,7 @@ impl Namespaces for Service {
         let request = request.into_inner();
         let namespace = request.namespace.unwrap_or_default();
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
-        self.run(move |s| {
+        self.run(Pool::Writes, move |s| {
             validate_identifier("namespace", &namespace.name)?;
             let existing = s.store.labels(&namespace.name)?;
             let replace_all = |changes: &mut Vec<(String, Option<String>)>| {
@@ -166,7 +168,7 @@ impl Namespaces for Service {
     async fn delete(&self, request: tonic::Request<DeleteNamespaceRequest>) -> Reply<()> {
         let name = request.get_ref().name.clone();
         let publish_in = event_namespace(&request, &name);
-        self.run(move |s| {
+        self.run(Pool::Writes, move |s| {
             validate_identifier("namespace", &name)?;
             s.store.delete_publishing(&name, &publish_in)?;
             Ok(())

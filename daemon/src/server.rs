@@ -191,6 +191,9 @@ pub fn serve(prepared: Prepared) -> anyhow::Result<()> {
     // after it.
     let root_lock = lock_root(&config.root)?;
     let serving = std::sync::atomic::AtomicBool::new(false);
+    if let Some(threads) = prepared.options.read_threads {
+        plinth_builtin_plugins::set_read_threads(threads);
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(prepared.options.blocking_threads())
         .enable_all()

@@ -32,6 +32,7 @@ pub fn run(data: &[u8]) {
         log_level: None,
         strict: data.len() % 2 == 1,
         blocking_threads: None,
+        read_threads: None,
     };
     let outcome = prepare(&options).and_then(|prepared| check_startable(&prepared));
     if let Err(error) = outcome {

@@ -398,6 +398,7 @@ fn start() -> Daemon {
         log_level: None,
         strict: true,
         blocking_threads: None,
+        read_threads: None,
     };
     let prepared = plinthd::setup::prepare(&options).expect("preparing the daemon");
     std::thread::Builder::new()
