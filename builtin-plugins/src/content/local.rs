@@ -606,9 +606,9 @@ impl Inner {
     /// thread serving calls — is never parked in I/O; kernels and filesystems without
     /// either flag answer `EAGAIN`/`EINVAL`/`EOPNOTSUPP`, which is `None` too.
     fn read_cached(&self, digest: &Digest, offset: u64, length: usize) -> Option<Vec<u8>> {
-        debug_assert!(length <= INLINE_READ_MAX);
         use rustix::fs::{Mode, OFlags, ResolveFlags};
         use rustix::io::ReadWriteFlags;
+        debug_assert!(length <= INLINE_READ_MAX);
         let path = self.blob_path(digest);
         let file = rustix::fs::openat2(
             rustix::fs::CWD,
