@@ -168,7 +168,6 @@ pub(crate) async fn blocking_in<T: Send + 'static>(
 /// names the work in the internal error that a panic in it becomes. The work must not wait
 /// for other work on the read pool.
 #[cfg(any(
-    feature = "content-local",
     feature = "metadata-redb",
     feature = "namespaces",
     feature = "images-service",
@@ -216,7 +215,6 @@ pub fn set_read_threads(threads: usize) {
 }
 
 #[cfg(any(
-    feature = "content-local",
     feature = "metadata-redb",
     feature = "namespaces",
     feature = "images-service",
@@ -363,40 +361,56 @@ pub fn finish_background_work() {
     snapshots::overlayfs::finish_check_cleanups();
 }
 
+/// For tests of work that must not wait for tokio's blocking pool.
+#[cfg(all(test, any(feature = "content-local", feature = "metadata-redb")))]
+pub(crate) mod test_support {
+    use std::future::Future;
+    use std::time::Duration;
+
+    /// A runtime with a single blocking thread.
+    pub(crate) fn one_blocking_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// `work`, run while the runtime's only blocking thread is held (on a
+    /// [`one_blocking_thread`] runtime): its output, or `None` when it did not finish in
+    /// 20 s, i.e. it waited for the blocking pool.
+    pub(crate) async fn with_the_blocking_pool_held<T>(work: impl Future<Output = T>) -> Option<T> {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel();
+        let occupied = tokio::task::spawn_blocking(move || {
+            let _ = started.send(());
+            held.recv().unwrap();
+        });
+        running.await.unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(20), work).await;
+        release.send(()).unwrap();
+        occupied.await.unwrap();
+        done.ok()
+    }
+}
+
 #[cfg(all(test, feature = "metadata-redb"))]
 mod pool_tests {
     use super::*;
+    use crate::test_support::{one_blocking_thread, with_the_blocking_pool_held};
 
     /// Lists run apart from the blocking pool: with the runtime's only blocking thread held
     /// until the list has answered, it still answers; a panic in one is an internal error
     /// naming the work, and the pool goes on serving.
     #[test]
     fn the_read_pool_serves_while_the_blocking_pool_is_full() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .max_blocking_threads(1)
-            .enable_all()
-            .build()
+        one_blocking_thread().block_on(async {
+            let thread = with_the_blocking_pool_held(blocking_read("a list", || {
+                Ok(std::thread::current().name().map(str::to_owned))
+            }))
+            .await
+            .expect("the list waited for the blocking pool")
             .unwrap();
-        runtime.block_on(async {
-            let (release, held) = std::sync::mpsc::channel::<()>();
-            let (started, running) = tokio::sync::oneshot::channel();
-            let occupied = tokio::task::spawn_blocking(move || {
-                let _ = started.send(());
-                held.recv().unwrap();
-            });
-            running.await.unwrap();
-            let read = tokio::time::timeout(
-                std::time::Duration::from_secs(20),
-                blocking_read("a list", || {
-                    Ok(std::thread::current().name().map(str::to_owned))
-                }),
-            )
-            .await;
-            release.send(()).unwrap();
-            occupied.await.unwrap();
-            let thread = read
-                .expect("the list waited for the blocking pool")
-                .unwrap();
             assert_eq!(thread.as_deref(), Some("plinth-read"));
 
             let panicked = blocking_read::<()>("a broken list", || panic!("broken"))

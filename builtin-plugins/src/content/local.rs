@@ -57,6 +57,14 @@ const REHASH_BUFFER: usize = 1 << 20;
 /// The largest range [`LocalStore::read_at`] copies on the calling (runtime) thread when the
 /// page cache holds it: a memory copy of this size takes tens of microseconds.
 const INLINE_READ_MAX: usize = 1 << 20;
+/// Whether `file` lives on a filesystem that holds every byte in memory (tmpfs, ramfs): a
+/// read of it never waits for a disk.
+fn in_memory(file: &impl std::os::fd::AsFd) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    rustix::fs::fstatfs(file).is_ok_and(|fs| matches!(fs.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC))
+}
+
 const DATA_FILE: &str = "data";
 const REF_FILE: &str = "ref";
 const STARTED_AT_FILE: &str = "startedat";
@@ -604,7 +612,9 @@ impl Inner {
     /// error, which the blocking read then reports with its context). The path is opened
     /// with `RESOLVE_CACHED` and read with `RWF_NOWAIT`, so the calling thread — a runtime
     /// thread serving calls — is never parked in I/O; kernels and filesystems without
-    /// either flag answer `EAGAIN`/`EINVAL`/`EOPNOTSUPP`, which is `None` too.
+    /// either flag answer `EAGAIN`/`EINVAL`/`EOPNOTSUPP`, which is `None` too, except on
+    /// tmpfs and ramfs, which refuse `RWF_NOWAIT` but keep every byte in memory: there the
+    /// read goes without it.
     fn read_cached(&self, digest: &Digest, offset: u64, length: usize) -> Option<Vec<u8>> {
         use rustix::fs::{Mode, OFlags, ResolveFlags};
         use rustix::io::ReadWriteFlags;
@@ -625,14 +635,22 @@ impl Inner {
         let wanted = usize::try_from((size - offset).min(u64::try_from(length).ok()?)).ok()?;
         let mut buffer = vec![0; wanted];
         let mut filled = 0;
+        let mut flags = ReadWriteFlags::NOWAIT;
         while filled < wanted {
-            let read = rustix::io::preadv2(
+            let read = match rustix::io::preadv2(
                 &file,
                 &mut [io::IoSliceMut::new(&mut buffer[filled..])],
                 offset + filled as u64,
-                ReadWriteFlags::NOWAIT,
-            )
-            .ok()?;
+                flags,
+            ) {
+                Ok(read) => read,
+                // tmpfs and ramfs refuse the flag, and have no disk to wait for.
+                Err(rustix::io::Errno::OPNOTSUPP) if !flags.is_empty() && in_memory(&file) => {
+                    flags = ReadWriteFlags::empty();
+                    continue;
+                }
+                Err(_) => return None,
+            };
             if read == 0 {
                 // Shorter than its size said: the blocking read reports it.
                 return None;
@@ -1498,7 +1516,20 @@ mod tests {
     /// blob, an offset past the end) so that it reports the error.
     #[tokio::test]
     async fn a_cached_read_serves_every_range_and_declines_the_errors() {
-        let dir = tempfile::tempdir().unwrap();
+        cached_reads_in(tempfile::tempdir().unwrap()).await;
+    }
+
+    /// The same on tmpfs, which refuses `RWF_NOWAIT` and holds every byte in memory.
+    #[tokio::test]
+    async fn a_cached_read_serves_every_range_on_tmpfs() {
+        let dir = tempfile::tempdir_in("/dev/shm")
+            .expect("this test needs /dev/shm, a tmpfs, as every Linux system has");
+        let file = std::fs::File::create(dir.path().join("probe")).unwrap();
+        assert!(in_memory(&file), "/dev/shm is not a tmpfs here");
+        cached_reads_in(dir).await;
+    }
+
+    async fn cached_reads_in(dir: tempfile::TempDir) {
         let store = LocalStore::open(dir.path()).unwrap();
         let blob: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
         let digest = committed(&store, &blob).await;
@@ -1534,35 +1565,16 @@ mod tests {
     /// blocking thread held until the read has answered, it still answers.
     #[test]
     fn a_cached_read_does_not_wait_for_the_blocking_pool() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .max_blocking_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        use crate::test_support::{one_blocking_thread, with_the_blocking_pool_held};
+        one_blocking_thread().block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let store = LocalStore::open(dir.path()).unwrap();
             let blob = vec![7u8; 64 * 1024];
             let digest = committed(&store, &blob).await;
-            let (release, held) = std::sync::mpsc::channel::<()>();
-            let (started, running) = tokio::sync::oneshot::channel();
-            let occupied = tokio::task::spawn_blocking(move || {
-                let _ = started.send(());
-                held.recv().unwrap();
-            });
-            running.await.unwrap();
-            let read = tokio::time::timeout(
-                Duration::from_secs(20),
-                store.read_at(&digest, 0, blob.len()),
-            )
-            .await;
-            release.send(()).unwrap();
-            occupied.await.unwrap();
-            assert_eq!(
-                read.expect("the read waited for the busy blocking pool")
-                    .unwrap(),
-                blob
-            );
+            let read = with_the_blocking_pool_held(store.read_at(&digest, 0, blob.len()))
+                .await
+                .expect("the read waited for the busy blocking pool");
+            assert_eq!(read.unwrap(), blob);
         });
     }
 
