@@ -59,6 +59,8 @@ const REHASH_BUFFER: usize = 1 << 20;
 const INLINE_READ_MAX: usize = 1 << 20;
 /// Whether `file` lives on a filesystem that holds every byte in memory (tmpfs, ramfs): a
 /// read of it never waits for a disk.
+// `f_type` is an i64 here and a u32 or i32 on other architectures, hence the cast.
+#[allow(clippy::unnecessary_cast)]
 fn in_memory(file: &impl std::os::fd::AsFd) -> bool {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
