@@ -130,6 +130,39 @@ fn one_blocking_thread_serves_every_kind_of_operation() {
     );
 }
 
+/// The names of the daemon's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let comm = task.unwrap().path().join("comm");
+            std::fs::read_to_string(comm).unwrap().trim().to_string()
+        })
+        .collect()
+}
+
+/// Lists run on the read pool (`plinth-read` threads), apart from the blocking pool; with
+/// `--read-threads 0` they run on the blocking pool and no such thread exists.
+#[test]
+fn lists_run_on_the_read_pool_unless_it_is_switched_off() {
+    for (args, pool) in [(vec![], true), (vec!["--read-threads", "0"], false)] {
+        let daemon = start(Start {
+            args: args.iter().map(ToString::to_string).collect(),
+            ..Start::default()
+        });
+        daemon.ctr(&["namespaces", "create", "lists"]).ok();
+        daemon.ctr(&["-n", "lists", "images", "ls"]).ok();
+        daemon.ctr(&["-n", "lists", "leases", "ls"]).ok();
+        // An idle pool thread lives for 10 s: long after the list has answered.
+        let names = thread_names(daemon.pid());
+        assert_eq!(
+            names.iter().any(|n| n == "plinth-read"),
+            pool,
+            "{args:?}: threads {names:?}"
+        );
+    }
+}
+
 /// The journal of a run in which each of two clients ingests a blob and creates an image on
 /// it, nothing else (a random mix of any length may leave a client with neither); `check`
 /// of it must pass on the untouched daemon.
