@@ -1531,6 +1531,20 @@ mod tests {
         cached_reads_in(dir).await;
     }
 
+    /// tmpfs is told from the disk the source tree is on (a tree on a tmpfs fails this test).
+    #[test]
+    fn in_memory_tells_tmpfs_from_a_disk() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        assert!(in_memory(
+            &std::fs::File::create(dir.path().join("probe")).unwrap()
+        ));
+        let source = std::fs::File::open(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        assert!(
+            !in_memory(&source.unwrap()),
+            "the source tree is on a tmpfs"
+        );
+    }
+
     async fn cached_reads_in(dir: tempfile::TempDir) {
         let store = LocalStore::open(dir.path()).unwrap();
         let blob: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
