@@ -123,9 +123,45 @@ pub(crate) async fn blocking<T: Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::internal(format!("{what}: {e}")))?
+    tokio::task::spawn_blocking(|| {
+        lower_this_threads_priority();
+        work()
+    })
+    .await
+    .map_err(|e| Error::internal(format!("{what}: {e}")))?
+}
+
+static BLOCKING_NICE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Sets how much lower than the threads that serve calls the threads of blocking work (the
+/// blocking pool and the read pool) run: a nice value added to theirs, 0 to 19. A host calls
+/// it once, before any plugin starts (plinthd: `--blocking-nice`). Unset, 0.
+pub fn set_blocking_nice(nice: i32) {
+    BLOCKING_NICE.store(nice.clamp(0, 19), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Lowers the calling pool thread's priority by the nice value set with
+/// [`set_blocking_nice`], once per thread.
+#[cfg(any(
+    feature = "content-local",
+    feature = "metadata-redb",
+    feature = "namespaces",
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service"
+))]
+fn lower_this_threads_priority() {
+    thread_local!(static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    let nice = BLOCKING_NICE.load(std::sync::atomic::Ordering::Relaxed);
+    if nice == 0 || LOWERED.get() {
+        return;
+    }
+    LOWERED.set(true);
+    // On Linux the "process" of setpriority(PRIO_PROCESS, 0) is the calling thread.
+    let current = rustix::process::getpriority_process(None).unwrap_or(0);
+    if let Err(error) = rustix::process::setpriority_process(None, current + nice) {
+        tracing::debug!(%error, "could not lower a blocking thread's priority");
+    }
 }
 
 /// Which pool a service's database work runs on: [`blocking`] or [`blocking_read`].
@@ -178,29 +214,92 @@ pub(crate) async fn blocking_read<T: Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    static POOL: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
-    // A runtime that is never driven: only its blocking pool is used, which starts and
-    // retires its threads on demand like the main one.
-    let pool = POOL.get_or_init(|| {
-        let threads = read_threads();
-        if threads == 0 {
-            return None;
+    static POOL: SidePool = SidePool::new("plinth-read", &READ_THREADS);
+    POOL.run(what, work).await
+}
+
+/// Runs an ingest's data write (a file write and its hashing, no sync) on the ingest pool: a
+/// few threads of its own, so that a client streaming a blob never queues behind the
+/// commits' syncs on the bounded blocking pool (ARCHITECTURE.md, "Blocking work"). With the
+/// pool switched off ([`set_ingest_threads`] of 0) it runs as [`blocking`] does. The work
+/// must not wait for other work on the ingest pool.
+#[cfg(feature = "content-local")]
+pub(crate) async fn blocking_ingest<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    static POOL: SidePool = SidePool::new("plinth-ingest", &INGEST_THREADS);
+    POOL.run(what, work).await
+}
+
+/// A pool of blocking threads apart from tokio's main one, started on first use with as many
+/// threads at most as its setting says (one per CPU unset; none at all for 0, when its work
+/// runs on the main blocking pool instead).
+#[cfg(any(
+    feature = "content-local",
+    feature = "metadata-redb",
+    feature = "namespaces",
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service"
+))]
+struct SidePool {
+    name: &'static str,
+    threads: &'static std::sync::OnceLock<usize>,
+    runtime: std::sync::OnceLock<Option<tokio::runtime::Runtime>>,
+}
+
+#[cfg(any(
+    feature = "content-local",
+    feature = "metadata-redb",
+    feature = "namespaces",
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service"
+))]
+impl SidePool {
+    const fn new(name: &'static str, threads: &'static std::sync::OnceLock<usize>) -> Self {
+        Self {
+            name,
+            threads,
+            runtime: std::sync::OnceLock::new(),
         }
-        tokio::runtime::Builder::new_current_thread()
-            .max_blocking_threads(threads)
-            .thread_name("plinth-read")
-            .build()
-            .inspect_err(|error| {
-                tracing::warn!(%error, "no read pool; lists run on the blocking pool");
-            })
-            .ok()
-    });
-    match pool {
-        Some(pool) => pool
-            .spawn_blocking(work)
-            .await
-            .map_err(|e| Error::internal(format!("{what}: {e}")))?,
-        None => blocking(what, work).await,
+    }
+
+    async fn run<T: Send + 'static>(
+        &'static self,
+        what: &'static str,
+        work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        // A runtime that is never driven: only its blocking pool is used, which starts and
+        // retires its threads on demand like the main one.
+        let runtime = self.runtime.get_or_init(|| {
+            let threads = *self.threads.get_or_init(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            if threads == 0 {
+                return None;
+            }
+            tokio::runtime::Builder::new_current_thread()
+                .max_blocking_threads(threads)
+                .thread_name(self.name)
+                .build()
+                .inspect_err(|error| {
+                    let pool = self.name;
+                    tracing::warn!(%error, pool, "no pool of its own; its work runs on the blocking pool");
+                })
+                .ok()
+        });
+        match runtime {
+            Some(runtime) => runtime
+                .spawn_blocking(|| {
+                    lower_this_threads_priority();
+                    work()
+                })
+                .await
+                .map_err(|e| Error::internal(format!("{what}: {e}")))?,
+            None => blocking(what, work).await,
+        }
     }
 }
 
@@ -214,16 +313,14 @@ pub fn set_read_threads(threads: usize) {
     let _ = READ_THREADS.set(threads);
 }
 
-#[cfg(any(
-    feature = "metadata-redb",
-    feature = "namespaces",
-    feature = "images-service",
-    feature = "containers-service",
-    feature = "leases-service"
-))]
-fn read_threads() -> usize {
-    *READ_THREADS
-        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+static INGEST_THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Sets how many threads the ingest pool, which writes and hashes the data of content
+/// ingests apart from the commits, may use at once: `0` runs that work on tokio's blocking
+/// pool with everything else. A host calls it once, before any plugin starts (plinthd:
+/// `--ingest-threads`); later calls change nothing. Unset, the pool has one thread per CPU.
+pub fn set_ingest_threads(threads: usize) {
+    let _ = INGEST_THREADS.set(threads);
 }
 
 /// Runs `work` on a thread of its own and awaits it: for work that blocks on other async
@@ -424,5 +521,35 @@ mod pool_tests {
             );
             assert_eq!(blocking_read("again", || Ok(7)).await.unwrap(), 7);
         });
+    }
+
+    /// The pools' threads run below the threads that serve calls by the nice value set:
+    /// the blocking pool's and the read pool's, each once however much work it runs, while
+    /// the thread that awaits them keeps its own.
+    #[test]
+    fn blocking_work_runs_at_the_lower_priority_set() {
+        fn nice() -> i32 {
+            rustix::process::getpriority_process(None).unwrap()
+        }
+        std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let serving = nice();
+                set_blocking_nice(3);
+                for _ in 0..3 {
+                    assert_eq!(blocking("work", || Ok(nice())).await.unwrap(), serving + 3);
+                    assert_eq!(
+                        blocking_read("a list", || Ok(nice())).await.unwrap(),
+                        serving + 3
+                    );
+                }
+                assert_eq!(nice(), serving);
+                set_blocking_nice(0);
+            });
+        })
+        .join()
+        .unwrap();
     }
 }

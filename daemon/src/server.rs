@@ -194,6 +194,10 @@ pub fn serve(prepared: Prepared) -> anyhow::Result<()> {
     if let Some(threads) = prepared.options.read_threads {
         plinth_builtin_plugins::set_read_threads(threads);
     }
+    if let Some(threads) = prepared.options.ingest_threads {
+        plinth_builtin_plugins::set_ingest_threads(threads);
+    }
+    plinth_builtin_plugins::set_blocking_nice(prepared.options.blocking_nice());
     let result = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(prepared.options.blocking_threads())
         .enable_all()

@@ -38,6 +38,14 @@ pub struct Options {
     /// the blocking pool [default: 1 per CPU]
     #[arg(long, global = true, value_name = "N")]
     pub read_threads: Option<usize>,
+    /// Threads that write and hash the data of content ingests, apart from the blocking
+    /// pool's commits; 0 runs that on the blocking pool [default: 1 per CPU]
+    #[arg(long, global = true, value_name = "N")]
+    pub ingest_threads: Option<usize>,
+    /// How much lower the threads of blocking work (the blocking, read and ingest pools) run
+    /// than the threads that serve calls, as a nice value from 0 to 19 [default: 10]
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub blocking_nice: Option<i32>,
 }
 
 impl Options {
@@ -54,6 +62,19 @@ impl Options {
             || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) * 3,
             std::num::NonZeroUsize::get,
         )
+    }
+
+    /// The nice value the threads of blocking work add to the serving threads':
+    /// `--blocking-nice`, or 10.
+    ///
+    /// The runtime's few threads serve every call, the cheap ones (a point read, a cached
+    /// read) on the spot; the pools' threads do the bulk (syncs, hashing, lists). At equal
+    /// priority the kernel shares the CPUs among all of them alike, and a point read waits
+    /// behind bulk work it does not need (BENCHMARKS.md, "Load"). Lower, the pools still get
+    /// every CPU the serving threads leave idle.
+    #[must_use]
+    pub fn blocking_nice(&self) -> i32 {
+        self.blocking_nice.unwrap_or(10)
     }
 }
 

@@ -33,6 +33,8 @@ pub fn run(data: &[u8]) {
         strict: data.len() % 2 == 1,
         blocking_threads: None,
         read_threads: None,
+        ingest_threads: None,
+        blocking_nice: None,
     };
     let outcome = prepare(&options).and_then(|prepared| check_startable(&prepared));
     if let Err(error) = outcome {

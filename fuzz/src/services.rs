@@ -399,6 +399,8 @@ fn start() -> Daemon {
         strict: true,
         blocking_threads: None,
         read_threads: None,
+        ingest_threads: None,
+        blocking_nice: None,
     };
     let prepared = plinthd::setup::prepare(&options).expect("preparing the daemon");
     std::thread::Builder::new()

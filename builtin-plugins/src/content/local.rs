@@ -1408,14 +1408,17 @@ impl LocalWriter {
         op: impl FnOnce(&mut WriterState, &Inner) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let (state, inner) = (Arc::clone(&self.state), Arc::clone(&self.inner));
-        blocking(move || {
-            let mut state = state.lock().map_err(|_| {
-                Error::internal("content writer failed earlier (a task panicked); open a new one")
-            })?;
-            op(&mut state, &inner)
-        })
-        .await
+        blocking(move || op(&mut *lock_writer(&state)?, &inner)).await
     }
+}
+
+/// The writer's state, for the task that does its I/O.
+fn lock_writer(
+    state: &Mutex<WriterState>,
+) -> Result<std::sync::MutexGuard<'_, WriterState>, Error> {
+    state.lock().map_err(|_| {
+        Error::internal("content writer failed earlier (a task panicked); open a new one")
+    })
 }
 
 #[tonic::async_trait]
@@ -1433,7 +1436,12 @@ impl ContentWriter for LocalWriter {
     }
 
     async fn write_owned(&mut self, data: Vec<u8>) -> Result<(), Error> {
-        self.with_state(move |state, _| state.write(&data)).await
+        // No sync here: on the ingest pool, never queued behind the commits' syncs.
+        let state = Arc::clone(&self.state);
+        crate::blocking_ingest("content store task failed", move || {
+            lock_writer(&state)?.write(&data)
+        })
+        .await
     }
 
     async fn truncate(&mut self, size: i64) -> Result<(), Error> {
@@ -1591,6 +1599,37 @@ mod tests {
                 .await
                 .expect("the read waited for the busy blocking pool");
             assert_eq!(read.unwrap(), blob);
+        });
+    }
+
+    /// An ingest's data writes do not queue behind blocking work (the commits' syncs): with
+    /// the runtime's only blocking thread held until they have answered, they still answer,
+    /// on the ingest pool, and the blob they wrote commits whole.
+    #[test]
+    fn ingest_writes_do_not_wait_for_the_blocking_pool() {
+        use crate::test_support::{one_blocking_thread, with_the_blocking_pool_held};
+        one_blocking_thread().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = LocalStore::open(dir.path()).unwrap();
+            let blob: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+            let digest = Digest::of(&blob);
+            let mut writer = store
+                .writer("pool", blob.len() as i64, Some(digest.clone()))
+                .await
+                .unwrap();
+            let (first, second) = blob.split_at(70_000);
+            with_the_blocking_pool_held(async {
+                writer.write(first).await.unwrap();
+                writer.write_owned(second.to_vec()).await.unwrap();
+            })
+            .await
+            .expect("an ingest write waited for the busy blocking pool");
+            assert_eq!(writer.status().await.unwrap().offset, blob.len() as i64);
+            writer
+                .commit(blob.len() as i64, Some(digest.clone()), Labels::new())
+                .await
+                .unwrap();
+            assert_eq!(store.read_at(&digest, 0, blob.len()).await.unwrap(), blob);
         });
     }
 

@@ -165,6 +165,78 @@ fn lists_run_on_the_read_pool_unless_it_is_switched_off() {
     }
 }
 
+/// Each thread of the daemon with its name and nice value (`/proc/<pid>/task/*/stat`).
+fn thread_priorities(pid: u32) -> Vec<(String, i32)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let task = task.unwrap().path();
+            let comm = std::fs::read_to_string(task.join("comm")).unwrap();
+            let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+            // After the name in parentheses: state is field 3, nice field 19.
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            (comm.trim().to_string(), fields[16].parse().unwrap())
+        })
+        .collect()
+}
+
+/// The pools' threads run below the threads that serve calls: with `--blocking-nice 6` the
+/// read pool's, the ingest pool's and the blocking threads a commit used are at nice 6, the
+/// runtime's own threads at 0; with the default, at 10; with 0, every thread at 0.
+#[test]
+fn pool_threads_run_below_the_threads_that_serve_calls() {
+    for (args, nice) in [
+        (vec!["--blocking-nice", "6"], 6),
+        (vec![], 10),
+        (vec!["--blocking-nice", "0"], 0),
+    ] {
+        let daemon = start(Start {
+            args: args.iter().map(ToString::to_string).collect(),
+            ..Start::default()
+        });
+        daemon.ctr(&["namespaces", "create", "pools"]).ok();
+        daemon.ctr(&["-n", "pools", "images", "ls"]).ok();
+        let blob = daemon.dir().join("blob");
+        std::fs::write(&blob, vec![5u8; 100_000]).unwrap();
+        daemon
+            .ctr_files(
+                &["-n", "pools", "content", "ingest", "b"],
+                Some(&blob),
+                None,
+            )
+            .ok();
+        // An idle pool thread lives for 10 s: long after the calls have answered.
+        let threads = thread_priorities(daemon.pid());
+        let of = |name: &str| -> Vec<i32> {
+            threads
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, p)| *p)
+                .collect()
+        };
+        for pool in ["plinth-read", "plinth-ingest"] {
+            assert!(
+                !of(pool).is_empty(),
+                "{args:?}: no {pool} thread in {threads:?}"
+            );
+            assert!(of(pool).iter().all(|&p| p == nice), "{args:?}: {threads:?}");
+        }
+        // The runtime's threads and the blocking pool's share the name plinthd: one per CPU
+        // serves calls, the commit's ran at the pool's priority.
+        let plinthd = of("plinthd");
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert!(
+            plinthd.iter().filter(|&&p| p == 0).count() >= cpus,
+            "{args:?}: {threads:?}"
+        );
+        assert!(plinthd.contains(&nice), "{args:?}: {threads:?}");
+        assert!(
+            plinthd.iter().all(|&p| p == 0 || p == nice),
+            "{args:?}: {threads:?}"
+        );
+    }
+}
+
 /// The journal of a run in which each of two clients ingests a blob and creates an image on
 /// it, nothing else (a random mix of any length may leave a client with neither); `check`
 /// of it must pass on the untouched daemon.
