@@ -8,12 +8,14 @@
 #
 # Usage: ./scripts/bench-plinthd-ab.sh "FLAGS A" "FLAGS B" ...   ("" for the defaults)
 #   e.g. ./scripts/bench-plinthd-ab.sh "--blocking-threads 512" ""
+# A variant that starts with @PATH runs the plinthd binary at PATH (e.g. a copy built from
+# another commit) instead of target/release/plinthd: "@/tmp/plinthd-old" "".
 # Environment: ROUNDS (default 3), CLIENTS (default 64), DURATION (default 12s), RATE (calls
 # per second in all; default: unpaced), OPS (the rows to print, a regular expression;
 # default: every row), SKIP_BUILD=1 to use the existing target/release binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-(( $# >= 1 )) || { sed -n '2,13p' "$0" >&2; exit 2; }
+(( $# >= 1 )) || { sed -n '2,15p' "$0" >&2; exit 2; }
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     echo "building plinthd and plinth-load (release)..." >&2
     cargo build --release -p plinthd --bins >&2
@@ -40,8 +42,14 @@ for round in $(seq "${ROUNDS:-3}"); do
         dir=$work/d
         mkdir -p "$dir"
         printf 'version = 3\n' > "$dir/config.toml"
+        bin=target/release/plinthd
+        if [[ $flags == @* ]]; then
+            bin=${flags%% *}
+            bin=${bin#@}
+            flags=${flags#"@$bin"}
+        fi
         # shellcheck disable=SC2086 # the flags are words
-        target/release/plinthd --config "$dir/config.toml" --root "$dir/root" --state "$dir/state" \
+        "$bin" --config "$dir/config.toml" --root "$dir/root" --state "$dir/state" \
             --address "$dir/d.sock" --log-level warn $flags 2> "$dir/log" &
         pid=$!
         for _ in $(seq 200); do

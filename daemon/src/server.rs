@@ -199,6 +199,7 @@ pub fn serve(prepared: Prepared) -> anyhow::Result<()> {
     }
     plinth_builtin_plugins::set_blocking_nice(prepared.options.blocking_nice());
     let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(prepared.options.worker_threads())
         .max_blocking_threads(prepared.options.blocking_threads())
         .enable_all()
         .thread_name("plinthd")

@@ -30,6 +30,9 @@ pub struct Options {
     /// Treat every config report (unknown keys, unknown plugins) as an error
     #[arg(long, global = true)]
     pub strict: bool,
+    /// Threads that serve calls (the async runtime's workers) [default: 2 per CPU]
+    #[arg(long, global = true, value_name = "N")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
     /// Most threads for blocking work at once (file I/O, database transactions); more
     /// queue [default: 3 per CPU]
     #[arg(long, global = true, value_name = "N")]
@@ -60,6 +63,21 @@ impl Options {
     pub fn blocking_threads(&self) -> usize {
         self.blocking_threads.map_or_else(
             || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) * 3,
+            std::num::NonZeroUsize::get,
+        )
+    }
+
+    /// The number of the runtime's worker threads, which serve every call:
+    /// `--worker-threads`, or two per CPU.
+    ///
+    /// More than one per CPU: a worker the kernel preempts (for a pool thread, or another
+    /// process) holds up every call queued on it until it runs again, and so does one busy
+    /// with a cached read or a large message; with two per CPU the kernel shares the CPUs
+    /// among twice as many queues (BENCHMARKS.md, "Load").
+    #[must_use]
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) * 2,
             std::num::NonZeroUsize::get,
         )
     }
