@@ -673,7 +673,7 @@ impl Inner {
 
     fn status(&self, reference: &str) -> Result<Status, Error> {
         match read_ingest_status(&self.ingest_dir(reference))? {
-            Some((status, _)) if status.reference == reference => Ok(status),
+            Some(status) if status.reference == reference => Ok(status),
             _ => Err(Error::not_found(format!(
                 "ingest ref {reference:?}: not found"
             ))),
@@ -695,7 +695,7 @@ impl Inner {
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            let Some((status, _)) = read_ingest_status(&entry.path())? else {
+            let Some(status) = read_ingest_status(&entry.path())? else {
                 continue;
             };
             if filter.matches(|path| match path {
@@ -754,7 +754,7 @@ impl Inner {
         total: i64,
         expected: Option<&Digest>,
     ) -> Result<Option<WriterState>, Error> {
-        let Some((mut status, status_file)) = read_ingest_status(dir)? else {
+        let Some(mut status) = read_ingest_status(dir)? else {
             return Ok(None);
         };
         if status.reference != reference {
@@ -776,7 +776,8 @@ impl Inner {
                 return Ok(None);
             }
         }
-        let mut changed = status_file == StatusFile::Legacy;
+        // Rewritten only when something changed: every write is an inode (see STATUS_FILE).
+        let mut changed = false;
         if status.total == 0 && total > 0 {
             status.total = total;
             changed = true;
@@ -934,7 +935,7 @@ fn info_field(info: &Info, path: &[String]) -> Option<String> {
 }
 
 /// The status of the ingest in `dir`, or `None` when it is missing or incomplete.
-fn read_ingest_status(dir: &Path) -> Result<Option<(Status, StatusFile)>, Error> {
+fn read_ingest_status(dir: &Path) -> Result<Option<Status>, Error> {
     let read = |name: &str| -> Result<Option<String>, Error> {
         let path = dir.join(name);
         match fs::read(&path) {
@@ -969,14 +970,11 @@ fn read_ingest_status(dir: &Path) -> Result<Option<(Status, StatusFile)>, Error>
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
     if let Some(parsed) = file {
         // Writes do not rewrite the status; the data file's mtime may be newer.
-        return Ok(Some((
-            Status {
-                offset: to_i64(meta.len()),
-                updated_at: parsed.updated_at.max(modified),
-                ..parsed
-            },
-            StatusFile::Current,
-        )));
+        return Ok(Some(Status {
+            offset: to_i64(meta.len()),
+            updated_at: parsed.updated_at.max(modified),
+            ..parsed
+        }));
     }
     let started_at = read(STARTED_AT_FILE)?
         .and_then(|text| parse_time(&text))
@@ -989,26 +987,14 @@ fn read_ingest_status(dir: &Path) -> Result<Option<(Status, StatusFile)>, Error>
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(0);
     let expected = read(EXPECTED_FILE)?.and_then(|text| Digest::parse(text.trim()).ok());
-    Ok(Some((
-        Status {
-            reference,
-            offset: to_i64(meta.len()),
-            total,
-            expected,
-            started_at,
-            updated_at,
-        },
-        StatusFile::Legacy,
-    )))
-}
-
-/// Which layout an ingest's status was read from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StatusFile {
-    /// The status file.
-    Current,
-    /// containerd's one file per field, written by stores before the status file.
-    Legacy,
+    Ok(Some(Status {
+        reference,
+        offset: to_i64(meta.len()),
+        total,
+        expected,
+        started_at,
+        updated_at,
+    }))
 }
 
 /// Writes an ingest's status file (its offset is the data file's size, not recorded).
@@ -2162,11 +2148,59 @@ mod tests {
                 status.reference.as_str(),
                 status.offset,
                 status.total,
-                status.expected
+                status.expected.clone()
             ),
             ("a ref, spaced", 2, 3, Some(digest.clone()))
         );
         assert!(status.started_at <= status.updated_at);
+
+        // Resumed with what it holds, the status is not written again (each write is an
+        // inode); the data's mtime, when newer, is the time it was updated.
+        let inode = |path: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap());
+        let before = inode(&ingest.join(STATUS_FILE));
+        let writer = store
+            .writer("a ref, spaced", 3, Some(digest.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            inode(&ingest.join(STATUS_FILE)),
+            before,
+            "status rewritten unchanged"
+        );
+        let later = status.updated_at + std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(ingest.join(DATA_FILE))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(
+            store.status("a ref, spaced").await.unwrap().updated_at,
+            later
+        );
+        drop(writer);
+        let unknown = store.writer("unknown size", 0, None).await.unwrap();
+        unknown.close().await.unwrap();
+        let unknown_status = dir
+            .path()
+            .join("ingest")
+            .join(Digest::of(b"unknown size").hex())
+            .join(STATUS_FILE);
+        let before = inode(&unknown_status);
+        drop(store.writer("unknown size", 0, None).await.unwrap());
+        assert_eq!(inode(&unknown_status), before, "status rewritten unchanged");
+
+        // A status naming another ref (a directory someone copied) is no ingest of this one.
+        write_status(
+            &ingest,
+            &Status {
+                reference: "another".into(),
+                ..status.clone()
+            },
+        )
+        .unwrap();
+        let error = store.status("a ref, spaced").await.unwrap_err();
+        assert_eq!(error.category, plinth_core::Category::NotFound);
 
         for garbled in [
             "",
@@ -2231,6 +2265,10 @@ mod tests {
         assert!(
             ingest.join(STATUS_FILE).is_file(),
             "the expected digest is recorded"
+        );
+        assert!(
+            !ingest.join(EXPECTED_FILE).exists(),
+            "in the status file only"
         );
         let status = store.status("old").await.unwrap();
         assert_eq!(status.expected, Some(digest.clone()));
