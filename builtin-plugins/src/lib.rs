@@ -134,8 +134,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
 static BLOCKING_NICE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 /// Sets how much lower than the threads that serve calls the threads of blocking work (the
-/// blocking pool and the read pool) run: a nice value added to theirs, 0 to 19. A host calls
-/// it once, before any plugin starts (plinthd: `--blocking-nice`). Unset, 0.
+/// blocking pool, the read pool and the ingest pool) run: a nice value added to theirs, 0 to
+/// 19. A host calls it once, before any plugin starts (plinthd: `--blocking-nice`); a thread
+/// lowers itself on its first task and never rises again. Unset, 0.
 pub fn set_blocking_nice(nice: i32) {
     BLOCKING_NICE.store(nice.clamp(0, 19), std::sync::atomic::Ordering::Relaxed);
 }

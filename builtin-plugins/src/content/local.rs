@@ -265,10 +265,14 @@ impl Inner {
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            if (path.join(STATUS_FILE).is_file() || path.join(REF_FILE).is_file())
-                && path.join(DATA_FILE).is_file()
-            {
-                continue;
+            match read_ingest_status(&path) {
+                Ok(Some(_)) => continue,
+                // What cannot be read is not removed: its error names it to whoever asks.
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "unreadable ingest kept");
+                    continue;
+                }
+                Ok(None) => {}
             }
             tracing::info!(path = %path.display(), "removing incomplete ingest left by a crash");
             if let Err(e) = fs::remove_dir_all(&path) {
@@ -948,11 +952,13 @@ fn read_ingest_status(dir: &Path) -> Result<Option<Status>, Error> {
     let (reference, file) = match &status {
         Some(text) => {
             let Some(parsed) = parse_status(text) else {
-                return Err(Error::internal(format!(
-                    "ingest status {} is not one this store wrote; abort the ingest (or remove \
-                     its directory) and write it again",
-                    dir.join(STATUS_FILE).display()
-                )));
+                // Half written when the machine went down (it is renamed into place unsynced),
+                // or not ours: no ingest, as one without a ref file; a writer starts over.
+                tracing::warn!(
+                    path = %dir.join(STATUS_FILE).display(),
+                    "ingest status unreadable; the ingest starts over"
+                );
+                return Ok(None);
             };
             (parsed.reference.clone(), Some(parsed))
         }
@@ -2116,13 +2122,15 @@ mod tests {
         fs::create_dir(&status).unwrap();
         let error = store.status("ingest").await.unwrap_err();
         assert_internal_naming(&error, &status);
+        // What cannot be read is not taken for a crash's leftover when the store opens.
+        drop(LocalStore::open(dir.path()).unwrap());
+        assert!(status.is_dir(), "left as it was");
     }
 
     /// An ingest keeps its ref, total, expected digest and times in one status file: three
-    /// inodes in all (directory, data, status). A status file this store did not write is an
-    /// error naming it and saying what to do, never a guess.
+    /// inodes in all (directory, data, status), the status rewritten only when it changes.
     #[tokio::test]
-    async fn an_ingest_is_three_files_and_a_garbled_status_is_named() {
+    async fn an_ingest_is_three_files_and_a_garbled_status_starts_over() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path()).unwrap();
         let digest = Digest::of(b"abc");
@@ -2202,26 +2210,35 @@ mod tests {
         let error = store.status("a ref, spaced").await.unwrap_err();
         assert_eq!(error.category, plinth_core::Category::NotFound);
 
+        // A status half written when the machine went down (renamed into place unsynced),
+        // or not this store's: no ingest, as one without a ref file. A writer starts over,
+        // and a store opened on it removes it as a crash's leftover.
         for garbled in [
             "",
-            "plinth-ingest 2\ntotal 3\nref x",
-            "plinth-ingest 1\ntotal x\nref x",
+            "plinth-ingest 2\ntotal 3\nref a ref, spaced",
+            "plinth-ingest 1\ntotal x\nref a ref, spaced",
+            "plinth-ingest 1\ntotal 3\nstarted 2026-11-30T10:00:00Z\nupdated never\nref a ref, spaced",
         ] {
             fs::write(ingest.join(STATUS_FILE), garbled).unwrap();
             let error = store.status("a ref, spaced").await.unwrap_err();
             assert_eq!(
                 error.category,
-                plinth_core::Category::Internal,
+                plinth_core::Category::NotFound,
                 "{garbled:?}"
             );
             assert!(
-                error
-                    .message
-                    .contains(&ingest.join(STATUS_FILE).display().to_string())
-                    && error.message.contains("abort the ingest"),
-                "{garbled:?}: {}",
-                error.message
+                store
+                    .list_statuses(&[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|s| s.reference != "a ref, spaced")
             );
+            drop(LocalStore::open(dir.path()).unwrap());
+            assert!(!ingest.exists(), "{garbled:?}: left at open");
+            let writer = store.writer("a ref, spaced", 3, None).await.unwrap();
+            assert_eq!(writer.status().await.unwrap().offset, 0, "{garbled:?}");
+            writer.close().await.unwrap();
         }
     }
 
