@@ -132,17 +132,6 @@ fn one_blocking_thread_serves_every_kind_of_operation() {
     );
 }
 
-/// The names of the daemon's threads.
-fn thread_names(pid: u32) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .map(|task| {
-            let comm = task.unwrap().path().join("comm");
-            std::fs::read_to_string(comm).unwrap().trim().to_string()
-        })
-        .collect()
-}
-
 /// Lists run on the read pool (`plinth-read` threads), apart from the blocking pool; with
 /// `--read-threads 0` they run on the blocking pool and no such thread exists.
 #[test]
@@ -156,7 +145,10 @@ fn lists_run_on_the_read_pool_unless_it_is_switched_off() {
         daemon.ctr(&["-n", "lists", "images", "ls"]).ok();
         daemon.ctr(&["-n", "lists", "leases", "ls"]).ok();
         // An idle pool thread lives for 10 s: long after the list has answered.
-        let names = thread_names(daemon.pid());
+        let names: Vec<String> = thread_priorities(daemon.pid())
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         assert_eq!(
             names.iter().any(|n| n == "plinth-read"),
             pool,
