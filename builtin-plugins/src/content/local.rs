@@ -2084,6 +2084,35 @@ mod tests {
         );
     }
 
+    /// What a crash left to delete (`removing/`) and cannot be removed stops the store from
+    /// opening with an error naming it, instead of being passed over and kept for ever; only
+    /// its absence is no error.
+    #[test]
+    fn leftovers_that_cannot_be_removed_stop_the_open_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(LocalStore::open(dir.path()).unwrap());
+        fs::create_dir_all(dir.path().join("removing/sha256")).unwrap();
+        fs::write(dir.path().join("removing/sha256/gone"), b"deleted blob").unwrap();
+        drop(LocalStore::open(dir.path()).unwrap());
+        assert!(
+            !dir.path().join("removing").exists(),
+            "the leftovers were kept"
+        );
+
+        // Not a directory: remove_dir_all refuses it.
+        fs::write(dir.path().join("removing"), b"not a directory").unwrap();
+        let error = LocalStore::open(dir.path())
+            .err()
+            .expect("opened over leftovers it kept");
+        assert_eq!(error.category, plinth_core::Category::Internal, "{error}");
+        assert!(
+            error
+                .message
+                .contains(&dir.path().join("removing").display().to_string()),
+            "{error}"
+        );
+    }
+
     /// A blob or an ingest that cannot be read or removed for a reason other than its
     /// absence is an internal error naming the path, never NotFound: a client told NotFound
     /// takes the blob for gone and writes it again, or forgets it.
