@@ -2101,9 +2101,9 @@ mod tests {
 
         // Not a directory: remove_dir_all refuses it.
         fs::write(dir.path().join("removing"), b"not a directory").unwrap();
-        let error = LocalStore::open(dir.path())
-            .err()
-            .expect("opened over leftovers it kept");
+        let Err(error) = LocalStore::open(dir.path()) else {
+            panic!("opened over leftovers it kept");
+        };
         assert_eq!(error.category, plinth_core::Category::Internal, "{error}");
         assert!(
             error
