@@ -131,6 +131,9 @@ pub(crate) struct GcState {
     /// collection scans the whole store only while it is set; otherwise it deletes only the
     /// blobs of the records its sweep removed, and takes no lock when there are none.
     content_dirty: std::sync::atomic::AtomicBool,
+    /// The removal of stale lease resource rows that the last collection started, if any
+    /// ([`Metadata::remove_stale_resources_behind`]).
+    stale_cleanup: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Set while a content change is between the store and the records: dropped before
@@ -165,6 +168,7 @@ impl Default for GcState {
             between: Arc::new(|| {}),
             barrier: Arc::default(),
             content_dirty: std::sync::atomic::AtomicBool::new(true),
+            stale_cleanup: std::sync::Mutex::default(),
         }
     }
 }
@@ -281,6 +285,8 @@ struct Graph {
     /// Leases to remove: (namespace, id).
     expired: Vec<(String, String)>,
     next_expiry: Option<SystemTime>,
+    /// Some lease resource row belongs to no live lease (see [`remove_stale_resources`]).
+    stale_resources: bool,
 }
 
 /// The write barrier: while a collection is between its mark's snapshot and its sweep, every
@@ -586,10 +592,23 @@ where
             }
             live.insert((ns.to_string(), id.to_string()), flat);
         }
+        // Rows come sorted by lease: one lookup per lease, not per row.
+        let mut last: Option<((String, String), Option<bool>)> = None;
         for item in self.resources.iter().map_err(storage)? {
             let (key, _) = item.map_err(storage)?;
             let (ns, lease, kind, id) = key.value();
-            let Some(&flat) = live.get(&(ns.to_string(), lease.to_string())) else {
+            let held = match &last {
+                Some(((n, l), held)) if n == ns && l == lease => *held,
+                _ => {
+                    let id = (ns.to_string(), lease.to_string());
+                    let held = live.get(&id).copied();
+                    last = Some((id, held));
+                    held
+                }
+            };
+            let Some(flat) = held else {
+                // A deleted or expired lease's row: removed after the collection.
+                graph.stale_resources = true;
                 continue;
             };
             if kind == "content" {
@@ -627,6 +646,8 @@ struct Garbage {
     snapshots: Vec<(SnapshotId, String)>,
     leases: Vec<(String, String)>,
     next_expiry: Option<SystemTime>,
+    /// Lease resource rows of leases that are gone (or expired) are left to remove.
+    stale_resources: bool,
 }
 
 impl Graph {
@@ -668,6 +689,7 @@ impl Graph {
             snapshots,
             expired,
             next_expiry,
+            stale_resources,
             ..
         } = &self;
         let garbage_content = content
@@ -685,6 +707,7 @@ impl Graph {
             snapshots: garbage_snapshots,
             leases: expired.clone(),
             next_expiry: *next_expiry,
+            stale_resources: *stale_resources,
         }
     }
 
@@ -888,27 +911,89 @@ fn sweep(txn: &redb::WriteTransaction, garbage: &Garbage) -> Result<(), Error> {
         }
     }
     {
+        // The expired leases' records only: their resource rows are removed after the
+        // collection has answered, outside the writers' wait ([`remove_stale_resources`]).
         let mut leases = txn.open_table(LEASES).map_err(storage)?;
-        let mut resources = txn.open_table(LEASE_RESOURCES).map_err(storage)?;
         for (ns, id) in &garbage.leases {
             leases.remove((ns.as_str(), id.as_str())).map_err(storage)?;
-            let keys: Vec<(String, String)> = resources
-                .range((ns.as_str(), id.as_str(), "", "")..)
-                .map_err(storage)?
-                .map_while(|item| {
-                    let (k, _) = item.ok()?;
-                    let (n, l, kind, rid) = k.value();
-                    (n == ns && l == id).then(|| (kind.to_string(), rid.to_string()))
-                })
-                .collect();
-            for (kind, rid) in &keys {
-                resources
-                    .remove((ns.as_str(), id.as_str(), kind.as_str(), rid.as_str()))
-                    .map_err(storage)?;
-            }
         }
     }
     Ok(())
+}
+
+/// A lease resource row's key, owned: (namespace, lease, kind, id).
+type ResourceRow = (String, String, String, String);
+
+/// Resource rows removed per write transaction by [`remove_stale_resources`]: the writers
+/// wait for one batch at most (a few tens of milliseconds).
+const STALE_BATCH: usize = 4096;
+
+/// Removes up to [`STALE_BATCH`] lease resource rows whose lease no longer exists (a deleted
+/// lease leaves its rows: see `LeaseManager::delete` in `objects.rs`), from `from` on, in one
+/// write transaction. Returns how many it removed and where the next batch starts (`None`
+/// when it reached the end of the table).
+///
+/// Rows of a lease that exists are never removed: the check and the removal are in one
+/// write transaction, and a lease created under a deleted one's id removes the old rows in
+/// its own (so they are never taken for its resources). Nothing reads the rows of a lease
+/// that does not exist, so removing them changes no answer and no collection.
+///
+/// # Errors
+/// Storage failure (nothing removed).
+pub(crate) fn remove_stale_resources(
+    db: &Db,
+    from: Option<ResourceRow>,
+) -> Result<(u64, Option<ResourceRow>), Error> {
+    let txn = db.begin_write()?;
+    let (stale, next) = {
+        let leases = txn.open_table(LEASES).map_err(storage)?;
+        let resources = txn.open_table(LEASE_RESOURCES).map_err(storage)?;
+        let start = from.as_ref().map_or(("", "", "", ""), |(n, l, k, i)| {
+            (n.as_str(), l.as_str(), k.as_str(), i.as_str())
+        });
+        let mut stale = Vec::new();
+        let mut next = None;
+        // Whether the lease of the rows just read exists: rows come sorted by lease.
+        let mut last: Option<((String, String), bool)> = None;
+        for item in resources.range(start..).map_err(storage)? {
+            let (key, ()) = item.map(|(k, _)| (k, ())).map_err(storage)?;
+            let (ns, lease, kind, id) = key.value();
+            let owned = || {
+                (
+                    ns.to_string(),
+                    lease.to_string(),
+                    kind.to_string(),
+                    id.to_string(),
+                )
+            };
+            if stale.len() == STALE_BATCH {
+                next = Some(owned());
+                break;
+            }
+            let exists = match &last {
+                Some(((n, l), exists)) if n == ns && l == lease => *exists,
+                _ => {
+                    let exists = leases.get((ns, lease)).map_err(storage)?.is_some();
+                    last = Some(((ns.to_string(), lease.to_string()), exists));
+                    exists
+                }
+            };
+            if !exists {
+                stale.push(owned());
+            }
+        }
+        (stale, next)
+    };
+    {
+        let mut resources = txn.open_table(LEASE_RESOURCES).map_err(storage)?;
+        for (ns, lease, kind, id) in &stale {
+            resources
+                .remove((ns.as_str(), lease.as_str(), kind.as_str(), id.as_str()))
+                .map_err(storage)?;
+        }
+    }
+    txn.commit()?;
+    Ok((stale.len() as u64, next))
 }
 
 /// The outcome of the mark and the sweep.
@@ -1358,9 +1443,68 @@ impl Metadata {
             rechecked = swept.rechecked,
             "collected"
         );
+        if swept.garbage.stale_resources || !swept.garbage.leases.is_empty() {
+            self.remove_stale_resources_behind();
+        }
         blobs?;
         backend_snapshots?;
         Ok(stats)
+    }
+
+    /// Starts removing, behind the collection's answer, the resource rows of leases that no
+    /// longer exist, a batch per write transaction ([`remove_stale_resources`]); nothing
+    /// when the removal a collection started earlier is still running (the next collection
+    /// finds what it leaves).
+    fn remove_stale_resources_behind(&self) {
+        let mut running = self
+            .gc
+            .stale_cleanup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if running.as_ref().is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        let db = Arc::clone(&self.db);
+        *running = Some(tokio::spawn(async move {
+            let start = Instant::now();
+            let mut removed = 0;
+            let mut from = None;
+            loop {
+                let db = Arc::clone(&db);
+                match blocking(move || remove_stale_resources(&db, from)).await {
+                    Ok((n, next)) => {
+                        removed += n;
+                        match next {
+                            Some(next) => from = Some(next),
+                            None => break,
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not remove the resource rows of deleted leases; the next collection tries again");
+                        return;
+                    }
+                }
+            }
+            tracing::debug!(
+                removed,
+                ms = start.elapsed().as_secs_f64() * 1e3,
+                "removed the resource rows of deleted leases"
+            );
+        }));
+    }
+
+    /// Waits for the removal of stale lease resource rows the last collection started.
+    #[cfg(test)]
+    pub(crate) async fn stale_resources_removed(&self) {
+        let task = self
+            .gc
+            .stale_cleanup
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.await.unwrap();
+        }
     }
 }
 
@@ -1675,6 +1819,135 @@ mod tests {
             .map(|l| l.id)
             .collect();
         assert_eq!(ids, ["flat", "live"]);
+    }
+
+    /// The lease resource rows of namespace `ns`, as (lease, kind, id).
+    fn resource_rows(f: &Fixture, ns: &str) -> Vec<(String, String, String)> {
+        let txn = f.metadata.db.begin_read().unwrap();
+        let table = txn.open_table(LEASE_RESOURCES).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|item| {
+                let (key, ()) = item.map(|(k, _)| (k, ())).unwrap();
+                let (n, l, k, i) = key.value();
+                (n.to_string(), (l.to_string(), k.to_string(), i.to_string()))
+            })
+            .filter(|(n, _)| n == ns)
+            .map(|(_, row)| row)
+            .collect()
+    }
+
+    /// A lease created under the id of a deleted one starts empty: the rows the old one left
+    /// (removed only after a collection) are not its resources, and keep nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_created_again_does_not_hold_what_the_deleted_one_held() {
+        let f = fixture(SharingPolicy::Shared, None);
+        let leases: &dyn LeaseManager = f.metadata.as_ref();
+        leases.create("a", "l", Labels::new()).unwrap();
+        let digest = blob(&f, "a", "held by the old lease", Labels::new()).await;
+        let resource = Resource {
+            kind: "content".to_string(),
+            id: digest.as_str().to_string(),
+        };
+        leases.add_resource("a", "l", &resource).unwrap();
+        leases.delete("a", "l").unwrap();
+        assert_eq!(
+            resource_rows(&f, "a").len(),
+            1,
+            "the delete leaves the row for after a collection"
+        );
+        leases.create("a", "l", Labels::new()).unwrap();
+        assert_eq!(leases.list_resources("a", "l").unwrap(), []);
+        assert_eq!(resource_rows(&f, "a"), []);
+        let stats = f.metadata.collect().await.unwrap();
+        assert_eq!(stats.content, 1, "{stats:?}");
+        assert!(!has_blob(&f, "a", &digest).await);
+    }
+
+    /// The rows of deleted and expired leases go after a collection, batch after batch
+    /// (more than one batch here, on both sides of a live lease's rows), and a live lease's
+    /// rows stay; what they held is collected with the collection, not after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_rows_of_deleted_and_expired_leases_are_removed_after_a_collection() {
+        let f = fixture(SharingPolicy::Shared, None);
+        let leases: &dyn LeaseManager = f.metadata.as_ref();
+        for id in ["a-gone", "m-live", "z-gone"] {
+            leases.create("a", id, Labels::new()).unwrap();
+        }
+        leases
+            .create(
+                "a",
+                "e-expired",
+                labels(&[(crate::gc::LABEL_EXPIRE, "2020-01-01T00:00:00Z")]),
+            )
+            .unwrap();
+        let held = blob(&f, "a", "held by a deleted lease", Labels::new()).await;
+        let kept = blob(&f, "a", "held by the live lease", Labels::new()).await;
+        let rows = |lease: &str, n: usize| -> Vec<(String, String, String)> {
+            (0..n)
+                .map(|i| {
+                    (
+                        lease.to_string(),
+                        "content".to_string(),
+                        format!("sha256:{i:064x}"),
+                    )
+                })
+                .collect()
+        };
+        let mut written = rows("a-gone", STALE_BATCH + 10);
+        written.extend(rows("e-expired", 20));
+        written.extend(rows("m-live", 30));
+        written.extend(rows("z-gone", STALE_BATCH));
+        written.push((
+            "a-gone".to_string(),
+            "content".to_string(),
+            held.as_str().to_string(),
+        ));
+        written.push((
+            "m-live".to_string(),
+            "content".to_string(),
+            kept.as_str().to_string(),
+        ));
+        {
+            let txn = f.metadata.db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(LEASE_RESOURCES).unwrap();
+                for (lease, kind, id) in &written {
+                    table
+                        .insert(("a", lease.as_str(), kind.as_str(), id.as_str()), ())
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        leases.delete("a", "a-gone").unwrap();
+        leases.delete("a", "z-gone").unwrap();
+        let stats = f.metadata.collect().await.unwrap();
+        assert_eq!((stats.content, stats.leases), (1, 1), "{stats:?}");
+        assert!(!has_blob(&f, "a", &held).await);
+        assert!(has_blob(&f, "a", &kept).await);
+        f.metadata.stale_resources_removed().await;
+        let live: Vec<_> = written
+            .iter()
+            .filter(|(l, _, _)| l == "m-live")
+            .cloned()
+            .collect();
+        let mut left = resource_rows(&f, "a");
+        left.sort();
+        let mut want = live.clone();
+        want.sort();
+        assert_eq!(left, want);
+        assert_eq!(
+            leases.list_resources("a", "m-live").unwrap().len(),
+            live.len()
+        );
+        // A deleted lease alone (no expired one in the collection) has its rows removed too.
+        leases.delete("a", "m-live").unwrap();
+        let stats = f.metadata.collect().await.unwrap();
+        assert_eq!(stats.content, 1, "{stats:?}");
+        f.metadata.stale_resources_removed().await;
+        assert_eq!(resource_rows(&f, "a"), []);
     }
 
     /// A write that lands between the mark and the sweep and makes an unmarked blob
