@@ -21,6 +21,7 @@
 //!    This step finds its work by listing the backends, not from the sweep, so a crash
 //!    after the sweep leaves nothing the next collection does not remove.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -493,49 +494,60 @@ where
 {
     fn graph(&self, now: SystemTime) -> Result<Graph, Error> {
         let mut graph = Graph::default();
+        // Records and their labels are read side by side: both tables are sorted by the
+        // record's key, so each record's labels follow the ones before it, and no label
+        // needs a lookup of its record (a label without a record is passed over).
+        let mut labels = self.content_labels.iter().map_err(storage)?;
+        let mut label = labels.next().transpose().map_err(storage)?;
         for item in self.content.iter().map_err(storage)? {
             let (key, _) = item.map_err(storage)?;
             let (ns, digest) = key.value();
+            let mut refs = Refs::default();
+            while let Some((label_key, value)) = &label {
+                let (n, d, name) = label_key.value();
+                match (n, d).cmp(&(ns, digest)) {
+                    Ordering::Less => {}
+                    Ordering::Equal => {
+                        if name.starts_with(GC_LABELS) {
+                            refs.add(name, value.value());
+                        }
+                    }
+                    Ordering::Greater => break,
+                }
+                label = labels.next().transpose().map_err(storage)?;
+            }
             graph
                 .content
-                .insert((ns.to_string(), digest.to_string()), Refs::default());
+                .insert((ns.to_string(), digest.to_string()), refs);
         }
-        for item in self.content_labels.iter().map_err(storage)? {
-            let (key, value) = item.map_err(storage)?;
-            let (ns, digest, label) = key.value();
-            if !label.starts_with("containerd.io/gc.") {
-                continue;
-            }
-            if let Some(refs) = graph.content.get_mut(&(ns.to_string(), digest.to_string())) {
-                refs.add(label, value.value());
-            }
-        }
+        let mut labels = self.snapshot_labels.iter().map_err(storage)?;
+        let mut label = labels.next().transpose().map_err(storage)?;
         for item in self.snapshots.iter().map_err(storage)? {
             let (key, value) = item.map_err(storage)?;
             let (ns, sn, name) = key.value();
             let (_, parent, backend, _, _) = value.value();
+            let mut refs = Refs::default();
+            while let Some((label_key, value)) = &label {
+                let (n, s, k, label_name) = label_key.value();
+                match (n, s, k).cmp(&(ns, sn, name)) {
+                    Ordering::Less => {}
+                    Ordering::Equal => {
+                        if label_name.starts_with(GC_LABELS) {
+                            refs.add(label_name, value.value());
+                        }
+                    }
+                    Ordering::Greater => break,
+                }
+                label = labels.next().transpose().map_err(storage)?;
+            }
             graph.snapshots.insert(
                 (ns.to_string(), sn.to_string(), name.to_string()),
                 SnapshotNode {
                     parent: parent.to_string(),
                     backend: backend.to_string(),
-                    refs: Refs::default(),
+                    refs,
                 },
             );
-        }
-        for item in self.snapshot_labels.iter().map_err(storage)? {
-            let (key, value) = item.map_err(storage)?;
-            let (ns, sn, name, label) = key.value();
-            if !label.starts_with("containerd.io/gc.") {
-                continue;
-            }
-            if let Some(node) =
-                graph
-                    .snapshots
-                    .get_mut(&(ns.to_string(), sn.to_string(), name.to_string()))
-            {
-                node.refs.add(label, value.value());
-            }
         }
         let mut roots = Vec::new();
         for (id, refs) in &graph.content {
@@ -652,13 +664,13 @@ struct Garbage {
 
 impl Graph {
     /// Marks from the roots and returns what is left.
-    fn mark(self) -> Garbage {
+    fn mark(mut self) -> Garbage {
+        let mut stack: Vec<(Node, bool)> = std::mem::take(&mut self.roots);
         // Reached at all (flat or not), and reached with references followed.
         let mut content_marked: HashSet<&ContentId> = HashSet::new();
         let mut content_full: HashSet<&ContentId> = HashSet::new();
         let mut snapshot_marked: HashSet<&SnapshotId> = HashSet::new();
         let mut snapshot_full: HashSet<&SnapshotId> = HashSet::new();
-        let mut stack: Vec<(Node, bool)> = self.roots.clone();
         while let Some((node, flat)) = stack.pop() {
             let expand = match &node {
                 Node::Content(id) => {
@@ -692,16 +704,21 @@ impl Graph {
             stale_resources,
             ..
         } = &self;
-        let garbage_content = content
+        // In key order: the sweep then removes neighbours one after the other, and each
+        // B-tree page it changes is copied once and stays in cache, instead of a page per
+        // record in the maps' random order.
+        let mut garbage_content: Vec<ContentId> = content
             .keys()
             .filter(|id| !content_marked.contains(id))
             .cloned()
             .collect();
-        let garbage_snapshots = snapshots
+        garbage_content.sort_unstable();
+        let mut garbage_snapshots: Vec<(SnapshotId, String)> = snapshots
             .iter()
             .filter(|(id, _)| !snapshot_marked.contains(id))
             .map(|(id, node)| (id.clone(), node.backend.clone()))
             .collect();
+        garbage_snapshots.sort_unstable();
         Garbage {
             content: garbage_content,
             snapshots: garbage_snapshots,
