@@ -700,7 +700,8 @@ fn push_refs(out: &mut Vec<(Node, bool)>, ns: &str, refs: &Refs) {
     }
 }
 
-/// What the mark left unmarked: to be removed.
+/// What the mark left unmarked: to be removed. Blobs and snapshots are in key order, which
+/// [`sweep`]'s one pass over the labels tables ([`labels_of`]) relies on.
 #[derive(Debug, Default)]
 struct Garbage {
     content: Vec<ContentId>,
@@ -947,7 +948,7 @@ fn mark_write(txn: &redb::WriteTransaction, now: SystemTime) -> Result<Garbage, 
     Ok(tables_of!(txn).graph(now)?.mark())
 }
 
-/// Label rows in a row are passed over by [`labels_of`] before it seeks again.
+/// How many rows of other records in a row [`labels_of`] reads before it seeks instead.
 const SEEK_AFTER: usize = 16;
 
 /// The label rows of `records` (sorted, as the labels table is) by one pass over the table:
