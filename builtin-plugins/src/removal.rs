@@ -84,6 +84,13 @@ impl Freeing {
         Freeing(None)
     }
 
+    /// A freeing that answers when the sender does (tests of what waits for it).
+    #[cfg(test)]
+    pub(crate) fn pending() -> (tokio::sync::oneshot::Sender<Result<(), Error>>, Freeing) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        (sender, Freeing(Some(receiver)))
+    }
+
     /// Waits until every block the removal freed is back.
     ///
     /// # Errors

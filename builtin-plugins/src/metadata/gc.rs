@@ -1689,6 +1689,61 @@ mod tests {
     use crate::snapshots::Snapshotter;
     use crate::snapshots::native::NativeSnapshotter;
 
+    /// Polls `future` once, with a waker that does nothing.
+    fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+        future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
+    /// A collection keeps up to `FREEING` batches being freed behind it and waits for the
+    /// oldest only when one more comes: fewer would leave the disk idle while the database
+    /// commits; more would start threads without bound.
+    #[test]
+    fn up_to_freeing_batches_are_freed_behind_the_collection() {
+        let mut freeings = Freeings::default();
+        let mut senders = std::collections::VecDeque::new();
+        for n in 0..FREEING {
+            let (sender, freeing) = Freeing::pending();
+            senders.push_back(sender);
+            let push = std::pin::pin!(freeings.push(freeing));
+            assert!(
+                matches!(poll_once(push), std::task::Poll::Ready(Ok(()))),
+                "batch {n} waited although only {n} were being freed"
+            );
+        }
+        for round in 0..2 {
+            let (sender, freeing) = Freeing::pending();
+            let mut push = std::pin::pin!(freeings.push(freeing));
+            assert!(
+                poll_once(push.as_mut()).is_pending(),
+                "round {round}: a batch was added while {FREEING} were being freed"
+            );
+            let oldest = senders.pop_front().unwrap();
+            oldest.send(Ok(())).unwrap();
+            assert!(matches!(
+                poll_once(push.as_mut()),
+                std::task::Poll::Ready(Ok(()))
+            ));
+            senders.push_back(sender);
+        }
+        assert_eq!(freeings.0.len(), FREEING);
+        // The failure of a batch reaches whoever waits for it.
+        {
+            let mut pushed = std::pin::pin!(freeings.push(Freeing::done()));
+            assert!(poll_once(pushed.as_mut()).is_pending());
+            senders
+                .pop_front()
+                .unwrap()
+                .send(Err(Error::internal("freeing failed")))
+                .unwrap();
+            assert!(matches!(poll_once(pushed), std::task::Poll::Ready(Err(_))));
+        }
+        for sender in senders {
+            sender.send(Ok(())).unwrap();
+        }
+        let wait = std::pin::pin!(freeings.wait());
+        assert!(matches!(poll_once(wait), std::task::Poll::Ready(Ok(()))));
+    }
+
     struct Fixture {
         _dir: tempfile::TempDir,
         metadata: Arc<Metadata>,
