@@ -84,8 +84,14 @@ impl Freeing {
         Freeing(None)
     }
 
-    /// A freeing that answers when the sender does (tests of what waits for it).
-    #[cfg(test)]
+    /// A freeing that answers when the sender does (the collector's tests of what waits
+    /// for it).
+    #[cfg(all(
+        test,
+        feature = "metadata-redb",
+        feature = "content-local",
+        feature = "snapshotter-native"
+    ))]
     pub(crate) fn pending() -> (tokio::sync::oneshot::Sender<Result<(), Error>>, Freeing) {
         let (sender, receiver) = tokio::sync::oneshot::channel();
         (sender, Freeing(Some(receiver)))
