@@ -2070,6 +2070,55 @@ mod tests {
         assert!(!has_blob(&f, "a", &digest).await);
     }
 
+    /// Every committed change reaches every callback registered with `on_mutation` (the
+    /// scheduler's deletion and mutation thresholds and its lease timer hear of changes
+    /// only this way), once per change: whether it removed something, and a lease's expiry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_changes_reach_every_registered_callback() {
+        let f = fixture(SharingPolicy::Shared, None);
+        let heard: [Arc<std::sync::Mutex<Vec<Mutation>>>; 2] = Default::default();
+        for log in &heard {
+            let log = Arc::clone(log);
+            f.metadata
+                .on_mutation(Arc::new(move |mutation| log.lock().unwrap().push(mutation)));
+        }
+        let take = || {
+            heard
+                .each_ref()
+                .map(|log| std::mem::take(&mut *log.lock().unwrap()))
+        };
+        let created = Mutation {
+            dirty: false,
+            expiry: None,
+        };
+        let removed = Mutation {
+            dirty: true,
+            expiry: None,
+        };
+        let leases: &dyn LeaseManager = f.metadata.as_ref();
+        let expires = "2100-01-01T00:00:00Z";
+        leases
+            .create("a", "l", labels(&[(LABEL_EXPIRE, expires)]))
+            .unwrap();
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(4_102_444_800);
+        let expiring = Mutation {
+            dirty: false,
+            expiry: Some(at),
+        };
+        assert_eq!(take(), [vec![expiring], vec![expiring]]);
+        leases.delete("a", "l").unwrap();
+        assert_eq!(take(), [vec![removed], vec![removed]]);
+        let digest = blob(&f, "a", "heard", Labels::new()).await;
+        assert_eq!(take(), [vec![created], vec![created]]);
+        Arc::clone(&f.metadata)
+            .content("a")
+            .unwrap()
+            .delete(&digest)
+            .await
+            .unwrap();
+        assert_eq!(take(), [vec![removed], vec![removed]]);
+    }
+
     /// Lease ids are per namespace: a deleted lease's rows are neither held by a live lease
     /// of the same id in the namespace just before it nor taken for the live one's just
     /// after it (their rows are neighbours in key order), in the mark and in the rows'
