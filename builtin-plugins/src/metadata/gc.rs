@@ -2834,11 +2834,55 @@ mod tests {
             "ignored, as containerd does"
         );
     }
+
+    /// `containerd.io/gc.expire` is read as Go's `time.Parse(time.RFC3339, …)` reads it:
+    /// a value Go refuses leaves the lease without an expiry (it never expires), so each
+    /// part of the format is checked, and a short value is refused without a panic.
+    #[test]
+    fn an_expiry_is_read_as_go_reads_rfc3339() {
+        let taken = [
+            "2100-01-01T00:00:00Z",
+            "2100-01-01T00:00:00.5Z",
+            "2100-01-01T00:00:00.123456789Z",
+            "2100-01-01T00:00:00+01:00",
+            "2100-01-01T00:00:00-05:30",
+            "2100-01-01T00:00:00.25+14:00",
+        ];
+        for value in taken {
+            assert!(go_rfc3339(value), "{value} refused");
+        }
+        let refused = [
+            "",
+            "2100",
+            "2100-01-01",
+            "2100-01-01T00:00:00",
+            "2100-01-01T00:00Z",
+            "2100-01-01 00:00:00Z",
+            "2100-01-01t00:00:00Z",
+            "2100/01-01T00:00:00Z",
+            "2100-0a-01T00:00:00Z",
+            "2100-01-01T00-00:00Z",
+            "2100-01-01T00:00:00z",
+            "2100-01-01T00:00:00.Z",
+            "2100-01-01T00:00:00.5",
+            "2100-01-01T00:00:00Z[UTC]",
+            "2100-01-01T00:00:00+0100",
+            "2100-01-01T00:00:00+1:00",
+            "2100-01-01T00:00:00+01:00:00",
+            "2100-01-01T00:00:00*01:00",
+            "2100-01-01T00:00:00+0a:00",
+            "2100-01-01T00:00:00+a0:00",
+            "2100-01-01T00:00:00+01-00",
+            "2100-01-01T00:00:00+01:0a",
+            "2100-01-01T00:00:00+01:a0",
+        ];
+        for value in refused {
+            assert!(!go_rfc3339(value), "{value} taken");
+        }
+    }
 }
 
-/// containerd 1.6's `TestGCRoots` and `TestGCRefs` (metadata/gc_test.go), case for case, over
-/// records written straight into the tables. Ingests are left out: plinthd keeps no ingest
-/// records and never collects an ingest (see [`crate::gc`]).
+/// [`labels_of`], the sweep's one pass over a labels table, against a filter.
 #[cfg(test)]
 mod label_pass {
     use proptest::prelude::*;
@@ -2931,6 +2975,9 @@ mod label_pass {
     }
 }
 
+/// containerd 1.6's `TestGCRoots` and `TestGCRefs` (metadata/gc_test.go), case for case, over
+/// records written straight into the tables. Ingests are left out: plinthd keeps no ingest
+/// records and never collects an ingest (see [`crate::gc`]).
 #[cfg(test)]
 mod containerd_cases {
     use std::collections::{BTreeMap, BTreeSet};
