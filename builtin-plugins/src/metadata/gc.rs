@@ -3118,6 +3118,11 @@ mod containerd_cases {
     }
 
     fn graph(metadata: &Metadata) -> Graph {
+        graph_at(metadata, SystemTime::now())
+    }
+
+    /// The graph as a collection at `now` reads it.
+    fn graph_at(metadata: &Metadata, now: SystemTime) -> Graph {
         let txn = metadata.db.begin_read().unwrap();
         let tables = Tables {
             content: txn.open_table(CONTENT).unwrap(),
@@ -3129,7 +3134,25 @@ mod containerd_cases {
             leases: txn.open_table(LEASES).unwrap(),
             resources: txn.open_table(LEASE_RESOURCES).unwrap(),
         };
-        tables.graph(SystemTime::now()).unwrap()
+        tables.graph(now).unwrap()
+    }
+
+    /// containerd expires a lease once the time is after its `containerd.io/gc.expire`:
+    /// at that very instant the lease is still live (and holds what it holds).
+    #[test]
+    fn a_lease_expires_after_its_instant_not_at_it() {
+        let (_dir, metadata) = populate(&[Lease(
+            "ns1",
+            "l1",
+            labels(&[(LABEL_EXPIRE, "2100-01-01T00:00:00.000000001Z")]),
+        )]);
+        let at = std::time::UNIX_EPOCH + Duration::new(4_102_444_800, 1);
+        let live = graph_at(&metadata, at);
+        assert!(live.expired.is_empty(), "{:?}", live.expired);
+        assert_eq!(live.next_expiry, Some(at));
+        let after = graph_at(&metadata, at + Duration::from_nanos(1));
+        assert_eq!(after.expired, [("ns1".to_string(), "l1".to_string())]);
+        assert_eq!(after.next_expiry, None);
     }
 
     /// containerd's notation: `content ns1 <digest>`, `snapshot-flat ns3 overlay/sn1`.
