@@ -2603,6 +2603,70 @@ mod tests {
         }
     }
 
+    /// The sweep's walk from what raced the mark goes through what the mark left unmarked
+    /// and nowhere else: a noted object that is already live is looked at, its live
+    /// references are not (the mark walked them), and a cycle of garbage is walked once
+    /// and kept whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_walk_from_raced_writes_stays_inside_the_garbage() {
+        let f = fixture(SharingPolicy::Shared, None);
+        let child = blob(&f, "a", "child", Labels::new()).await;
+        let live = blob(
+            &f,
+            "a",
+            "live",
+            labels(&[
+                ("containerd.io/gc.root", "x"),
+                ("containerd.io/gc.ref.content.c", child.as_str()),
+            ]),
+        )
+        .await;
+        let first = blob(&f, "a", "first", Labels::new()).await;
+        let second = blob(
+            &f,
+            "a",
+            "second",
+            labels(&[("containerd.io/gc.ref.content.f", first.as_str())]),
+        )
+        .await;
+        let store = Arc::clone(&f.metadata).content("a").unwrap();
+        let mut info = store.info(&first).await.unwrap();
+        info.labels.insert(
+            "containerd.io/gc.ref.content.s".into(),
+            second.as_str().into(),
+        );
+        store
+            .update(info, &["labels.containerd.io/gc.ref.content.s".into()])
+            .await
+            .unwrap();
+        let id = |d: &Digest| ("a".to_string(), d.as_str().to_string());
+        let node = |d: &Digest| Node::Content(id(d));
+        let touched = |nodes: Vec<Node>| Touched {
+            nodes,
+            leases: HashSet::new(),
+            overflow: false,
+        };
+        let db = &f.metadata.db;
+        let txn = db.begin_write().unwrap();
+        let garbage = || mark_write(&txn, SystemTime::now()).unwrap();
+        let mut cycle = vec![id(&first), id(&second)];
+        cycle.sort();
+        assert_eq!(garbage().content, cycle);
+
+        let mut after = garbage();
+        let visited = after.recheck(&txn, touched(vec![node(&live)])).unwrap();
+        assert_eq!(
+            visited, 1,
+            "only the noted object: its child is live already"
+        );
+        assert_eq!(after.content, cycle);
+
+        let mut after = garbage();
+        let visited = after.recheck(&txn, touched(vec![node(&first)])).unwrap();
+        assert_eq!(visited, 2, "the cycle, each once");
+        assert_eq!(after.content, []);
+    }
+
     #[test]
     fn the_barrier_notes_only_while_armed_and_overflows_to_a_full_mark() {
         let barrier = Barrier::default();
