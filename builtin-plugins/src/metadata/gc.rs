@@ -2667,6 +2667,72 @@ mod tests {
         assert_eq!(after.content, []);
     }
 
+    /// The walk from raced writes reads a noted object's own gc labels and stops at the next
+    /// object's: a blob or snapshot with none does not take on the references of the one
+    /// after it in key order, in its namespace or the next.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_walk_from_raced_writes_reads_each_objects_own_labels() {
+        let f = fixture(SharingPolicy::Shared, None);
+        let far = blob(&f, "a", "far", Labels::new()).await;
+        let refers = |to: &Digest| labels(&[("containerd.io/gc.ref.content.r", to.as_str())]);
+        let mut pair = [
+            blob(&f, "a", "p", Labels::new()).await,
+            blob(&f, "a", "q", Labels::new()).await,
+        ];
+        pair.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        let [before, after] = pair;
+        let store = Arc::clone(&f.metadata).content("a").unwrap();
+        let mut info = store.info(&after).await.unwrap();
+        info.labels = refers(&far);
+        store
+            .update(info, &["labels.containerd.io/gc.ref.content.r".into()])
+            .await
+            .unwrap();
+        committed(&f, "a", "sa", "").await;
+        committed(&f, "a", "sb", "").await;
+        let sn = Arc::clone(&f.metadata).snapshotter("a", "native").unwrap();
+        let mut info = sn.stat("sb").await.unwrap();
+        info.labels = refers(&far);
+        sn.update(info, &["labels.containerd.io/gc.ref.content.r".into()])
+            .await
+            .unwrap();
+        // The last snapshot of namespace a, and the same key in b, next in key order.
+        committed(&f, "a", "sz", "").await;
+        committed(&f, "b", "sz", "").await;
+        let sn = Arc::clone(&f.metadata).snapshotter("b", "native").unwrap();
+        let mut info = sn.stat("sz").await.unwrap();
+        info.labels = refers(&far);
+        sn.update(info, &["labels.containerd.io/gc.ref.content.r".into()])
+            .await
+            .unwrap();
+        let id = |d: &Digest| ("a".to_string(), d.as_str().to_string());
+        let snapshot = |k: &str| ("a".to_string(), "native".to_string(), k.to_string());
+        let db = &f.metadata.db;
+        let txn = db.begin_write().unwrap();
+        for noted in [
+            Node::Content(id(&before)),
+            Node::Snapshot(snapshot("sa")),
+            Node::Snapshot(snapshot("sz")),
+        ] {
+            let mut garbage = mark_write(&txn, SystemTime::now()).unwrap();
+            assert!(garbage.content.contains(&id(&far)));
+            garbage
+                .recheck(
+                    &txn,
+                    Touched {
+                        nodes: vec![noted.clone()],
+                        leases: HashSet::new(),
+                        overflow: false,
+                    },
+                )
+                .unwrap();
+            assert!(
+                garbage.content.contains(&id(&far)),
+                "{noted:?} took on the next object's reference"
+            );
+        }
+    }
+
     #[test]
     fn the_barrier_notes_only_while_armed_and_overflows_to_a_full_mark() {
         let barrier = Barrier::default();
