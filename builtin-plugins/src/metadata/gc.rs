@@ -2731,6 +2731,55 @@ mod tests {
                 "{noted:?} took on the next object's reference"
             );
         }
+        // And one with the label keeps what it names.
+        for noted in [Node::Content(id(&after)), Node::Snapshot(snapshot("sb"))] {
+            let mut garbage = mark_write(&txn, SystemTime::now()).unwrap();
+            garbage
+                .recheck(
+                    &txn,
+                    Touched {
+                        nodes: vec![noted.clone()],
+                        leases: HashSet::new(),
+                        overflow: false,
+                    },
+                )
+                .unwrap();
+            assert!(
+                !garbage.content.contains(&id(&far)),
+                "{noted:?}'s own reference was not followed"
+            );
+        }
+    }
+
+    /// When the writes between mark and sweep overflow the barrier, the sweep marks
+    /// everything again in its write transaction: what a raced write reached stays, the
+    /// rest goes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_overflowing_barrier_makes_the_sweep_mark_everything_again() {
+        type Slot = Option<(Arc<Metadata>, Digest)>;
+        let slot: Arc<std::sync::Mutex<Slot>> = Arc::default();
+        let hook = Arc::clone(&slot);
+        let between: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some((metadata, target)) = hook.lock().unwrap().take() {
+                ImageStore::create(metadata.as_ref(), "a", image("late", &target)).unwrap();
+                for i in 0..=BARRIER_LIMIT {
+                    metadata.gc.barrier.content("a", &format!("noted-{i}"));
+                }
+            }
+        });
+        let f = fixture(SharingPolicy::Shared, Some(between));
+        let target = blob(&f, "a", "target", Labels::new()).await;
+        let stray = blob(&f, "a", "stray", Labels::new()).await;
+        *slot.lock().unwrap() = Some((Arc::clone(&f.metadata), target.clone()));
+        let stats = f.metadata.collect().await.unwrap();
+        assert!(slot.lock().unwrap().is_none(), "the write did not run");
+        assert!(stats.remarked, "{stats:?}");
+        assert_eq!(stats.content, 1, "{stats:?}");
+        assert!(
+            has_blob(&f, "a", &target).await,
+            "the late image's target went"
+        );
+        assert!(!has_blob(&f, "a", &stray).await, "the stray stayed");
     }
 
     #[test]
