@@ -2751,6 +2751,59 @@ mod tests {
         }
     }
 
+    /// The sweep walks from what the writes between mark and sweep noted when the barrier
+    /// held them all, and marks everything again when it overflowed: then the notes it
+    /// kept are not all there were, and a walk from them would lose what a later one
+    /// reached.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sweep_walks_from_the_notes_unless_the_barrier_overflowed() {
+        let f = fixture(SharingPolicy::Shared, None);
+        let (db, barrier) = (&f.metadata.db, f.metadata.gc.barrier.as_ref());
+        let id = |d: &Digest| ("a".to_string(), d.as_str().to_string());
+        for overflow in [false, true] {
+            let target = blob(&f, "a", &format!("target {overflow}"), Labels::new()).await;
+            let stray = blob(&f, "a", &format!("stray {overflow}"), Labels::new()).await;
+            let metadata = Arc::clone(&f.metadata);
+            let late = target.clone();
+            let between = move || {
+                if overflow {
+                    for i in 0..BARRIER_LIMIT {
+                        barrier.content("a", &format!("noted-{i}"));
+                    }
+                }
+                // Noted last: past the limit when the barrier overflowed.
+                let name = format!("late {overflow}");
+                ImageStore::create(metadata.as_ref(), "a", image(&name, &late)).unwrap();
+            };
+            let swept = mark_and_sweep(db, barrier, &between).unwrap();
+            assert!(swept.remarked);
+            assert_eq!(swept.full_remark, overflow);
+            assert_eq!(swept.rechecked > 0, !overflow, "{}", swept.rechecked);
+            assert_eq!(swept.garbage.content, [id(&stray)], "overflow: {overflow}");
+            assert!(has_blob(&f, "a", &target).await);
+        }
+    }
+
+    /// A collection that fails (here its mark: a record that does not decode) leaves the
+    /// barrier unarmed: writes after it note nothing and cost nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_collection_leaves_the_barrier_unarmed() {
+        let f = fixture(SharingPolicy::Shared, None);
+        let txn = f.metadata.db.begin_write().unwrap();
+        txn.open_table(IMAGES)
+            .unwrap()
+            .insert(("a", "garbled"), &b"\xff"[..])
+            .unwrap();
+        txn.commit().unwrap();
+        let barrier = f.metadata.gc.barrier.as_ref();
+        let error = mark_and_sweep(&f.metadata.db, barrier, &|| {})
+            .err()
+            .expect("a garbled record fails the mark");
+        assert!(error.to_string().contains("garbled"), "{error}");
+        barrier.content("a", "after");
+        assert!(barrier.take().is_none(), "the barrier is still armed");
+    }
+
     /// When the writes between mark and sweep overflow the barrier, the sweep marks
     /// everything again in its write transaction: what a raced write reached stays, the
     /// rest goes.
