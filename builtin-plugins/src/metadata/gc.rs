@@ -2603,6 +2603,15 @@ mod tests {
         }
     }
 
+    /// What a barrier that noted `nodes` (and did not overflow) hands the sweep.
+    fn noting(nodes: Vec<Node>) -> Touched {
+        Touched {
+            nodes,
+            leases: HashSet::new(),
+            overflow: false,
+        }
+    }
+
     /// The sweep's walk from what raced the mark goes through what the mark left unmarked
     /// and nowhere else: a noted object that is already live is looked at, its live
     /// references are not (the mark walked them), and a cycle of garbage is walked once
@@ -2641,11 +2650,6 @@ mod tests {
             .unwrap();
         let id = |d: &Digest| ("a".to_string(), d.as_str().to_string());
         let node = |d: &Digest| Node::Content(id(d));
-        let touched = |nodes: Vec<Node>| Touched {
-            nodes,
-            leases: HashSet::new(),
-            overflow: false,
-        };
         let db = &f.metadata.db;
         let txn = db.begin_write().unwrap();
         let garbage = || mark_write(&txn, SystemTime::now()).unwrap();
@@ -2654,7 +2658,7 @@ mod tests {
         assert_eq!(garbage().content, cycle);
 
         let mut after = garbage();
-        let visited = after.recheck(&txn, touched(vec![node(&live)])).unwrap();
+        let visited = after.recheck(&txn, noting(vec![node(&live)])).unwrap();
         assert_eq!(
             visited, 1,
             "only the noted object: its child is live already"
@@ -2662,7 +2666,7 @@ mod tests {
         assert_eq!(after.content, cycle);
 
         let mut after = garbage();
-        let visited = after.recheck(&txn, touched(vec![node(&first)])).unwrap();
+        let visited = after.recheck(&txn, noting(vec![node(&first)])).unwrap();
         assert_eq!(visited, 2, "the cycle, each once");
         assert_eq!(after.content, []);
     }
@@ -2688,64 +2692,46 @@ mod tests {
             .update(info, &["labels.containerd.io/gc.ref.content.r".into()])
             .await
             .unwrap();
+        let refer_to_far = async |ns: &str, key: &str| {
+            let sn = Arc::clone(&f.metadata).snapshotter(ns, "native").unwrap();
+            let mut info = sn.stat(key).await.unwrap();
+            info.labels = refers(&far);
+            sn.update(info, &["labels.containerd.io/gc.ref.content.r".into()])
+                .await
+                .unwrap();
+        };
         committed(&f, "a", "sa", "").await;
         committed(&f, "a", "sb", "").await;
-        let sn = Arc::clone(&f.metadata).snapshotter("a", "native").unwrap();
-        let mut info = sn.stat("sb").await.unwrap();
-        info.labels = refers(&far);
-        sn.update(info, &["labels.containerd.io/gc.ref.content.r".into()])
-            .await
-            .unwrap();
+        refer_to_far("a", "sb").await;
         // The last snapshot of namespace a, and the same key in b, next in key order.
         committed(&f, "a", "sz", "").await;
         committed(&f, "b", "sz", "").await;
-        let sn = Arc::clone(&f.metadata).snapshotter("b", "native").unwrap();
-        let mut info = sn.stat("sz").await.unwrap();
-        info.labels = refers(&far);
-        sn.update(info, &["labels.containerd.io/gc.ref.content.r".into()])
-            .await
-            .unwrap();
+        refer_to_far("b", "sz").await;
         let id = |d: &Digest| ("a".to_string(), d.as_str().to_string());
         let snapshot = |k: &str| ("a".to_string(), "native".to_string(), k.to_string());
         let db = &f.metadata.db;
         let txn = db.begin_write().unwrap();
+        // Whether `far` is still garbage after a walk from `noted`.
+        let far_left_after = |noted: &Node| {
+            let mut garbage = mark_write(&txn, SystemTime::now()).unwrap();
+            assert!(garbage.content.contains(&id(&far)));
+            garbage.recheck(&txn, noting(vec![noted.clone()])).unwrap();
+            garbage.content.contains(&id(&far))
+        };
         for noted in [
             Node::Content(id(&before)),
             Node::Snapshot(snapshot("sa")),
             Node::Snapshot(snapshot("sz")),
         ] {
-            let mut garbage = mark_write(&txn, SystemTime::now()).unwrap();
-            assert!(garbage.content.contains(&id(&far)));
-            garbage
-                .recheck(
-                    &txn,
-                    Touched {
-                        nodes: vec![noted.clone()],
-                        leases: HashSet::new(),
-                        overflow: false,
-                    },
-                )
-                .unwrap();
             assert!(
-                garbage.content.contains(&id(&far)),
+                far_left_after(&noted),
                 "{noted:?} took on the next object's reference"
             );
         }
         // And one with the label keeps what it names.
         for noted in [Node::Content(id(&after)), Node::Snapshot(snapshot("sb"))] {
-            let mut garbage = mark_write(&txn, SystemTime::now()).unwrap();
-            garbage
-                .recheck(
-                    &txn,
-                    Touched {
-                        nodes: vec![noted.clone()],
-                        leases: HashSet::new(),
-                        overflow: false,
-                    },
-                )
-                .unwrap();
             assert!(
-                !garbage.content.contains(&id(&far)),
+                !far_left_after(&noted),
                 "{noted:?}'s own reference was not followed"
             );
         }
