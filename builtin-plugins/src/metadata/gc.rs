@@ -2603,6 +2603,143 @@ mod tests {
         }
     }
 
+    /// A backend that fails what it is told to: one key's removal, or its cleanup.
+    #[derive(Default)]
+    struct Faults {
+        detach: Option<(String, plinth_core::Category)>,
+        cleanup: Option<plinth_core::Category>,
+    }
+
+    struct Faulty(Arc<dyn Snapshotter>, std::sync::Mutex<Faults>);
+
+    #[tonic::async_trait]
+    impl Snapshotter for Faulty {
+        async fn stat(&self, key: &str) -> Result<Info, Error> {
+            self.0.stat(key).await
+        }
+        async fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info, Error> {
+            self.0.update(info, fieldpaths).await
+        }
+        async fn usage(&self, key: &str) -> Result<crate::snapshots::Usage, Error> {
+            self.0.usage(key).await
+        }
+        async fn mounts(&self, key: &str) -> Result<Vec<crate::snapshots::Mount>, Error> {
+            self.0.mounts(key).await
+        }
+        async fn prepare(
+            &self,
+            key: &str,
+            parent: &str,
+            labels: Labels,
+        ) -> Result<Vec<crate::snapshots::Mount>, Error> {
+            self.0.prepare(key, parent, labels).await
+        }
+        async fn view(
+            &self,
+            key: &str,
+            parent: &str,
+            labels: Labels,
+        ) -> Result<Vec<crate::snapshots::Mount>, Error> {
+            self.0.view(key, parent, labels).await
+        }
+        async fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<(), Error> {
+            self.0.commit(name, key, labels).await
+        }
+        async fn remove(&self, key: &str) -> Result<(), Error> {
+            self.0.remove(key).await
+        }
+        async fn detach_many(&self, keys: &[String]) -> (Vec<Result<(), Error>>, Freeing) {
+            let fault = self.1.lock().unwrap().detach.clone();
+            match fault {
+                Some((key, category)) if keys.contains(&key) => {
+                    let rest: Vec<String> = keys.iter().filter(|k| **k != key).cloned().collect();
+                    let (mut results, freeing) = self.0.detach_many(&rest).await;
+                    let at = keys.iter().position(|k| *k == key).unwrap();
+                    results.insert(at, Err(Error::new(category, format!("{key}: injected"))));
+                    (results, freeing)
+                }
+                _ => self.0.detach_many(keys).await,
+            }
+        }
+        async fn walk(&self, filters: &[String]) -> Result<Vec<Info>, Error> {
+            self.0.walk(filters).await
+        }
+        async fn cleanup(&self) -> Result<(), Error> {
+            let fault = self.1.lock().unwrap().cleanup;
+            match fault {
+                Some(category) => Err(Error::new(category, "cleanup: injected")),
+                None => self.0.cleanup().await,
+            }
+        }
+    }
+
+    /// A backend's answers to the collection's removals: a snapshot already gone
+    /// (NotFound) and a backend without a cleanup (Unimplemented) are no failure; any
+    /// other error fails the collection, naming the snapshot or the cleanup, after the
+    /// records are gone (the next collection tries the backend again).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backend_failures_fail_the_collection_but_gone_and_unimplemented_do_not() {
+        use plinth_core::Category;
+        let dir = tempfile::tempdir().unwrap();
+        let native: Arc<dyn Snapshotter> =
+            Arc::new(NativeSnapshotter::open(&dir.path().join("native")).unwrap());
+        let faulty = Arc::new(Faulty(Arc::clone(&native), std::sync::Mutex::default()));
+        let metadata = Arc::new(
+            Metadata::open_with(
+                &dir.path().join("meta.db"),
+                None,
+                BTreeMap::from([(
+                    "native".to_string(),
+                    Arc::clone(&faulty) as Arc<dyn Snapshotter>,
+                )]),
+                SharingPolicy::Shared,
+            )
+            .unwrap(),
+        );
+        let sn = Arc::clone(&metadata).snapshotter("a", "native").unwrap();
+        let names = async || -> BTreeSet<String> {
+            let infos = native.walk(&[]).await.unwrap();
+            infos.into_iter().map(|info| info.name).collect()
+        };
+        // A snapshot nothing holds: the collection sweeps its record and then removes its
+        // backend snapshot.
+        let orphan = async |key: &str| {
+            let before = names().await;
+            sn.prepare(key, "", Labels::new()).await.unwrap();
+            names().await.difference(&before).next().unwrap().clone()
+        };
+        let cases = [
+            (Some(Category::NotFound), None, None),
+            (Some(Category::Internal), None, Some("injected")),
+            (None, Some(Category::Unimplemented), None),
+            (None, Some(Category::Internal), Some("cleanup: injected")),
+        ];
+        for (i, (detach, cleanup, fails)) in cases.into_iter().enumerate() {
+            let name = orphan(&format!("k{i}")).await;
+            *faulty.1.lock().unwrap() = Faults {
+                detach: detach.map(|category| (name.clone(), category)),
+                cleanup,
+            };
+            let result = metadata.collect().await;
+            match fails {
+                None => {
+                    result.unwrap_or_else(|e| panic!("case {i}: {e}"));
+                }
+                Some(what) => {
+                    let error = result.expect_err(&format!("case {i} did not fail"));
+                    assert!(error.message.contains(what), "case {i}: {error}");
+                    if detach.is_some() {
+                        assert!(error.message.contains(&name), "case {i}: {error}");
+                    }
+                }
+            }
+            *faulty.1.lock().unwrap() = Faults::default();
+        }
+        // What the faults kept is taken by the next collection.
+        metadata.collect().await.unwrap();
+        assert_eq!(names().await, BTreeSet::new());
+    }
+
     /// What a barrier that noted `nodes` (and did not overflow) hands the sweep.
     fn noting(nodes: Vec<Node>) -> Touched {
         Touched {
