@@ -2740,6 +2740,49 @@ mod tests {
         assert_eq!(names().await, BTreeSet::new());
     }
 
+    /// A backend snapshot no record of its own snapshotter refers to goes, even when a record
+    /// of another snapshotter names the same key (backend keys come from one counter, so
+    /// that happens only when the database started again beside old backends).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_snapshotters_own_records_keep_its_backend_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| -> Arc<dyn Snapshotter> {
+            Arc::new(NativeSnapshotter::open(&dir.path().join(name)).unwrap())
+        };
+        let (one, two) = (open("one"), open("two"));
+        let metadata = Arc::new(
+            Metadata::open_with(
+                &dir.path().join("meta.db"),
+                None,
+                BTreeMap::from([
+                    ("one".to_string(), Arc::clone(&one)),
+                    ("two".to_string(), Arc::clone(&two)),
+                ]),
+                SharingPolicy::Shared,
+            )
+            .unwrap(),
+        );
+        Arc::clone(&metadata)
+            .snapshotter("a", "two")
+            .unwrap()
+            .prepare("x", "", labels(&[("containerd.io/gc.root", "x")]))
+            .await
+            .unwrap();
+        let kept: Vec<String> = two
+            .walk(&[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(kept.len(), 1);
+        one.prepare(&kept[0], "", Labels::new()).await.unwrap();
+        let stats = metadata.collect().await.unwrap();
+        assert_eq!(stats.backend_snapshots, 1, "{stats:?}");
+        assert_eq!(one.walk(&[]).await.unwrap(), []);
+        assert_eq!(two.walk(&[]).await.unwrap().len(), 1);
+    }
+
     /// What a barrier that noted `nodes` (and did not overflow) hands the sweep.
     fn noting(nodes: Vec<Node>) -> Touched {
         Touched {
