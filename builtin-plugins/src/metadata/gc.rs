@@ -2511,7 +2511,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_between_mark_and_sweep_keep_what_they_reach_and_nothing_more() {
-        for raced in raced_writes() {
+        let cases = raced_writes();
+        assert_eq!(cases.len(), 15, "every kind of raced write is a case");
+        for raced in cases {
             type Slot = Option<(Arc<Metadata>, Population, fn(&Arc<Metadata>, &Population))>;
             let slot: Arc<std::sync::Mutex<Slot>> = Arc::default();
             let hook = Arc::clone(&slot);
