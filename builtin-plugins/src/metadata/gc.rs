@@ -2605,6 +2605,24 @@ mod tests {
         }
     }
 
+    /// Metadata in `dir` over `snapshotters` and no content store.
+    fn snapshots_only<const N: usize>(
+        dir: &std::path::Path,
+        snapshotters: [(&str, Arc<dyn Snapshotter>); N],
+    ) -> Arc<Metadata> {
+        let snapshotters = snapshotters
+            .into_iter()
+            .map(|(name, backend)| (name.to_string(), backend))
+            .collect();
+        let metadata = Metadata::open_with(
+            &dir.join("meta.db"),
+            None,
+            snapshotters,
+            SharingPolicy::Shared,
+        );
+        Arc::new(metadata.unwrap())
+    }
+
     /// A backend that fails what it is told to: one key's removal, or its cleanup.
     #[derive(Default)]
     struct Faults {
@@ -2686,17 +2704,9 @@ mod tests {
         let native: Arc<dyn Snapshotter> =
             Arc::new(NativeSnapshotter::open(&dir.path().join("native")).unwrap());
         let faulty = Arc::new(Faulty(Arc::clone(&native), std::sync::Mutex::default()));
-        let metadata = Arc::new(
-            Metadata::open_with(
-                &dir.path().join("meta.db"),
-                None,
-                BTreeMap::from([(
-                    "native".to_string(),
-                    Arc::clone(&faulty) as Arc<dyn Snapshotter>,
-                )]),
-                SharingPolicy::Shared,
-            )
-            .unwrap(),
+        let metadata = snapshots_only(
+            dir.path(),
+            [("native", Arc::clone(&faulty) as Arc<dyn Snapshotter>)],
         );
         let sn = Arc::clone(&metadata).snapshotter("a", "native").unwrap();
         let names = async || -> BTreeSet<String> {
@@ -2752,17 +2762,9 @@ mod tests {
             Arc::new(NativeSnapshotter::open(&dir.path().join(name)).unwrap())
         };
         let (one, two) = (open("one"), open("two"));
-        let metadata = Arc::new(
-            Metadata::open_with(
-                &dir.path().join("meta.db"),
-                None,
-                BTreeMap::from([
-                    ("one".to_string(), Arc::clone(&one)),
-                    ("two".to_string(), Arc::clone(&two)),
-                ]),
-                SharingPolicy::Shared,
-            )
-            .unwrap(),
+        let metadata = snapshots_only(
+            dir.path(),
+            [("one", Arc::clone(&one)), ("two", Arc::clone(&two))],
         );
         Arc::clone(&metadata)
             .snapshotter("a", "two")
