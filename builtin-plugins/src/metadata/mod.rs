@@ -8,6 +8,7 @@
 //! `isolated`, a namespace sees and reads only blobs it committed itself, and must upload the
 //! bytes (which are verified) to commit a blob the store already holds.
 
+mod batch;
 mod content;
 mod gc;
 #[cfg(all(test, feature = "content-local", feature = "snapshotter-native"))]
@@ -71,6 +72,10 @@ pub struct MetadataConfig {
     pub content_sharing_policy: SharingPolicy,
 }
 
+/// What runs as a slot is taken (`Metadata`'s `on_slot`): the namespace, and the key of the
+/// object for a change made on another caller's behalf.
+type OnSlot = dyn Fn(&str, Option<&str>) + Send + Sync;
+
 /// The metadata database and the stores it namespaces.
 pub struct Metadata {
     db: Arc<Db>,
@@ -82,8 +87,12 @@ pub struct Metadata {
     order: Arc<order::Order>,
     /// Where events go (none without an exchange).
     events: std::sync::RwLock<Option<Arc<dyn crate::events::Publisher>>>,
-    /// Runs as each slot is taken, under the writer lock: nothing, except in tests.
-    on_slot: Arc<dyn Fn(&str) + Send + Sync>,
+    /// Runs as each slot is taken, under the writer lock, with the namespace and, for a
+    /// change made on another caller's behalf, the key of the object: nothing, except in
+    /// tests.
+    on_slot: Arc<OnSlot>,
+    /// Image and container creates waiting to share a transaction (see `batch`).
+    batches: batch::Batches,
 }
 
 impl std::fmt::Debug for Metadata {
@@ -113,7 +122,13 @@ impl Metadata {
     /// A slot in `namespace`'s event order: take it while holding the writer lock, just
     /// before the commit (see `order`).
     fn slot(&self, namespace: &str) -> order::Slot {
-        (self.on_slot)(namespace);
+        self.slot_for(namespace, None)
+    }
+
+    /// [`slot`](Self::slot) for a change to the object `key` made on another caller's
+    /// behalf (a batch's create: see `batch`).
+    fn slot_for(&self, namespace: &str, key: Option<&str>) -> order::Slot {
+        (self.on_slot)(namespace, key);
         self.order.take(namespace)
     }
 
@@ -219,7 +234,8 @@ impl Metadata {
             gc: gc::GcState::default(),
             order: Arc::default(),
             events: std::sync::RwLock::default(),
-            on_slot: Arc::new(|_| {}),
+            on_slot: Arc::new(|_, _| {}),
+            batches: batch::Batches::default(),
         })
     }
 
@@ -745,11 +761,13 @@ mod event_order {
         let committed: Arc<Mutex<Vec<String>>> = Arc::default();
         let log = Arc::clone(&committed);
         let mut metadata = Metadata::open(&dir.path().join("meta.db")).unwrap();
-        metadata.on_slot = Arc::new(move |namespace| {
+        metadata.on_slot = Arc::new(move |namespace, key| {
             if namespace == "a" {
-                log.lock()
-                    .unwrap()
-                    .push(CREATING.with(|c| c.borrow().clone()));
+                // A create is written by whichever caller leads its batch, and names its
+                // image; a delete is written by its own caller.
+                let name =
+                    key.map_or_else(|| CREATING.with(|c| c.borrow().clone()), str::to_string);
+                log.lock().unwrap().push(name);
             }
         });
         let metadata = Arc::new(metadata);

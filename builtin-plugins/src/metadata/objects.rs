@@ -12,6 +12,7 @@ use plinth_api::containerd::events::{
 use prost::Message as _;
 use redb::{ReadableTable, Table, WriteTransaction};
 
+use super::batch::Create;
 use super::gc::Barrier;
 use super::records::{ContainerRecord, ImageRecord, LeaseRecord};
 use super::schema::{CONTAINERS, IMAGES, LEASE_RESOURCES, LEASES, NAMESPACES};
@@ -77,14 +78,44 @@ pub(crate) fn unbind(
     Ok(())
 }
 
+impl Metadata {
+    /// The publication of `create`'s event, once committed: `/images/create` or
+    /// `/containers/create`, with containerd's payload.
+    pub(super) fn created(&self, create: Create) -> impl FnOnce() + Send + 'static {
+        let publish: Box<dyn FnOnce() + Send> = match create {
+            Create::Image(namespace, image) => Box::new(self.publication(
+                &namespace,
+                "/images/create",
+                ImageCreate {
+                    name: image.name,
+                    labels: image.labels.into_iter().collect(),
+                },
+            )),
+            Create::Container(namespace, container) => Box::new(self.publication(
+                &namespace,
+                "/containers/create",
+                ContainerCreate {
+                    id: container.id,
+                    image: container.image,
+                    runtime: Some(RuntimeEvent {
+                        name: container.runtime.name,
+                        options: container.runtime.options,
+                    }),
+                },
+            )),
+        };
+        publish
+    }
+}
+
 /// Notes for the collector's barrier what an image written in `txn` refers to.
-fn note_image(barrier: &Barrier, namespace: &str, image: &Image) {
+pub(super) fn note_image(barrier: &Barrier, namespace: &str, image: &Image) {
     barrier.content(namespace, &image.target.digest);
     barrier.labels(namespace, &image.labels);
 }
 
 /// Notes for the collector's barrier what a container written in `txn` refers to.
-fn note_container(barrier: &Barrier, namespace: &str, container: &Container) {
+pub(super) fn note_container(barrier: &Barrier, namespace: &str, container: &Container) {
     if !container.snapshotter.is_empty() {
         barrier.snapshot(namespace, &container.snapshotter, &container.snapshot_key);
     }
@@ -163,7 +194,7 @@ fn image_of(name: String, record: ImageRecord) -> Image {
     }
 }
 
-fn image_record(image: &Image) -> ImageRecord {
+pub(super) fn image_record(image: &Image) -> ImageRecord {
     ImageRecord {
         labels: image.labels.clone(),
         media_type: image.target.media_type.clone(),
@@ -244,37 +275,7 @@ impl ImageStore for Metadata {
         let now = SystemTime::now();
         image.created = now;
         image.updated = now;
-        let txn = self.db.begin_write()?;
-        ensure_namespace(&txn, namespace)?;
-        {
-            let mut table = txn.open_table(IMAGES).map_err(storage)?;
-            if table
-                .get((namespace, image.name.as_str()))
-                .map_err(storage)?
-                .is_some()
-            {
-                return Err(Error::already_exists(format!(
-                    "image {:?}: already exists",
-                    image.name
-                )));
-            }
-            let bytes = image_record(&image).encode_to_vec();
-            table
-                .insert((namespace, image.name.as_str()), bytes.as_slice())
-                .map_err(storage)?;
-            note_image(&self.gc.barrier, namespace, &image);
-        }
-        let slot = self.slot(namespace);
-        txn.commit()?;
-        self.mutated(false);
-        slot.publish(self.publication(
-            namespace,
-            "/images/create",
-            ImageCreate {
-                name: image.name.clone(),
-                labels: image.labels.clone().into_iter().collect(),
-            },
-        ));
+        self.create_in_batch(Create::Image(namespace.to_string(), image.clone()))?;
         Ok(image)
     }
 
@@ -375,7 +376,7 @@ fn container_of(id: String, record: ContainerRecord) -> Container {
     }
 }
 
-fn container_record(container: &Container) -> ContainerRecord {
+pub(super) fn container_record(container: &Container) -> ContainerRecord {
     ContainerRecord {
         labels: container.labels.clone(),
         image: container.image.clone(),
@@ -419,37 +420,7 @@ impl ContainerStore for Metadata {
         let now = SystemTime::now();
         container.created = now;
         container.updated = now;
-        let txn = self.db.begin_write()?;
-        ensure_namespace(&txn, namespace)?;
-        {
-            let mut table = txn.open_table(CONTAINERS).map_err(storage)?;
-            let id = container.id.as_str();
-            if table.get((namespace, id)).map_err(storage)?.is_some() {
-                return Err(Error::already_exists(format!(
-                    "container {id:?}: already exists"
-                )));
-            }
-            let bytes = container_record(&container).encode_to_vec();
-            table
-                .insert((namespace, id), bytes.as_slice())
-                .map_err(storage)?;
-            note_container(&self.gc.barrier, namespace, &container);
-        }
-        let slot = self.slot(namespace);
-        txn.commit()?;
-        self.mutated(false);
-        slot.publish(self.publication(
-            namespace,
-            "/containers/create",
-            ContainerCreate {
-                id: container.id.clone(),
-                image: container.image.clone(),
-                runtime: Some(RuntimeEvent {
-                    name: container.runtime.name.clone(),
-                    options: container.runtime.options.clone(),
-                }),
-            },
-        ));
+        self.create_in_batch(Create::Container(namespace.to_string(), container.clone()))?;
         Ok(container)
     }
 
