@@ -19,9 +19,10 @@
 //! which is the commit order their event slots were taken in.
 //!
 //! Leading is done by a caller that is waiting anyway (its own create is queued or in the
-//! batch), so the queue never waits for a thread: a caller hands over as soon as its own
-//! create is answered, and every caller waiting on the queue may take over. A panic while
-//! a batch is written fails that batch's creates with an internal error and hands over.
+//! batch), one batch at a time, so the queue never waits for a thread: after each batch
+//! every caller still waiting may take the next, and a caller whose create is answered
+//! leaves. A panic while a batch is written fails that batch's creates with an internal
+//! error and hands over.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
