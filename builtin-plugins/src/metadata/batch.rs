@@ -362,6 +362,28 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_holds_at_most_64_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = holding(&dir, "first");
+        let first = create(&held.metadata, "a", image("first", 0));
+        held.stopped.recv().unwrap();
+        let waiting = super::MOST + 1;
+        let rest: Vec<_> = (1..=waiting)
+            .map(|n| {
+                let thread = create(&held.metadata, "a", image(&format!("i{n}"), n as u64));
+                until_queued(&held.metadata, n);
+                thread
+            })
+            .collect();
+        drop(held.release);
+        first.join().unwrap().unwrap();
+        for thread in rest {
+            thread.join().unwrap().unwrap();
+        }
+        assert_eq!(held.metadata.batches.sizes(), [1, 64, 1]);
+    }
+
+    #[test]
     fn one_caller_at_a_time_writes_its_own_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let metadata = Metadata::open(&dir.path().join("meta.db")).unwrap();
