@@ -297,44 +297,53 @@ mod tests {
         }
     }
 
-    /// Starts a create of `image` in namespace `ns` on a thread of its own.
-    fn create(
-        metadata: &Arc<Metadata>,
-        ns: &'static str,
-        image: Image,
-    ) -> std::thread::JoinHandle<Result<Image, crate::error::Error>> {
-        let metadata = Arc::clone(metadata);
-        std::thread::spawn(move || ImageStore::create(metadata.as_ref(), ns, image))
+    type Creating = std::thread::JoinHandle<Result<Image, crate::error::Error>>;
+
+    impl Held {
+        /// Starts a create of `image` in namespace `ns` on a thread of its own.
+        fn create(&self, ns: &'static str, image: Image) -> Creating {
+            let metadata = Arc::clone(&self.metadata);
+            std::thread::spawn(move || ImageStore::create(metadata.as_ref(), ns, image))
+        }
+
+        /// Starts the create of `first` in `a`, which holds the writer lock until released.
+        fn hold(&self) -> Creating {
+            let first = self.create("a", image("first", 0));
+            self.stopped.recv().unwrap();
+            first
+        }
+
+        /// Starts `creates` one after the other, each once the one before it is queued.
+        fn queue(&self, creates: impl IntoIterator<Item = (&'static str, Image)>) -> Vec<Creating> {
+            let queued = self.metadata.batches.queued();
+            creates
+                .into_iter()
+                .enumerate()
+                .map(|(n, (ns, image))| {
+                    let thread = self.create(ns, image);
+                    until_queued(&self.metadata, queued + n + 1);
+                    thread
+                })
+                .collect()
+        }
     }
 
     #[test]
     fn creates_that_arrive_during_a_write_share_the_next_transaction() {
         let dir = tempfile::tempdir().unwrap();
-        let Held {
-            metadata,
-            stopped,
-            release,
-            log,
-        } = holding(&dir, "first");
-        let first = create(&metadata, "a", image("first", 0));
-        stopped.recv().unwrap();
-        let commits = metadata.db.commits();
-        let rest: Vec<_> = (1..=5)
-            .map(|n| {
-                let thread = create(
-                    &metadata,
-                    if n % 2 == 0 { "a" } else { "b" },
-                    image(&format!("i{n}"), n),
-                );
-                until_queued(&metadata, n as usize);
-                thread
-            })
-            .collect();
-        drop(release);
+        let held = holding(&dir, "first");
+        let first = held.hold();
+        let commits = held.metadata.db.commits();
+        let rest = held.queue((1..=5).map(|n| {
+            let ns = if n % 2 == 0 { "a" } else { "b" };
+            (ns, image(&format!("i{n}"), n))
+        }));
+        drop(held.release);
         assert_eq!(first.join().unwrap().unwrap().name, "first");
         for thread in rest {
             thread.join().unwrap().unwrap();
         }
+        let metadata = held.metadata;
         assert_eq!(
             metadata.batches.sizes(),
             [1, 5],
@@ -346,7 +355,7 @@ mod tests {
             "the held transaction and one for the other five"
         );
         assert_eq!(
-            *log.lock().unwrap(),
+            *held.log.lock().unwrap(),
             ["first", "i1", "i2", "i3", "i4", "i5"]
         );
         for (ns, name) in [("a", "first"), ("b", "i1"), ("a", "i2"), ("b", "i5")] {
@@ -365,16 +374,9 @@ mod tests {
     fn a_batch_holds_at_most_64_creates() {
         let dir = tempfile::tempdir().unwrap();
         let held = holding(&dir, "first");
-        let first = create(&held.metadata, "a", image("first", 0));
-        held.stopped.recv().unwrap();
-        let waiting = super::MOST + 1;
-        let rest: Vec<_> = (1..=waiting)
-            .map(|n| {
-                let thread = create(&held.metadata, "a", image(&format!("i{n}"), n as u64));
-                until_queued(&held.metadata, n);
-                thread
-            })
-            .collect();
+        let first = held.hold();
+        let rest =
+            held.queue((1..=super::MOST as u64 + 1).map(|n| ("a", image(&format!("i{n}"), n))));
         drop(held.release);
         first.join().unwrap().unwrap();
         for thread in rest {
@@ -398,36 +400,32 @@ mod tests {
     #[test]
     fn a_failing_create_fails_alone_and_the_rest_of_its_batch_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let Held {
-            metadata,
-            stopped,
-            release,
-            log,
-        } = holding(&dir, "first");
-        ImageStore::create(metadata.as_ref(), "a", image("dup", 7)).unwrap();
-        let first = create(&metadata, "a", image("first", 0));
-        stopped.recv().unwrap();
-        let before = create(&metadata, "a", image("before", 1));
-        until_queued(&metadata, 1);
-        // A duplicate of a record another create of the same batch writes, and of one
-        // that exists already: both fail, each alone.
-        let dup_in_batch = create(&metadata, "a", image("before", 2));
-        until_queued(&metadata, 2);
-        let dup = create(&metadata, "fresh", image("x", 3));
-        until_queued(&metadata, 3);
-        let existing = create(&metadata, "a", image("dup", 4));
-        until_queued(&metadata, 4);
-        let after = create(&metadata, "b", image("after", 5));
-        until_queued(&metadata, 5);
-        drop(release);
+        let held = holding(&dir, "first");
+        ImageStore::create(held.metadata.as_ref(), "a", image("dup", 7)).unwrap();
+        let first = held.hold();
+        // Besides three that succeed, a duplicate of a record another create of the same
+        // batch writes, and of one that exists already: both fail, each alone.
+        let threads = held.queue([
+            ("a", image("before", 1)),
+            ("a", image("before", 2)),
+            ("fresh", image("x", 3)),
+            ("a", image("dup", 4)),
+            ("b", image("after", 5)),
+        ]);
+        drop(held.release);
         first.join().unwrap().unwrap();
-        before.join().unwrap().unwrap();
-        dup.join().unwrap().unwrap();
-        after.join().unwrap().unwrap();
-        for failed in [dup_in_batch, existing] {
-            let error = failed.join().unwrap().unwrap_err();
-            assert_eq!(error.category, Category::AlreadyExists, "{error}");
+        let answers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        for (at, answer) in answers.iter().enumerate() {
+            match at {
+                1 | 3 => assert_eq!(
+                    answer.as_ref().unwrap_err().category,
+                    Category::AlreadyExists,
+                    "{answer:?}"
+                ),
+                _ => assert!(answer.is_ok(), "{answer:?}"),
+            }
         }
+        let metadata = held.metadata;
         assert_eq!(metadata.batches.sizes(), [1, 1, 5]);
         let stored = |ns, name| ImageStore::get(metadata.as_ref(), ns, name).unwrap();
         assert_eq!(
@@ -443,7 +441,7 @@ mod tests {
         // Each failure dropped the transaction and the slots taken in it; the rest were
         // written again. The last attempt's slots are the ones published.
         assert_eq!(
-            *log.lock().unwrap(),
+            *held.log.lock().unwrap(),
             [
                 "dup", "first", "before", "before", "x", "before", "x", "after"
             ]
