@@ -934,6 +934,43 @@ mod tests {
     }
 
     #[test]
+    fn a_garbled_file_is_called_damaged_and_other_open_failures_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbled = dir.path().join("garbled.db");
+        std::fs::write(&garbled, vec![0xab; 8192]).unwrap();
+        let error = Db::open(&garbled, 1, tables)
+            .and_then(|db| db.begin_read().map(drop))
+            .unwrap_err();
+        assert_eq!(
+            error.category,
+            plinth_core::Category::Unavailable,
+            "{error}"
+        );
+        assert!(
+            error
+                .message
+                .starts_with(&format!("opening {}: ", garbled.display()))
+                && error
+                    .message
+                    .contains("the file is damaged; restore it from a backup, or move it aside"),
+            "{error}"
+        );
+        // Not a database file at all: a directory where the file should be.
+        let directory = dir.path().join("directory.db");
+        std::fs::create_dir(&directory).unwrap();
+        let error = Db::open(&directory, 1, tables)
+            .and_then(|db| db.begin_read().map(drop))
+            .unwrap_err();
+        assert!(
+            error
+                .message
+                .starts_with(&format!("opening {}: ", directory.display()))
+                && !error.message.contains("damaged"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_held_file_fails_open_and_a_newer_schema_is_the_live_status_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.db");
