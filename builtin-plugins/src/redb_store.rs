@@ -934,6 +934,43 @@ mod tests {
     }
 
     #[test]
+    fn databases_and_scope_locks_nobody_holds_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("first.db");
+        let db = Db::open(&first, 1, tables).unwrap();
+        let shown = format!("{db:?}");
+        assert!(
+            shown.contains(&format!("{first:?}")) && shown.contains("open: false"),
+            "{shown}"
+        );
+        drop(db);
+        let second = Db::open(&dir.path().join("second.db"), 1, tables).unwrap();
+        let registered = |path: &Path| {
+            OPEN.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(path)
+        };
+        assert!(
+            !registered(&first),
+            "a dropped database is forgotten by the next open"
+        );
+        let scopes = |serial: &Serial| {
+            serial
+                .scopes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let serial = second.serial();
+        drop(now(serial.scope("a")).expect("free"));
+        let held = now(serial.scope("b")).expect("free");
+        assert_eq!(scopes(serial), ["b"], "a scope nobody holds is forgotten");
+        drop(held);
+    }
+
+    #[test]
     fn a_garbled_file_is_called_damaged_and_other_open_failures_are_not() {
         let dir = tempfile::tempdir().unwrap();
         let garbled = dir.path().join("garbled.db");
