@@ -133,9 +133,11 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 static BLOCKING_NICE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// Sets how much lower than the threads that serve calls the threads of blocking work (the
-/// blocking pool, the read pool and the ingest pool) run: a nice value added to theirs, 0 to
-/// 19. A host calls it once, before any plugin starts (plinthd: `--blocking-nice`); a thread
+/// Sets how much lower than the threads that serve calls the threads of bulk work (the
+/// blocking pool and the ingest pool) run: a nice value added to theirs, 0 to 19. The read
+/// pool's threads are not lowered: a list is a call a client waits for, short and bounded
+/// to one thread per CPU, and at a lower priority it waited for a CPU behind the clients'
+/// own threads (BENCHMARKS.md, "Load"). A host calls it once, before any plugin starts (plinthd: `--blocking-nice`); a thread
 /// lowers itself on its first task and never rises again. Unset, 0.
 pub fn set_blocking_nice(nice: i32) {
     BLOCKING_NICE.store(nice.clamp(0, 19), std::sync::atomic::Ordering::Relaxed);
@@ -203,7 +205,8 @@ pub(crate) async fn blocking_in<T: Send + 'static>(
 /// pool (ARCHITECTURE.md, "Blocking work"), and never holds a thread the writes need. With
 /// the pool switched off ([`set_read_threads`] of 0) it runs as [`blocking`] does. `what`
 /// names the work in the internal error that a panic in it becomes. The work must not wait
-/// for other work on the read pool.
+/// for other work on the read pool. Its threads run at the priority of the threads that
+/// serve calls (see [`set_blocking_nice`]).
 #[cfg(any(
     feature = "metadata-redb",
     feature = "namespaces",
@@ -215,7 +218,7 @@ pub(crate) async fn blocking_read<T: Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    static POOL: SidePool = SidePool::new("plinth-read", &READ_THREADS);
+    static POOL: SidePool = SidePool::new("plinth-read", &READ_THREADS, false);
     POOL.run(what, work).await
 }
 
@@ -229,13 +232,13 @@ pub(crate) async fn blocking_ingest<T: Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    static POOL: SidePool = SidePool::new("plinth-ingest", &INGEST_THREADS);
+    static POOL: SidePool = SidePool::new("plinth-ingest", &INGEST_THREADS, true);
     POOL.run(what, work).await
 }
 
 /// A pool of blocking threads apart from tokio's main one, started on first use with as many
 /// threads at most as its setting says (one per CPU unset; none at all for 0, when its work
-/// runs on the main blocking pool instead).
+/// runs on the main blocking pool instead), its threads lowered as the blocking pool's or not.
 #[cfg(any(
     feature = "content-local",
     feature = "metadata-redb",
@@ -247,6 +250,8 @@ pub(crate) async fn blocking_ingest<T: Send + 'static>(
 struct SidePool {
     name: &'static str,
     threads: &'static std::sync::OnceLock<usize>,
+    /// Whether its threads lower their priority by the [`set_blocking_nice`] value.
+    lowered: bool,
     runtime: std::sync::OnceLock<Option<tokio::runtime::Runtime>>,
 }
 
@@ -259,10 +264,15 @@ struct SidePool {
     feature = "leases-service"
 ))]
 impl SidePool {
-    const fn new(name: &'static str, threads: &'static std::sync::OnceLock<usize>) -> Self {
+    const fn new(
+        name: &'static str,
+        threads: &'static std::sync::OnceLock<usize>,
+        lowered: bool,
+    ) -> Self {
         Self {
             name,
             threads,
+            lowered,
             runtime: std::sync::OnceLock::new(),
         }
     }
@@ -294,7 +304,9 @@ impl SidePool {
         match runtime {
             Some(runtime) => runtime
                 .spawn_blocking(|| {
-                    lower_this_threads_priority();
+                    if self.lowered {
+                        lower_this_threads_priority();
+                    }
                     work()
                 })
                 .await
@@ -524,9 +536,9 @@ mod pool_tests {
         });
     }
 
-    /// The pools' threads run below the threads that serve calls by the nice value set:
-    /// the blocking pool's and the read pool's, each once however much work it runs, while
-    /// the thread that awaits them keeps its own.
+    /// The blocking pool's threads run below the threads that serve calls by the nice value
+    /// set, each lowered once however much work it runs, while the read pool's and the
+    /// thread that awaits them keep their own.
     #[test]
     fn blocking_work_runs_at_the_lower_priority_set() {
         fn nice() -> i32 {
@@ -543,7 +555,7 @@ mod pool_tests {
                     assert_eq!(blocking("work", || Ok(nice())).await.unwrap(), serving + 3);
                     assert_eq!(
                         blocking_read("a list", || Ok(nice())).await.unwrap(),
-                        serving + 3
+                        serving
                     );
                 }
                 assert_eq!(nice(), serving);

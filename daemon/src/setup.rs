@@ -45,8 +45,8 @@ pub struct Options {
     /// pool's commits; 0 runs that on the blocking pool [default: 1 per CPU]
     #[arg(long, global = true, value_name = "N")]
     pub ingest_threads: Option<usize>,
-    /// How much lower the threads of blocking work (the blocking, read and ingest pools) run
-    /// than the threads that serve calls, as a nice value from 0 to 19 [default: 10]
+    /// How much lower the threads of bulk work (the blocking and ingest pools) run than the
+    /// threads that serve calls and lists, as a nice value from 0 to 19 [default: 10]
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(i32).range(0..=19))]
     pub blocking_nice: Option<i32>,
 }

@@ -126,6 +126,11 @@ pub(crate) struct RunArgs {
     /// keep up makes the clients fall behind (default: each client calls again at once)
     #[arg(long)]
     pub(crate) rate: Option<f64>,
+    /// Run every client on one shared runtime of two threads instead of each on a thread of
+    /// its own: the clients' answers then queue behind one another's in this process, which
+    /// adds to the latency measured (the model before 2026-12-02, kept to compare)
+    #[arg(long)]
+    pub(crate) shared_runtime: bool,
     /// The daemon's pid, for its RSS, fds and threads (default: the peer of the socket)
     #[arg(long)]
     pub(crate) pid: Option<u32>,

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use tokio::runtime::Handle;
 
 use crate::RunArgs;
 use crate::check::Journal;
@@ -59,12 +60,31 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
             .map(|r| Duration::from_secs_f64(args.clients as f64 / r)),
     });
     let counters = Arc::new(Counters::default());
+    let threads = if args.shared_runtime {
+        Vec::new()
+    } else {
+        (0..args.clients)
+            .map(ClientThread::start)
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let runtimes: Arc<[Handle]> = if args.shared_runtime {
+        vec![Handle::current(); args.clients].into()
+    } else {
+        threads.iter().map(|t| t.handle.clone()).collect()
+    };
     let mut workers = Vec::with_capacity(args.clients);
-    for index in 0..args.clients {
-        let mut worker =
-            Worker::connect(index, &prefix, seed, settings.clone(), counters.clone()).await?;
-        worker.setup().await;
-        worker.subscribe().await;
+    for (index, runtime) in runtimes.iter().enumerate() {
+        let (prefix, settings, counters) = (prefix.clone(), settings.clone(), counters.clone());
+        // Connected on the client's own runtime, so that its connection's tasks run there.
+        let worker = runtime
+            .spawn(async move {
+                let mut worker = Worker::connect(index, &prefix, seed, settings, counters).await?;
+                worker.setup().await;
+                worker.subscribe().await;
+                anyhow::Ok(worker)
+            })
+            .await
+            .context("a client panicked while connecting")??;
         workers.push(worker);
     }
     if let Some(first) = workers.first_mut() {
@@ -77,7 +97,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
             warm_up.as_secs_f64()
         );
         let deadline = Instant::now() + warm_up;
-        workers = run_all(workers, &[], deadline).await?;
+        workers = run_all(workers, &runtimes, &[], deadline).await?;
         for w in &mut workers {
             w.stats = Stats::default();
         }
@@ -96,11 +116,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
     ));
     let started = Instant::now();
     let deadline = started + args.duration;
-    let workers = run_all(workers, &args.begin_with, deadline).await?;
+    let workers = run_all(workers, &runtimes, &args.begin_with, deadline).await?;
     let elapsed = started.elapsed();
     stop.store(true, Ordering::SeqCst);
     let peak = sampler.await.context("the sampler panicked")?;
-    let mut workers = settle_all(workers).await?;
+    let mut workers = settle_all(workers, &runtimes).await?;
     let gone = workers.iter().any(|w| w.gone);
 
     let mut stats = Stats::default();
@@ -119,7 +139,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
             .with_context(|| format!("writing the journal {}", path.display()))?;
     } else if !args.keep && !gone {
         say!("plinth-load: removing what the clients wrote");
-        workers = on_each(workers, "cleaning up", |mut w| async move {
+        workers = on_each(workers, &runtimes, "cleaning up", |mut w| async move {
             w.clean_up().await;
             w
         })
@@ -164,6 +184,10 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
         }
         report.resources = Some(resources);
     }
+    // The connections closed on the clients' threads (settled above); now the threads end.
+    tokio::task::spawn_blocking(move || threads.into_iter().for_each(ClientThread::stop))
+        .await
+        .context("stopping the clients' threads")?;
     crate::out(&report.text());
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
@@ -172,14 +196,16 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
     Ok(report.passed())
 }
 
-/// Runs every client, each on a task of its own: `first`, then the mix until `deadline`.
+/// Runs every client, each on a task of its own on its runtime: `first`, then the mix until
+/// `deadline`.
 async fn run_all(
     workers: Vec<Worker>,
+    runtimes: &[Handle],
     first: &[Op],
     deadline: Instant,
 ) -> anyhow::Result<Vec<Worker>> {
     let first: Arc<[Op]> = first.into();
-    on_each(workers, "running", move |mut w| {
+    on_each(workers, runtimes, "running", move |mut w| {
         let first = first.clone();
         async move {
             w.run_until(&first, deadline).await;
@@ -190,22 +216,37 @@ async fn run_all(
 }
 
 /// Waits for the events every client is owed (not timed: the run is over).
-async fn settle_all(workers: Vec<Worker>) -> anyhow::Result<Vec<Worker>> {
-    on_each(workers, "waiting for its events", |mut w| async move {
-        w.settle_events().await;
-        w
-    })
+async fn settle_all(workers: Vec<Worker>, runtimes: &[Handle]) -> anyhow::Result<Vec<Worker>> {
+    on_each(
+        workers,
+        runtimes,
+        "waiting for its events",
+        |mut w| async move {
+            w.settle_events().await;
+            w
+        },
+    )
     .await
 }
 
-/// Runs `work` on every client at once, each on a task of its own; the clients, in order,
-/// once all are done. `doing` names the work in the error a panic becomes.
-async fn on_each<F, Fut>(workers: Vec<Worker>, doing: &str, work: F) -> anyhow::Result<Vec<Worker>>
+/// Runs `work` on every client at once, each on a task of its own on the client's runtime
+/// (`runtimes`, in the clients' order); the clients, in order, once all are done. `doing`
+/// names the work in the error a panic becomes.
+async fn on_each<F, Fut>(
+    workers: Vec<Worker>,
+    runtimes: &[Handle],
+    doing: &str,
+    work: F,
+) -> anyhow::Result<Vec<Worker>>
 where
     F: Fn(Worker) -> Fut,
     Fut: std::future::Future<Output = Worker> + Send + 'static,
 {
-    let tasks: Vec<_> = workers.into_iter().map(|w| tokio::spawn(work(w))).collect();
+    let tasks: Vec<_> = workers
+        .into_iter()
+        .zip(runtimes)
+        .map(|(w, runtime)| runtime.spawn(work(w)))
+        .collect();
     let mut workers = Vec::with_capacity(tasks.len());
     for task in tasks {
         workers.push(
@@ -249,6 +290,48 @@ async fn watch(
     peak
 }
 
+/// A client's thread of its own, as a client program of its own would have: a
+/// single-threaded runtime that runs the client's calls and its connection, so that one
+/// client's answers never wait for a thread that another client's answers keep busy (with
+/// all clients on one runtime of two threads, a burst of answers, as from a group commit,
+/// queued the cheap calls behind them inside this process: `info` measured 2.9 ms at the
+/// median where a separate process measured 0.66 ms against the same daemon at once).
+struct ClientThread {
+    handle: Handle,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ClientThread {
+    /// Starts client `index`'s thread and its runtime.
+    fn start(index: usize) -> anyhow::Result<ClientThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a client's runtime")?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("client-{index}"))
+            .spawn(move || {
+                // Runs the tasks spawned on `handle` until told to stop.
+                let _ = runtime.block_on(stopped);
+            })
+            .context("starting a client's thread")?;
+        Ok(ClientThread {
+            handle,
+            stop,
+            thread,
+        })
+    }
+
+    /// Ends the thread once the tasks it runs are at a point where they can be dropped.
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
 fn clients(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
@@ -265,5 +348,66 @@ async fn settle(pid: u32, start: Sample, end: Sample, n: usize) -> anyhow::Resul
             return Ok(now);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread_name() -> String {
+        std::thread::current().name().unwrap_or("").to_string()
+    }
+
+    /// A client's tasks, and the tasks they spawn (a connection's), run on the client's own
+    /// thread, not on the runtime that spawned them; stopping one waits for its thread to
+    /// end, after which its runtime takes no more work, and leaves the others running.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_runs_on_a_thread_of_its_own_until_stopped() {
+        let (three, four) = (
+            ClientThread::start(3).unwrap(),
+            ClientThread::start(4).unwrap(),
+        );
+        let (own, spawned) = three
+            .handle
+            .spawn(async {
+                let spawned = tokio::spawn(async { thread_name() }).await.unwrap();
+                (thread_name(), spawned)
+            })
+            .await
+            .unwrap();
+        assert_eq!((own.as_str(), spawned.as_str()), ("client-3", "client-3"));
+        assert_eq!(
+            four.handle.spawn(async { thread_name() }).await.unwrap(),
+            "client-4"
+        );
+        assert_ne!(thread_name(), "client-3");
+
+        // Stopping waits for the thread, and so for the work its runtime still holds.
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        drop(three.handle.spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            flag.store(true, Ordering::SeqCst);
+        }));
+        let handle = three.handle.clone();
+        tokio::task::spawn_blocking(move || three.stop())
+            .await
+            .unwrap();
+        assert!(
+            done.load(Ordering::SeqCst),
+            "stop returned before the thread ended"
+        );
+        assert!(
+            handle.spawn(async { thread_name() }).await.is_err(),
+            "a stopped client's runtime still ran a task"
+        );
+        assert_eq!(
+            four.handle.spawn(async { thread_name() }).await.unwrap(),
+            "client-4"
+        );
+        tokio::task::spawn_blocking(move || four.stop())
+            .await
+            .unwrap();
     }
 }
