@@ -1644,7 +1644,7 @@ impl Metadata {
     }
 
     /// Waits for the removal of stale lease resource rows the last collection started.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "content-local", feature = "snapshotter-native"))]
     pub(crate) async fn stale_resources_removed(&self) {
         let task = self
             .gc
