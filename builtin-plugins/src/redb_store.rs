@@ -1007,6 +1007,65 @@ mod tests {
         );
     }
 
+    /// A path that cannot be opened for another reason than its absence is refused, naming
+    /// the path; only a missing file is one to create.
+    #[test]
+    fn a_path_that_cannot_be_opened_is_not_taken_for_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!check_not_held(&dir.path().join("missing.db")).unwrap());
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let under_a_file = file.join("meta.db");
+        let error = check_not_held(&under_a_file).unwrap_err();
+        assert!(
+            error
+                .message
+                .starts_with(&format!("opening {}: ", under_a_file.display())),
+            "{error}"
+        );
+        let error = Db::open(&under_a_file, 1, tables).unwrap_err();
+        assert_eq!(
+            error.category,
+            plinth_core::Category::Unavailable,
+            "{error}"
+        );
+    }
+
+    /// Dropping a database waits for its open in the background to end, so that nothing
+    /// holds the file once the plugin that had it is gone (a restart in the same process,
+    /// as a reload, takes it again at once).
+    #[test]
+    fn dropping_a_database_waits_for_its_open_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        write(&Db::open(&path, 1, tables).unwrap(), "k", 1);
+        let db = Db::open(&path, 1, tables).unwrap();
+        let held = Arc::clone(&db.inner);
+        // The background open waits for this lock, which the test holds.
+        let opening = held.opening.lock().unwrap();
+        db.open_in_background();
+        let (dropped, was_dropped) = std::sync::mpsc::channel();
+        let dropper = std::thread::spawn(move || {
+            drop(db);
+            dropped.send(()).unwrap();
+        });
+        assert_eq!(
+            was_dropped.recv_timeout(std::time::Duration::from_millis(200)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+            "the drop returned while the open was still to run"
+        );
+        drop(opening);
+        was_dropped.recv().unwrap();
+        dropper.join().unwrap();
+        assert!(
+            held.is_open(),
+            "the open ran to its end before the drop returned"
+        );
+        drop(held);
+        // Nothing holds the file once the database is dropped (held: an error).
+        assert!(check_not_held(&path).unwrap(), "the file has its content");
+    }
+
     #[test]
     fn a_held_file_fails_open_and_a_newer_schema_is_the_live_status_at_once() {
         let dir = tempfile::tempdir().unwrap();
