@@ -1008,11 +1008,23 @@ mod tests {
     }
 
     /// A path that cannot be opened for another reason than its absence is refused, naming
-    /// the path; only a missing file is one to create.
+    /// the path; only a missing file, or an empty one (a crash before redb wrote its header),
+    /// is one to create.
     #[test]
     fn a_path_that_cannot_be_opened_is_not_taken_for_a_missing_file() {
         let dir = tempfile::tempdir().unwrap();
         assert!(!check_not_held(&dir.path().join("missing.db")).unwrap());
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(
+            !check_not_held(&empty).unwrap(),
+            "an empty file did not exist"
+        );
+        std::fs::write(&empty, b"x").unwrap();
+        assert!(
+            check_not_held(&empty).unwrap(),
+            "a file with content existed"
+        );
         let file = dir.path().join("file");
         std::fs::write(&file, b"not a directory").unwrap();
         let under_a_file = file.join("meta.db");
@@ -1029,6 +1041,17 @@ mod tests {
             plinth_core::Category::Unavailable,
             "{error}"
         );
+    }
+
+    /// Introspection merges a plugin's live exports over its own: a database adds none,
+    /// open or not.
+    #[test]
+    fn a_database_exports_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("meta.db"), 1, tables).unwrap();
+        assert_eq!(db.exports(), BTreeMap::new());
+        write(&db, "k", 1);
+        assert_eq!(db.exports(), BTreeMap::new());
     }
 
     /// Dropping a database waits for its open in the background to end, so that nothing
