@@ -1043,6 +1043,26 @@ mod tests {
         );
     }
 
+    /// Once the daemon serves, a database whose file existed opens on a thread of its own,
+    /// before any call needs it; a file still to be created waits for its first use.
+    #[test]
+    fn after_start_opens_an_existing_file_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        write(&Db::open(&path, 1, tables).unwrap(), "k", 1);
+        let db = Db::open(&path, 1, tables).unwrap();
+        assert!(!db.inner.is_open());
+        db.after_start();
+        let opening = db.opening.lock().unwrap().take();
+        opening.expect("an open in the background").join().unwrap();
+        assert!(db.inner.is_open());
+        assert_eq!(read(&db, "k"), Some(1));
+
+        let new = Db::open(&dir.path().join("new.db"), 1, tables).unwrap();
+        new.after_start();
+        assert!(new.opening.lock().unwrap().is_none() && !new.inner.is_open());
+    }
+
     /// Introspection merges a plugin's live exports over its own: a database adds none,
     /// open or not.
     #[test]
