@@ -1043,14 +1043,21 @@ mod tests {
         );
     }
 
+    /// A database file with one record ("k" = 1) at `dir`/meta.db, and a new `Db` over it
+    /// that has not opened it yet.
+    fn existing(dir: &Path) -> (PathBuf, Db) {
+        let path = dir.join("meta.db");
+        write(&Db::open(&path, 1, tables).unwrap(), "k", 1);
+        let db = Db::open(&path, 1, tables).unwrap();
+        (path, db)
+    }
+
     /// Once the daemon serves, a database whose file existed opens on a thread of its own,
     /// before any call needs it; a file still to be created waits for its first use.
     #[test]
     fn after_start_opens_an_existing_file_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("meta.db");
-        write(&Db::open(&path, 1, tables).unwrap(), "k", 1);
-        let db = Db::open(&path, 1, tables).unwrap();
+        let (_, db) = existing(dir.path());
         assert!(!db.inner.is_open());
         db.after_start();
         let opening = db.opening.lock().unwrap().take();
@@ -1080,9 +1087,7 @@ mod tests {
     #[test]
     fn dropping_a_database_waits_for_its_open_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("meta.db");
-        write(&Db::open(&path, 1, tables).unwrap(), "k", 1);
-        let db = Db::open(&path, 1, tables).unwrap();
+        let (path, db) = existing(dir.path());
         let held = Arc::clone(&db.inner);
         // The background open waits for this lock, which the test holds.
         let opening = held.opening.lock().unwrap();
