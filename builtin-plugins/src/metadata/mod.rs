@@ -1115,4 +1115,76 @@ mod snapshot_suite {
             assert_eq!(info.labels, expected, "{namespace}/{snapshotter}");
         }
     }
+
+    /// What a publisher was given: namespace, topic and the event's `key`.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<(String, String, String)>>);
+
+    impl crate::events::Publisher for Recorder {
+        fn publish(
+            &self,
+            namespace: &str,
+            topic: &str,
+            event: prost_types::Any,
+        ) -> Result<(), Error> {
+            use plinth_api::containerd::events::{SnapshotCommit, SnapshotPrepare, SnapshotRemove};
+            use prost::Message;
+            let bytes = event.value.as_slice();
+            let key = match topic {
+                "/snapshot/prepare" => {
+                    let event = SnapshotPrepare::decode(bytes).unwrap();
+                    format!("{} on {:?}", event.key, event.parent)
+                }
+                "/snapshot/commit" => {
+                    let event = SnapshotCommit::decode(bytes).unwrap();
+                    format!("{} as {}", event.key, event.name)
+                }
+                "/snapshot/remove" => SnapshotRemove::decode(bytes).unwrap().key,
+                other => panic!("unexpected topic {other}"),
+            };
+            let mut seen = self.0.lock().unwrap();
+            seen.push((namespace.to_string(), topic.to_string(), key));
+            Ok(())
+        }
+    }
+
+    /// A prepare, a commit and a remove publish containerd's snapshot events in the
+    /// snapshot's namespace; a view publishes nothing (as in containerd).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_changes_publish_their_events_and_a_view_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let native: Arc<dyn Snapshotter> =
+            Arc::new(NativeSnapshotter::open(&dir.path().join("native")).unwrap());
+        let metadata = Arc::new(
+            Metadata::open_with(
+                &dir.path().join("meta.db"),
+                None,
+                BTreeMap::from([("native".to_string(), native)]),
+                SharingPolicy::Shared,
+            )
+            .unwrap(),
+        );
+        let recorder = Arc::new(Recorder::default());
+        metadata.set_publisher(Some(
+            Arc::clone(&recorder) as Arc<dyn crate::events::Publisher>
+        ));
+        let snapshotter = Arc::clone(&metadata).snapshotter("a", "native").unwrap();
+        snapshotter.prepare("p1", "", Labels::new()).await.unwrap();
+        snapshotter.commit("c1", "p1", Labels::new()).await.unwrap();
+        snapshotter.view("v", "c1", Labels::new()).await.unwrap();
+        snapshotter
+            .prepare("p2", "c1", Labels::new())
+            .await
+            .unwrap();
+        snapshotter.remove("v").await.unwrap();
+        let seen = recorder.0.lock().unwrap().clone();
+        let expected = [
+            ("/snapshot/prepare", "p1 on \"\""),
+            ("/snapshot/commit", "p1 as c1"),
+            ("/snapshot/prepare", "p2 on \"c1\""),
+            ("/snapshot/remove", "v"),
+        ]
+        .map(|(topic, key)| ("a".to_string(), topic.to_string(), key.to_string()));
+        assert_eq!(seen, expected);
+    }
 }

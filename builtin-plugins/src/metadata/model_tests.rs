@@ -1771,6 +1771,73 @@ async fn a_shared_blob_is_recorded_without_upload_only_when_its_size_matches() {
     );
 }
 
+/// A shared writer (one that holds another namespace's blob whole, with no ingest behind it)
+/// becomes an ingest of its own only when it must, as containerd's does: an empty write
+/// leaves it shared; a truncate to 0 empties it and one to any other size is refused; an
+/// append copies the blob first, after emptying what an ingest of the same ref left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_writer_copies_the_blob_only_when_it_must() {
+    let dir = tempfile::tempdir().unwrap();
+    let views = namespace_views(dir.path(), SharingPolicy::Shared).unwrap();
+    // Over a chunk of the copy (1 MiB), so that the copy takes two reads.
+    let blob: Vec<u8> = (0..(3 << 19) + 17).map(|i: u32| (i % 251) as u8).collect();
+    let (size, digest) = (blob.len() as i64, Digest::of(&blob));
+    let a = views("a").unwrap();
+    let mut writer = a.writer("w", 0, None).await.unwrap();
+    writer.write(&blob).await.unwrap();
+    assert_eq!(writer.commit(0, None, Labels::new()).await.unwrap(), digest);
+    writer.close().await.unwrap();
+    let no_ingest = |ns: &str, error: crate::Error| {
+        assert_eq!(
+            error.category,
+            Category::NotFound,
+            "{ns}: the writer is still shared, with no ingest under its ref: {error}"
+        );
+    };
+
+    let b = views("b").unwrap();
+    let mut writer = b.writer("w", 0, Some(digest.clone())).await.unwrap();
+    writer.write(&[]).await.unwrap();
+    no_ingest("b", b.status("w").await.unwrap_err());
+    assert_eq!(writer.status().await.unwrap().offset, size);
+    assert_eq!(writer.commit(0, None, Labels::new()).await.unwrap(), digest);
+    writer.close().await.unwrap();
+
+    let c = views("c").unwrap();
+    let mut writer = c.writer("w", size, Some(digest.clone())).await.unwrap();
+    let error = writer.truncate(5).await.unwrap_err();
+    assert_eq!(error.category, Category::InvalidArgument, "{error}");
+    assert!(error.message.contains("only 0"), "{error}");
+    no_ingest("c", c.status("w").await.unwrap_err());
+    writer.truncate(0).await.unwrap();
+    assert_eq!(writer.status().await.unwrap().offset, 0);
+    assert_eq!(c.status("w").await.unwrap().offset, 0);
+    writer.write(b"other bytes").await.unwrap();
+    let other = writer.commit(0, None, Labels::new()).await.unwrap();
+    writer.close().await.unwrap();
+    assert_eq!(other, Digest::of(b"other bytes"));
+    assert_eq!(c.read_at(&other, 0, 64).await.unwrap(), b"other bytes");
+
+    let d = views("d").unwrap();
+    let mut dropped = d.writer("w", 0, None).await.unwrap();
+    dropped.write(b"left behind").await.unwrap();
+    dropped.close().await.unwrap();
+    assert_eq!(d.status("w").await.unwrap().offset, 11);
+    let mut writer = d.writer("w", 0, Some(digest.clone())).await.unwrap();
+    assert_eq!(writer.status().await.unwrap().offset, size);
+    writer.write(b"appended").await.unwrap();
+    let mut whole = blob.clone();
+    whole.extend_from_slice(b"appended");
+    let appended = writer.commit(0, None, Labels::new()).await.unwrap();
+    writer.close().await.unwrap();
+    assert_eq!(appended, Digest::of(&whole));
+    let read = d.read_at(&appended, 0, whole.len() + 1).await.unwrap();
+    assert!(
+        read == whole,
+        "d reads back the blob and the appended bytes"
+    );
+}
+
 /// A prepare refused for a missing lease or a missing parent leaves no namespace behind (the
 /// namespace used to be created before those checks, outside their transaction).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
