@@ -58,6 +58,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<bool> {
             .rate
             .filter(|r| *r > 0.0)
             .map(|r| Duration::from_secs_f64(args.clients as f64 / r)),
+        clients: args.clients,
     });
     let counters = Arc::new(Counters::default());
     let threads = if args.shared_runtime {
@@ -205,10 +206,11 @@ async fn run_all(
     deadline: Instant,
 ) -> anyhow::Result<Vec<Worker>> {
     let first: Arc<[Op]> = first.into();
+    let start = Instant::now();
     on_each(workers, runtimes, "running", move |mut w| {
         let first = first.clone();
         async move {
-            w.run_until(&first, deadline).await;
+            w.run_until(&first, start, deadline).await;
             w
         }
     })

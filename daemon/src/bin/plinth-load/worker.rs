@@ -168,6 +168,9 @@ pub(crate) struct Settings {
     pub(crate) disconnects: bool,
     /// The time between a client's calls (`--rate`); none: at once.
     pub(crate) pace: Option<Duration>,
+    /// How many clients share the rate: client `i` of `n` calls at `i / n` of the pace
+    /// after the others' start, so that their calls do not arrive at the same moment.
+    pub(crate) clients: usize,
 }
 
 /// One client.
@@ -198,6 +201,15 @@ pub(crate) struct Worker {
     pub(crate) stats: Stats,
     /// The daemon went away (its socket refuses connections).
     pub(crate) gone: bool,
+}
+
+/// When client `index` of `clients` makes its first call if they all begin at `start` and
+/// each calls every `pace`: its share of the pace later, so that together they call evenly
+/// spaced (unpaced: at `start`).
+fn phase(start: Instant, pace: Option<Duration>, index: usize, clients: usize) -> Instant {
+    pace.map_or(start, |pace| {
+        start + pace.mul_f64(index as f64 / clients.max(1) as f64)
+    })
 }
 
 /// The digest of `data`, as containerd writes it.
@@ -511,8 +523,11 @@ impl Worker {
     }
 
     /// Runs `first` in order, whatever the deadline, then the mix until `deadline` (or
-    /// until the daemon is gone).
-    pub(crate) async fn run_until(&mut self, first: &[Op], deadline: Instant) {
+    /// until the daemon is gone). Paced, its first call is at `start` plus its share of the
+    /// pace ([`Settings::clients`]): the clients' calls are spread evenly over time instead
+    /// of arriving all together every pace.
+    pub(crate) async fn run_until(&mut self, first: &[Op], start: Instant, deadline: Instant) {
+        self.next_call = phase(start, self.settings.pace, self.index, self.settings.clients);
         for &op in first {
             if self.gone {
                 return;
@@ -1503,5 +1518,34 @@ async fn abort_ingests(api: &mut ContentClient<Channel>, namespace: &AsciiMetada
             .metadata_mut()
             .insert(NAMESPACE_HEADER, namespace.clone());
         let _ = api.abort(request).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_clients_begin_spread_evenly_over_one_pace() {
+        let start = Instant::now();
+        let pace = Duration::from_millis(64);
+        let firsts: Vec<Duration> = (0..4)
+            .map(|i| phase(start, Some(pace), i, 4) - start)
+            .collect();
+        assert_eq!(
+            firsts,
+            [0, 16, 32, 48].map(Duration::from_millis),
+            "four clients every 64 ms call 16 ms apart"
+        );
+        assert_eq!(
+            phase(start, None, 3, 4),
+            start,
+            "unpaced, every client at once"
+        );
+        assert_eq!(
+            phase(start, Some(pace), 0, 0),
+            start,
+            "no clients: no division by zero"
+        );
     }
 }
