@@ -114,7 +114,8 @@ pub(crate) struct RunArgs {
     /// Prefix of the namespaces the clients create (default: `load-<pid>`)
     #[arg(long)]
     pub(crate) prefix: Option<String>,
-    /// Seed of the operation mix and the data (default: from the clock)
+    /// Seed of the operation mix and the data (default: from the clock); two runs against
+    /// one daemon at once need different seeds, or their clients write the same blobs
     #[arg(long)]
     pub(crate) seed: Option<u64>,
     /// Also open connections that are dropped in the middle of a write or a read, and check

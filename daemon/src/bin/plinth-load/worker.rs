@@ -83,6 +83,7 @@ pub(crate) enum Op {
     ImageUpdate,
     ImageDelete,
     Lease,
+    Publish,
     Disconnect,
 }
 
@@ -109,6 +110,7 @@ const MIX: &[(Op, usize)] = &[
     (Op::ImageUpdate, 2),
     (Op::ImageDelete, 3),
     (Op::Lease, 2),
+    (Op::Publish, 2),
     (Op::Disconnect, 3),
 ];
 
@@ -210,6 +212,15 @@ fn phase(start: Instant, pace: Option<Duration>, index: usize, clients: usize) -
     pace.map_or(start, |pace| {
         start + pace.mul_f64(index as f64 / clients.max(1) as f64)
     })
+}
+
+/// Client `index`'s generator in a run seeded with `seed`. Not `seed + index`: two runs
+/// against one daemon with nearby seeds would then give some of their clients the same
+/// blobs, which the daemon rightly shares between their namespaces (a resumed ingest then
+/// reports the whole blob), and the clients would take that for a wrong answer. Two runs
+/// with the same seed still draw the same blobs: give concurrent runs different seeds.
+fn client_rng(seed: u64, index: usize) -> Rng {
+    Rng::new(Rng::new(seed).next().wrapping_add(index as u64))
 }
 
 /// The digest of `data`, as containerd writes it.
@@ -359,7 +370,7 @@ impl Worker {
             .collect();
         Ok(Worker {
             index,
-            rng: Rng::new(seed.wrapping_add(index as u64)),
+            rng: client_rng(seed, index),
             own: header(&namespace),
             shared: header(&settings.shared),
             content: ContentClient::new(channel.clone())
@@ -597,6 +608,9 @@ impl Worker {
             Op::ImageUpdate => self.image_update().await,
             Op::ImageDelete => self.image_delete().await,
             Op::Lease => self.lease_cycle().await,
+            Op::Publish => {
+                self.publish_probe().await;
+            }
             Op::Disconnect if self.rng.below(2) == 0 => self.disconnect_write().await,
             Op::Disconnect => self.disconnect_read().await,
         }
@@ -1547,5 +1561,19 @@ mod tests {
             start,
             "no clients: no division by zero"
         );
+    }
+
+    #[test]
+    fn runs_with_nearby_seeds_give_their_clients_different_blobs() {
+        let firsts = |seed| -> std::collections::BTreeSet<u64> {
+            (0..64).map(|i| client_rng(seed, i).next()).collect()
+        };
+        let (one, two) = (firsts(1), firsts(2));
+        assert_eq!(one.len(), 64, "every client of a run draws its own blobs");
+        assert!(
+            one.is_disjoint(&two),
+            "a client of seed 2 draws what a client of seed 1 draws"
+        );
+        assert_eq!(firsts(1), one, "the same seed draws the same blobs again");
     }
 }

@@ -136,34 +136,10 @@ impl Worker {
         );
         let (sender, mut deliveries) = mpsc::unbounded_channel();
         let task = tokio::spawn(subscription_task(self.events.clone(), request, sender));
-        let probe = Any {
-            type_url: IMAGE_CREATE_TYPE.to_string(),
-            value: ImageCreate {
-                name: format!("{namespace}-ready"),
-                ..ImageCreate::default()
-            }
-            .encode_to_vec(),
-        };
         let deadline = Instant::now() + SUBSCRIBE_WAIT;
         let mut closed = None;
         let ready = loop {
-            let publish = self.request(
-                false,
-                PublishRequest {
-                    topic: READY_TOPIC.to_string(),
-                    event: Some(probe.clone()),
-                },
-            );
-            let mut api = self.events.clone();
-            if self
-                .call(
-                    "event-publish",
-                    &[],
-                    async move { api.publish(publish).await },
-                )
-                .await
-                .is_err()
-            {
+            if !self.publish_probe().await {
                 break false;
             }
             let wait = tokio::time::timeout(Duration::from_millis(200), deliveries.recv());
@@ -493,6 +469,36 @@ impl Worker {
         {
             self.wrong(format!("deleted image {name} is still there"));
         }
+    }
+
+    /// Publishes the client's probe event (in its namespace, on the topic its subscription
+    /// takes for readiness): false if the call failed. In the mix it measures Publish under
+    /// load, one subscriber taking the event among all the clients' subscriptions; after
+    /// [`Worker::subscribe`] the client ignores the probes it gets back.
+    pub(super) async fn publish_probe(&mut self) -> bool {
+        let probe = Any {
+            type_url: IMAGE_CREATE_TYPE.to_string(),
+            value: ImageCreate {
+                name: format!("{}-ready", self.model.namespace),
+                ..ImageCreate::default()
+            }
+            .encode_to_vec(),
+        };
+        let publish = self.request(
+            false,
+            PublishRequest {
+                topic: READY_TOPIC.to_string(),
+                event: Some(probe),
+            },
+        );
+        let mut api = self.events.clone();
+        self.call(
+            "event-publish",
+            &[],
+            async move { api.publish(publish).await },
+        )
+        .await
+        .is_ok()
     }
 
     /// A lease's life ([`Worker::lease_life`]), deleted synchronously one time in four.
