@@ -123,8 +123,10 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) disconnects: bool,
     /// Offer at most this many calls per second in all (each client its share, evenly
-    /// spaced), so that two daemons can be compared at the same load; a daemon that cannot
-    /// keep up makes the clients fall behind (default: each client calls again at once)
+    /// spaced, the clients' first calls spread over one client's interval so that all the
+    /// calls arrive evenly spaced), so that two daemons can be compared at the same load; a
+    /// daemon that cannot keep up makes the clients fall behind (default: each client calls
+    /// again at once)
     #[arg(long)]
     pub(crate) rate: Option<f64>,
     /// Run every client on one shared runtime of two threads instead of each on a thread of
