@@ -839,6 +839,28 @@ mod snapshot_suite {
     use crate::snapshots::native::NativeSnapshotter;
     use crate::snapshots::{Info, Mount, Snapshotter, Usage};
 
+    /// A native snapshotter in `dir`.
+    fn native_in(dir: &std::path::Path) -> Arc<dyn Snapshotter> {
+        Arc::new(NativeSnapshotter::open(&dir.join("native")).unwrap())
+    }
+
+    /// Metadata in `dir` over one snapshotter, `backend`, called `name`.
+    fn metadata_over(
+        dir: &std::path::Path,
+        name: &str,
+        backend: Arc<dyn Snapshotter>,
+    ) -> Arc<Metadata> {
+        Arc::new(
+            Metadata::open_with(
+                &dir.join("meta.db"),
+                None,
+                BTreeMap::from([(name.to_string(), backend)]),
+                SharingPolicy::Shared,
+            )
+            .unwrap(),
+        )
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn namespaced_snapshotter_passes_the_snapshot_conformance_suite() {
         crate::snapshots::testsuite::run(|dir: std::path::PathBuf| async move {
@@ -948,17 +970,8 @@ mod snapshot_suite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cleanup_removes_only_what_no_record_refers_to() {
         let dir = tempfile::tempdir().unwrap();
-        let native: Arc<dyn Snapshotter> =
-            Arc::new(NativeSnapshotter::open(&dir.path().join("native")).unwrap());
-        let metadata = Arc::new(
-            Metadata::open_with(
-                &dir.path().join("meta.db"),
-                None,
-                BTreeMap::from([("native".to_string(), Arc::clone(&native))]),
-                SharingPolicy::Shared,
-            )
-            .unwrap(),
-        );
+        let native = native_in(dir.path());
+        let metadata = metadata_over(dir.path(), "native", Arc::clone(&native));
         let namespaced = Arc::clone(&metadata).snapshotter("a", "native").unwrap();
         namespaced
             .prepare("base-active", "", Labels::new())
@@ -1045,18 +1058,9 @@ mod snapshot_suite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cleanup_names_a_backend_that_keeps_what_it_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let native: Arc<dyn Snapshotter> =
-            Arc::new(NativeSnapshotter::open(&dir.path().join("native")).unwrap());
+        let native = native_in(dir.path());
         let forgetful: Arc<dyn Snapshotter> = Arc::new(Forgetful(Arc::clone(&native)));
-        let metadata = Arc::new(
-            Metadata::open_with(
-                &dir.path().join("meta.db"),
-                None,
-                BTreeMap::from([("forgetful".to_string(), forgetful)]),
-                SharingPolicy::Shared,
-            )
-            .unwrap(),
-        );
+        let metadata = metadata_over(dir.path(), "forgetful", forgetful);
         let namespaced = Arc::clone(&metadata).snapshotter("a", "forgetful").unwrap();
         namespaced
             .cleanup()
@@ -1153,17 +1157,8 @@ mod snapshot_suite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn snapshot_changes_publish_their_events_and_a_view_none() {
         let dir = tempfile::tempdir().unwrap();
-        let native: Arc<dyn Snapshotter> =
-            Arc::new(NativeSnapshotter::open(&dir.path().join("native")).unwrap());
-        let metadata = Arc::new(
-            Metadata::open_with(
-                &dir.path().join("meta.db"),
-                None,
-                BTreeMap::from([("native".to_string(), native)]),
-                SharingPolicy::Shared,
-            )
-            .unwrap(),
-        );
+        let native = native_in(dir.path());
+        let metadata = metadata_over(dir.path(), "native", native);
         let recorder = Arc::new(Recorder::default());
         metadata.set_publisher(Some(
             Arc::clone(&recorder) as Arc<dyn crate::events::Publisher>
