@@ -76,12 +76,13 @@ fn image(message: ImageMessage) -> Image {
 }
 
 impl Service {
-    /// Runs `f` with the request's namespace on the blocking pool (the store is a database).
+    /// Runs `f` with the request's namespace on `pool` (the store is a database; a list
+    /// starts on the serving thread, [`crate::list`]).
     async fn run<R, T: Send + 'static>(
         &self,
         pool: Pool,
         request: &tonic::Request<R>,
-        f: impl FnOnce(&Service, &str) -> Result<T, Error> + Send + 'static,
+        f: impl FnOnce(&Service, &str) -> Result<T, Error> + Clone + Send + 'static,
     ) -> Reply<T> {
         let namespace = namespaces::from_request(request)?;
         let service = self.clone();

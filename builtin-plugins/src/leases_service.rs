@@ -80,13 +80,13 @@ mod service {
     }
 
     impl Service {
-        /// Runs `f` with the request's namespace on the blocking pool (leases live in a
-        /// database).
+        /// Runs `f` with the request's namespace on `pool` (leases live in a database; a
+        /// list starts on the serving thread, [`crate::list`]).
         async fn run<R, T: Send + 'static>(
             &self,
             pool: Pool,
             request: &tonic::Request<R>,
-            f: impl FnOnce(&dyn LeaseManager, &str) -> Result<T, Error> + Send + 'static,
+            f: impl FnOnce(&dyn LeaseManager, &str) -> Result<T, Error> + Clone + Send + 'static,
         ) -> Reply<T> {
             let namespace = namespaces::from_request(request)?;
             let manager = Arc::clone(&self.manager);

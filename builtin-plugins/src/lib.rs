@@ -134,11 +134,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
 static BLOCKING_NICE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 /// Sets how much lower than the threads that serve calls the threads of bulk work (the
-/// blocking pool and the ingest pool) run: a nice value added to theirs, 0 to 19. The read
-/// pool's threads are not lowered: a list is a call a client waits for, short and bounded
-/// to one thread per CPU, and at a lower priority it waited for a CPU behind the clients'
-/// own threads (BENCHMARKS.md, "Load"). A host calls it once, before any plugin starts (plinthd: `--blocking-nice`); a thread
-/// lowers itself on its first task and never rises again. Unset, 0.
+/// blocking pool: commits and their syncs, deletes, collections) run: a nice value added to
+/// theirs, 0 to 19. The read and ingest pools' threads are not lowered: a list and an
+/// ingest's write are calls a client waits for, short and bounded to one thread per CPU, and
+/// at a lower priority they waited for a CPU behind the clients' own threads (BENCHMARKS.md,
+/// "Load"). A host calls it once, before any plugin starts (plinthd: `--blocking-nice`); a
+/// thread lowers itself on its first task and never rises again. Unset, 0.
 pub fn set_blocking_nice(nice: i32) {
     BLOCKING_NICE.store(nice.clamp(0, 19), std::sync::atomic::Ordering::Relaxed);
 }
@@ -167,7 +168,7 @@ fn lower_this_threads_priority() {
     }
 }
 
-/// Which pool a service's database work runs on: [`blocking`] or [`blocking_read`].
+/// Which pool a service's database work runs on: [`blocking`] or, for lists, [`list`].
 #[cfg(any(
     feature = "namespaces",
     feature = "images-service",
@@ -178,7 +179,7 @@ fn lower_this_threads_priority() {
 pub(crate) enum Pool {
     /// Writes, and reads that precede a write: the bounded blocking pool.
     Writes,
-    /// Lists: the read pool.
+    /// Lists: on the serving thread while short, else the read pool ([`list`]).
     Reads,
 }
 
@@ -192,11 +193,11 @@ pub(crate) enum Pool {
 pub(crate) async fn blocking_in<T: Send + 'static>(
     pool: Pool,
     what: &'static str,
-    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    work: impl FnOnce() -> Result<T, Error> + Clone + Send + 'static,
 ) -> Result<T, Error> {
     match pool {
         Pool::Writes => blocking(what, work).await,
-        Pool::Reads => blocking_read(what, work).await,
+        Pool::Reads => list(what, work).await,
     }
 }
 
@@ -218,8 +219,139 @@ pub(crate) async fn blocking_read<T: Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    static POOL: SidePool = SidePool::new("plinth-read", &READ_THREADS, false);
+    static POOL: SidePool = SidePool::new("plinth-read", &READ_THREADS);
     POOL.run(what, work).await
+}
+
+/// How many records a list walks on the thread serving its call, unset
+/// ([`set_inline_list_records`]).
+pub const DEFAULT_INLINE_LIST_RECORDS: usize = 128;
+
+static INLINE_LIST_RECORDS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(DEFAULT_INLINE_LIST_RECORDS);
+
+/// Sets how many records a list (Images, Containers, Leases and their resources, Namespaces,
+/// the metadata's content and snapshot walks) may visit on the thread that serves its call
+/// before it stops there and runs again, from the start, on the read pool: a short list is
+/// answered without two thread hand-overs, each a wait for a CPU on a busy machine, and a
+/// long one holds a serving thread only for that many records (BENCHMARKS.md, "Load").
+/// 0 sends every list to the read pool. A host calls it before serving (plinthd:
+/// `--list-inline`). Unset, [`DEFAULT_INLINE_LIST_RECORDS`].
+pub fn set_inline_list_records(records: usize) {
+    INLINE_LIST_RECORDS.store(records, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(any(
+    feature = "metadata-redb",
+    feature = "namespaces",
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service"
+))]
+thread_local! {
+    /// The records the list running on this thread may still visit: `None` except during
+    /// [`list`]'s first attempt on a serving thread; below zero once it went past.
+    static WALK_BUDGET: std::cell::Cell<Option<isize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Counts one record a list's walk visits, like tokio's cooperative budget: during
+/// [`list`]'s first attempt, on the thread serving the call, one past the budget is an
+/// error that ends the walk (and [`list`] runs it again on the read pool); anywhere else it
+/// always succeeds. A store's list calls it for every record it reads, whether kept or not.
+#[cfg(any(
+    feature = "metadata-redb",
+    feature = "namespaces",
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service"
+))]
+#[cfg_attr(
+    not(feature = "metadata-redb"),
+    allow(dead_code, reason = "the metadata's stores count their records")
+)]
+pub(crate) fn walk_record() -> Result<(), Error> {
+    WALK_BUDGET.with(|budget| match budget.get() {
+        None => Ok(()),
+        Some(left) => {
+            #[cfg(test)]
+            COUNTED_HERE.set(COUNTED_HERE.get() + 1);
+            budget.set(Some(left - 1));
+            if left > 0 {
+                Ok(())
+            } else {
+                Err(Error::internal(
+                    "a list went past its budget on a serving thread (it runs again on the read pool)",
+                ))
+            }
+        }
+    })
+}
+
+#[cfg(all(
+    test,
+    any(
+        feature = "metadata-redb",
+        feature = "namespaces",
+        feature = "images-service",
+        feature = "containers-service",
+        feature = "leases-service"
+    )
+))]
+thread_local! {
+    /// Test only: the records [`walk_record`] counted against a budget on this thread, so a
+    /// test can see that a store's list counts its records.
+    static COUNTED_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Test only: the records lists counted against a budget on this thread since the last call.
+#[cfg(all(test, feature = "metadata-redb"))]
+pub(crate) fn records_counted_here() -> usize {
+    COUNTED_HERE.replace(0)
+}
+
+/// Runs a list: first on the calling thread (a runtime thread serving the call), for at
+/// most the records [`set_inline_list_records`] allows, counted by [`walk_record`]; a list
+/// that would visit more is dropped there and run again from the start on the read pool
+/// ([`blocking_read`]), in a read transaction of its own. So `work` must be read-only, and
+/// a store it calls must count its records (one that does not runs whole on the calling
+/// thread). `what` names the work in the internal error a panic on the pool becomes.
+#[cfg(any(
+    feature = "metadata-redb",
+    feature = "namespaces",
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service"
+))]
+pub(crate) async fn list<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, Error> + Clone + Send + 'static,
+) -> Result<T, Error> {
+    let records = INLINE_LIST_RECORDS.load(std::sync::atomic::Ordering::Relaxed);
+    list_within(records, what, work).await
+}
+
+/// [`list`] with a budget of `records` (0: straight to the read pool).
+#[cfg(any(
+    feature = "metadata-redb",
+    feature = "namespaces",
+    feature = "images-service",
+    feature = "containers-service",
+    feature = "leases-service"
+))]
+async fn list_within<T: Send + 'static>(
+    records: usize,
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, Error> + Clone + Send + 'static,
+) -> Result<T, Error> {
+    if records > 0 {
+        let outer = WALK_BUDGET.replace(Some(isize::try_from(records).unwrap_or(isize::MAX)));
+        let result = (work.clone())();
+        let left = WALK_BUDGET.replace(outer);
+        if left.is_none_or(|left| left >= 0) {
+            return result;
+        }
+    }
+    blocking_read(what, work).await
 }
 
 /// Runs an ingest's data write (a file write and its hashing, no sync) on the ingest pool: a
@@ -232,13 +364,13 @@ pub(crate) async fn blocking_ingest<T: Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    static POOL: SidePool = SidePool::new("plinth-ingest", &INGEST_THREADS, true);
+    static POOL: SidePool = SidePool::new("plinth-ingest", &INGEST_THREADS);
     POOL.run(what, work).await
 }
 
 /// A pool of blocking threads apart from tokio's main one, started on first use with as many
 /// threads at most as its setting says (one per CPU unset; none at all for 0, when its work
-/// runs on the main blocking pool instead), its threads lowered as the blocking pool's or not.
+/// runs on the main blocking pool instead), its threads at the serving threads' priority.
 #[cfg(any(
     feature = "content-local",
     feature = "metadata-redb",
@@ -250,8 +382,6 @@ pub(crate) async fn blocking_ingest<T: Send + 'static>(
 struct SidePool {
     name: &'static str,
     threads: &'static std::sync::OnceLock<usize>,
-    /// Whether its threads lower their priority by the [`set_blocking_nice`] value.
-    lowered: bool,
     runtime: std::sync::OnceLock<Option<tokio::runtime::Runtime>>,
 }
 
@@ -264,15 +394,10 @@ struct SidePool {
     feature = "leases-service"
 ))]
 impl SidePool {
-    const fn new(
-        name: &'static str,
-        threads: &'static std::sync::OnceLock<usize>,
-        lowered: bool,
-    ) -> Self {
+    const fn new(name: &'static str, threads: &'static std::sync::OnceLock<usize>) -> Self {
         Self {
             name,
             threads,
-            lowered,
             runtime: std::sync::OnceLock::new(),
         }
     }
@@ -303,12 +428,7 @@ impl SidePool {
         });
         match runtime {
             Some(runtime) => runtime
-                .spawn_blocking(|| {
-                    if self.lowered {
-                        lower_this_threads_priority();
-                    }
-                    work()
-                })
+                .spawn_blocking(work)
                 .await
                 .map_err(|e| Error::internal(format!("{what}: {e}")))?,
             None => blocking(what, work).await,
@@ -536,9 +656,61 @@ mod pool_tests {
         });
     }
 
+    /// A list that visits no more records than its budget answers on the calling thread,
+    /// whole; one that would visit one more starts again on the read pool and answers whole
+    /// there (its first attempt's error never reaches the caller); with the budget set to 0
+    /// every list runs on the read pool; outside [`list`] nothing is counted.
+    #[test]
+    fn a_list_runs_on_the_calling_thread_within_its_budget_and_on_the_read_pool_past_it() {
+        /// A walk of `records` records: how many it visited and where it ended.
+        fn walk(records: usize) -> impl FnOnce() -> Result<(usize, String), Error> + Clone {
+            move || {
+                for _ in 0..records {
+                    walk_record()?;
+                }
+                let thread = std::thread::current();
+                Ok((records, thread.name().unwrap_or("unnamed").to_string()))
+            }
+        }
+        std::thread::Builder::new()
+            .name("serving".into())
+            .spawn(|| {
+                one_blocking_thread().block_on(async {
+                    let budget = DEFAULT_INLINE_LIST_RECORDS;
+                    for (records, thread) in [
+                        (0, "serving"),
+                        (budget, "serving"),
+                        (budget + 1, "plinth-read"),
+                        (10 * budget, "plinth-read"),
+                    ] {
+                        let (visited, on) = list("a list", walk(records)).await.unwrap();
+                        assert_eq!(
+                            (visited, on.as_str()),
+                            (records, thread),
+                            "{records} records"
+                        );
+                    }
+                    // Off the first attempt, no budget: a walk of any length succeeds.
+                    assert_eq!(walk(10 * budget)().unwrap().0, 10 * budget);
+                    let (_, on) = list_within(0, "a list", walk(0)).await.unwrap();
+                    assert_eq!(on, "plinth-read");
+                    // A real error of the first attempt is the list's answer.
+                    let failed = list("a list", || -> Result<(), Error> {
+                        Err(Error::not_found("gone"))
+                    })
+                    .await
+                    .unwrap_err();
+                    assert_eq!(failed.category, plinth_core::Category::NotFound);
+                });
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
     /// The blocking pool's threads run below the threads that serve calls by the nice value
-    /// set, each lowered once however much work it runs, while the read pool's and the
-    /// thread that awaits them keep their own.
+    /// set, each lowered once however much work it runs, while the read and ingest pools'
+    /// and the thread that awaits them keep their own.
     #[test]
     fn blocking_work_runs_at_the_lower_priority_set() {
         fn nice() -> i32 {
@@ -555,6 +727,11 @@ mod pool_tests {
                     assert_eq!(blocking("work", || Ok(nice())).await.unwrap(), serving + 3);
                     assert_eq!(
                         blocking_read("a list", || Ok(nice())).await.unwrap(),
+                        serving
+                    );
+                    #[cfg(feature = "content-local")]
+                    assert_eq!(
+                        blocking_ingest("a write", || Ok(nice())).await.unwrap(),
                         serving
                     );
                 }

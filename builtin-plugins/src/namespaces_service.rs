@@ -43,12 +43,12 @@ impl Service {
         })
     }
 
-    /// Runs `f` on the blocking pool: the store is a database (its first use may create the
-    /// file), which must not hold up the async workers serving other calls.
+    /// Runs `f` on `pool`: the store is a database, which must not hold up the async workers
+    /// serving other calls for long (a list starts on the serving thread, [`crate::list`]).
     async fn run<T: Send + 'static>(
         &self,
         pool: Pool,
-        f: impl FnOnce(&Service) -> Result<T, Error> + Send + 'static,
+        f: impl FnOnce(&Service) -> Result<T, Error> + Clone + Send + 'static,
     ) -> Reply<T> {
         let service = self.clone();
         crate::blocking_in(pool, "namespaces service worker", move || f(&service))
@@ -203,8 +203,10 @@ mod tests {
     use super::*;
     use crate::namespaces::Labels;
 
-    /// A store whose `list` waits for a `create` made by another call: served on the async
-    /// worker itself, a waiting `list` would keep that call from ever running.
+    /// A store whose `list` walks more records than a serving thread may
+    /// ([`crate::DEFAULT_INLINE_LIST_RECORDS`]) and then waits for a `create` made by another
+    /// call: served whole on the async worker itself, it would keep that call from ever
+    /// running.
     struct Rendezvous {
         created: Mutex<Option<Sender<()>>>,
         waiting: Mutex<Receiver<()>>,
@@ -227,6 +229,9 @@ mod tests {
             Ok(())
         }
         fn list(&self) -> Result<Vec<(String, Labels)>, Error> {
+            for _ in 0..=crate::DEFAULT_INLINE_LIST_RECORDS {
+                crate::walk_record()?;
+            }
             self.waiting
                 .lock()
                 .expect("lock")
@@ -239,8 +244,8 @@ mod tests {
         }
     }
 
-    /// On a runtime with one async worker, a call whose store work waits for another call
-    /// still lets that call run: store work is on the blocking pool.
+    /// On a runtime with one async worker, a call whose store work is long and waits for
+    /// another call still lets that call run: a long list goes to the read pool.
     #[tokio::test(flavor = "current_thread")]
     async fn store_work_does_not_hold_up_the_async_worker() {
         let (sender, receiver) = channel();

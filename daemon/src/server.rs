@@ -197,6 +197,9 @@ pub fn serve(prepared: Prepared) -> anyhow::Result<()> {
     if let Some(threads) = prepared.options.ingest_threads {
         plinth_builtin_plugins::set_ingest_threads(threads);
     }
+    if let Some(records) = prepared.options.list_inline {
+        plinth_builtin_plugins::set_inline_list_records(records);
+    }
     plinth_builtin_plugins::set_blocking_nice(prepared.options.blocking_nice());
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(prepared.options.worker_threads())

@@ -45,8 +45,13 @@ pub struct Options {
     /// pool's commits; 0 runs that on the blocking pool [default: 1 per CPU]
     #[arg(long, global = true, value_name = "N")]
     pub ingest_threads: Option<usize>,
-    /// How much lower the threads of bulk work (the blocking and ingest pools) run than the
-    /// threads that serve calls and lists, as a nice value from 0 to 19 [default: 10]
+    /// How many records a list may walk on the thread serving its call before it moves to
+    /// the read pool; 0 sends every list there [default: 128]
+    #[arg(long, global = true, value_name = "N")]
+    pub list_inline: Option<usize>,
+    /// How much lower the threads of bulk work (the blocking pool: commits, deletes,
+    /// collections) run than the threads that serve calls, lists and ingest writes, as a
+    /// nice value from 0 to 19 [default: 10]
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(i32).range(0..=19))]
     pub blocking_nice: Option<i32>,
 }
@@ -86,10 +91,12 @@ impl Options {
     /// `--blocking-nice`, or 10.
     ///
     /// The runtime's few threads serve every call, the cheap ones (a point read, a cached
-    /// read) on the spot; the pools' threads do the bulk (syncs, hashing, lists). At equal
-    /// priority the kernel shares the CPUs among all of them alike, and a point read waits
-    /// behind bulk work it does not need (BENCHMARKS.md, "Load"). Lower, the pools still get
-    /// every CPU the serving threads leave idle.
+    /// read, a short list) on the spot; the blocking pool's threads do the bulk (commits and
+    /// their syncs, deletes, collections). At equal priority the kernel shares the CPUs among
+    /// all of them alike, and a point read waits behind bulk work it does not need
+    /// (BENCHMARKS.md, "Load"). Lower, the pool still gets every CPU the serving threads
+    /// leave idle. The read and ingest pools stay at the serving priority: their work (a
+    /// long list, an ingest's write) is a call a client waits for.
     #[must_use]
     pub fn blocking_nice(&self) -> i32 {
         self.blocking_nice.unwrap_or(10)

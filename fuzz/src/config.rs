@@ -34,6 +34,7 @@ pub fn run(data: &[u8]) {
         blocking_threads: None,
         read_threads: None,
         ingest_threads: None,
+        list_inline: None,
         worker_threads: None,
         blocking_nice: None,
     };

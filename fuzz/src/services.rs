@@ -400,6 +400,7 @@ fn start() -> Daemon {
         blocking_threads: None,
         read_threads: None,
         ingest_threads: None,
+        list_inline: None,
         worker_threads: None,
         blocking_nice: None,
     };

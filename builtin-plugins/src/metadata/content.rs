@@ -9,7 +9,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use super::gc::Barrier;
 use super::schema::{CONTENT, CONTENT_LABELS};
-use super::{Metadata, SharingPolicy, blocking, blocking_read, from_nanos, now_nanos, storage};
+use super::{Metadata, SharingPolicy, blocking, from_nanos, now_nanos, storage};
 use crate::content::{ContentStore, ContentWriter, Digest, Info, Status, validate_ref};
 use crate::error::Error;
 use crate::filters::FilterSet;
@@ -274,7 +274,7 @@ impl ContentStore for NamespacedContent {
     async fn walk(&self, filters: &[String]) -> Result<Vec<Info>, Error> {
         let filters = FilterSet::parse_all(filters).map_err(|e| Error::invalid(e.to_string()))?;
         let (metadata, namespace) = (self.metadata.clone(), self.namespace.clone());
-        blocking_read(move || {
+        crate::list("metadata content list", move || {
             let txn = metadata.db.begin_read()?;
             let table = txn.open_table(CONTENT).map_err(storage)?;
             let labels_table = txn.open_table(CONTENT_LABELS).map_err(storage)?;
@@ -285,6 +285,7 @@ impl ContentStore for NamespacedContent {
                 if ns != namespace {
                     break;
                 }
+                crate::walk_record()?;
                 let (size, created, updated) = value.value();
                 let info = Info {
                     digest: Digest::parse(digest)?,

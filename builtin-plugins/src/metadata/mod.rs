@@ -183,13 +183,6 @@ async fn blocking<T: Send + 'static>(
     crate::blocking("metadata worker", work).await
 }
 
-/// Runs a read-only walk of the database on the read pool ([`crate::blocking_read`]).
-async fn blocking_read<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    crate::blocking_read("metadata reader", work).await
-}
-
 impl Metadata {
     /// The metadata over the database at `path`: an existing file opens on a thread of its
     /// own, a missing one is created by the first call (creating missing tables and checking
@@ -418,6 +411,7 @@ impl NamespaceStore for Metadata {
         let mut out = Vec::new();
         for item in namespaces.iter().map_err(storage)? {
             let (name, _) = item.map_err(storage)?;
+            crate::walk_record()?;
             let name = name.value().to_string();
             let l = Metadata::labels_in(&labels, &name)?;
             out.push((name, l));

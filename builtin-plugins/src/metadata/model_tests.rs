@@ -1869,3 +1869,58 @@ async fn a_refused_prepare_creates_no_namespace() {
         assert_eq!(namespaces, Vec::new(), "{lease:?} {parent:?}");
     }
 }
+
+/// Content and snapshot lists longer than a serving thread may walk
+/// ([`crate::DEFAULT_INLINE_LIST_RECORDS`]) answer whole, filters applied: their first
+/// attempt stops at the budget and the walk runs again on the read pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_and_snapshot_lists_longer_than_the_inline_budget_answer_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let content: Arc<dyn ContentStore> =
+        Arc::new(LocalStore::open(&dir.path().join("content")).unwrap());
+    let native: Arc<dyn Snapshotter> =
+        Arc::new(NativeSnapshotter::open(&dir.path().join("native")).unwrap());
+    let metadata = Arc::new(
+        Metadata::open_with(
+            &dir.path().join("meta.db"),
+            Some(content),
+            BTreeMap::from([(SNAPSHOTTER.to_string(), native)]),
+            SharingPolicy::Shared,
+        )
+        .unwrap(),
+    );
+    let n = crate::DEFAULT_INLINE_LIST_RECORDS + 3;
+    let store = Arc::clone(&metadata).content("long").unwrap();
+    let snapshotter = Arc::clone(&metadata)
+        .snapshotter("long", SNAPSHOTTER)
+        .unwrap();
+    for i in 0..n {
+        let bytes = format!("blob {i}").into_bytes();
+        let digest = Digest::of(&bytes);
+        let mut writer = store.writer(&format!("ref-{i}"), 0, None).await.unwrap();
+        writer.write(&bytes).await.unwrap();
+        let labels = Labels::from([("odd".to_string(), (i % 2).to_string())]);
+        let size = i64::try_from(bytes.len()).unwrap();
+        writer
+            .commit(size, Some(digest), labels.clone())
+            .await
+            .unwrap();
+        writer.close().await.unwrap();
+        snapshotter
+            .prepare(&format!("key-{i}"), "", labels)
+            .await
+            .unwrap();
+    }
+    // Each walk first counted one record past the budget on this thread.
+    let past = crate::DEFAULT_INLINE_LIST_RECORDS + 1;
+    crate::records_counted_here();
+    assert_eq!(store.walk(&[]).await.unwrap().len(), n);
+    assert_eq!(crate::records_counted_here(), past);
+    let odd = ["labels.odd==1".to_string()];
+    assert_eq!(store.walk(&odd).await.unwrap().len(), n / 2);
+    assert_eq!(crate::records_counted_here(), past);
+    assert_eq!(snapshotter.walk(&[]).await.unwrap().len(), n);
+    assert_eq!(crate::records_counted_here(), past);
+    assert_eq!(snapshotter.walk(&odd).await.unwrap().len(), n / 2);
+    assert_eq!(crate::records_counted_here(), past);
+}

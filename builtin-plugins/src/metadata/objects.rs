@@ -151,6 +151,7 @@ fn scan<M: prost::Message + Default, T>(
         if ns != namespace {
             break;
         }
+        crate::walk_record()?;
         let record = decode(name, value.value())?;
         out.extend(keep(name.to_string(), record));
     }
@@ -542,6 +543,7 @@ fn lease_resources(
         if ns != namespace || l != lease {
             break;
         }
+        crate::walk_record()?;
         out.push(Resource {
             kind: kind.to_string(),
             id: id.to_string(),
@@ -1333,5 +1335,54 @@ mod tests {
         let plain = Arc::clone(&db).content("ns").unwrap();
         let statuses = plain.list_statuses(&[]).await.unwrap();
         assert!(statuses.is_empty(), "nothing was opened: {statuses:?}");
+    }
+
+    /// Lists longer than a serving thread may walk ([`crate::list`]'s budget) answer whole:
+    /// each first attempt stops at the budget and the list is walked again on the read pool.
+    #[test]
+    fn lists_longer_than_the_inline_budget_answer_whole() {
+        use std::sync::Arc;
+        let (_dir, db) = store();
+        let db = Arc::new(db);
+        let n = crate::DEFAULT_INLINE_LIST_RECORDS + 3;
+        LeaseManager::create(db.as_ref(), "ns", "held", Labels::new()).unwrap();
+        for i in 0..n {
+            ImageStore::create(db.as_ref(), "ns", image(&format!("image-{i}"))).unwrap();
+            ContainerStore::create(db.as_ref(), "ns", container(&format!("c-{i}"))).unwrap();
+            LeaseManager::create(db.as_ref(), "ns", &format!("l-{i}"), Labels::new()).unwrap();
+            let blob = Resource {
+                kind: "content".into(),
+                id: format!("sha256:{i:064x}"),
+            };
+            db.add_resource("ns", "held", &blob).unwrap();
+            NamespaceStore::create(db.as_ref(), &format!("ns-{i}"), &Labels::new()).unwrap();
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // How many a list returned, having first counted one record past the budget on the
+        // calling thread: each store counts what it walks.
+        let listed = |work: fn(&Metadata) -> Result<usize, Error>| {
+            let db = Arc::clone(&db);
+            crate::records_counted_here();
+            let listed = runtime
+                .block_on(crate::list("a long list", move || work(db.as_ref())))
+                .unwrap();
+            let counted = crate::records_counted_here();
+            assert_eq!(counted, crate::DEFAULT_INLINE_LIST_RECORDS + 1);
+            listed
+        };
+        assert_eq!(listed(|db| Ok(ImageStore::list(db, "ns", &[])?.len())), n);
+        assert_eq!(
+            listed(|db| Ok(ContainerStore::list(db, "ns", &[])?.len())),
+            n
+        );
+        assert_eq!(
+            listed(|db| Ok(LeaseManager::list(db, "ns", &[])?.len())),
+            n + 1
+        );
+        assert_eq!(listed(|db| Ok(db.list_resources("ns", "held")?.len())), n);
+        // The n namespaces made here and "ns", made by the first record in it.
+        assert_eq!(listed(|db| Ok(NamespaceStore::list(db)?.len())), n + 1);
     }
 }

@@ -12,7 +12,7 @@ use super::gc::Barrier;
 use super::schema::{
     SEQUENCES, SNAPSHOT_LABELS, SNAPSHOTS, SnapshotKey, SnapshotLabelKey, SnapshotValue,
 };
-use super::{Metadata, blocking, blocking_read, from_nanos, now_nanos, storage};
+use super::{Metadata, blocking, from_nanos, now_nanos, storage};
 use crate::error::Error;
 use crate::filters::FilterSet;
 use crate::namespaces::{Labels, apply_label_paths, validate_label};
@@ -562,6 +562,7 @@ impl Snapshotter for NamespacedSnapshotter {
                 if n != ns || s != sn {
                     break;
                 }
+                crate::walk_record()?;
                 if value.value().1 == k {
                     return Ok(Some(name.to_string()));
                 }
@@ -597,7 +598,7 @@ impl Snapshotter for NamespacedSnapshotter {
             self.namespace.clone(),
             self.name.clone(),
         );
-        blocking_read(move || {
+        crate::list("metadata snapshot list", move || {
             let txn = metadata.db.begin_read()?;
             let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
             let labels_table = txn.open_table(SNAPSHOT_LABELS).map_err(storage)?;
@@ -611,6 +612,7 @@ impl Snapshotter for NamespacedSnapshotter {
                 if n != ns || s != sn {
                     break;
                 }
+                crate::walk_record()?;
                 let (kind, parent, backend, created, updated) = value.value();
                 let record = Record {
                     kind: kind_of(kind),
