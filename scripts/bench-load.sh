@@ -7,7 +7,11 @@
 # fds and threads). Fails if either daemon gave an unexpected error or a wrong answer, or
 # held more fds or threads after the clients left than the run explains.
 #
-# Environment: CLIENTS (default "1 16 64"; "none" for only the RATE or SOAK runs), DURATION (default 20s), SNAPSHOTTER (default
+# ROUNDS rounds of it (default 3), interleaved (plinthd, containerd, plinthd, ...), the
+# tables showing each figure's median over the rounds: one run's p99 of an operation that
+# makes a few hundred calls rests on a handful of them.
+#
+# Environment: CLIENTS (default "1 16 64"; "none" for only the RATE or SOAK runs), DURATION (default 20s), ROUNDS (default 3; the RATE runs too, not SOAK), SNAPSHOTTER (default
 # native), RATE=N to add a run of both daemons at the largest client count offered N calls
 # per second in all (latency at equal load), SOAK=1 to add a 10-minute run at 16 clients on each daemon after a 30-second
 # warm-up at the same concurrency (RSS before the warm-up, at the start, the end and after),
@@ -103,10 +107,13 @@ one() {
     reports+=("$work/$name.json")
 }
 
-echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD), $($containerd --version | cut -d' ' -f3), $duration per run, $snapshotter snapshotter"
-for n in $clients; do
-    one plinthd "$n" "$duration" "plinthd-$n"
-    one containerd "$n" "$duration" "containerd-$n"
+rounds=${ROUNDS:-3}
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD), $($containerd --version | cut -d' ' -f3), $duration per run, $rounds rounds, $snapshotter snapshotter"
+for round in $(seq "$rounds"); do
+    for n in $clients; do
+        one plinthd "$n" "$duration" "plinthd-$n-$round"
+        one containerd "$n" "$duration" "containerd-$n-$round"
+    done
 done
 if (( ${#reports[@]} > 0 )); then
     target/release/plinth-load table "${reports[@]}"
@@ -117,9 +124,11 @@ if [[ -n ${RATE:-} ]]; then
     paced=()
     n=${clients##* }
     n=${n:-64}
-    for daemon in plinthd containerd; do
-        one "$daemon" "$n" "$duration" "paced-$daemon" --rate "$RATE"
-        paced+=("$work/paced-$daemon.json")
+    for round in $(seq "$rounds"); do
+        for daemon in plinthd containerd; do
+            one "$daemon" "$n" "$duration" "paced-$daemon-$round" --rate "$RATE"
+            paced+=("$work/paced-$daemon-$round.json")
+        done
     done
     echo
     echo "$n clients offered $RATE calls/s in all:"

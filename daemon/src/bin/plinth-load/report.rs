@@ -334,7 +334,108 @@ fn mib(kib: u64) -> String {
 
 /// Reports side by side, in Markdown: throughput per client count, then per operation at
 /// each client count, then the daemons' resources.
+/// The median of `values` (the mean of the middle two of an even count); 0 for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Reports of the same daemon (label) and client count, from rounds of the same run, as one:
+/// per operation the median over the rounds of its calls/s and of each latency percentile,
+/// the median of the total calls/s, errors and wrong answers summed, the resources of the
+/// first round. Rounds that some operation did not reach count as absent for it.
+fn merge_rounds(rounds: &[&Report]) -> Report {
+    let first = rounds[0];
+    let mut names: Vec<&str> = Vec::new();
+    for r in rounds {
+        for o in &r.ops {
+            if !names.contains(&o.name.as_str()) {
+                names.push(&o.name);
+            }
+        }
+    }
+    let ops = names
+        .iter()
+        .map(|&name| {
+            let rows: Vec<&OpRow> = rounds
+                .iter()
+                .filter_map(|r| r.ops.iter().find(|o| o.name == name))
+                .collect();
+            let of = |f: fn(&OpRow) -> f64| median(rows.iter().map(|o| f(o)).collect());
+            let mut expected = BTreeMap::new();
+            let mut unexpected = BTreeMap::new();
+            for o in &rows {
+                for (code, n) in &o.expected {
+                    *expected.entry(code.clone()).or_default() += n;
+                }
+                for (code, n) in &o.unexpected {
+                    *unexpected.entry(code.clone()).or_default() += n;
+                }
+            }
+            OpRow {
+                name: name.to_string(),
+                count: rows.iter().map(|o| o.count).sum(),
+                per_sec: of(|o| o.per_sec),
+                p50_us: of(|o| f64::from(o.p50_us)).round() as u32,
+                p99_us: of(|o| f64::from(o.p99_us)).round() as u32,
+                p999_us: of(|o| f64::from(o.p999_us)).round() as u32,
+                expected,
+                unexpected,
+            }
+        })
+        .collect();
+    Report {
+        label: first.label.clone(),
+        clients: first.clients,
+        seconds: rounds.iter().map(|r| r.seconds).sum(),
+        ops,
+        ops_per_sec: median(rounds.iter().map(|r| r.ops_per_sec).collect()),
+        unexpected: rounds.iter().map(|r| r.unexpected).sum(),
+        failure_count: rounds.iter().map(|r| r.failure_count).sum(),
+        failures: rounds.iter().flat_map(|r| r.failures.clone()).collect(),
+        examples: rounds.iter().flat_map(|r| r.examples.clone()).collect(),
+        resources: first.resources,
+        leaks: rounds.iter().flat_map(|r| r.leaks.clone()).collect(),
+        gone: rounds.iter().any(|r| r.gone),
+    }
+}
+
+/// Markdown tables of `reports` side by side, one column group per daemon (label): total
+/// calls/s, then per operation at each client count, then the resources of each report.
+/// Several reports of the same daemon and client count are rounds of one run: the tables
+/// show their medians ([`merge_rounds`]), say how many rounds, and list the resources of
+/// every round. With two daemons, each per-operation table ends with the operations whose
+/// p99 for the first is not below the second's.
 pub(crate) fn table(reports: &[Report]) -> String {
+    let mut groups: Vec<Vec<&Report>> = Vec::new();
+    for r in reports {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].label == r.label && g[0].clients == r.clients)
+        {
+            Some(group) => group.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    let rounds = groups.iter().map(Vec::len).max().unwrap_or(1);
+    let merged: Vec<Report> = groups.iter().map(|g| merge_rounds(g)).collect();
+    let mut out = table_of(&merged, reports, rounds);
+    if rounds > 1 {
+        out.insert_str(
+            0,
+            &format!("Medians over {rounds} rounds (each operation's calls/s and percentiles, the total calls/s).\n\n"),
+        );
+    }
+    out
+}
+
+/// [`table`] of `merged` (one report per daemon and client count), the resources of every
+/// report in `all`.
+fn table_of(reports: &[Report], all: &[Report], rounds: usize) -> String {
     let mut labels: Vec<&str> = Vec::new();
     let mut clients: Vec<usize> = Vec::new();
     for r in reports {
@@ -421,10 +522,45 @@ pub(crate) fn table(reports: &[Report]) -> String {
             }
             out.push('\n');
         }
+        if let [a, b] = labels[..]
+            && let (Some(x), Some(y)) = (find(a, n), find(b, n))
+        {
+            let not_lower: Vec<String> = x
+                .ops
+                .iter()
+                .filter_map(|o| {
+                    let other = y.ops.iter().find(|p| p.name == o.name)?;
+                    (o.p99_us >= other.p99_us).then(|| {
+                        format!(
+                            "{} ({:.2} vs {:.2})",
+                            o.name,
+                            f64::from(o.p99_us) / 1000.0,
+                            f64::from(other.p99_us) / 1000.0
+                        )
+                    })
+                })
+                .collect();
+            let compared = x
+                .ops
+                .iter()
+                .filter(|o| y.ops.iter().any(|p| p.name == o.name))
+                .count();
+            let _ = writeln!(
+                out,
+                "\n{a}'s p99 not below {b}'s: {} of {compared} operations{}{}",
+                not_lower.len(),
+                if not_lower.is_empty() { "" } else { ": " },
+                not_lower.join(", ")
+            );
+        }
     }
     // Resources.
-    out.push_str("\nThe daemons' resources (start / peak / end / after the clients left; before a warm-up, when there was one, in brackets):\n\n| daemon | clients | RSS MiB | fds | threads |\n|---|---|---|---|---|\n");
-    for r in reports {
+    let each = if rounds > 1 { ", each round" } else { "" };
+    let _ = write!(
+        out,
+        "\nThe daemons' resources (start / peak / end / after the clients left{each}; before a warm-up, when there was one, in brackets):\n\n| daemon | clients | RSS MiB | fds | threads |\n|---|---|---|---|---|\n"
+    );
+    for r in all {
         if let Some(s) = &r.resources {
             let cold = if s.cold == s.start {
                 String::new()
@@ -517,6 +653,64 @@ mod tests {
         assert!(
             md.contains("| containerd | 1 | 0.0 / 0.0 / 0.0 / 0.0 |"),
             "{md}"
+        );
+    }
+
+    /// Reports of the same daemon and client count are rounds: the table shows the median
+    /// of each figure over them (the middle one of three, the mean of the middle two of
+    /// four), sums their errors, lists every round's resources, and names the operations
+    /// whose p99 is not below the other daemon's.
+    #[test]
+    fn rounds_merge_into_medians() {
+        let round = |label: &str, millis: &[(&'static str, u64)], seconds: u64| {
+            let mut s = Stats::default();
+            for &(op, ms) in millis {
+                s.ok(op, Duration::from_millis(ms));
+            }
+            let mut r = Report::new(label.into(), 4, Duration::from_secs(seconds), s);
+            r.resources = Some(Resources::default());
+            r
+        };
+        let mut failed = round("b", &[("read", 2), ("info", 1)], 1);
+        failed.failure_count = 1;
+        let reports = [
+            round("a", &[("read", 9), ("info", 1)], 1),
+            round("b", &[("read", 5), ("info", 2)], 1),
+            round("a", &[("read", 1), ("info", 3)], 2),
+            failed,
+            round("a", &[("read", 4), ("info", 2)], 4),
+            round("b", &[("read", 7), ("info", 3)], 1),
+            round("b", &[("read", 3), ("info", 5)], 1),
+        ];
+        let md = table(&reports);
+        assert!(md.starts_with("Medians over 4 rounds"), "{md}");
+        // a: 2, 1, 0.5 calls/s; b: 2, 2, 2, 2.
+        assert!(md.contains("| 4 | 1 | 0 / 0 | 2 | 0 / 1 | 0.50× |"), "{md}");
+        // read p99: a 9, 1, 4 -> 4; b 5, 2, 7, 3 -> 4. info: a 1, 3, 2 -> 2; b 2, 1, 3, 5 -> 2.5.
+        assert!(
+            md.contains("| read | 0 | 4.00 / 4.00 / 4.00 | 1 | 4.00 / 4.00 / 4.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| info | 0 | 2.00 / 2.00 / 2.00 | 1 | 2.50 / 2.50 / 2.50 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("a's p99 not below b's: 1 of 2 operations: read (4.00 vs 4.00)"),
+            "{md}"
+        );
+        assert_eq!(md.matches("| a | 4 |").count(), 3, "{md}");
+        assert_eq!(md.matches("| b | 4 |").count(), 4, "{md}");
+        assert!(
+            md.contains("end / after the clients left, each round;"),
+            "{md}"
+        );
+
+        let single = table(&reports[..2]);
+        assert!(!single.contains("Medians"), "{single}");
+        assert!(
+            single.contains("a's p99 not below b's: 1 of 2 operations: read (9.00 vs 5.00)"),
+            "{single}"
         );
     }
 }
