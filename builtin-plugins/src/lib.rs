@@ -227,7 +227,7 @@ pub(crate) async fn blocking_read<T: Send + 'static>(
 /// ([`set_inline_list_records`]).
 pub const DEFAULT_INLINE_LIST_RECORDS: usize = 128;
 
-static INLINE_LIST_RECORDS: std::sync::atomic::AtomicUsize =
+pub(crate) static INLINE_LIST_RECORDS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(DEFAULT_INLINE_LIST_RECORDS);
 
 /// Sets how many records a list (Images, Containers, Leases and their resources, Namespaces,
@@ -248,16 +248,7 @@ pub fn set_inline_list_records(records: usize) {
     feature = "containers-service",
     feature = "leases-service"
 ))]
-thread_local! {
-    /// The records the list running on this thread may still visit: `None` except during
-    /// [`list`]'s first attempt on a serving thread; below zero once it went past.
-    static WALK_BUDGET: std::cell::Cell<Option<isize>> = const { std::cell::Cell::new(None) };
-}
-
-/// Counts one record a list's walk visits, like tokio's cooperative budget: during
-/// [`list`]'s first attempt, on the thread serving the call, one past the budget is an
-/// error that ends the walk (and [`list`] runs it again on the read pool); anywhere else it
-/// always succeeds. A store's list calls it for every record it reads, whether kept or not.
+mod lists;
 #[cfg(any(
     feature = "metadata-redb",
     feature = "namespaces",
@@ -265,94 +256,9 @@ thread_local! {
     feature = "containers-service",
     feature = "leases-service"
 ))]
-#[cfg_attr(
-    not(feature = "metadata-redb"),
-    allow(dead_code, reason = "the metadata's stores count their records")
-)]
-pub(crate) fn walk_record() -> Result<(), Error> {
-    WALK_BUDGET.with(|budget| match budget.get() {
-        None => Ok(()),
-        Some(left) => {
-            #[cfg(test)]
-            COUNTED_HERE.set(COUNTED_HERE.get() + 1);
-            budget.set(Some(left - 1));
-            if left > 0 {
-                Ok(())
-            } else {
-                Err(Error::internal(
-                    "a list went past its budget on a serving thread (it runs again on the read pool)",
-                ))
-            }
-        }
-    })
-}
-
-#[cfg(all(
-    test,
-    any(
-        feature = "metadata-redb",
-        feature = "namespaces",
-        feature = "images-service",
-        feature = "containers-service",
-        feature = "leases-service"
-    )
-))]
-thread_local! {
-    /// Test only: the records [`walk_record`] counted against a budget on this thread, so a
-    /// test can see that a store's list counts its records.
-    static COUNTED_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Test only: the records lists counted against a budget on this thread since the last call.
-#[cfg(all(test, feature = "metadata-redb"))]
-pub(crate) fn records_counted_here() -> usize {
-    COUNTED_HERE.replace(0)
-}
-
-/// Runs a list: first on the calling thread (a runtime thread serving the call), for at
-/// most the records [`set_inline_list_records`] allows, counted by [`walk_record`]; a list
-/// that would visit more is dropped there and run again from the start on the read pool
-/// ([`blocking_read`]), in a read transaction of its own. So `work` must be read-only, and
-/// a store it calls must count its records (one that does not runs whole on the calling
-/// thread). `what` names the work in the internal error a panic on the pool becomes.
-#[cfg(any(
-    feature = "metadata-redb",
-    feature = "namespaces",
-    feature = "images-service",
-    feature = "containers-service",
-    feature = "leases-service"
-))]
-pub(crate) async fn list<T: Send + 'static>(
-    what: &'static str,
-    work: impl FnOnce() -> Result<T, Error> + Clone + Send + 'static,
-) -> Result<T, Error> {
-    let records = INLINE_LIST_RECORDS.load(std::sync::atomic::Ordering::Relaxed);
-    list_within(records, what, work).await
-}
-
-/// [`list`] with a budget of `records` (0: straight to the read pool).
-#[cfg(any(
-    feature = "metadata-redb",
-    feature = "namespaces",
-    feature = "images-service",
-    feature = "containers-service",
-    feature = "leases-service"
-))]
-async fn list_within<T: Send + 'static>(
-    records: usize,
-    what: &'static str,
-    work: impl FnOnce() -> Result<T, Error> + Clone + Send + 'static,
-) -> Result<T, Error> {
-    if records > 0 {
-        let outer = WALK_BUDGET.replace(Some(isize::try_from(records).unwrap_or(isize::MAX)));
-        let result = (work.clone())();
-        let left = WALK_BUDGET.replace(outer);
-        if left.is_none_or(|left| left >= 0) {
-            return result;
-        }
-    }
-    blocking_read(what, work).await
-}
+pub(crate) use lists::list;
+#[cfg(feature = "metadata-redb")]
+pub(crate) use lists::walk_record;
 
 /// Runs an ingest's data write (a file write and its hashing, no sync) on the ingest pool: a
 /// few threads of its own, so that a client streaming a blob never queues behind the
@@ -692,7 +598,7 @@ mod pool_tests {
                     }
                     // Off the first attempt, no budget: a walk of any length succeeds.
                     assert_eq!(walk(10 * budget)().unwrap().0, 10 * budget);
-                    let (_, on) = list_within(0, "a list", walk(0)).await.unwrap();
+                    let (_, on) = lists::list_within(0, "a list", walk(0)).await.unwrap();
                     assert_eq!(on, "plinth-read");
                     // A real error of the first attempt is the list's answer.
                     let failed = list("a list", || -> Result<(), Error> {

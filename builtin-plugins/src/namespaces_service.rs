@@ -230,7 +230,7 @@ mod tests {
         }
         fn list(&self) -> Result<Vec<(String, Labels)>, Error> {
             for _ in 0..=crate::DEFAULT_INLINE_LIST_RECORDS {
-                crate::walk_record()?;
+                crate::lists::walk_record()?;
             }
             self.waiting
                 .lock()

@@ -1498,21 +1498,25 @@ impl Run {
     }
 }
 
-async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let content: Arc<dyn ContentStore> =
-        Arc::new(LocalStore::open(&dir.path().join("content")).unwrap());
+/// Metadata in `dir` over a local content store and a native snapshotter (`SNAPSHOTTER`).
+fn metadata_in(dir: &std::path::Path, policy: SharingPolicy) -> Arc<Metadata> {
+    let content: Arc<dyn ContentStore> = Arc::new(LocalStore::open(&dir.join("content")).unwrap());
     let native: Arc<dyn Snapshotter> =
-        Arc::new(NativeSnapshotter::open(&dir.path().join("native")).unwrap());
-    let metadata = Arc::new(
+        Arc::new(NativeSnapshotter::open(&dir.join("native")).unwrap());
+    Arc::new(
         Metadata::open_with(
-            &dir.path().join("meta.db"),
+            &dir.join("meta.db"),
             Some(content),
             BTreeMap::from([(SNAPSHOTTER.to_string(), native)]),
             policy,
         )
         .unwrap(),
-    );
+    )
+}
+
+async fn run(seed: u64, policy: SharingPolicy, steps: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let metadata = metadata_in(dir.path(), policy);
     let mut run = Run {
         seed,
         policy,
@@ -1876,19 +1880,7 @@ async fn a_refused_prepare_creates_no_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_and_snapshot_lists_longer_than_the_inline_budget_answer_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let content: Arc<dyn ContentStore> =
-        Arc::new(LocalStore::open(&dir.path().join("content")).unwrap());
-    let native: Arc<dyn Snapshotter> =
-        Arc::new(NativeSnapshotter::open(&dir.path().join("native")).unwrap());
-    let metadata = Arc::new(
-        Metadata::open_with(
-            &dir.path().join("meta.db"),
-            Some(content),
-            BTreeMap::from([(SNAPSHOTTER.to_string(), native)]),
-            SharingPolicy::Shared,
-        )
-        .unwrap(),
-    );
+    let metadata = metadata_in(dir.path(), SharingPolicy::Shared);
     let n = crate::DEFAULT_INLINE_LIST_RECORDS + 3;
     let store = Arc::clone(&metadata).content("long").unwrap();
     let snapshotter = Arc::clone(&metadata)
@@ -1913,14 +1905,14 @@ async fn content_and_snapshot_lists_longer_than_the_inline_budget_answer_whole()
     }
     // Each walk first counted one record past the budget on this thread.
     let past = crate::DEFAULT_INLINE_LIST_RECORDS + 1;
-    crate::records_counted_here();
+    crate::lists::records_counted_here();
     assert_eq!(store.walk(&[]).await.unwrap().len(), n);
-    assert_eq!(crate::records_counted_here(), past);
+    assert_eq!(crate::lists::records_counted_here(), past);
     let odd = ["labels.odd==1".to_string()];
     assert_eq!(store.walk(&odd).await.unwrap().len(), n / 2);
-    assert_eq!(crate::records_counted_here(), past);
+    assert_eq!(crate::lists::records_counted_here(), past);
     assert_eq!(snapshotter.walk(&[]).await.unwrap().len(), n);
-    assert_eq!(crate::records_counted_here(), past);
+    assert_eq!(crate::lists::records_counted_here(), past);
     assert_eq!(snapshotter.walk(&odd).await.unwrap().len(), n / 2);
-    assert_eq!(crate::records_counted_here(), past);
+    assert_eq!(crate::lists::records_counted_here(), past);
 }

@@ -1364,11 +1364,11 @@ mod tests {
         // calling thread: each store counts what it walks.
         let listed = |work: fn(&Metadata) -> Result<usize, Error>| {
             let db = Arc::clone(&db);
-            crate::records_counted_here();
+            crate::lists::records_counted_here();
             let listed = runtime
                 .block_on(crate::list("a long list", move || work(db.as_ref())))
                 .unwrap();
-            let counted = crate::records_counted_here();
+            let counted = crate::lists::records_counted_here();
             assert_eq!(counted, crate::DEFAULT_INLINE_LIST_RECORDS + 1);
             listed
         };
