@@ -132,11 +132,17 @@ fn one_blocking_thread_serves_every_kind_of_operation() {
     );
 }
 
-/// Lists run on the read pool (`plinth-read` threads), apart from the blocking pool; with
-/// `--read-threads 0` they run on the blocking pool and no such thread exists.
+/// Short lists answer on the thread serving the call, so no read pool thread
+/// (`plinth-read`) starts; with `--list-inline 0` every list runs on the read pool, apart
+/// from the blocking pool; with `--read-threads 0` as well, on the blocking pool, and no
+/// such thread exists.
 #[test]
-fn lists_run_on_the_read_pool_unless_it_is_switched_off() {
-    for (args, pool) in [(vec![], true), (vec!["--read-threads", "0"], false)] {
+fn lists_run_where_the_flags_say() {
+    for (args, pool) in [
+        (vec![], false),
+        (vec!["--list-inline", "0"], true),
+        (vec!["--list-inline", "0", "--read-threads", "0"], false),
+    ] {
         let daemon = start(Start {
             args: args.iter().map(ToString::to_string).collect(),
             ..Start::default()
