@@ -37,8 +37,8 @@ pub struct Options {
     /// queue [default: 3 per CPU]
     #[arg(long, global = true, value_name = "N")]
     pub blocking_threads: Option<std::num::NonZeroUsize>,
-    /// Threads for lists and walks, apart from the blocking pool's writes; 0 runs them on
-    /// the blocking pool [default: 1 per CPU]
+    /// Threads for lists and walks longer than --list-inline, apart from the blocking pool's
+    /// writes; 0 runs them on the blocking pool [default: 1 per CPU]
     #[arg(long, global = true, value_name = "N")]
     pub read_threads: Option<usize>,
     /// Threads that write and hash the data of content ingests, apart from the blocking
