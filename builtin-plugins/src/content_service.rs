@@ -229,7 +229,7 @@ impl Content for Service {
                     .unwrap_or(READ_CHUNK)
                     .min(READ_CHUNK);
                 let data = match store
-                    .read_at(&digest, u64::try_from(offset).unwrap_or(0), length)
+                    .read_opened_at(&digest, u64::try_from(offset).unwrap_or(0), length)
                     .await
                 {
                     Ok(data) if !data.is_empty() => data,
@@ -522,9 +522,11 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
+    use crate::content::Digest;
     use crate::content::local::LocalStore;
     use crate::content::testsuite::{self, NamespaceViews};
     use crate::metadata::{Metadata, SharingPolicy};
+    use crate::namespaces::Labels;
     use crate::proxy::ProxyContentStore;
 
     /// Stops its server when dropped.
@@ -582,6 +584,60 @@ mod tests {
             let client = ProxyContentStore::connect(&socket)?.in_namespace(namespace)?;
             Ok(Arc::new(client) as Arc<dyn ContentStore>)
         }))
+    }
+
+    /// Commits `blob` under `reference`, written in parts of 1 MiB.
+    async fn commit_in_parts(store: &dyn ContentStore, reference: &str, blob: &[u8]) -> Digest {
+        let size = i64::try_from(blob.len()).unwrap();
+        let mut writer = store.writer(reference, size, None).await.unwrap();
+        testsuite::write_chunks(writer.as_mut(), blob, 1 << 20).await;
+        let digest = writer.commit(size, None, Labels::new()).await.unwrap();
+        writer.close().await.unwrap();
+        digest
+    }
+
+    /// A Read stream checks that its namespace holds the blob once, when it opens, as
+    /// containerd checks a reader: a delete in the namespace while the stream is being read
+    /// (the blob kept for another namespace) does not cut the stream short.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_checks_its_namespace_once_when_it_opens() {
+        let root = tempfile::tempdir().unwrap();
+        let (socket, _server) = serve(root.path(), SharingPolicy::Shared).unwrap();
+        let in_namespace = |namespace: &str| {
+            ProxyContentStore::connect(&socket)
+                .unwrap()
+                .in_namespace(namespace)
+                .unwrap()
+        };
+        let (a, b) = (in_namespace("a"), in_namespace("b"));
+        // Far more parts than the stream's window and queue hold before the client reads.
+        let blob: Vec<u8> = (0..64 * READ_CHUNK).map(|i| (i % 251) as u8).collect();
+        let digest = commit_in_parts(&a, "blob-a", &blob).await;
+        assert_eq!(commit_in_parts(&b, "blob-b", &blob).await, digest);
+
+        let remote = crate::proxy::remote::Remote::shared(&socket).unwrap();
+        let mut client =
+            plinth_api::containerd::services::content::v1::content_client::ContentClient::new(
+                remote.channel(),
+            );
+        let mut request = tonic::Request::new(ReadContentRequest {
+            digest: digest.to_string(),
+            offset: 0,
+            size: 0,
+        });
+        request
+            .metadata_mut()
+            .insert(crate::namespaces::NAMESPACE_HEADER, "a".parse().unwrap());
+        let mut stream = client.read(request).await.unwrap().into_inner();
+        let mut read = stream.message().await.unwrap().expect("a first part").data;
+
+        a.delete(&digest).await.unwrap();
+        let gone = a.info(&digest).await.expect_err("deleted in namespace a");
+        assert_eq!(gone.category, plinth_core::Category::NotFound);
+        while let Some(part) = stream.message().await.expect("the rest of the blob") {
+            read.extend_from_slice(&part.data);
+        }
+        assert!(read == blob, "read {} bytes, not the blob", read.len());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -226,6 +226,23 @@ pub trait ContentStore: Send + Sync {
     /// Not found; invalid argument for an offset past the end.
     async fn read_at(&self, digest: &Digest, offset: u64, length: usize) -> Result<Vec<u8>, Error>;
 
+    /// [`ContentStore::read_at`] for a reader that has had the blob's [`Info`] from this
+    /// store in the same call and now reads it part by part (a Read stream): the store may
+    /// skip the checks [`ContentStore::info`] made, as containerd checks a reader once,
+    /// when it is opened. The blob itself may be gone by now (not found). The default is
+    /// `read_at`.
+    ///
+    /// # Errors
+    /// As [`ContentStore::read_at`].
+    async fn read_opened_at(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        length: usize,
+    ) -> Result<Vec<u8>, Error> {
+        self.read_at(digest, offset, length).await
+    }
+
     /// The status of an ingest.
     ///
     /// # Errors

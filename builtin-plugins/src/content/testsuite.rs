@@ -310,7 +310,7 @@ async fn open(
         .unwrap_or_else(|e| panic!("opening writer {reference:?}: {e:?}"))
 }
 
-async fn write_chunks(writer: &mut dyn ContentWriter, bytes: &[u8], chunk: usize) {
+pub(crate) async fn write_chunks(writer: &mut dyn ContentWriter, bytes: &[u8], chunk: usize) {
     for part in bytes.chunks(chunk.max(1)) {
         writer.write(part).await.expect("write");
     }
