@@ -9,7 +9,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use super::gc::Barrier;
 use super::schema::{CONTENT, CONTENT_LABELS};
-use super::{Metadata, SharingPolicy, blocking, from_nanos, now_nanos, storage};
+use super::{LabelRows, Metadata, SharingPolicy, blocking, from_nanos, now_nanos, storage};
 use crate::content::{ContentStore, ContentWriter, Digest, Info, Status, validate_ref};
 use crate::error::Error;
 use crate::filters::FilterSet;
@@ -278,6 +278,11 @@ impl ContentStore for NamespacedContent {
             let txn = metadata.db.begin_read()?;
             let table = txn.open_table(CONTENT).map_err(storage)?;
             let labels_table = txn.open_table(CONTENT_LABELS).map_err(storage)?;
+            let mut label_rows = LabelRows::new(
+                labels_table
+                    .range((namespace.as_str(), "", "")..)
+                    .map_err(storage)?,
+            )?;
             let mut out = Vec::new();
             for item in table.range((namespace.as_str(), "")..).map_err(storage)? {
                 let (key, value) = item.map_err(storage)?;
@@ -292,7 +297,13 @@ impl ContentStore for NamespacedContent {
                     size: i64::try_from(size).unwrap_or(i64::MAX),
                     created_at: from_nanos(created),
                     updated_at: from_nanos(updated),
-                    labels: labels_of(&labels_table, &namespace, digest)?,
+                    labels: label_rows.labels(
+                        |row| {
+                            let (ns, d, _) = row.value();
+                            (ns, d).cmp(&(namespace.as_str(), digest))
+                        },
+                        |row| row.value().2.to_string(),
+                    )?,
                 };
                 let matched = filters.matches(|path| match path {
                     [f] if f == "digest" => Some(info.digest.to_string()),

@@ -249,6 +249,49 @@ impl Metadata {
     }
 }
 
+/// The label rows of a run of records visited in key order (a list's walk), read by one pass
+/// over the labels table beside the records: the labels table is keyed by the record's key
+/// and then the label, so the rows of each record follow those of the record before it.
+/// A range per record (a search from the root of the table each) was most of a list's time.
+struct LabelRows<'t, K: redb::Key + 'static> {
+    rows: redb::Range<'t, K, &'static str>,
+    /// The next row, not yet handed out.
+    next: Option<(
+        redb::AccessGuard<'t, K>,
+        redb::AccessGuard<'t, &'static str>,
+    )>,
+}
+
+impl<'t, K: redb::Key + 'static> LabelRows<'t, K> {
+    /// The rows of `rows`, a range that starts at the first record the walk visits.
+    fn new(mut rows: redb::Range<'t, K, &'static str>) -> Result<LabelRows<'t, K>, Error> {
+        let next = rows.next().transpose().map_err(storage)?;
+        Ok(LabelRows { rows, next })
+    }
+
+    /// The labels of the record the walk is at, the next in key order: `place` compares a
+    /// row's record with it, `name` is a row's label. Rows of records before it (the walk
+    /// skipped them) are passed over.
+    fn labels(
+        &mut self,
+        place: impl Fn(&redb::AccessGuard<'t, K>) -> std::cmp::Ordering,
+        name: impl Fn(&redb::AccessGuard<'t, K>) -> String,
+    ) -> Result<Labels, Error> {
+        let mut labels = Labels::new();
+        while let Some((key, value)) = &self.next {
+            match place(key) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    labels.insert(name(key), value.value().to_string());
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+            self.next = self.rows.next().transpose().map_err(storage)?;
+        }
+        Ok(labels)
+    }
+}
+
 /// Whether a table keyed by (namespace, name) has a record in `namespace`.
 fn holds<V: redb::Value + 'static>(
     table: &impl ReadableTable<(&'static str, &'static str), V>,

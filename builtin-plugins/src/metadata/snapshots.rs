@@ -12,7 +12,7 @@ use super::gc::Barrier;
 use super::schema::{
     SEQUENCES, SNAPSHOT_LABELS, SNAPSHOTS, SnapshotKey, SnapshotLabelKey, SnapshotValue,
 };
-use super::{Metadata, blocking, from_nanos, now_nanos, storage};
+use super::{LabelRows, Metadata, blocking, from_nanos, now_nanos, storage};
 use crate::error::Error;
 use crate::filters::FilterSet;
 use crate::namespaces::{Labels, apply_label_paths, validate_label};
@@ -602,6 +602,11 @@ impl Snapshotter for NamespacedSnapshotter {
             let txn = metadata.db.begin_read()?;
             let table = txn.open_table(SNAPSHOTS).map_err(storage)?;
             let labels_table = txn.open_table(SNAPSHOT_LABELS).map_err(storage)?;
+            let mut label_rows = LabelRows::new(
+                labels_table
+                    .range((ns.as_str(), sn.as_str(), "", "")..)
+                    .map_err(storage)?,
+            )?;
             let mut out = Vec::new();
             for item in table
                 .range((ns.as_str(), sn.as_str(), "")..)
@@ -624,7 +629,13 @@ impl Snapshotter for NamespacedSnapshotter {
                 let info = NamespacedSnapshotter::info(
                     name,
                     &record,
-                    labels_of(&labels_table, &ns, &sn, name)?,
+                    label_rows.labels(
+                        |row| {
+                            let (n, s, k, _) = row.value();
+                            (n, s, k).cmp(&(ns.as_str(), sn.as_str(), name))
+                        },
+                        |row| row.value().3.to_string(),
+                    )?,
                 );
                 let matched = filters.matches(|path| match path {
                     [f] if f == "kind" => Some(info.kind.as_str().to_string()),
