@@ -8,6 +8,7 @@
 //! ([`crate::filters`]), over `topic`, `namespace` and `event.<field>` (for payload types
 //! with a [`FieldReader`](crate::events::FieldReader)); `timestamp` is not a filter field, as in containerd.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -167,7 +168,9 @@ impl Shared {
         }
         let envelope = Arc::new(envelope);
         let payload: OnceCell<Option<Box<dyn DecodedEvent>>> = OnceCell::new();
-        let field = |path: &[String]| -> Option<String> {
+        // Borrowed where it can be: this runs for every event and every subscriber, under the
+        // exchange's lock.
+        let field = |path: &[String]| -> Option<Cow<'_, str>> {
             let (first, rest) = path.split_first()?;
             match first.as_str() {
                 "topic" => non_empty(&envelope.topic),
@@ -178,7 +181,8 @@ impl Shared {
                         reader.decode(&envelope.event.value)
                     })
                     .as_ref()?
-                    .field(rest),
+                    .field(rest)
+                    .map(Cow::Owned),
                 _ => None,
             }
         };
@@ -222,8 +226,8 @@ impl Drop for Shared {
     }
 }
 
-fn non_empty(value: &str) -> Option<String> {
-    (!value.is_empty()).then(|| value.to_string())
+fn non_empty(value: &str) -> Option<Cow<'_, str>> {
+    (!value.is_empty()).then_some(Cow::Borrowed(value))
 }
 
 /// The error a subscription dropped for falling behind ends with.

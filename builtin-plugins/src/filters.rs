@@ -75,8 +75,9 @@ impl FilterSet {
     }
 
     /// Whether the object, seen through `field`, matches. `field` returns the value of a field
-    /// path and whether it is present.
-    pub fn matches(&self, field: impl Fn(&[String]) -> Option<String>) -> bool {
+    /// path and whether it is present: owned, or borrowed from the object (a `&str` or a
+    /// `Cow`) where matching runs often, as it does for every event and every subscriber.
+    pub fn matches<S: AsRef<str>>(&self, field: impl Fn(&[String]) -> Option<S>) -> bool {
         if self.any.is_empty() {
             return true;
         }
@@ -87,14 +88,15 @@ impl FilterSet {
 }
 
 impl Selector {
-    fn matches(&self, field: &impl Fn(&[String]) -> Option<String>) -> bool {
+    fn matches<S: AsRef<str>>(&self, field: &impl Fn(&[String]) -> Option<S>) -> bool {
         let value = field(&self.fieldpath);
+        let value = value.as_ref().map(AsRef::as_ref);
         match &self.operator {
             Operator::Present => value.is_some(),
-            Operator::Equal(wanted) => value.as_deref() == Some(wanted.as_str()),
+            Operator::Equal(wanted) => value == Some(wanted.as_str()),
             // As containerd: a missing field compares as the empty string.
-            Operator::NotEqual(wanted) => value.as_deref().unwrap_or("") != wanted,
-            Operator::Matches(re) => re.is_match(value.as_deref().unwrap_or("")),
+            Operator::NotEqual(wanted) => value.unwrap_or("") != wanted,
+            Operator::Matches(re) => re.is_match(value.unwrap_or("")),
         }
     }
 }
