@@ -522,11 +522,9 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::content::Digest;
     use crate::content::local::LocalStore;
     use crate::content::testsuite::{self, NamespaceViews};
     use crate::metadata::{Metadata, SharingPolicy};
-    use crate::namespaces::Labels;
     use crate::proxy::ProxyContentStore;
 
     /// Stops its server when dropped.
@@ -586,16 +584,6 @@ mod tests {
         }))
     }
 
-    /// Commits `blob` under `reference`, written in parts of 1 MiB.
-    async fn commit_in_parts(store: &dyn ContentStore, reference: &str, blob: &[u8]) -> Digest {
-        let size = i64::try_from(blob.len()).unwrap();
-        let mut writer = store.writer(reference, size, None).await.unwrap();
-        testsuite::write_chunks(writer.as_mut(), blob, 1 << 20).await;
-        let digest = writer.commit(size, None, Labels::new()).await.unwrap();
-        writer.close().await.unwrap();
-        digest
-    }
-
     /// A Read stream checks that its namespace holds the blob once, when it opens, as
     /// containerd checks a reader: a delete in the namespace while the stream is being read
     /// (the blob kept for another namespace) does not cut the stream short.
@@ -612,8 +600,12 @@ mod tests {
         let (a, b) = (in_namespace("a"), in_namespace("b"));
         // Far more parts than the stream's window and queue hold before the client reads.
         let blob: Vec<u8> = (0..64 * READ_CHUNK).map(|i| (i % 251) as u8).collect();
-        let digest = commit_in_parts(&a, "blob-a", &blob).await;
-        assert_eq!(commit_in_parts(&b, "blob-b", &blob).await, digest);
+        // (The proxy sends a blob in messages of 1 MiB.)
+        let digest = testsuite::write_blob(&a, "blob-a", &blob, None).await;
+        assert_eq!(
+            testsuite::write_blob(&b, "blob-b", &blob, None).await,
+            digest
+        );
 
         let remote = crate::proxy::remote::Remote::shared(&socket).unwrap();
         let mut client =

@@ -310,14 +310,14 @@ async fn open(
         .unwrap_or_else(|e| panic!("opening writer {reference:?}: {e:?}"))
 }
 
-pub(crate) async fn write_chunks(writer: &mut dyn ContentWriter, bytes: &[u8], chunk: usize) {
+async fn write_chunks(writer: &mut dyn ContentWriter, bytes: &[u8], chunk: usize) {
     for part in bytes.chunks(chunk.max(1)) {
         writer.write(part).await.expect("write");
     }
 }
 
 /// Writes and commits a whole blob (containerd's `content.WriteBlob`).
-async fn write_blob(
+pub(crate) async fn write_blob(
     store: &dyn ContentStore,
     reference: &str,
     bytes: &[u8],
