@@ -129,6 +129,91 @@ pub(crate) fn raw_server(stores: Arc<dyn NamespacedStores>) -> ContentServer<imp
     })
 }
 
+/// Reads the part of a `Read` that starts at `offset` (at most [`READ_CHUNK`] bytes, never
+/// past `end`); a blob whose file ends early is corrupt.
+async fn read_part(
+    store: &dyn ContentStore,
+    digest: &crate::content::Digest,
+    offset: i64,
+    end: i64,
+) -> Result<Vec<u8>, Error> {
+    let length = usize::try_from(end - offset)
+        .unwrap_or(READ_CHUNK)
+        .min(READ_CHUNK);
+    let data = store
+        .read_opened_at(digest, u64::try_from(offset).unwrap_or(0), length)
+        .await?;
+    if data.is_empty() {
+        return Err(short_blob(digest, offset, end));
+    }
+    Ok(data)
+}
+
+/// How a `Read` of a whole blob checks the bytes it sends.
+enum Check {
+    /// A partial read: not checked.
+    None,
+    /// Against the CRC-32 the store recorded at commit (the second field).
+    Crc32(crc32fast::Hasher, u32),
+    /// Hashed to the digest: the store recorded no CRC-32.
+    Digest(Sha256),
+}
+
+impl Check {
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Check::None => {}
+            Check::Crc32(hasher, _) => hasher.update(data),
+            Check::Digest(hasher) => hasher.update(data),
+        }
+    }
+
+    /// Whether the bytes read (`end` of them) were the blob's. When their CRC-32 is not the
+    /// recorded one, the bytes or the record changed since the commit, and the digest
+    /// decides: the blob is read again and hashed, and it is good only if it hashes to its
+    /// digest and its bytes are still the ones sent (the same CRC-32 as the first time).
+    async fn finish(
+        self,
+        store: &dyn ContentStore,
+        digest: &crate::content::Digest,
+        end: i64,
+    ) -> Result<(), Error> {
+        let actual = match self {
+            Check::None => return Ok(()),
+            Check::Crc32(hasher, recorded) => {
+                let sent = hasher.finalize();
+                if sent == recorded {
+                    return Ok(());
+                }
+                let mut again = (crc32fast::Hasher::new(), Sha256::new());
+                let mut offset = 0;
+                while offset < end {
+                    let data = read_part(store, digest, offset, end).await?;
+                    again.0.update(&data);
+                    again.1.update(&data);
+                    offset += i64::try_from(data.len()).unwrap_or(0);
+                }
+                let actual = format!("sha256:{:x}", again.1.finalize());
+                if again.0.finalize() != sent {
+                    return Err(Error::data_loss(format!(
+                        "blob {digest} changed while it was read; read it again, and if it fails again run plinthctl content verify {digest}"
+                    )));
+                }
+                if actual == digest.as_str() {
+                    tracing::warn!(%digest, "the blob's recorded CRC-32 is not its bytes'; the blob hashes to its digest and is served");
+                }
+                actual
+            }
+            Check::Digest(hasher) => format!("sha256:{:x}", hasher.finalize()),
+        };
+        if actual == digest.as_str() {
+            Ok(())
+        } else {
+            Err(corrupt_blob(digest, &actual))
+        }
+    }
+}
+
 /// Sends items through a channel-backed stream.
 fn channel_stream<T: Send + 'static>() -> (
     tokio::sync::mpsc::Sender<Result<T, tonic::Status>>,
@@ -214,10 +299,17 @@ impl Content for Service {
             (request.offset + request.size).min(info.size)
         };
         let (sender, stream) = channel_stream();
-        // A read of the whole blob is verified: its last chunk is sent only once every byte
-        // hashed to the digest, so a client never receives a corrupt blob whole (it gets
-        // DataLoss instead). A partial read cannot be checked and is served as stored.
-        let mut verify = (request.offset == 0 && end == info.size).then(Sha256::new);
+        // A read of the whole blob is verified: its last part is sent only once every byte
+        // checked out, so a client never receives a corrupt blob whole (it gets DataLoss
+        // instead). A partial read cannot be checked and is served as stored.
+        let mut check = if request.offset == 0 && end == info.size {
+            match store.recorded_crc32(&digest).await {
+                Some(recorded) => Check::Crc32(crc32fast::Hasher::new(), recorded),
+                None => Check::Digest(Sha256::new()),
+            }
+        } else {
+            Check::None
+        };
         tokio::spawn(async move {
             let mut offset = request.offset;
             let mut held: Option<ReadContentResponse> = None;
@@ -225,26 +317,14 @@ impl Content for Service {
                 sender.send(message).await.is_ok()
             };
             while offset < end {
-                let length = usize::try_from(end - offset)
-                    .unwrap_or(READ_CHUNK)
-                    .min(READ_CHUNK);
-                let data = match store
-                    .read_opened_at(&digest, u64::try_from(offset).unwrap_or(0), length)
-                    .await
-                {
-                    Ok(data) if !data.is_empty() => data,
-                    Ok(_) => {
-                        let _ = send(Err(short_blob(&digest, offset, end).into())).await;
-                        return;
-                    }
+                let data = match read_part(&*store, &digest, offset, end).await {
+                    Ok(data) => data,
                     Err(e) => {
                         let _ = send(Err(e.into())).await;
                         return;
                     }
                 };
-                if let Some(hasher) = verify.as_mut() {
-                    hasher.update(&data);
-                }
+                check.update(&data);
                 let n = i64::try_from(data.len()).unwrap_or(0);
                 if let Some(previous) = held.take()
                     && !send(Ok(previous)).await
@@ -254,12 +334,9 @@ impl Content for Service {
                 held = Some(ReadContentResponse { offset, data });
                 offset += n;
             }
-            if let Some(hasher) = verify {
-                let actual = format!("sha256:{:x}", hasher.finalize());
-                if actual != digest.as_str() {
-                    let _ = send(Err(corrupt_blob(&digest, &actual).into())).await;
-                    return;
-                }
+            if let Err(e) = check.finish(&*store, &digest, end).await {
+                let _ = send(Err(e.into())).await;
+                return;
             }
             if let Some(last) = held {
                 let _ = send(Ok(last)).await;
@@ -630,6 +707,111 @@ mod tests {
             read.extend_from_slice(&part.data);
         }
         assert!(read == blob, "read {} bytes, not the blob", read.len());
+    }
+
+    /// The extended attribute in which the local store records a blob's CRC-32.
+    const CRC32_XATTR: &str = "user.plinth.crc32";
+
+    fn set_crc32(path: &Path, crc32: u32) {
+        rustix::fs::setxattr(
+            path,
+            CRC32_XATTR,
+            &crc32.to_le_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    }
+
+    /// Rewrites the file in place (same inode, so its attributes stay).
+    fn rewrite(path: &Path, bytes: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// A whole read is checked against the CRC-32 recorded at commit, and the digest decides
+    /// when they disagree: a stale record over good bytes still serves the blob whole; a
+    /// changed byte under a good record, or under none, is DataLoss naming what the bytes
+    /// hash to, and never the whole blob.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_whole_read_is_checked_by_the_recorded_crc32_and_the_digest_decides() {
+        let root = tempfile::tempdir().unwrap();
+        let (socket, _server) = serve(root.path(), SharingPolicy::Shared).unwrap();
+        let a = ProxyContentStore::connect(&socket)
+            .unwrap()
+            .in_namespace("a")
+            .unwrap();
+        let blob: Vec<u8> = (0..3 * READ_CHUNK + 17).map(|i| (i % 253) as u8).collect();
+        let digest = testsuite::write_blob(&a, "blob", &blob, None).await;
+        let path = root.path().join("content/blobs/sha256").join(digest.hex());
+        let crc32 = crc32fast::hash(&blob);
+        let whole = async || a.read_at(&digest, 0, blob.len()).await;
+        assert!(whole().await.unwrap() == blob);
+
+        set_crc32(&path, crc32 ^ 1);
+        assert!(
+            whole().await.expect("a stale record over good bytes") == blob,
+            "a stale record changed the bytes served"
+        );
+
+        let mut flipped = blob.clone();
+        flipped[2 * READ_CHUNK + 5] ^= 0x10;
+        rewrite(&path, &flipped);
+        let corrupt = format!(
+            "blob {digest} is corrupt: its bytes hash to {}",
+            crate::content::Digest::of(&flipped)
+        );
+        for record in [Some(crc32), None] {
+            match record {
+                Some(crc32) => set_crc32(&path, crc32),
+                None => rustix::fs::removexattr(&path, CRC32_XATTR).unwrap(),
+            }
+            let error = whole()
+                .await
+                .expect_err("a changed byte is never served whole");
+            assert_eq!(error.category, plinth_core::Category::DataLoss, "{error}");
+            assert!(error.message.contains(&corrupt), "{error}");
+        }
+    }
+
+    /// When the CRC-32 disagrees with the record, the blob is read again and hashed; if the
+    /// bytes changed between the two reads, what was sent cannot be vouched for: DataLoss,
+    /// even though the blob now hashes to its digest.
+    #[tokio::test]
+    async fn bytes_that_change_between_the_two_reads_are_data_loss() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(root.path()).unwrap();
+        let blob = vec![7u8; READ_CHUNK + 3];
+        let digest = testsuite::write_blob(&store, "blob", &blob, None).await;
+        let path = root.path().join("blobs/sha256").join(digest.hex());
+        let end = i64::try_from(blob.len()).unwrap();
+
+        let mut sent = blob.clone();
+        sent[1] = 8;
+        let mut check = Check::Crc32(crc32fast::Hasher::new(), crc32fast::hash(&blob) ^ 1);
+        check.update(&sent);
+        let error = check
+            .finish(&store, &digest, end)
+            .await
+            .expect_err("the bytes sent are not the blob's");
+        assert_eq!(error.category, plinth_core::Category::DataLoss);
+        assert!(
+            error.message.contains("changed while it was read"),
+            "{error}"
+        );
+
+        // The same bytes both times, and they hash to the digest: a stale record.
+        let mut check = Check::Crc32(crc32fast::Hasher::new(), crc32fast::hash(&blob) ^ 1);
+        check.update(&blob);
+        check.finish(&store, &digest, end).await.unwrap();
+        // The same bytes both times, and they do not: corrupt.
+        let mut flipped = blob.clone();
+        flipped[READ_CHUNK] = 9;
+        rewrite(&path, &flipped);
+        let mut check = Check::Crc32(crc32fast::Hasher::new(), crc32fast::hash(&blob));
+        check.update(&flipped);
+        let error = check.finish(&store, &digest, end).await.unwrap_err();
+        assert!(error.message.contains("its bytes hash to"), "{error}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

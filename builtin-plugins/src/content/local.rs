@@ -4,7 +4,9 @@
 //! # Layout under the plugin root
 //!
 //! ```text
-//! blobs/sha256/<hex>          committed blobs, read-only (0444), mtime = commit time
+//! blobs/sha256/<hex>          committed blobs, read-only (0444), mtime = commit time;
+//!                             extended attribute `user.plinth.crc32`: the CRC-32 of the
+//!                             bytes at commit (Plinth's; see "Whole reads" below)
 //! ingest/<sha256(ref) hex>/   one directory per ingest (a ref never becomes a path)
 //!     data                    the bytes written so far
 //!     ref                     the ref, written last: an ingest without it is incomplete
@@ -23,6 +25,17 @@
 //! before the blob itself becomes visible, and removed after the blob on delete. A blob
 //! without a sidecar has no labels, and its created and updated times are its mtime, which
 //! commit sets to the commit time.
+//!
+//! # Whole reads
+//!
+//! A read of a whole blob is checked before its last part goes out (the Content service's
+//! `Read`). Hashing the bytes to their SHA-256 digest costs about as much CPU as the rest of
+//! the read, so commit also records the bytes' CRC-32 in an extended attribute of the data
+//! file, set before the rename that makes the blob visible, and the check compares that
+//! instead: a changed byte changes the CRC. The digest still decides: when the CRC disagrees
+//! (the bytes changed, or the attribute did), the reader hashes the blob; a blob with no
+//! attribute (committed before it existed, by containerd, or on a filesystem without user
+//! extended attributes) is hashed as before. `plinthctl content verify` always hashes.
 //!
 //! # Crash consistency
 //!
@@ -68,6 +81,9 @@ fn in_memory(file: &impl std::os::fd::AsFd) -> bool {
 }
 
 const DATA_FILE: &str = "data";
+/// The extended attribute of a committed blob that holds the CRC-32 of its bytes at commit,
+/// 4 bytes little-endian (see "Whole reads" in the module docs).
+const CRC32_XATTR: &str = "user.plinth.crc32";
 /// An ingest's ref, total, expected digest and times in one file (one inode per ingest where
 /// containerd's layout, below, takes five: on ext4 without a journal every new inode costs a
 /// scan past the recently deleted ones, a sixth of the daemon's CPU under load).
@@ -675,6 +691,28 @@ impl Inner {
         Some(buffer)
     }
 
+    /// The CRC-32 commit recorded for the blob (see "Whole reads" in the module docs), when
+    /// it has one and the kernel has its path in its lookup cache: opened with
+    /// `RESOLVE_CACHED` as in [`read_cached`](Inner::read_cached), and the attribute is read
+    /// from the cached inode (on ext4 inside the inode itself), so the calling thread does
+    /// not wait for the disk in the usual case. `None` otherwise: the reader then hashes.
+    fn recorded_crc32(&self, digest: &Digest) -> Option<u32> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let file = rustix::fs::openat2(
+            rustix::fs::CWD,
+            self.blob_path(digest),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::CACHED,
+        )
+        .ok()?;
+        let mut value = [0u8; 4];
+        match rustix::fs::fgetxattr(&file, CRC32_XATTR, &mut value) {
+            Ok(4) => Some(u32::from_le_bytes(value)),
+            _ => None,
+        }
+    }
+
     fn status(&self, reference: &str) -> Result<Status, Error> {
         match read_ingest_status(&self.ingest_dir(reference))? {
             Some(status) if status.reference == reference => Ok(status),
@@ -803,6 +841,7 @@ impl Inner {
             .map_err(|e| io_error(format_args!("opening {}", data.display()), &e))?;
         // Re-hash what reached the disk: the writer continues exactly there.
         let mut hasher = sha2::Sha256::new();
+        let mut crc32 = crc32fast::Hasher::new();
         let mut buffer = vec![0; REHASH_BUFFER];
         let mut offset = 0u64;
         loop {
@@ -813,6 +852,7 @@ impl Inner {
                 Err(e) => return Err(io_error(format_args!("reading {}", data.display()), &e)),
             };
             hasher.update(&buffer[..n]);
+            crc32.update(&buffer[..n]);
             offset += n as u64;
         }
         Ok(Some(WriterState {
@@ -820,6 +860,7 @@ impl Inner {
             dir: dir.to_path_buf(),
             file: Some(file),
             hasher,
+            crc32,
             offset,
             reference: status.reference,
             total: status.total,
@@ -872,6 +913,7 @@ impl Inner {
             dir,
             file: Some(file),
             hasher: sha2::Sha256::new(),
+            crc32: crc32fast::Hasher::new(),
             offset: 0,
             total,
             expected,
@@ -1218,6 +1260,10 @@ impl ContentStore for LocalStore {
         blocking(move || inner.read_at(&digest, offset, length)).await
     }
 
+    async fn recorded_crc32(&self, digest: &Digest) -> Option<u32> {
+        self.inner.recorded_crc32(digest)
+    }
+
     async fn status(&self, reference: &str) -> Result<Status, Error> {
         validate_stored_ref(reference)?;
         let (inner, reference) = (Arc::clone(&self.inner), reference.to_string());
@@ -1286,6 +1332,8 @@ struct WriterState {
     /// `None` once closed or committed.
     file: Option<File>,
     hasher: sha2::Sha256,
+    /// The CRC-32 of the same bytes, recorded at commit.
+    crc32: crc32fast::Hasher,
     offset: u64,
     reference: String,
     total: i64,
@@ -1339,6 +1387,7 @@ impl WriterState {
             return Err(io_error(format_args!("writing {}", path.display()), &e));
         }
         self.hasher.update(data);
+        self.crc32.update(data);
         self.offset += data.len() as u64;
         self.updated_at = SystemTime::now();
         Ok(())
@@ -1356,6 +1405,7 @@ impl WriterState {
             .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
             .map_err(|e| io_error(format_args!("truncating {}", path.display()), &e))?;
         self.hasher = sha2::Sha256::new();
+        self.crc32 = crc32fast::Hasher::new();
         self.offset = 0;
         self.updated_at = SystemTime::now();
         Ok(())
@@ -1412,9 +1462,17 @@ impl WriterState {
             )));
         }
         let now = SystemTime::now();
+        let crc32 = self.crc32.clone().finalize().to_le_bytes();
         let file = self.file()?;
         if let Err(e) = file.set_modified(now) {
             tracing::warn!(%digest, error = %e, "could not set the blob's modification time");
+        }
+        // Before the rename, so that a visible blob has it or never had it. Without it (a
+        // filesystem without user attributes) whole reads hash the blob instead.
+        if let Err(e) =
+            rustix::fs::fsetxattr(&*file, CRC32_XATTR, &crc32, rustix::fs::XattrFlags::empty())
+        {
+            tracing::debug!(%digest, error = %e, "could not record the blob's CRC-32");
         }
         // The sidecar goes first: a visible blob never lacks the labels it was committed with.
         if labels.is_empty() {
@@ -1746,6 +1804,53 @@ mod tests {
         );
         assert!(files_under(&dir.path().join("ingest")).is_empty());
         assert_eq!(store.read_at(&digest, 0, blob.len()).await.unwrap(), blob);
+        // The CRC-32 recorded at commit covers the bytes written before the crash too.
+        assert_eq!(
+            store.recorded_crc32(&digest).await,
+            Some(crc32fast::hash(&blob))
+        );
+    }
+
+    /// Commit records the CRC-32 of exactly the committed bytes in the blob's extended
+    /// attribute, also after a truncate that started the ingest over; a blob without the
+    /// attribute (containerd's, or one from before it) has none, and a value that is not
+    /// four bytes is none.
+    #[tokio::test]
+    async fn commit_records_the_crc32_of_the_committed_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let blob = b"the bytes that are committed".to_vec();
+        let mut writer = store.writer("crc", 0, None).await.unwrap();
+        writer.write(b"bytes that are not kept").await.unwrap();
+        writer.truncate(0).await.unwrap();
+        writer.write(&blob[..9]).await.unwrap();
+        writer.write(&blob[9..]).await.unwrap();
+        let digest = writer.commit(0, None, Labels::new()).await.unwrap();
+        writer.close().await.unwrap();
+        assert_eq!(digest, Digest::of(&blob));
+        assert_eq!(
+            store.recorded_crc32(&digest).await,
+            Some(crc32fast::hash(&blob))
+        );
+        let path = dir.path().join("blobs/sha256").join(digest.hex());
+        let mut raw = [0u8; 4];
+        assert_eq!(
+            rustix::fs::getxattr(&path, CRC32_XATTR, &mut raw).unwrap(),
+            4
+        );
+        assert_eq!(u32::from_le_bytes(raw), crc32fast::hash(&blob));
+
+        rustix::fs::setxattr(
+            &path,
+            CRC32_XATTR,
+            b"12345",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(store.recorded_crc32(&digest).await, None);
+        rustix::fs::removexattr(&path, CRC32_XATTR).unwrap();
+        assert_eq!(store.recorded_crc32(&digest).await, None);
+        assert_eq!(store.recorded_crc32(&Digest::of(b"absent")).await, None);
     }
 
     /// What a crash can leave: ingest directories without `ref` (crash while creating) or

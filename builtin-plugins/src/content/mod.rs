@@ -243,6 +243,16 @@ pub trait ContentStore: Send + Sync {
         self.read_at(digest, offset, length).await
     }
 
+    /// The CRC-32 of the blob's bytes as the store recorded it at commit, if it did: a reader
+    /// of the whole blob (the Content service's `Read`) checks the bytes against it, which
+    /// costs a fraction of hashing them to the digest, and hashes them only when the two
+    /// disagree. `None`, the default, when the store records none, has none for this blob or
+    /// cannot tell without waiting for the disk: the reader then hashes.
+    async fn recorded_crc32(&self, digest: &Digest) -> Option<u32> {
+        let _ = digest;
+        None
+    }
+
     /// The status of an ingest.
     ///
     /// # Errors

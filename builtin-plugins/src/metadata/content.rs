@@ -389,6 +389,10 @@ impl ContentStore for NamespacedContent {
         self.backend()?.read_at(digest, offset, length).await
     }
 
+    async fn recorded_crc32(&self, digest: &Digest) -> Option<u32> {
+        self.backend().ok()?.recorded_crc32(digest).await
+    }
+
     async fn status(&self, reference: &str) -> Result<Status, Error> {
         validate_ref(reference)?;
         self.backend()?
