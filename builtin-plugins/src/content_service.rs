@@ -774,6 +774,29 @@ mod tests {
         }
     }
 
+    /// The metadata view passes its backend's record on, so that whole reads through the
+    /// served service check the CRC-32 rather than hash every blob.
+    #[tokio::test]
+    async fn the_metadata_view_passes_the_recorded_crc32_on() {
+        let root = tempfile::tempdir().unwrap();
+        let local: Arc<dyn ContentStore> =
+            Arc::new(LocalStore::open(&root.path().join("content")).unwrap());
+        let metadata = Metadata::open_with(
+            &root.path().join("meta.db"),
+            Some(local),
+            BTreeMap::new(),
+            SharingPolicy::Shared,
+        )
+        .unwrap();
+        let view = Arc::new(metadata).content("a").unwrap();
+        let blob = b"recorded through the view".to_vec();
+        let digest = testsuite::write_blob(view.as_ref(), "blob", &blob, None).await;
+        assert_eq!(
+            view.recorded_crc32(&digest).await,
+            Some(crc32fast::hash(&blob))
+        );
+    }
+
     /// When the CRC-32 disagrees with the record, the blob is read again and hashed; if the
     /// bytes changed between the two reads, what was sent cannot be vouched for: DataLoss,
     /// even though the blob now hashes to its digest.
