@@ -806,6 +806,12 @@ mod tests {
         assert_eq!(a.recorded_crc32(&digest).await, None);
 
         set_crc32(&path, crc32 ^ 1);
+        let mut raw = [0u8; 4];
+        assert_eq!(
+            rustix::fs::getxattr(&path, CRC32_XATTR, &mut raw).unwrap(),
+            4
+        );
+        assert_eq!(u32::from_le_bytes(raw), crc32 ^ 1, "the record is stale");
         assert!(
             whole().await.expect("a stale record over good bytes") == blob,
             "a stale record changed the bytes served"
