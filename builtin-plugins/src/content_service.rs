@@ -721,19 +721,34 @@ mod tests {
         client.read(request).await.unwrap().into_inner()
     }
 
+    /// The service served in `root`, a client of it in namespace `a`, and a blob of three
+    /// and a bit `Read` parts written through that client.
+    async fn served_blob(
+        root: &Path,
+    ) -> (
+        PathBuf,
+        ServerGuard,
+        ProxyContentStore,
+        Vec<u8>,
+        crate::content::Digest,
+    ) {
+        let (socket, server) = serve(root, SharingPolicy::Shared).unwrap();
+        let a = ProxyContentStore::connect(&socket)
+            .unwrap()
+            .in_namespace("a")
+            .unwrap();
+        let blob: Vec<u8> = (0..3 * READ_CHUNK + 17).map(|i| (i % 253) as u8).collect();
+        let digest = testsuite::write_blob(&a, "blob", &blob, None).await;
+        (socket, server, a, blob, digest)
+    }
+
     /// A `Read` of a range sends exactly its bytes, each part at the offset it says, and no
     /// byte past the range: a raw client sees every byte the service sends (the proxy's
     /// reader would cut an overlong answer to the length it asked for).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_of_a_range_sends_exactly_its_bytes() {
         let root = tempfile::tempdir().unwrap();
-        let (socket, _server) = serve(root.path(), SharingPolicy::Shared).unwrap();
-        let a = ProxyContentStore::connect(&socket)
-            .unwrap()
-            .in_namespace("a")
-            .unwrap();
-        let blob: Vec<u8> = (0..3 * READ_CHUNK + 17).map(|i| (i % 249) as u8).collect();
-        let digest = testsuite::write_blob(&a, "blob", &blob, None).await;
+        let (socket, _server, a, blob, digest) = served_blob(root.path()).await;
         let chunk = i64::try_from(READ_CHUNK).unwrap();
         let len = i64::try_from(blob.len()).unwrap();
         // Within a part, across parts, to the end, and a size past the end.
@@ -790,13 +805,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_whole_read_is_checked_by_the_recorded_crc32_and_the_digest_decides() {
         let root = tempfile::tempdir().unwrap();
-        let (socket, _server) = serve(root.path(), SharingPolicy::Shared).unwrap();
-        let a = ProxyContentStore::connect(&socket)
-            .unwrap()
-            .in_namespace("a")
-            .unwrap();
-        let blob: Vec<u8> = (0..3 * READ_CHUNK + 17).map(|i| (i % 253) as u8).collect();
-        let digest = testsuite::write_blob(&a, "blob", &blob, None).await;
+        let (_socket, _server, a, blob, digest) = served_blob(root.path()).await;
         let path = root.path().join("content/blobs/sha256").join(digest.hex());
         let crc32 = crc32fast::hash(&blob);
         let whole = async || a.read_at(&digest, 0, blob.len()).await;

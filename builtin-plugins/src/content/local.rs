@@ -30,14 +30,14 @@
 //!
 //! A read of a whole blob is checked before its last part goes out (the Content service's
 //! `Read`). Hashing the bytes to their SHA-256 digest was a fifth of such a read's p99 under
-//! load (BENCHMARKS.md, "Load"), so commit also records the bytes' CRC-32 in an extended attribute of the data
-//! file, set before the rename that makes the blob visible, and the check compares that
-//! instead: a change confined to 32 consecutive bits (a flipped byte) always changes the
-//! CRC, any other change passes with odds of one in 2^32, and `plinthctl content verify`,
-//! which hashes every byte, is there for those. The digest still decides: when the CRC disagrees
-//! (the bytes changed, or the attribute did), the reader hashes the blob; a blob with no
-//! attribute (committed before it existed, by containerd, or on a filesystem without user
-//! extended attributes) is hashed as before.
+//! load (BENCHMARKS.md, "Load"), so commit also records the bytes' CRC-32 in an extended
+//! attribute of the data file, set before the rename that makes the blob visible, and the
+//! check compares that instead: a change confined to 32 consecutive bits (a flipped byte)
+//! always changes the CRC, any other change passes with odds of one in 2^32, and `plinthctl
+//! content verify`, which hashes every byte, is there for those. The digest still decides:
+//! when the CRC disagrees (the bytes changed, or the attribute did), the reader hashes the
+//! blob; a blob with no attribute (committed before it existed, by containerd, or on a
+//! filesystem without user extended attributes) is hashed as before.
 //!
 //! # Crash consistency
 //!
