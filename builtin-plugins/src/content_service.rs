@@ -748,7 +748,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_of_a_range_sends_exactly_its_bytes() {
         let root = tempfile::tempdir().unwrap();
-        let (socket, _server, a, blob, digest) = served_blob(root.path()).await;
+        let (socket, _server, _a, blob, digest) = served_blob(root.path()).await;
         let chunk = i64::try_from(READ_CHUNK).unwrap();
         let len = i64::try_from(blob.len()).unwrap();
         // Within a part, across parts, to the end, and a size past the end.
