@@ -778,8 +778,7 @@ mod tests {
         }
     }
 
-    /// The extended attribute in which the local store records a blob's CRC-32.
-    const CRC32_XATTR: &str = "user.plinth.crc32";
+    use crate::content::local::CRC32_XATTR;
 
     fn set_crc32(path: &Path, crc32: u32) {
         rustix::fs::setxattr(

@@ -85,7 +85,7 @@ fn in_memory(file: &impl std::os::fd::AsFd) -> bool {
 const DATA_FILE: &str = "data";
 /// The extended attribute of a committed blob that holds the CRC-32 of its bytes at commit,
 /// 4 bytes little-endian (see "Whole reads" in the module docs).
-const CRC32_XATTR: &str = "user.plinth.crc32";
+pub(crate) const CRC32_XATTR: &str = "user.plinth.crc32";
 /// An ingest's ref, total, expected digest and times in one file (one inode per ingest where
 /// containerd's layout, below, takes five: on ext4 without a journal every new inode costs a
 /// scan past the recently deleted ones, a sixth of the daemon's CPU under load).
